@@ -1,0 +1,39 @@
+"""The contract between the Responses layer and whatever generates tokens.
+
+The real implementation is :class:`vllm_responses.vllm_engine.VllmEngine`; unit tests use a
+scripted fake. The routes only ever see this interface.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .deltas import Delta, Finish
+from .protocol import ResponsesRequest
+
+
+class Engine(ABC):
+    """Generates one response's semantic deltas.
+
+    Contract:
+    - :meth:`prepare` does every check that can fail before the first event (unknown
+      model, bad parameters, prompt too long, template errors) and raises
+      :class:`~vllm_responses.errors.APIError` for them; it starts no generation.
+    - :meth:`generate` yields deltas in model order and ends with exactly one
+      :class:`~vllm_responses.deltas.Finish`. A failure after it started raises
+      :class:`~vllm_responses.errors.EngineFailure`.
+    - Closing the iterator early (client gone) aborts the generation at once.
+    """
+
+    @property
+    @abstractmethod
+    def model_names(self) -> list[str]:
+        """The names clients may put in ``model``; the first is the canonical one."""
+
+    @abstractmethod
+    async def prepare(self, request: ResponsesRequest) -> Any:
+        """Render and validate; return an opaque handle for :meth:`generate`."""
+
+    @abstractmethod
+    def generate(self, prepared: Any, request_id: str) -> AsyncIterator[Delta | Finish]:
+        """Run the generation prepared by :meth:`prepare`."""

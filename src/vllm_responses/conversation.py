@@ -1,0 +1,152 @@
+"""Responses input items and tools, as the chat messages and tools a chat template renders.
+
+Pure translation, no engine: the adapter hands the result to vLLM's chat-template renderer.
+Prior tool calls become assistant ``tool_calls``; their outputs become ``tool`` messages, so
+a model's template sees a multi-turn tool conversation in its native form.
+"""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import invalid_request
+
+# A custom (freeform) tool is shown to the model as a function taking one string.
+CUSTOM_TOOL_INPUT = "input"
+_CUSTOM_TOOL_PARAMETERS = {
+    "type": "object",
+    "properties": {CUSTOM_TOOL_INPUT: {"type": "string", "description": "The raw input for the tool."}},
+    "required": [CUSTOM_TOOL_INPUT],
+}
+
+
+@dataclass
+class ChatTools:
+    """Tools as chat-completions function tools, plus what each name maps back to."""
+
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    custom: set[str] = field(default_factory=set)
+
+
+def chat_tools(tools: list[Any]) -> ChatTools:
+    out = ChatTools()
+    for tool in tools:
+        kind = getattr(tool, "type", None)
+        if kind == "function":
+            fn: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters or {"type": "object", "properties": {}}}
+            if tool.description:
+                fn["description"] = tool.description
+            out.tools.append({"type": "function", "function": fn})
+        elif kind == "custom":
+            fn = {"name": tool.name, "parameters": _CUSTOM_TOOL_PARAMETERS}
+            if tool.description:
+                fn["description"] = tool.description
+            out.tools.append({"type": "function", "function": fn})
+            out.custom.add(tool.name)
+    return out
+
+
+def _text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts = []
+    for part in content:
+        text = part.get("text") if isinstance(part, dict) else getattr(part, "text", None)
+        if isinstance(text, str):
+            parts.append(text)
+    return "".join(parts)
+
+
+def _content(content: Any) -> str | list[dict[str, Any]]:
+    """Text-only content collapses to a string (every template reads that); images stay parts."""
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    has_image = False
+    for part in content or []:
+        kind = getattr(part, "type", None)
+        if kind in ("input_text", "output_text"):
+            parts.append({"type": "text", "text": part.text})
+        elif kind == "refusal":
+            parts.append({"type": "text", "text": part.refusal})
+        elif kind == "input_image":
+            url = getattr(part, "image_url", None)
+            if not url:
+                raise invalid_request("Only `image_url` images are supported in input.", param="input", code="unsupported_value")
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+            has_image = True
+        else:
+            raise invalid_request(f"Input content of type '{kind}' is not supported.", param="input", code="unsupported_value")
+    if has_image:
+        return parts
+    return "".join(p["text"] for p in parts)
+
+
+def chat_messages(instructions: str | None, items: list[Any]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+
+    def assistant_for_calls() -> dict[str, Any]:
+        # Calls of one turn share one assistant message, after any text of that turn.
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "assistant":
+            last.setdefault("tool_calls", [])
+            return last
+        message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": []}
+        messages.append(message)
+        return message
+
+    for i, item in enumerate(items):
+        kind = getattr(item, "type", None) or "message"
+        if kind == "message":
+            role = item.role
+            if role == "developer":
+                role = "system"
+            messages.append({"role": role, "content": _content(item.content)})
+        elif kind == "function_call":
+            assistant_for_calls()["tool_calls"].append(
+                {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+            )
+        elif kind == "custom_tool_call":
+            arguments = json.dumps({CUSTOM_TOOL_INPUT: item.input}, ensure_ascii=False)
+            assistant_for_calls()["tool_calls"].append(
+                {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": arguments}}
+            )
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": _text_of(item.output)})
+        elif kind == "reasoning":
+            continue  # the model's own earlier thoughts are not replayed into the prompt
+        else:
+            raise invalid_request(
+                f"Input items of type '{kind}' are not supported by this server.",
+                param=f"input[{i}]",
+                code="unsupported_value",
+            )
+    return messages
+
+
+def chat_tool_choice(tool_choice: Any) -> Any:
+    """Responses ``tool_choice`` → chat-completions ``tool_choice``."""
+    if tool_choice is None or isinstance(tool_choice, str):
+        return tool_choice
+    kind = tool_choice.get("type")
+    if kind in ("function", "custom"):
+        return {"type": "function", "function": {"name": tool_choice["name"]}}
+    raise invalid_request(f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value")
+
+
+def chat_response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    fmt = (text or {}).get("format")
+    if not fmt or fmt.get("type") == "text":
+        return None
+    if fmt["type"] == "json_object":
+        return {"type": "json_object"}
+    if fmt["type"] == "json_schema":
+        schema = {"name": fmt.get("name") or "response", "schema": fmt.get("schema") or {}}
+        if fmt.get("strict") is not None:
+            schema["strict"] = fmt["strict"]
+        return {"type": "json_schema", "json_schema": schema}
+    raise invalid_request(f"text.format of type '{fmt['type']}' is not supported.", param="text.format", code="unsupported_value")

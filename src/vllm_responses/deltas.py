@@ -1,0 +1,57 @@
+"""Semantic deltas: the contract between the engine adapter and the stream state machine.
+
+The adapter turns engine output into these; the state machine turns these into events.
+Neither side knows the other's internals.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+
+@dataclass(slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list["TokenLogprob"] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A fragment of the ``index``-th tool call of the turn; ``name`` arrives first."""
+
+    index: int
+    arguments: str = ""
+    name: str | None = None
+    call_id: str | None = None
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+
+
+FinishReason: TypeAlias = Literal["stop", "length"]
+
+
+@dataclass(slots=True)
+class Finish:
+    reason: FinishReason
+    usage: Usage
+
+
+Delta: TypeAlias = ReasoningDelta | TextDelta | ToolCallDelta

@@ -1,0 +1,69 @@
+"""OpenAI-shaped errors: ``{"error": {"message", "type", "param", "code"}}`` with string codes.
+
+Every failure that reaches a client goes through :class:`APIError`, so no route ever
+answers with a traceback or a 500 for something the client did.
+"""
+
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+
+
+class APIError(Exception):
+    """An error known before streaming starts; answered as JSON with ``status``."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = HTTPStatus.BAD_REQUEST,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = int(status)
+        self.type = type
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def json(self) -> bytes:
+        return orjson.dumps(self.body())
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = "invalid_value") -> APIError:
+    return APIError(message, param=param, code=code)
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(
+        f"The model `{model}` does not exist.",
+        status=HTTPStatus.NOT_FOUND,
+        param="model",
+        code="model_not_found",
+    )
+
+
+def context_length_exceeded(message: str) -> APIError:
+    return APIError(message, param="input", code="context_length_exceeded")
+
+
+class EngineFailure(Exception):
+    """Generation failed after the stream started; becomes ``response.failed``."""
+
+    def __init__(self, message: str, code: str = "server_error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code

@@ -1,0 +1,186 @@
+"""The request and response shapes, taken from the ``openai`` package's own types.
+
+A request body is validated against ``openai.types.responses``: top-level fields against
+``ResponseCreateParamsBase``, input items against ``ResponseInputItem`` and tools against
+``Tool``. Nothing here is a hand-written copy of the spec; when OpenAI adds a field, a newer
+``openai`` release brings it.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import orjson
+from openai.types.responses import Response, ResponseInputItem, Tool
+from openai.types.responses.response_create_params import ResponseCreateParamsBase
+from pydantic import TypeAdapter, ValidationError
+
+from .errors import APIError, invalid_request
+
+_PARAMS = TypeAdapter(ResponseCreateParamsBase)
+_INPUT_ITEMS = TypeAdapter(list[ResponseInputItem])
+_TOOL = TypeAdapter(Tool)
+
+# Fields validated on their own (as ``openai`` BaseModels) rather than through the TypedDict.
+_SEPARATE = frozenset({"input", "tools", "stream"})
+
+
+@dataclass
+class ResponsesRequest:
+    """A validated ``POST /v1/responses`` body.
+
+    ``params`` holds the validated top-level fields (unknown ones dropped), ``input`` the
+    typed input items, ``tools`` the typed tools; ``unsupported_tools`` are tools of types
+    this server cannot run: accepted, echoed, never offered to the model.
+    """
+
+    params: dict[str, Any]
+    model: str
+    stream: bool
+    input: list[Any]
+    tools: list[Any] = field(default_factory=list)
+    unsupported_tools: list[dict[str, Any]] = field(default_factory=list)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.params.get(key)
+        return default if value is None else value
+
+
+def parse_request(body: bytes) -> ResponsesRequest:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json")
+    if not isinstance(data, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_type")
+
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    stream = data.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise invalid_request("Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type")
+
+    params = _validate(_PARAMS, {k: v for k, v in data.items() if k not in _SEPARATE}, "")
+    params = cast(dict[str, Any], _materialize(params))
+    return ResponsesRequest(
+        params=params,
+        model=model,
+        stream=stream,
+        input=_parse_input(data.get("input")),
+        **_parse_tools(data.get("tools")),
+    )
+
+
+def _parse_input(raw: Any) -> list[Any]:
+    if raw is None:
+        raise invalid_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    if isinstance(raw, str):
+        raw = [{"type": "message", "role": "user", "content": raw}]
+    if not isinstance(raw, list):
+        raise invalid_request("Invalid type for 'input': expected a string or an array of items.", param="input", code="invalid_type")
+    return _validate(_INPUT_ITEMS, raw, "input")
+
+
+def _parse_tools(raw: Any) -> dict[str, list[Any]]:
+    if raw is None:
+        return {"tools": [], "unsupported_tools": []}
+    if not isinstance(raw, list):
+        raise invalid_request("Invalid type for 'tools': expected an array.", param="tools", code="invalid_type")
+    tools: list[Any] = []
+    unsupported: list[dict[str, Any]] = []
+    for i, tool in enumerate(raw):
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise invalid_request(f"Invalid value for 'tools[{i}]': expected an object with a 'type'.", param=f"tools[{i}]")
+        try:
+            tools.append(_TOOL.validate_python(tool))
+        except ValidationError:
+            if tool["type"] in ("function", "custom", "namespace"):
+                # Tools we do run must be well-formed; report the precise problem.
+                _validate(_TOOL, tool, f"tools[{i}]")
+            unsupported.append(tool)
+    return {"tools": tools, "unsupported_tools": unsupported}
+
+
+def _validate(adapter: TypeAdapter[Any], value: Any, prefix: str) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        raise _validation_error(exc, prefix) from None
+
+
+def _validation_error(exc: ValidationError, prefix: str) -> APIError:
+    # Unions report one error per member; the shortest location is the most useful one.
+    errors = sorted(exc.errors(), key=lambda e: len(e["loc"]))
+    first = errors[0]
+    parts = [prefix] if prefix else []
+    for loc in first["loc"]:
+        if isinstance(loc, int):
+            parts.append(f"[{loc}]")
+        elif not (loc[:1].isupper() or "[" in loc or loc in ("str", "list", "dict", "int", "float", "bool")):
+            parts.append(f".{loc}" if parts else loc)
+    param = "".join(parts) or None
+    return invalid_request(f"Invalid value for '{param}': {first['msg']}." if param else f"Invalid request: {first['msg']}.", param=param)
+
+
+def _materialize(value: Any) -> Any:
+    """Turn pydantic's lazy ``Iterable`` validators into lists, validating their elements."""
+    if isinstance(value, dict):
+        return {k: _materialize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or isinstance(value, Iterator):
+        return [_materialize(v) for v in value]
+    return value
+
+
+_RESPONSE_ECHO = (
+    "instructions",
+    "max_output_tokens",
+    "max_tool_calls",
+    "metadata",
+    "previous_response_id",
+    "prompt_cache_key",
+    "reasoning",
+    "safety_identifier",
+    "service_tier",
+    "temperature",
+    "top_logprobs",
+    "top_p",
+    "truncation",
+    "user",
+)
+
+
+def initial_response(request: ResponsesRequest, response_id: str, created_at: float, model: str) -> Response:
+    """The ``Response`` as it stands when generation starts: ``in_progress``, no output."""
+    p = request.params
+    fields: dict[str, Any] = {key: p.get(key) for key in _RESPONSE_ECHO}
+    text = p.get("text") or {}
+    fields.update(
+        id=response_id,
+        object="response",
+        created_at=created_at,
+        model=model,
+        status="in_progress",
+        output=[],
+        error=None,
+        incomplete_details=None,
+        parallel_tool_calls=request.get("parallel_tool_calls", True),
+        tool_choice=request.get("tool_choice", "auto"),
+        tools=[],
+        text={"format": text.get("format") or {"type": "text"}, **({"verbosity": text["verbosity"]} if text.get("verbosity") else {})},
+        store=request.get("store", True),
+        background=request.get("background", False),
+        usage=None,
+    )
+    if fields["temperature"] is None:
+        fields["temperature"] = 1.0
+    if fields["top_p"] is None:
+        fields["top_p"] = 1.0
+    if fields["metadata"] is None:
+        fields["metadata"] = {}
+    response = Response.model_validate(fields)
+    # Tools are echoed as the client sent them, unsupported types included.
+    response.tools = [*request.tools, *request.unsupported_tools]
+    return response

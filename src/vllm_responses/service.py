@@ -1,0 +1,74 @@
+"""One response from request to terminal event, independent of the transport.
+
+``ResponsesService.start`` does every check that can fail up front (so such failures are
+plain 4xx answers), then hands back a :class:`Run` whose events the transport writes out
+as SSE frames or folds into one JSON body.
+"""
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from openai.types.responses import Response, ResponseStreamEvent
+
+from .backend import Engine
+from .deltas import Finish
+from .errors import EngineFailure
+from .ids import new_id
+from .protocol import ResponsesRequest, initial_response
+from .stream import ResponseStream, StreamOptions
+
+logger = logging.getLogger(__name__)
+
+
+class Run:
+    """A prepared response: iterate :meth:`events` once; ``response`` is final afterwards."""
+
+    def __init__(self, engine: Engine, prepared: Any, stream: ResponseStream) -> None:
+        self._engine = engine
+        self._prepared = prepared
+        self._stream = stream
+
+    @property
+    def response(self) -> Response:
+        return self._stream.response
+
+    async def events(self) -> AsyncIterator[ResponseStreamEvent]:
+        stream = self._stream
+        for event in stream.start():
+            yield event
+        deltas = self._engine.generate(self._prepared, stream.response.id)
+        try:
+            async for delta in deltas:
+                if isinstance(delta, Finish):
+                    for event in stream.finish(delta):
+                        yield event
+                    return
+                for event in stream.feed(delta):
+                    yield event
+            failure = EngineFailure("The engine stopped without finishing the response.")
+        except EngineFailure as exc:
+            failure = exc
+        except Exception as exc:  # a bug of ours must still end the stream properly
+            logger.exception("response %s failed", stream.response.id)
+            failure = EngineFailure(f"Internal error: {type(exc).__name__}.")
+        finally:
+            await deltas.aclose()  # aborts the engine request if it is still running
+        for event in stream.fail(failure.message, failure.code):
+            yield event
+
+
+class ResponsesService:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def start(self, request: ResponsesRequest) -> Run:
+        prepared = await self.engine.prepare(request)
+        summary = (request.get("reasoning") or {}).get("summary") or (request.get("reasoning") or {}).get("generate_summary")
+        options = StreamOptions(
+            reasoning_summary=summary in ("auto", "concise", "detailed"),
+            logprobs="message.output_text.logprobs" in request.get("include", []),
+        )
+        response = initial_response(request, new_id("resp"), time.time(), request.model)
+        return Run(self.engine, prepared, ResponseStream(response, options, clock=time.time))

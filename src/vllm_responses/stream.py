@@ -1,0 +1,384 @@
+"""The stream state machine: semantic deltas in, the exact Responses event sequence out.
+
+Pure: no I/O, no engine, no clock except the one handed in. Streaming and non-streaming
+requests both run through it; a non-streaming answer is the ``response`` of the terminal
+event, so the two can never disagree.
+
+Guarantees (checked by :mod:`vllm_responses.conformance`):
+- ``sequence_number`` starts at 0 and rises by 1;
+- the first events are ``response.created`` then ``response.in_progress``;
+- items are emitted one after another, never interleaved; each item's ``added`` and
+  ``done`` carry the same id (and ``call_id``), and the done item equals the item in the
+  final response;
+- exactly one terminal event: ``response.completed``, ``response.incomplete`` or
+  ``response.failed`` (the last preceded by an ``error`` event).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from openai.types.responses import (
+    Response,
+    ResponseCompletedEvent,
+    ResponseContentPartAddedEvent,
+    ResponseContentPartDoneEvent,
+    ResponseCreatedEvent,
+    ResponseError,
+    ResponseErrorEvent,
+    ResponseFailedEvent,
+    ResponseFunctionCallArgumentsDeltaEvent,
+    ResponseFunctionCallArgumentsDoneEvent,
+    ResponseFunctionToolCall,
+    ResponseIncompleteEvent,
+    ResponseInProgressEvent,
+    ResponseOutputItemAddedEvent,
+    ResponseOutputItemDoneEvent,
+    ResponseOutputMessage,
+    ResponseOutputText,
+    ResponseReasoningItem,
+    ResponseReasoningSummaryPartAddedEvent,
+    ResponseReasoningSummaryPartDoneEvent,
+    ResponseReasoningSummaryTextDeltaEvent,
+    ResponseReasoningSummaryTextDoneEvent,
+    ResponseReasoningTextDeltaEvent,
+    ResponseReasoningTextDoneEvent,
+    ResponseStreamEvent,
+    ResponseTextDeltaEvent,
+    ResponseTextDoneEvent,
+    ResponseUsage,
+)
+from openai.types.responses.response import IncompleteDetails
+from openai.types.responses.response_content_part_added_event import PartReasoningText
+from openai.types.responses.response_output_text import Logprob, LogprobTopLogprob
+from openai.types.responses.response_reasoning_item import Content as ReasoningContent
+from openai.types.responses.response_reasoning_item import Summary
+from openai.types.responses.response_reasoning_summary_part_added_event import Part as SummaryPart
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
+
+from .deltas import Delta, Finish, ReasoningDelta, TextDelta, TokenLogprob, ToolCallDelta, Usage
+from .ids import new_id
+
+ItemStatus = Literal["completed", "incomplete"]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """What the request asked to see.
+
+    ``reasoning_summary``: mirror the raw reasoning into summary parts (the request set
+    ``reasoning.summary``); clients such as Codex show reasoning only through summaries.
+    ``logprobs``: attach per-token logprobs to ``output_text`` deltas and parts.
+    """
+
+    reasoning_summary: bool = False
+    logprobs: bool = False
+
+
+class _Item:
+    """One output item while it is open; subclasses know their own event shapes."""
+
+    def __init__(self, stream: "ResponseStream", output_index: int, item_id: str) -> None:
+        self.s = stream
+        self.output_index = output_index
+        self.id = item_id
+
+    def open(self) -> list[ResponseStreamEvent]:
+        raise NotImplementedError
+
+    def close(self, status: ItemStatus) -> tuple[list[ResponseStreamEvent], Any]:
+        raise NotImplementedError
+
+
+class _Reasoning(_Item):
+    def __init__(self, stream: "ResponseStream", output_index: int) -> None:
+        super().__init__(stream, output_index, new_id("rs"))
+        self.chunks: list[str] = []
+
+    def open(self) -> list[ResponseStreamEvent]:
+        s, idx = self.s, self.output_index
+        events: list[ResponseStreamEvent] = [
+            s.item_added(idx, ResponseReasoningItem.model_construct(id=self.id, type="reasoning", summary=[], content=[], status="in_progress")),
+            ResponseContentPartAddedEvent.model_construct(
+                type="response.content_part.added", sequence_number=s.seq(), item_id=self.id, output_index=idx,
+                content_index=0, part=PartReasoningText.model_construct(type="reasoning_text", text=""),
+            ),
+        ]
+        if s.options.reasoning_summary:
+            events.append(
+                ResponseReasoningSummaryPartAddedEvent.model_construct(
+                    type="response.reasoning_summary_part.added", sequence_number=s.seq(), item_id=self.id,
+                    output_index=idx, summary_index=0, part=SummaryPart.model_construct(type="summary_text", text=""),
+                )
+            )
+        return events
+
+    def add(self, text: str) -> list[ResponseStreamEvent]:
+        s, idx = self.s, self.output_index
+        self.chunks.append(text)
+        events: list[ResponseStreamEvent] = [
+            ResponseReasoningTextDeltaEvent.model_construct(
+                type="response.reasoning_text.delta", sequence_number=s.seq(), item_id=self.id,
+                output_index=idx, content_index=0, delta=text,
+            )
+        ]
+        if s.options.reasoning_summary:
+            events.append(
+                ResponseReasoningSummaryTextDeltaEvent.model_construct(
+                    type="response.reasoning_summary_text.delta", sequence_number=s.seq(), item_id=self.id,
+                    output_index=idx, summary_index=0, delta=text,
+                )
+            )
+        return events
+
+    def close(self, status: ItemStatus) -> tuple[list[ResponseStreamEvent], Any]:
+        s, idx = self.s, self.output_index
+        text = "".join(self.chunks)
+        part = ReasoningContent.model_construct(type="reasoning_text", text=text)
+        events: list[ResponseStreamEvent] = [
+            ResponseReasoningTextDoneEvent.model_construct(
+                type="response.reasoning_text.done", sequence_number=s.seq(), item_id=self.id,
+                output_index=idx, content_index=0, text=text,
+            ),
+            ResponseContentPartDoneEvent.model_construct(
+                type="response.content_part.done", sequence_number=s.seq(), item_id=self.id,
+                output_index=idx, content_index=0, part=PartReasoningText.model_construct(type="reasoning_text", text=text),
+            ),
+        ]
+        summary: list[Summary] = []
+        if s.options.reasoning_summary:
+            summary = [Summary.model_construct(type="summary_text", text=text)]
+            events += [
+                ResponseReasoningSummaryTextDoneEvent.model_construct(
+                    type="response.reasoning_summary_text.done", sequence_number=s.seq(), item_id=self.id,
+                    output_index=idx, summary_index=0, text=text,
+                ),
+                ResponseReasoningSummaryPartDoneEvent.model_construct(
+                    type="response.reasoning_summary_part.done", sequence_number=s.seq(), item_id=self.id,
+                    output_index=idx, summary_index=0, part=SummaryPart.model_construct(type="summary_text", text=text),
+                ),
+            ]
+        item = ResponseReasoningItem.model_construct(
+            id=self.id, type="reasoning", summary=summary, content=[part], status=status
+        )
+        return events, item
+
+
+def _logprob(lp: TokenLogprob) -> Logprob:
+    return Logprob.model_construct(
+        token=lp.token, logprob=lp.logprob, bytes=lp.bytes,
+        top_logprobs=[LogprobTopLogprob.model_construct(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top],
+    )
+
+
+class _Message(_Item):
+    def __init__(self, stream: "ResponseStream", output_index: int) -> None:
+        super().__init__(stream, output_index, new_id("msg"))
+        self.chunks: list[str] = []
+        self.logprobs: list[Logprob] = []
+
+    def open(self) -> list[ResponseStreamEvent]:
+        s, idx = self.s, self.output_index
+        return [
+            s.item_added(idx, ResponseOutputMessage.model_construct(id=self.id, type="message", role="assistant", status="in_progress", content=[])),
+            ResponseContentPartAddedEvent.model_construct(
+                type="response.content_part.added", sequence_number=s.seq(), item_id=self.id, output_index=idx,
+                content_index=0, part=ResponseOutputText.model_construct(type="output_text", text="", annotations=[], logprobs=[]),
+            ),
+        ]
+
+    def add(self, delta: TextDelta) -> list[ResponseStreamEvent]:
+        self.chunks.append(delta.text)
+        logprobs = [_logprob(lp) for lp in delta.logprobs] if self.s.options.logprobs and delta.logprobs else []
+        self.logprobs += logprobs
+        return [
+            ResponseTextDeltaEvent.model_construct(
+                type="response.output_text.delta", sequence_number=self.s.seq(), item_id=self.id,
+                output_index=self.output_index, content_index=0, delta=delta.text, logprobs=logprobs,
+            )
+        ]
+
+    def close(self, status: ItemStatus) -> tuple[list[ResponseStreamEvent], Any]:
+        s, idx = self.s, self.output_index
+        text = "".join(self.chunks)
+        part = ResponseOutputText.model_construct(type="output_text", text=text, annotations=[], logprobs=self.logprobs)
+        events: list[ResponseStreamEvent] = [
+            ResponseTextDoneEvent.model_construct(
+                type="response.output_text.done", sequence_number=s.seq(), item_id=self.id,
+                output_index=idx, content_index=0, text=text, logprobs=self.logprobs,
+            ),
+            ResponseContentPartDoneEvent.model_construct(
+                type="response.content_part.done", sequence_number=s.seq(), item_id=self.id,
+                output_index=idx, content_index=0, part=part,
+            ),
+        ]
+        item = ResponseOutputMessage.model_construct(id=self.id, type="message", role="assistant", status=status, content=[part])
+        return events, item
+
+
+class _FunctionCall(_Item):
+    def __init__(self, stream: "ResponseStream", output_index: int, index: int, name: str, call_id: str | None) -> None:
+        super().__init__(stream, output_index, new_id("fc"))
+        self.index = index
+        self.name = name
+        self.call_id = call_id or new_id("call")
+        self.chunks: list[str] = []
+
+    def _item(self, arguments: str, status: str) -> ResponseFunctionToolCall:
+        return ResponseFunctionToolCall.model_construct(
+            id=self.id, type="function_call", call_id=self.call_id, name=self.name, arguments=arguments, status=status
+        )
+
+    def open(self) -> list[ResponseStreamEvent]:
+        return [self.s.item_added(self.output_index, self._item("", "in_progress"))]
+
+    def add(self, arguments: str) -> list[ResponseStreamEvent]:
+        if not arguments:
+            return []
+        self.chunks.append(arguments)
+        return [
+            ResponseFunctionCallArgumentsDeltaEvent.model_construct(
+                type="response.function_call_arguments.delta", sequence_number=self.s.seq(), item_id=self.id,
+                output_index=self.output_index, delta=arguments,
+            )
+        ]
+
+    def close(self, status: ItemStatus) -> tuple[list[ResponseStreamEvent], Any]:
+        arguments = "".join(self.chunks)
+        events: list[ResponseStreamEvent] = [
+            ResponseFunctionCallArgumentsDoneEvent.model_construct(
+                type="response.function_call_arguments.done", sequence_number=self.s.seq(), item_id=self.id,
+                output_index=self.output_index, name=self.name, arguments=arguments,
+            )
+        ]
+        return events, self._item(arguments, status)
+
+
+class ResponseStream:
+    """Turns one generation's deltas into events; see the module docstring for guarantees."""
+
+    def __init__(self, response: Response, options: StreamOptions = StreamOptions(), clock: Callable[[], float] | None = None) -> None:
+        self.response = response
+        self.options = options
+        self._clock = clock
+        self._seq = -1
+        self._open: _Item | None = None
+        self._pending_call: ToolCallDelta | None = None
+        self.terminated = False
+
+    # -- helpers used by items ------------------------------------------------------------
+    def seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def item_added(self, output_index: int, item: Any) -> ResponseOutputItemAddedEvent:
+        return ResponseOutputItemAddedEvent.model_construct(
+            type="response.output_item.added", sequence_number=self.seq(), output_index=output_index, item=item
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> list[ResponseStreamEvent]:
+        return [
+            ResponseCreatedEvent.model_construct(type="response.created", sequence_number=self.seq(), response=self._snapshot()),
+            ResponseInProgressEvent.model_construct(type="response.in_progress", sequence_number=self.seq(), response=self._snapshot()),
+        ]
+
+    def feed(self, delta: Delta) -> list[ResponseStreamEvent]:
+        if self.terminated:
+            raise RuntimeError("delta after the terminal event")
+        if isinstance(delta, TextDelta):
+            if not delta.text:
+                return []
+            events = self._switch_to(_Message) if not isinstance(self._open, _Message) else []
+            assert isinstance(self._open, _Message)
+            return events + self._open.add(delta)
+        if isinstance(delta, ReasoningDelta):
+            if not delta.text:
+                return []
+            events = self._switch_to(_Reasoning) if not isinstance(self._open, _Reasoning) else []
+            assert isinstance(self._open, _Reasoning)
+            return events + self._open.add(delta.text)
+        return self._feed_call(delta)
+
+    def _feed_call(self, delta: ToolCallDelta) -> list[ResponseStreamEvent]:
+        if isinstance(self._open, _FunctionCall) and self._open.index == delta.index:
+            return self._open.add(delta.arguments)
+        # A new call: it opens once its name is known; fragments before that wait.
+        pending = self._pending_call
+        if pending is not None and pending.index == delta.index:
+            pending.arguments += delta.arguments
+            pending.name = pending.name or delta.name
+            pending.call_id = pending.call_id or delta.call_id
+        else:
+            pending = self._pending_call = ToolCallDelta(delta.index, delta.arguments, delta.name, delta.call_id)
+        if pending.name is None:
+            return []
+        self._pending_call = None
+        events = self._close_open("completed")
+        call = _FunctionCall(self, len(self.response.output), pending.index, pending.name, pending.call_id)
+        self._open = call
+        return events + call.open() + call.add(pending.arguments)
+
+    def finish(self, finish: Finish) -> list[ResponseStreamEvent]:
+        """Close the open item and end with ``completed`` or, when cut by the token limit, ``incomplete``."""
+        truncated = finish.reason == "length"
+        events = self._close_open("incomplete" if truncated else "completed")
+        r = self.response
+        r.usage = _usage(finish.usage)
+        r.completed_at = self._now()
+        self.terminated = True
+        if truncated:
+            r.status = "incomplete"
+            r.incomplete_details = IncompleteDetails.model_construct(reason="max_output_tokens")
+            return events + [ResponseIncompleteEvent.model_construct(type="response.incomplete", sequence_number=self.seq(), response=r)]
+        r.status = "completed"
+        return events + [ResponseCompletedEvent.model_construct(type="response.completed", sequence_number=self.seq(), response=r)]
+
+    def fail(self, message: str, code: str = "server_error", usage: Usage | None = None) -> list[ResponseStreamEvent]:
+        """End a stream that broke mid-way: an ``error`` event, then ``response.failed``."""
+        events = self._close_open("incomplete")
+        r = self.response
+        r.status = "failed"
+        r.error = ResponseError.model_construct(code=code, message=message)
+        r.usage = _usage(usage or Usage())
+        self.terminated = True
+        return events + [
+            ResponseErrorEvent.model_construct(type="error", sequence_number=self.seq(), code=code, message=message, param=None),
+            ResponseFailedEvent.model_construct(type="response.failed", sequence_number=self.seq(), response=r),
+        ]
+
+    # -- internals ------------------------------------------------------------------------
+    def _switch_to(self, kind: type[_Reasoning] | type[_Message]) -> list[ResponseStreamEvent]:
+        events = self._close_open("completed")
+        item = kind(self, len(self.response.output))
+        self._open = item
+        return events + item.open()
+
+    def _close_open(self, status: ItemStatus) -> list[ResponseStreamEvent]:
+        item, self._open = self._open, None
+        if item is None:
+            return []
+        events, done = item.close(status)
+        self.response.output.append(done)
+        events.append(
+            ResponseOutputItemDoneEvent.model_construct(
+                type="response.output_item.done", sequence_number=self.seq(), output_index=item.output_index, item=done
+            )
+        )
+        return events
+
+    def _snapshot(self) -> Response:
+        return self.response.model_copy(update={"output": list(self.response.output)})
+
+    def _now(self) -> float | None:
+        return self._clock() if self._clock is not None else None
+
+
+def _usage(u: Usage) -> ResponseUsage:
+    return ResponseUsage.model_construct(
+        input_tokens=u.input_tokens,
+        input_tokens_details=InputTokensDetails.model_construct(cached_tokens=u.cached_tokens, cache_write_tokens=0),
+        output_tokens=u.output_tokens,
+        output_tokens_details=OutputTokensDetails.model_construct(reasoning_tokens=u.reasoning_tokens),
+        total_tokens=u.input_tokens + u.output_tokens,
+    )

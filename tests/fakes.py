@@ -1,0 +1,52 @@
+"""A scripted engine for fast tests of the layers above the engine adapter."""
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from vllm_responses.backend import Engine
+from vllm_responses.deltas import Delta, Finish, Usage
+from vllm_responses.errors import EngineFailure, model_not_found
+from vllm_responses.protocol import ResponsesRequest
+
+
+class ScriptedEngine(Engine):
+    """Plays ``script`` (deltas, then a Finish, or an EngineFailure to raise) for every request."""
+
+    def __init__(self, script: list[Any], delay: float = 0.0) -> None:
+        self.script = script
+        self.delay = delay
+        self.aborted: list[str] = []
+        self.requests: list[ResponsesRequest] = []
+
+    @property
+    def model_names(self) -> list[str]:
+        return ["demo"]
+
+    async def prepare(self, request: ResponsesRequest) -> ResponsesRequest:
+        if request.model not in self.model_names:
+            raise model_not_found(request.model)
+        self.requests.append(request)
+        return request
+
+    async def generate(self, prepared: Any, request_id: str) -> AsyncIterator[Delta | Finish]:
+        finished = False
+        try:
+            for step in self.script:
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+                if isinstance(step, Exception):
+                    raise step
+                if isinstance(step, Finish):
+                    finished = True
+                yield step
+        finally:
+            if not finished:
+                self.aborted.append(request_id)
+
+
+def usage(i: int = 10, o: int = 5, r: int = 0) -> Usage:
+    return Usage(input_tokens=i, output_tokens=o, reasoning_tokens=r)
+
+
+__all__ = ["ScriptedEngine", "EngineFailure", "usage"]

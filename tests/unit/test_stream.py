@@ -1,0 +1,130 @@
+"""The state machine alone: deltas in, events out, checked by the conformance checker."""
+
+import json
+
+import pytest
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
+
+from vllm_responses.conformance import check_events
+from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from vllm_responses.protocol import initial_response, parse_request
+from vllm_responses.sse import dump_json
+from vllm_responses.stream import ResponseStream, StreamOptions
+
+EVENT = TypeAdapter(ResponseStreamEvent)
+
+
+def run(deltas, *, summary=False, end=None, fail=None):
+    request = parse_request(json.dumps({"model": "demo", "input": "hi"}).encode())
+    stream = ResponseStream(initial_response(request, "resp_1", 1.0, "demo"), StreamOptions(reasoning_summary=summary), clock=lambda: 2.0)
+    events = stream.start()
+    for d in deltas:
+        events += stream.feed(d)
+    if fail:
+        events += stream.fail(fail, "server_error", Usage(3, 1))
+    else:
+        events += stream.finish(end or Finish("stop", Usage(3, len(deltas), 1)))
+    # Serialize exactly as the wire does, then read back as a client would.
+    return [json.loads(dump_json(e)) for e in events]
+
+
+def types(events):
+    return [e["type"] for e in events]
+
+
+def test_reasoning_then_message():
+    events = run([ReasoningDelta("Think"), ReasoningDelta("ing."), TextDelta("Hel"), TextDelta("lo")])
+    assert check_events(events) == []
+    assert types(events) == [
+        "response.created", "response.in_progress",
+        "response.output_item.added", "response.content_part.added",
+        "response.reasoning_text.delta", "response.reasoning_text.delta",
+        "response.reasoning_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.completed",
+    ]
+    final = events[-1]["response"]
+    assert final["status"] == "completed"
+    assert final["output"][0]["content"][0]["text"] == "Thinking."
+    assert final["output"][0]["summary"] == []
+    assert final["output"][1]["content"][0]["text"] == "Hello"
+    assert final["usage"]["output_tokens_details"]["reasoning_tokens"] == 1
+    assert final["usage"]["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 0}
+    for e in events:
+        EVENT.validate_python(e)
+    Response.model_validate(final)
+
+
+def test_summary_mirrors_reasoning():
+    events = run([ReasoningDelta("a"), ReasoningDelta("b"), TextDelta("x")], summary=True)
+    assert check_events(events) == []
+    assert "response.reasoning_summary_part.added" in types(events)
+    deltas = [e["delta"] for e in events if e["type"] == "response.reasoning_summary_text.delta"]
+    assert deltas == ["a", "b"]
+    assert events[-1]["response"]["output"][0]["summary"] == [{"type": "summary_text", "text": "ab"}]
+
+
+def test_two_function_calls_are_two_items():
+    events = run([
+        ReasoningDelta("r"),
+        ToolCallDelta(0, name="get_weather", call_id="call_a"),
+        ToolCallDelta(0, arguments='{"city": '),
+        ToolCallDelta(0, arguments='"Paris"}'),
+        ToolCallDelta(1, name="get_weather", arguments='{"city": "London"}'),
+    ])
+    assert check_events(events) == []
+    calls = [i for i in events[-1]["response"]["output"] if i["type"] == "function_call"]
+    assert [c["arguments"] for c in calls] == ['{"city": "Paris"}', '{"city": "London"}']
+    assert calls[0]["call_id"] == "call_a" and calls[1]["call_id"].startswith("call_")
+    assert all(c["status"] == "completed" for c in calls)
+    added = [e["item"] for e in events if e["type"] == "response.output_item.added" and e["item"]["type"] == "function_call"]
+    assert [a["arguments"] for a in added] == ["", ""]
+
+
+def test_tool_call_name_may_arrive_after_fragments():
+    events = run([ToolCallDelta(0, arguments="{}"), ToolCallDelta(0, name="f")])
+    assert check_events(events) == []
+    assert events[-1]["response"]["output"][0]["arguments"] == "{}"
+
+
+def test_length_ends_incomplete_with_open_item_incomplete():
+    events = run([TextDelta("tick")], end=Finish("length", Usage(3, 1)))
+    assert check_events(events) == []
+    assert events[-1]["type"] == "response.incomplete"
+    assert events[-1]["response"]["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert events[-1]["response"]["output"][0]["status"] == "incomplete"
+
+
+def test_failure_ends_with_error_then_failed():
+    events = run([TextDelta("par")], fail="engine died")
+    assert check_events(events) == []
+    assert types(events)[-2:] == ["error", "response.failed"]
+    assert events[-1]["response"]["error"] == {"code": "server_error", "message": "engine died"}
+
+
+def test_sequence_numbers_and_single_terminal():
+    events = run([TextDelta("a")])
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert sum(e["type"] in ("response.completed", "response.failed", "response.incomplete") for e in events) == 1
+
+
+def test_empty_output_completes():
+    events = run([])
+    assert check_events(events) == []
+    assert events[-1]["response"]["output"] == []
+
+
+def test_checker_catches_violations():
+    good = run([TextDelta("a"), TextDelta("b")])
+    broken = [dict(e) for e in good]
+    broken[5] = {**broken[5], "delta": "X"}  # a delta that does not add up
+    assert any("concatenated" in p for p in check_events(broken))
+    assert any("terminal" in p for p in check_events(good[:-1]))
+    reordered = good[:2] + good[3:4] + good[2:3] + good[4:]
+    assert check_events(reordered)
+    with pytest.raises(Exception):
+        EVENT.validate_python({**good[5], "delta": {"text": "a"}})
+    assert check_events([{**good[0]}, {**good[5], "sequence_number": 1, "delta": {"text": "a"}}])
