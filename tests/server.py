@@ -1,0 +1,81 @@
+"""Start the real vLLM server with the users' command, for end-to-end tests."""
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_args() -> list[str]:
+    """The flags `make demo` uses; the Makefile is their one home."""
+    out = subprocess.run(["make", "-s", "-C", str(ROOT), "print-serve-args"], check=True, capture_output=True, text=True)
+    return shlex.split(out.stdout)
+
+
+def demo_model_dir() -> Path:
+    path = Path(os.environ.get("DEMO_MODEL_DIR", ROOT / ".demo-model"))
+    if not (path / "config.json").exists():
+        subprocess.run([sys.executable, "-m", "vllm_responses.demo_model", str(path)], check=True)
+    return path
+
+
+class Server:
+    """``python -m vllm.entrypoints.openai.api_server`` in its own process group."""
+
+    def __init__(self, *, plugin: bool, log_path: Path) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+        env.pop("VLLM_PLUGINS", None)
+        if plugin:
+            env["VLLM_PLUGINS"] = "responses"
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(demo_model_dir()), *serve_args(), "--port", str(self.port),
+        ]
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"vLLM was not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()

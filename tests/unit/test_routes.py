@@ -1,0 +1,121 @@
+"""HTTP behaviour of our routes over a scripted engine: errors, SSE framing, JSON bodies."""
+
+import json
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from fakes import EngineFailure, ScriptedEngine, usage
+from vllm_responses.conformance import check_events, parse_sse
+from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta
+from vllm_responses.plugin import ResponsesPlugin
+from vllm_responses.routes import VERSION_HEADER
+from vllm_responses.service import ResponsesService
+
+SCRIPT = [ReasoningDelta("Hmm."), TextDelta("Hello"), TextDelta(" world"), Finish("stop", usage())]
+
+
+def make_app(engine: ScriptedEngine) -> FastAPI:
+    app = FastAPI()
+    ResponsesPlugin().attach_router(app)
+    app.state.vllm_responses = ResponsesService(engine)
+    return app
+
+
+async def post(engine, body, **kw):
+    transport = httpx.ASGITransport(app=make_app(engine))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return await client.post("/v1/responses", content=content, headers={"content-type": "application/json"}, **kw)
+
+
+@pytest.mark.anyio
+async def test_stream_is_sse_and_conforms():
+    r = await post(ScriptedEngine(SCRIPT), {"model": "demo", "input": "hi", "stream": True})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers[VERSION_HEADER]
+    for block in r.text.strip().split("\n\n"):
+        lines = block.split("\n")
+        assert lines[0].startswith("event: ") and lines[1].startswith("data: ") and len(lines) == 2
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    assert events[-1]["response"]["output"][1]["content"][0]["text"] == "Hello world"
+
+
+@pytest.mark.anyio
+async def test_json_equals_completed_response():
+    engine = ScriptedEngine(SCRIPT)
+    r = await post(engine, {"model": "demo", "input": "hi"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "completed"
+    streamed = parse_sse((await post(engine, {"model": "demo", "input": "hi", "stream": True})).text)[-1]["response"]
+    strip = lambda resp: {k: v for k, v in resp.items() if k not in ("id", "created_at", "completed_at", "output")}
+    assert strip(body) == strip(streamed)
+    assert [i["type"] for i in body["output"]] == [i["type"] for i in streamed["output"]]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "body, status, param, code",
+    [
+        (b"{not json", 400, None, "invalid_json"),
+        (b"[1]", 400, None, "invalid_type"),
+        ({"input": "hi"}, 400, "model", "missing_required_parameter"),
+        ({"model": "demo"}, 400, "input", "missing_required_parameter"),
+        ({"model": "demo", "input": 5}, 400, "input", "invalid_type"),
+        ({"model": "demo", "input": "hi", "stream": "yes"}, 400, "stream", "invalid_type"),
+        ({"model": "demo", "input": "hi", "temperature": "hot"}, 400, "temperature", "invalid_value"),
+        ({"model": "demo", "input": [{"type": "message", "role": "wizard", "content": "x"}]}, 400, None, "invalid_value"),
+        ({"model": "demo", "input": "hi", "tools": [{"type": "function"}]}, 400, None, "invalid_value"),
+        ({"model": "nope", "input": "hi"}, 404, "model", "model_not_found"),
+    ],
+)
+async def test_bad_input_is_an_openai_error(body, status, param, code):
+    r = await post(ScriptedEngine(SCRIPT), body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == code and error["message"]
+    if param is not None:
+        assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.anyio
+async def test_unknown_fields_and_tools_are_accepted():
+    body = {
+        "model": "demo", "input": "hi", "stream": True, "client_metadata": {"x": "y"}, "prompt_cache_key": "k",
+        "tools": [{"type": "web_search"}, {"type": "something_new", "name": "x"}],
+    }
+    r = await post(ScriptedEngine(SCRIPT), body)
+    assert r.status_code == 200
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    assert [t["type"] for t in events[0]["response"]["tools"]] == ["web_search"]
+
+
+@pytest.mark.anyio
+async def test_engine_failure_mid_stream_ends_with_failed():
+    engine = ScriptedEngine([TextDelta("part"), EngineFailure("boom")])
+    r = await post(engine, {"model": "demo", "input": "hi", "stream": True})
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    assert [e["type"] for e in events[-2:]] == ["error", "response.failed"]
+    r = await post(engine, {"model": "demo", "input": "hi"})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "server_error"
+
+
+@pytest.mark.anyio
+async def test_bug_in_engine_still_terminates_stream():
+    r = await post(ScriptedEngine([TextDelta("a"), ValueError("bug")]), {"model": "demo", "input": "hi", "stream": True})
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    assert events[-1]["type"] == "response.failed"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
