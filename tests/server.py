@@ -79,3 +79,14 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+
+
+class ExternalServer(Server):
+    """A server someone else started (``E2E_SERVER_URL``), for a quick developer loop."""
+
+    def __init__(self, base_url: str, log_path: Path) -> None:  # noqa: D107 - no process of ours
+        self.base_url = base_url.rstrip("/")
+        self.log_path = log_path
+
+    def stop(self) -> None:
+        pass

@@ -168,7 +168,7 @@ def initial_response(request: ResponsesRequest, response_id: str, created_at: fl
         incomplete_details=None,
         parallel_tool_calls=request.get("parallel_tool_calls", True),
         tool_choice=request.get("tool_choice", "auto"),
-        tools=[],
+        tools=request.tools,
         text={"format": text.get("format") or {"type": "text"}, **({"verbosity": text["verbosity"]} if text.get("verbosity") else {})},
         store=request.get("store", True),
         background=request.get("background", False),
@@ -180,7 +180,6 @@ def initial_response(request: ResponsesRequest, response_id: str, created_at: fl
         fields["top_p"] = 1.0
     if fields["metadata"] is None:
         fields["metadata"] = {}
-    response = Response.model_validate(fields)
-    # Tools are echoed as the client sent them, unsupported types included.
-    response.tools = [*request.tools, *request.unsupported_tools]
-    return response
+    # Tools of types the ``openai`` package does not know are accepted but not echoed: a
+    # strict client could not parse them back.
+    return Response.model_validate(fields)

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
+from vllm.exceptions import VLLMValidationError
 from vllm.parser import ParserManager
 
 from . import conversation
@@ -30,6 +31,9 @@ from .errors import APIError, EngineFailure, context_length_exceeded, invalid_re
 from .protocol import ResponsesRequest
 
 logger = logging.getLogger(__name__)
+
+# vLLM's chat-request parameter names → the Responses names a client knows.
+_PARAMS = {"max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens", "messages": "input", "response_format": "text.format"}
 
 
 @dataclass
@@ -103,6 +107,10 @@ class VllmEngine(Engine):
             rendered = await self.renderer.render_chat(chat_request)
         except APIError:
             raise
+        except VLLMValidationError as exc:
+            if exc.parameter in ("input_tokens", "input_text"):
+                raise context_length_exceeded(exc.args[0]) from None
+            raise invalid_request(exc.args[0], param=_PARAMS.get(exc.parameter or "", exc.parameter)) from None
         except Exception as exc:  # template errors, bad content: the client's input did this
             raise invalid_request(f"The input could not be rendered with the model's chat template: {exc}", param="input") from None
         if not isinstance(rendered, tuple):  # vLLM's ErrorResponse

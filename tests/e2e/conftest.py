@@ -1,14 +1,19 @@
 """One real server per test session, started with the users' command and our plugin."""
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from server import Server
+from server import ExternalServer, Server
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if os.environ.get("E2E_SERVER_URL"):  # developer loop: reuse a running `make demo`
+        yield ExternalServer(os.environ["E2E_SERVER_URL"], Path(os.environ.get("E2E_SERVER_LOG", "/dev/null")))
+        return
     srv = Server(plugin=True, log_path=tmp_path_factory.mktemp("vllm") / "server.log")
     try:
         srv.wait_ready()
