@@ -6,9 +6,11 @@ PORT ?= 8000
 MODEL_DIR ?= .demo-model
 
 # The users' command, with our plugin switched on. The e2e tests start the server with
-# exactly these flags (they read them with `make -s print-serve-args`).
+# exactly these flags (they read them with `make -s print-serve-args`). `gpt-5.5` is an
+# alias of `demo`: Codex sends its freeform `apply_patch` (a lark-grammar custom tool) only
+# for model names it knows, and this is one.
 SERVE_ENV := VLLM_PLUGINS=responses VLLM_CPU_KVCACHE_SPACE=$${VLLM_CPU_KVCACHE_SPACE:-1}
-SERVE_ARGS := --served-model-name demo --dtype float32 \
+SERVE_ARGS := --served-model-name demo gpt-5.5 --dtype float32 \
 	--reasoning-parser qwen3 --tool-call-parser hermes --enable-auto-tool-choice \
 	--host 127.0.0.1
 

@@ -20,8 +20,10 @@ class Engine(ABC):
       model, bad parameters, prompt too long, template errors) and raises
       :class:`~vllm_responses.errors.APIError` for them; it starts no generation.
     - :meth:`generate` yields deltas in model order and ends with exactly one
-      :class:`~vllm_responses.deltas.Finish`. A failure after it started raises
-      :class:`~vllm_responses.errors.EngineFailure`.
+      :class:`~vllm_responses.deltas.Finish`. Until it yields its first item it may still
+      raise :class:`~vllm_responses.errors.APIError` (parameters the engine checks on
+      submission); the caller sends no event before that first item. A failure after it
+      raises :class:`~vllm_responses.errors.EngineFailure`.
     - Closing the iterator early (client gone) aborts the generation at once.
     """
 

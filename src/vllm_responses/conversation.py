@@ -6,9 +6,11 @@ a model's template sees a multi-turn tool conversation in its native form.
 """
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .deltas import ToolCallDelta
 from .errors import invalid_request
 
 # A custom (freeform) tool is shown to the model as a function taking one string.
@@ -20,30 +22,189 @@ _CUSTOM_TOOL_PARAMETERS = {
 }
 
 
+@dataclass(frozen=True)
+class ToolTarget:
+    """What a chat function name the model calls stands for in the Responses API."""
+
+    name: str
+    namespace: str | None = None
+    custom: bool = False
+
+
+def chat_name(name: str, namespace: str | None) -> str:
+    """The one flat function name a chat template sees for a (namespace, name) pair."""
+    if not namespace:
+        return name
+    return f"{namespace}{'' if namespace.endswith('__') else '__'}{name}"
+
+
 @dataclass
 class ChatTools:
-    """Tools as chat-completions function tools, plus what each name maps back to."""
+    """Tools as chat-completions function tools, and what each chat name maps back to."""
 
     tools: list[dict[str, Any]] = field(default_factory=list)
-    custom: set[str] = field(default_factory=set)
+    targets: dict[str, ToolTarget] = field(default_factory=dict)
+
+    def add(self, tool: Any, namespace: str | None = None) -> None:
+        custom = tool.type == "custom"
+        name = chat_name(tool.name, namespace)
+        fn: dict[str, Any] = {
+            "name": name,
+            "parameters": _CUSTOM_TOOL_PARAMETERS if custom else (tool.parameters or {"type": "object", "properties": {}}),
+        }
+        if tool.description:
+            fn["description"] = tool.description
+        self.tools.append({"type": "function", "function": fn})
+        self.targets[name] = ToolTarget(tool.name, namespace, custom)
+
+    def target(self, chat_function_name: str) -> ToolTarget:
+        return self.targets.get(chat_function_name) or ToolTarget(chat_function_name)
 
 
 def chat_tools(tools: list[Any]) -> ChatTools:
+    """Function and custom tools, and those inside namespaces; other types are not offered."""
     out = ChatTools()
     for tool in tools:
         kind = getattr(tool, "type", None)
-        if kind == "function":
-            fn: dict[str, Any] = {"name": tool.name, "parameters": tool.parameters or {"type": "object", "properties": {}}}
-            if tool.description:
-                fn["description"] = tool.description
-            out.tools.append({"type": "function", "function": fn})
-        elif kind == "custom":
-            fn = {"name": tool.name, "parameters": _CUSTOM_TOOL_PARAMETERS}
-            if tool.description:
-                fn["description"] = tool.description
-            out.tools.append({"type": "function", "function": fn})
-            out.custom.add(tool.name)
+        if kind in ("function", "custom"):
+            out.add(tool)
+        elif kind == "namespace":
+            for inner in tool.tools:
+                out.add(inner, namespace=tool.name)
     return out
+
+
+class CustomInputDecoder:
+    """Streams the string in ``{"input": "..."}`` while the JSON arguments still arrive.
+
+    A custom tool is shown to the model as a function of one string; its call comes back as
+    JSON argument fragments, and the client must see the raw input, streamed.
+    """
+
+    _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+    _START = re.compile(r'\s*\{\s*"' + CUSTOM_TOOL_INPUT + r'"\s*:\s*"')
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.streamed = ""
+        self._pos: int | None = None
+        self._closed = False
+
+    def feed(self, fragment: str) -> str:
+        self.text += fragment
+        if self._pos is None:
+            match = self._START.match(self.text)
+            if match is None:
+                return ""
+            self._pos = match.end()
+        out: list[str] = []
+        text, i = self.text, self._pos
+        while i < len(text) and not self._closed:
+            c = text[i]
+            if c == '"':
+                self._closed = True
+                break
+            if c != "\\":
+                out.append(c)
+                i += 1
+                continue
+            if i + 1 >= len(text):
+                break
+            e = text[i + 1]
+            if e != "u":
+                out.append(self._ESCAPES.get(e, e))
+                i += 2
+                continue
+            if i + 6 > len(text):
+                break
+            code = int(text[i + 2 : i + 6], 16)
+            if 0xD800 <= code < 0xDC00:  # a surrogate pair spans two escapes
+                if i + 12 > len(text):
+                    break
+                low = int(text[i + 8 : i + 12], 16)
+                out.append(chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)))
+                i += 12
+            else:
+                out.append(chr(code))
+                i += 6
+        self._pos = i
+        chunk = "".join(out)
+        self.streamed += chunk
+        return chunk
+
+    def finish(self) -> str:
+        """What is left of the input once the arguments are complete."""
+        try:
+            value = json.loads(self.text)
+        except ValueError:
+            value = None
+        if isinstance(value, dict) and isinstance(value.get(CUSTOM_TOOL_INPUT), str):
+            full = value[CUSTOM_TOOL_INPUT]
+        elif isinstance(value, str):
+            full = value
+        else:  # not the shape we asked for: hand the client the raw text
+            full = self.text
+        rest = full[len(self.streamed) :] if full.startswith(self.streamed) else ""
+        self.streamed += rest
+        return rest
+
+
+@dataclass
+class _CallState:
+    index: int
+    target: ToolTarget | None = None
+    call_id: str | None = None
+    pending: str = ""
+    decoder: CustomInputDecoder | None = None
+
+
+class ToolCallMapper:
+    """Chat-function call fragments from a tool parser → Responses tool-call deltas.
+
+    Restores each call's real name and namespace, unwraps custom-tool input as it streams,
+    and with ``parallel=False`` keeps only the first call of the turn.
+    """
+
+    def __init__(self, tools: ChatTools, parallel: bool = True) -> None:
+        self.tools = tools
+        self.parallel = parallel
+        self._current: _CallState | None = None
+        self._first_index: int | None = None
+
+    def feed(self, index: int, name: str | None, call_id: str | None, arguments: str) -> list[ToolCallDelta]:
+        if self._first_index is None:
+            self._first_index = index
+        if not self.parallel and index != self._first_index:
+            return []
+        out: list[ToolCallDelta] = []
+        call = self._current
+        if call is None or call.index != index:
+            out += self.finish()
+            call = self._current = _CallState(index)
+        call.call_id = call.call_id or call_id
+        if call.target is None:
+            call.pending += arguments
+            if not name:
+                return out
+            call.target = self.tools.target(name)
+            if call.target.custom:
+                call.decoder = CustomInputDecoder()
+            arguments, call.pending = call.pending, ""
+            if call.decoder is not None:
+                arguments = call.decoder.feed(arguments)
+            t = call.target
+            return out + [ToolCallDelta(index, arguments, t.name, call.call_id, t.namespace, t.custom)]
+        if call.decoder is not None:
+            arguments = call.decoder.feed(arguments)
+        return out + ([ToolCallDelta(index, arguments)] if arguments else [])
+
+    def finish(self) -> list[ToolCallDelta]:
+        """Flush the call in progress (custom input still held back by the decoder)."""
+        call, self._current = self._current, None
+        if call is None or call.decoder is None:
+            return []
+        rest = call.decoder.finish()
+        return [ToolCallDelta(call.index, rest)] if rest else []
 
 
 def _text_of(content: Any) -> str:
@@ -106,14 +267,14 @@ def chat_messages(instructions: str | None, items: list[Any]) -> list[dict[str, 
             if role == "developer":
                 role = "system"
             messages.append({"role": role, "content": _content(item.content)})
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call"):
+            if kind == "function_call":
+                arguments = item.arguments
+            else:
+                arguments = json.dumps({CUSTOM_TOOL_INPUT: item.input}, ensure_ascii=False)
+            name = chat_name(item.name, getattr(item, "namespace", None))
             assistant_for_calls()["tool_calls"].append(
-                {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
-            )
-        elif kind == "custom_tool_call":
-            arguments = json.dumps({CUSTOM_TOOL_INPUT: item.input}, ensure_ascii=False)
-            assistant_for_calls()["tool_calls"].append(
-                {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": arguments}}
+                {"id": item.call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             )
         elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": _text_of(item.output)})
@@ -134,7 +295,7 @@ def chat_tool_choice(tool_choice: Any) -> Any:
         return tool_choice
     kind = tool_choice.get("type")
     if kind in ("function", "custom"):
-        return {"type": "function", "function": {"name": tool_choice["name"]}}
+        return {"type": "function", "function": {"name": chat_name(tool_choice["name"], tool_choice.get("namespace"))}}
     raise invalid_request(f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value")
 
 

@@ -29,12 +29,19 @@ class TextDelta:
 
 @dataclass(slots=True)
 class ToolCallDelta:
-    """A fragment of the ``index``-th tool call of the turn; ``name`` arrives first."""
+    """A fragment of the ``index``-th tool call of the turn; ``name`` arrives first.
+
+    ``arguments`` is a fragment of the JSON arguments of a function call, or of the raw
+    input of a custom tool call (``custom``). ``namespace`` is set for a function that
+    came from a ``namespace`` tool.
+    """
 
     index: int
     arguments: str = ""
     name: str | None = None
     call_id: str | None = None
+    namespace: str | None = None
+    custom: bool = False
 
 
 @dataclass(slots=True)

@@ -65,6 +65,7 @@ def parse_request(body: bytes) -> ResponsesRequest:
 
     params = _validate(_PARAMS, {k: v for k, v in data.items() if k not in _SEPARATE}, "")
     params = cast(dict[str, Any], _materialize(params))
+    _check_ranges(params)
     return ResponsesRequest(
         params=params,
         model=model,
@@ -74,6 +75,27 @@ def parse_request(body: bytes) -> ResponsesRequest:
     )
 
 
+# The ranges OpenAI documents for numeric parameters: (minimum, maximum), inclusive.
+_RANGES: dict[str, tuple[float, float | None]] = {
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "max_output_tokens": (1, None),
+    "top_logprobs": (0, 20),
+    "max_tool_calls": (1, None),
+}
+
+
+def _check_ranges(params: dict[str, Any]) -> None:
+    for name, (low, high) in _RANGES.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        if value < low:
+            raise invalid_request(f"Invalid '{name}': {value} is below the minimum value of {low}.", param=name, code="integer_below_min_value" if isinstance(value, int) else "decimal_below_min_value")
+        if high is not None and value > high:
+            raise invalid_request(f"Invalid '{name}': {value} is above the maximum value of {high}.", param=name, code="integer_above_max_value" if isinstance(value, int) else "decimal_above_max_value")
+
+
 def _parse_input(raw: Any) -> list[Any]:
     if raw is None:
         raise invalid_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
@@ -81,7 +103,21 @@ def _parse_input(raw: Any) -> list[Any]:
         raw = [{"type": "message", "role": "user", "content": raw}]
     if not isinstance(raw, list):
         raise invalid_request("Invalid type for 'input': expected a string or an array of items.", param="input", code="invalid_type")
-    return _validate(_INPUT_ITEMS, raw, "input")
+    return _validate(_INPUT_ITEMS, [_lenient_item(item) for item in raw], "input")
+
+
+def _lenient_item(item: Any) -> Any:
+    """Accept assistant messages echoed without the fields only output items carry.
+
+    Clients replay earlier answers as ``{"role": "assistant", "content": [{"type":
+    "output_text", "text": ...}]}``; OpenAI accepts that, so do we.
+    """
+    if not isinstance(item, dict) or item.get("role") != "assistant" or not isinstance(item.get("content"), list):
+        return item
+    if not any(isinstance(p, dict) and p.get("type") in ("output_text", "refusal") for p in item["content"]):
+        return item
+    content = [{"annotations": [], **p} if isinstance(p, dict) and p.get("type") == "output_text" else p for p in item["content"]]
+    return {"type": "message", "id": "msg_input", "status": "completed", **item, "content": content}
 
 
 def _parse_tools(raw: Any) -> dict[str, list[Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 from openai.types.responses import Response, ResponseStreamEvent
 
 from .backend import Engine
-from .deltas import Finish
+from .deltas import Delta, Finish
 from .errors import EngineFailure
 from .ids import new_id
 from .protocol import ResponsesRequest, initial_response
@@ -25,10 +25,10 @@ logger = logging.getLogger(__name__)
 class Run:
     """A prepared response: iterate :meth:`events` once; ``response`` is final afterwards."""
 
-    def __init__(self, engine: Engine, prepared: Any, stream: ResponseStream) -> None:
-        self._engine = engine
-        self._prepared = prepared
+    def __init__(self, stream: ResponseStream, deltas: AsyncIterator[Delta | Finish], first: Delta | Finish | None) -> None:
         self._stream = stream
+        self._deltas = deltas
+        self._first = first
 
     @property
     def response(self) -> Response:
@@ -38,9 +38,11 @@ class Run:
         stream = self._stream
         for event in stream.start():
             yield event
-        deltas = self._engine.generate(self._prepared, stream.response.id)
+        deltas = self._deltas
         try:
-            async for delta in deltas:
+            if self._first is None:
+                raise EngineFailure("The engine produced no output.")
+            async for delta in _chain(self._first, deltas):
                 if isinstance(delta, Finish):
                     for event in stream.finish(delta):
                         yield event
@@ -71,4 +73,18 @@ class ResponsesService:
             logprobs="message.output_text.logprobs" in request.get("include", []),
         )
         response = initial_response(request, new_id("resp"), time.time(), request.model)
-        return Run(self.engine, prepared, ResponseStream(response, options, clock=time.time))
+        deltas = self.engine.generate(prepared, response.id)
+        # The first item comes before any event, so errors the engine finds on submission
+        # are still plain 4xx answers (chat completions also waits for the first output).
+        try:
+            first = await anext(deltas, None)
+        except BaseException:
+            await deltas.aclose()
+            raise
+        return Run(ResponseStream(response, options, clock=time.time), deltas, first)
+
+
+async def _chain(first: Delta | Finish, rest: AsyncIterator[Delta | Finish]) -> AsyncIterator[Delta | Finish]:
+    yield first
+    async for item in rest:
+        yield item

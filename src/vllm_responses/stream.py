@@ -24,6 +24,9 @@ from openai.types.responses import (
     ResponseContentPartAddedEvent,
     ResponseContentPartDoneEvent,
     ResponseCreatedEvent,
+    ResponseCustomToolCall,
+    ResponseCustomToolCallInputDeltaEvent,
+    ResponseCustomToolCallInputDoneEvent,
     ResponseError,
     ResponseErrorEvent,
     ResponseFailedEvent,
@@ -216,42 +219,53 @@ class _Message(_Item):
         return events, item
 
 
-class _FunctionCall(_Item):
-    def __init__(self, stream: "ResponseStream", output_index: int, index: int, name: str, call_id: str | None) -> None:
-        super().__init__(stream, output_index, new_id("fc"))
-        self.index = index
-        self.name = name
-        self.call_id = call_id or new_id("call")
+class _ToolCall(_Item):
+    """A ``function_call`` (JSON arguments) or a ``custom_tool_call`` (raw input)."""
+
+    def __init__(self, stream: "ResponseStream", output_index: int, call: ToolCallDelta) -> None:
+        super().__init__(stream, output_index, new_id("ctc" if call.custom else "fc"))
+        self.index = call.index
+        self.name = call.name or ""
+        self.namespace = call.namespace
+        self.custom = call.custom
+        self.call_id = call.call_id or new_id("call")
         self.chunks: list[str] = []
 
-    def _item(self, arguments: str, status: str) -> ResponseFunctionToolCall:
-        return ResponseFunctionToolCall.model_construct(
-            id=self.id, type="function_call", call_id=self.call_id, name=self.name, arguments=arguments, status=status
-        )
+    def _item(self, text: str, status: str) -> Any:
+        fields: dict[str, Any] = {"id": self.id, "call_id": self.call_id, "name": self.name, "status": status}
+        if self.namespace:
+            fields["namespace"] = self.namespace
+        if self.custom:
+            return ResponseCustomToolCall.model_construct(type="custom_tool_call", input=text, **fields)
+        return ResponseFunctionToolCall.model_construct(type="function_call", arguments=text, **fields)
 
     def open(self) -> list[ResponseStreamEvent]:
         return [self.s.item_added(self.output_index, self._item("", "in_progress"))]
 
-    def add(self, arguments: str) -> list[ResponseStreamEvent]:
-        if not arguments:
+    def add(self, text: str) -> list[ResponseStreamEvent]:
+        if not text:
             return []
-        self.chunks.append(arguments)
+        self.chunks.append(text)
+        event = ResponseCustomToolCallInputDeltaEvent if self.custom else ResponseFunctionCallArgumentsDeltaEvent
+        kind = "response.custom_tool_call_input.delta" if self.custom else "response.function_call_arguments.delta"
         return [
-            ResponseFunctionCallArgumentsDeltaEvent.model_construct(
-                type="response.function_call_arguments.delta", sequence_number=self.s.seq(), item_id=self.id,
-                output_index=self.output_index, delta=arguments,
+            event.model_construct(
+                type=kind, sequence_number=self.s.seq(), item_id=self.id, output_index=self.output_index, delta=text
             )
         ]
 
     def close(self, status: ItemStatus) -> tuple[list[ResponseStreamEvent], Any]:
-        arguments = "".join(self.chunks)
-        events: list[ResponseStreamEvent] = [
-            ResponseFunctionCallArgumentsDoneEvent.model_construct(
-                type="response.function_call_arguments.done", sequence_number=self.s.seq(), item_id=self.id,
-                output_index=self.output_index, name=self.name, arguments=arguments,
+        text = "".join(self.chunks)
+        common = {"sequence_number": self.s.seq(), "item_id": self.id, "output_index": self.output_index}
+        if self.custom:
+            done: Any = ResponseCustomToolCallInputDoneEvent.model_construct(
+                type="response.custom_tool_call_input.done", input=text, **common
             )
-        ]
-        return events, self._item(arguments, status)
+        else:
+            done = ResponseFunctionCallArgumentsDoneEvent.model_construct(
+                type="response.function_call_arguments.done", name=self.name, arguments=text, **common
+            )
+        return [done], self._item(text, status)
 
 
 class ResponseStream:
@@ -301,7 +315,7 @@ class ResponseStream:
         return self._feed_call(delta)
 
     def _feed_call(self, delta: ToolCallDelta) -> list[ResponseStreamEvent]:
-        if isinstance(self._open, _FunctionCall) and self._open.index == delta.index:
+        if isinstance(self._open, _ToolCall) and self._open.index == delta.index:
             return self._open.add(delta.arguments)
         # A new call: it opens once its name is known; fragments before that wait.
         pending = self._pending_call
@@ -309,13 +323,17 @@ class ResponseStream:
             pending.arguments += delta.arguments
             pending.name = pending.name or delta.name
             pending.call_id = pending.call_id or delta.call_id
+            pending.namespace = pending.namespace or delta.namespace
+            pending.custom = pending.custom or delta.custom
         else:
-            pending = self._pending_call = ToolCallDelta(delta.index, delta.arguments, delta.name, delta.call_id)
+            pending = self._pending_call = ToolCallDelta(
+                delta.index, delta.arguments, delta.name, delta.call_id, delta.namespace, delta.custom
+            )
         if pending.name is None:
             return []
         self._pending_call = None
         events = self._close_open("completed")
-        call = _FunctionCall(self, len(self.response.output), pending.index, pending.name, pending.call_id)
+        call = _ToolCall(self, len(self.response.output), pending)
         self._open = call
         return events + call.open() + call.add(pending.arguments)
 

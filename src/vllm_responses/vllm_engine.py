@@ -33,7 +33,13 @@ from .protocol import ResponsesRequest
 logger = logging.getLogger(__name__)
 
 # vLLM's chat-request parameter names → the Responses names a client knows.
-_PARAMS = {"max_tokens": "max_output_tokens", "max_completion_tokens": "max_output_tokens", "messages": "input", "response_format": "text.format"}
+_PARAMS = {
+    "max_tokens": "max_output_tokens",
+    "max_completion_tokens": "max_output_tokens",
+    "messages": "input",
+    "response_format": "text.format",
+    "logprobs": "top_logprobs",
+}
 
 
 @dataclass
@@ -45,6 +51,8 @@ class _Prepared:
     parser: Any
     reasoning_kwargs: dict[str, Any]
     top_logprobs: int
+    tools: conversation.ChatTools
+    parallel_tool_calls: bool
 
 
 class VllmEngine(Engine):
@@ -74,6 +82,12 @@ class VllmEngine(Engine):
         return self._names
 
     async def prepare(self, request: ResponsesRequest) -> _Prepared:
+        try:
+            return await self._prepare(request)
+        except VLLMValidationError as exc:
+            raise _client_error(exc) from None
+
+    async def _prepare(self, request: ResponsesRequest) -> _Prepared:
         if not self.models.is_base_model(request.model):
             raise model_not_found(request.model)
         tools = conversation.chat_tools(request.tools)
@@ -107,10 +121,8 @@ class VllmEngine(Engine):
             rendered = await self.renderer.render_chat(chat_request)
         except APIError:
             raise
-        except VLLMValidationError as exc:
-            if exc.parameter in ("input_tokens", "input_text"):
-                raise context_length_exceeded(exc.args[0]) from None
-            raise invalid_request(exc.args[0], param=_PARAMS.get(exc.parameter or "", exc.parameter)) from None
+        except VLLMValidationError:
+            raise
         except Exception as exc:  # template errors, bad content: the client's input did this
             raise invalid_request(f"The input could not be rendered with the model's chat template: {exc}", param="input") from None
         if not isinstance(rendered, tuple):  # vLLM's ErrorResponse
@@ -138,27 +150,42 @@ class VllmEngine(Engine):
         parser = None
         reasoning_kwargs: dict[str, Any] = {}
         if self.parser_cls is not None:
-            template_kwargs = (
-                chat_request.build_chat_params(self.renderer.chat_template, self.renderer.chat_template_content_format)
-                .with_defaults(self.renderer.default_chat_template_kwargs)
-                .chat_template_kwargs
-            )
+            template_kwargs = self._template_kwargs(chat_request)
             parser = self.parser_cls(
                 self.tokenizer, chat_request.tools, chat_template_kwargs=template_kwargs, model_config=self.model_config
             )
             reasoning_kwargs["reasoning_ended"] = chat_request.resolve_reasoning_ended(parser, prompt_token_ids)
             if parser.reasoning_parser is not None:
                 reasoning_kwargs["reasoning_parser_kwargs"] = {"chat_template_kwargs": template_kwargs}
-        return _Prepared(chat_request, engine_input, prompt_token_ids, sampling_params, parser, reasoning_kwargs, top_logprobs)
+        return _Prepared(
+            chat_request, engine_input, prompt_token_ids, sampling_params, parser, reasoning_kwargs, top_logprobs,
+            tools, bool(request.get("parallel_tool_calls", True)),
+        )
+
+    def _template_kwargs(self, chat_request: Any) -> dict[str, Any]:
+        """The chat-template kwargs the renderer used, which the parsers must see too."""
+        effective = getattr(self.renderer, "effective_chat_template_kwargs", None)
+        if effective is not None:  # vLLM >= 0.33 (maps reasoning effort per model)
+            return effective(chat_request)
+        return (  # vLLM 0.32
+            chat_request.build_chat_params(self.renderer.chat_template, self.renderer.chat_template_content_format)
+            .with_defaults(self.renderer.default_chat_template_kwargs)
+            .chat_template_kwargs
+        )
 
     async def generate(self, prepared: _Prepared, request_id: str) -> AsyncIterator[Delta | Finish]:
         p = prepared
         generated: list[int] = []
         cached_tokens = 0
         finish_reason: str | None = None
+        calls = conversation.ToolCallMapper(p.tools, parallel=p.parallel_tool_calls)
         results = self.client.generate(p.engine_input, p.sampling_params, request_id, **p.reasoning_kwargs)
         try:
-            async for result in results:
+            try:
+                result = await anext(results, None)
+            except VLLMValidationError as exc:  # the engine checks some parameters on submission
+                raise _client_error(exc) from None
+            while result is not None:
                 if result.num_cached_tokens:
                     cached_tokens = result.num_cached_tokens
                 output = result.outputs[0]
@@ -167,11 +194,12 @@ class VllmEngine(Engine):
                 finish_reason = output.finish_reason
                 if finish_reason == "error":
                     raise EngineFailure("The engine failed while generating this response.")
-                for delta in self._deltas(p, output, token_ids, finished=finish_reason is not None):
+                for delta in self._deltas(p, calls, output, token_ids, finished=finish_reason is not None):
                     yield delta
                 if finish_reason is not None:
                     break
-        except EngineFailure:
+                result = await anext(results, None)
+        except (EngineFailure, APIError):
             raise
         except Exception as exc:
             logger.exception("generation %s failed", request_id)
@@ -181,11 +209,13 @@ class VllmEngine(Engine):
                 await self.client.abort(request_id)
         if finish_reason is None:
             raise EngineFailure("The engine ended the generation without a finish reason.")
+        for delta in calls.finish():
+            yield delta
         reasoning_tokens = p.parser.count_reasoning_tokens(generated) if p.parser is not None else 0
         usage = Usage(len(p.prompt_token_ids), len(generated), reasoning_tokens, cached_tokens)
         yield Finish("length" if finish_reason == "length" else "stop", usage)
 
-    def _deltas(self, p: _Prepared, output: Any, token_ids: list[int], finished: bool) -> list[Delta]:
+    def _deltas(self, p: _Prepared, calls: conversation.ToolCallMapper, output: Any, token_ids: list[int], finished: bool) -> list[Delta]:
         if p.parser is None:
             return [TextDelta(output.text, self._logprobs(p, output, token_ids))] if output.text else []
         message = p.parser.parse_delta(
@@ -205,14 +235,7 @@ class VllmEngine(Engine):
             deltas.append(TextDelta(message.content, logprobs))
         for call in message.tool_calls:
             fn = call.function
-            deltas.append(
-                ToolCallDelta(
-                    index=call.index,
-                    arguments=(fn.arguments or "") if fn else "",
-                    name=fn.name if fn else None,
-                    call_id=call.id,
-                )
-            )
+            deltas += calls.feed(call.index, fn.name if fn else None, call.id, (fn.arguments or "") if fn else "")
         return deltas
 
     def _logprobs(self, p: _Prepared, output: Any, token_ids: list[int]) -> list[TokenLogprob] | None:
@@ -238,6 +261,14 @@ class VllmEngine(Engine):
         return result
 
 
+def _client_error(exc: VLLMValidationError) -> APIError:
+    """vLLM's parameter errors, in the Responses API's terms."""
+    message = exc.args[0] if exc.args else str(exc)
+    if exc.parameter in ("input_tokens", "input_text"):
+        return context_length_exceeded(message)
+    return invalid_request(message, param=_PARAMS.get(exc.parameter or "", exc.parameter))
+
+
 def _token_text(logprob: Any, token_id: int, tokenizer: Any) -> str:
     text = getattr(logprob, "decoded_token", None)
     return text if text is not None else tokenizer.decode([token_id])
@@ -251,4 +282,4 @@ def _from_vllm_error(error: Any) -> APIError:
         return context_length_exceeded(message)
     if status >= 500:
         return APIError(message, status=HTTPStatus.INTERNAL_SERVER_ERROR, type="server_error", code="server_error")
-    return invalid_request(message, param=getattr(info, "param", None))
+    return invalid_request(message, param=getattr(info, "param", None) or "input")

@@ -71,6 +71,10 @@ async def test_json_equals_completed_response():
         ({"model": "demo", "input": [{"type": "message", "role": "wizard", "content": "x"}]}, 400, None, "invalid_value"),
         ({"model": "demo", "input": "hi", "tools": [{"type": "function"}]}, 400, None, "invalid_value"),
         ({"model": "nope", "input": "hi"}, 404, "model", "model_not_found"),
+        ({"model": "demo", "input": "hi", "temperature": -1}, 400, "temperature", "decimal_below_min_value"),
+        ({"model": "demo", "input": "hi", "top_p": 5}, 400, "top_p", "decimal_above_max_value"),
+        ({"model": "demo", "input": "hi", "max_output_tokens": 0}, 400, "max_output_tokens", "integer_below_min_value"),
+        ({"model": "demo", "input": "hi", "top_logprobs": 50}, 400, "top_logprobs", "integer_above_max_value"),
     ],
 )
 async def test_bad_input_is_an_openai_error(body, status, param, code):
