@@ -101,9 +101,10 @@ class VllmEngine(Engine):
             "max_completion_tokens": request.get("max_output_tokens"),
             "response_format": conversation.chat_response_format(request.get("text")),
         }
-        if tools.tools:
+        tool_choice = request.get("tool_choice", "auto")
+        if tools.tools and tool_choice != "none":  # "none": the model is not shown the tools at all
             fields["tools"] = tools.tools
-            fields["tool_choice"] = conversation.chat_tool_choice(request.get("tool_choice", "auto"))
+            fields["tool_choice"] = conversation.chat_tool_choice(tool_choice)
         effort = (request.get("reasoning") or {}).get("effort")
         if effort:
             fields["reasoning_effort"] = effort

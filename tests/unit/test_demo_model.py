@@ -58,6 +58,7 @@ ALL_TOOLS = [
     _fn("exec_command", {"type": "object", "properties": {"cmd": {"type": "string"}}}),
     _fn("get_weather", {"type": "object", "properties": {"city": {"type": "string"}}}),
     _fn("apply_patch", {"type": "object", "properties": {"input": {"type": "string"}}}),
+    _fn("crm__lookup_customer", {"type": "object", "properties": {"customer_id": {"type": "string"}}}),
 ]
 
 TOOL_TURN = [
@@ -83,6 +84,7 @@ PROMPTS = {
     "two_calls": [{"role": "user", "content": "Weather in Paris and London?"}],
     "weather_call": [{"role": "user", "content": [{"type": "text", "text": "Weather?"}]}],
     "apply_patch": [{"role": "user", "content": "Write a patch adding hello.txt"}],
+    "namespace_call": [{"role": "user", "content": "Who is customer 42?"}],
     "endless": [{"role": "user", "content": "Talk forever"}],
     "json": [{"role": "user", "content": "Answer in JSON"}],
     "no_reasoning": [{"role": "user", "content": "Answer with no reasoning"}],

@@ -204,6 +204,12 @@ SCENARIO_LIST: tuple[Scenario, ...] = (
         tool_calls=(_tc("apply_patch", input=APPLY_PATCH_INPUT),),
     ),
     Scenario(
+        name="namespace_call",
+        trigger=Trigger(tool="crm__lookup_customer", keywords=("customer",)),
+        reasoning="The user asked about a customer. I will look them up.",
+        tool_calls=(_tc("crm__lookup_customer", customer_id="42"),),
+    ),
+    Scenario(
         name="endless",
         trigger=Trigger(keywords=("forever",)),
         reasoning="",
