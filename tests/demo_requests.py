@@ -53,6 +53,26 @@ class Case:
         return SCENARIOS[self.scenario].endless
 
 
+APPLY_PATCH_TOOL = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files with a patch.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": "start: begin_patch hunk+ end_patch\nbegin_patch: \"*** Begin Patch\" LF\nend_patch: \"*** End Patch\" LF?\nhunk: /(.|\\n)+?/\nLF: /\\n/"},
+}
+CRM_NAMESPACE = {
+    "type": "namespace",
+    "name": "crm",
+    "description": "Customer records.",
+    "tools": [
+        {
+            "type": "function",
+            "name": "lookup_customer",
+            "description": "Find a customer by id.",
+            "parameters": {"type": "object", "properties": {"customer_id": {"type": "string"}}, "required": ["customer_id"]},
+        }
+    ],
+}
+
 AFTER_TOOL_INPUT = [
     {"type": "message", "role": "user", "content": "What is the weather in Paris?"},
     {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": json.dumps({"city": "Paris"})},
@@ -70,6 +90,8 @@ CASES = {
         Case("two_calls", {"input": "What is the weather in Paris and London?", "tools": [WEATHER_TOOL]}),
         Case("exec_command", {"input": "Please list files in this folder.", "tools": [EXEC_TOOL]}),
         Case("after_tool", {"input": AFTER_TOOL_INPUT, "tools": [WEATHER_TOOL]}),
+        Case("apply_patch", {"input": "Please apply a patch.", "tools": [APPLY_PATCH_TOOL, {"type": "web_search"}]}),
+        Case("namespace_call", {"input": "Who is customer 42?", "tools": [CRM_NAMESPACE, {"type": "tool_search"}]}),
     ]
 }
 
@@ -77,16 +99,26 @@ CASES = {
 def check_output(case: Case, output: list[dict[str, Any]]) -> None:
     """The final ``output`` items hold exactly the scenario's script."""
     kinds = [item["type"] for item in output]
+    call_kind = "custom_tool_call" if case.scenario == "apply_patch" else "function_call"
     expected_kinds = (["reasoning"] if case.reasoning else []) + (
-        ["function_call"] * len(case.tool_calls) if case.tool_calls else ["message"]
+        [call_kind] * len(case.tool_calls) if case.tool_calls else ["message"]
     )
     assert kinds == expected_kinds, (kinds, output)
     if case.reasoning:
         assert output[0]["content"] == [{"type": "reasoning_text", "text": case.reasoning}]
-    calls = [item for item in output if item["type"] == "function_call"]
-    assert [{"name": c["name"], "arguments": json.loads(c["arguments"])} for c in calls] == case.tool_calls
+    calls = [item for item in output if item["type"] in ("function_call", "custom_tool_call")]
+    assert [_as_chat_call(c) for c in calls] == case.tool_calls
     assert len({c["call_id"] for c in calls}) == len(calls)
+    assert all(c["status"] == "completed" for c in calls)
     messages = [item for item in output if item["type"] == "message"]
     if messages:
         assert messages[0]["content"][0]["text"] == case.content
         assert messages[0]["status"] == ("incomplete" if case.incomplete else "completed")
+
+
+def _as_chat_call(item: dict[str, Any]) -> dict[str, Any]:
+    """A Responses call item as the flat chat call the demo model scripts."""
+    if item["type"] == "custom_tool_call":
+        return {"name": item["name"], "arguments": {"input": item["input"]}}
+    name = f"{item['namespace']}__{item['name']}" if item.get("namespace") else item["name"]
+    return {"name": name, "arguments": json.loads(item["arguments"])}

@@ -232,8 +232,7 @@ class VllmEngine(Engine):
         if message.reasoning:
             deltas.append(ReasoningDelta(message.reasoning))
         if message.content:
-            logprobs = self._logprobs(p, output, token_ids) if not message.reasoning else None
-            deltas.append(TextDelta(message.content, logprobs))
+            deltas.append(TextDelta(message.content, _content_logprobs(self._logprobs(p, output, token_ids), message.content)))
         for call in message.tool_calls:
             fn = call.function
             deltas += calls.feed(call.index, fn.name if fn else None, call.id, (fn.arguments or "") if fn else "")
@@ -260,6 +259,19 @@ class VllmEngine(Engine):
                 )
             )
         return result
+
+
+def _content_logprobs(logprobs: list[TokenLogprob] | None, content: str) -> list[TokenLogprob] | None:
+    """The logprobs of the tokens that make up ``content``: a step may also hold reasoning
+    or marker tokens (``</think>``) before it, so take the trailing tokens whose text is it."""
+    if not logprobs:
+        return None
+    text = ""
+    for start in range(len(logprobs) - 1, -1, -1):
+        text = logprobs[start].token + text
+        if len(text) >= len(content):
+            return logprobs[start:] if text == content else None
+    return None
 
 
 def _client_error(exc: VLLMValidationError) -> APIError:

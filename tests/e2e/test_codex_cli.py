@@ -1,5 +1,6 @@
 """Codex CLI (``openai-codex-cli-bin``) running ``codex exec`` against the real server."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -55,3 +56,32 @@ def test_codex_shows_reasoning_summary(tmp_path: Path, base_url: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert last.strip() == CASES["default"].content
     assert CASES["default"].reasoning in proc.stderr + proc.stdout
+
+
+def _json_events(stdout: str) -> list[dict]:
+    events = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            events.append(json.loads(line))
+    return events
+
+
+def test_codex_runs_exec_command_and_answers(tmp_path: Path, base_url: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "marker-file.txt").write_text("x")
+    proc, last = run_codex(tmp_path, base_url, "Please list files in this folder.", "--json", "--dangerously-bypass-approvals-and-sandbox")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    commands = [e["item"] for e in _json_events(proc.stdout) if e.get("type") == "item.completed" and e["item"].get("type") == "command_execution"]
+    assert commands, proc.stdout[-3000:]
+    assert commands[0]["command"].endswith("ls") and "marker-file.txt" in commands[0]["aggregated_output"]
+    assert last.strip() == CASES["after_tool"].content
+
+
+def test_codex_applies_a_freeform_patch(tmp_path: Path, base_url: str) -> None:
+    """Under `gpt-5.5` Codex offers apply_patch as a lark-grammar custom tool."""
+    proc, last = run_codex(tmp_path, base_url, "Please apply a patch.", "-m", "gpt-5.5", "--json", "--dangerously-bypass-approvals-and-sandbox")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert (tmp_path / "work" / "hello.txt").read_text() == "Hello, world!\n"
+    assert last.strip() == CASES["after_tool"].content
