@@ -170,6 +170,11 @@ def _materialize(value: Any) -> Any:
     return value
 
 
+def dump_json(model: Any) -> str:
+    """Serialize an ``openai`` model exactly as set: fields never set are left out."""
+    return model.model_dump_json(exclude_unset=True, by_alias=True, warnings=False)
+
+
 _RESPONSE_ECHO = (
     "instructions",
     "max_output_tokens",

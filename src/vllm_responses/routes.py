@@ -10,7 +10,8 @@ from . import __version__
 from .errors import APIError
 from .protocol import parse_request
 from .service import ResponsesService
-from .sse import SSE_MEDIA_TYPE, dump_json, frame
+from .protocol import dump_json
+from .sse import SSE_MEDIA_TYPE, frames
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +45,13 @@ async def create_response(raw: Request) -> Response:
 
     if request.stream:
         async def body() -> AsyncIterator[bytes]:
-            async for event in run.events():
-                yield frame(event)
+            async for batch in run.batches():
+                yield frames(batch)
 
         headers = {**_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(body(), media_type=SSE_MEDIA_TYPE, headers=headers)
 
-    async for _ in run.events():
+    async for _ in run.batches():
         pass
     if run.response.status == "failed":
         error = run.response.error

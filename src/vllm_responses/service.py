@@ -10,20 +10,20 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from openai.types.responses import Response, ResponseStreamEvent
+from openai.types.responses import Response
 
 from .backend import Engine
 from .deltas import Delta, Finish
 from .errors import EngineFailure
 from .ids import new_id
 from .protocol import ResponsesRequest, initial_response
-from .stream import ResponseStream, StreamOptions
+from .stream import Event, ResponseStream, StreamOptions
 
 logger = logging.getLogger(__name__)
 
 
 class Run:
-    """A prepared response: iterate :meth:`events` once; ``response`` is final afterwards."""
+    """A started response: iterate :meth:`batches` once; ``response`` is final afterwards."""
 
     def __init__(self, stream: ResponseStream, deltas: AsyncIterator[Delta | Finish], first: Delta | Finish | None) -> None:
         self._stream = stream
@@ -34,21 +34,21 @@ class Run:
     def response(self) -> Response:
         return self._stream.response
 
-    async def events(self) -> AsyncIterator[ResponseStreamEvent]:
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """The events, grouped by engine step, so a transport writes once per step."""
         stream = self._stream
-        for event in stream.start():
-            yield event
+        yield stream.start()
         deltas = self._deltas
         try:
             if self._first is None:
                 raise EngineFailure("The engine produced no output.")
             async for delta in _chain(self._first, deltas):
                 if isinstance(delta, Finish):
-                    for event in stream.finish(delta):
-                        yield event
+                    yield stream.finish(delta)
                     return
-                for event in stream.feed(delta):
-                    yield event
+                events = stream.feed(delta)
+                if events:
+                    yield events
             failure = EngineFailure("The engine stopped without finishing the response.")
         except EngineFailure as exc:
             failure = exc
@@ -57,8 +57,7 @@ class Run:
             failure = EngineFailure(f"Internal error: {type(exc).__name__}.")
         finally:
             await deltas.aclose()  # aborts the engine request if it is still running
-        for event in stream.fail(failure.message, failure.code):
-            yield event
+        yield stream.fail(failure.message, failure.code)
 
 
 class ResponsesService:

@@ -1,18 +1,23 @@
-"""Wire encoding of events: SSE frames and JSON bodies.
+"""Wire encoding of events: SSE frames.
 
 One frame per event: ``event: <type>\\ndata: <one-line json>\\n\\n``. Codex reads only the
 ``data:`` line and takes the name from the JSON ``type``; openai-python reads both.
 """
 
-from typing import Any
+from .protocol import dump_json
+from .stream import DeltaEvent, Event
 
 SSE_MEDIA_TYPE = "text/event-stream"
 
 
-def dump_json(model: Any) -> str:
-    """Serialize an ``openai`` model exactly as set: fields never set are left out."""
-    return model.model_dump_json(exclude_unset=True, by_alias=True, warnings=False)
+def event_json(event: Event) -> str:
+    return event.json if isinstance(event, DeltaEvent) else dump_json(event)
 
 
-def frame(event: Any) -> bytes:
-    return f"event: {event.type}\ndata: {dump_json(event)}\n\n".encode()
+def frame(event: Event) -> str:
+    return f"event: {event.type}\ndata: {event_json(event)}\n\n"
+
+
+def frames(events: list[Event]) -> bytes:
+    """One write for all events of one engine step."""
+    return "".join(map(frame, events)).encode()

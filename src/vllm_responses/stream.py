@@ -16,7 +16,9 @@ Guarantees (checked by :mod:`vllm_responses.conformance`):
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias, Union
+
+import orjson
 
 from openai.types.responses import (
     Response,
@@ -58,9 +60,13 @@ from openai.types.responses.response_reasoning_item import Content as ReasoningC
 from openai.types.responses.response_reasoning_item import Summary
 from openai.types.responses.response_reasoning_summary_part_added_event import Part as SummaryPart
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
+from pydantic import TypeAdapter
 
 from .deltas import Delta, Finish, ReasoningDelta, TextDelta, TokenLogprob, ToolCallDelta, Usage
 from .ids import new_id
+from .protocol import dump_json
+
+_EVENT_ADAPTER: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 
 ItemStatus = Literal["completed", "incomplete"]
 
@@ -78,6 +84,50 @@ class StreamOptions:
     logprobs: bool = False
 
 
+_SEQ = 987_654_321_012_345
+_DELTA = "@@vllm-responses-delta@@"
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaEvent:
+    """A delta event, already serialized.
+
+    Its JSON is an ``openai`` event model's own serialization: a template dumped once per item
+    with placeholders, spliced per delta. So the hot path builds no pydantic model and
+    validates nothing, yet the shape still comes from ``openai.types.responses``.
+    """
+
+    type: str
+    json: str
+
+    def model(self) -> ResponseStreamEvent:
+        """The event as an ``openai`` model (for tests and debugging, not the hot path)."""
+        return _EVENT_ADAPTER.validate_json(self.json)
+
+
+Event: TypeAlias = Union[ResponseStreamEvent, DeltaEvent]
+"""What the state machine emits: ``openai`` event models, or deltas already serialized."""
+
+
+class _DeltaTemplate:
+    def __init__(self, event_cls: type, **fields: Any) -> None:
+        self.type = fields["type"]
+        text = dump_json(event_cls.model_construct(sequence_number=_SEQ, delta=_DELTA, **fields))
+        seq, delta = str(_SEQ), orjson.dumps(_DELTA).decode()
+        i, j = text.index(seq), text.index(delta)
+        self.seq_first = i < j
+        first, second = (seq, delta) if self.seq_first else (delta, seq)
+        head, rest = text.split(first)
+        middle, tail = rest.split(second)
+        self.parts = (head, middle, tail)
+
+    def render(self, seq: int, delta: str) -> DeltaEvent:
+        head, middle, tail = self.parts
+        d = orjson.dumps(delta).decode()
+        text = f"{head}{seq}{middle}{d}{tail}" if self.seq_first else f"{head}{d}{middle}{seq}{tail}"
+        return DeltaEvent(self.type, text)
+
+
 class _Item:
     """One output item while it is open; subclasses know their own event shapes."""
 
@@ -86,10 +136,10 @@ class _Item:
         self.output_index = output_index
         self.id = item_id
 
-    def open(self) -> list[ResponseStreamEvent]:
+    def open(self) -> list[Event]:
         raise NotImplementedError
 
-    def close(self, status: ItemStatus) -> tuple[list[ResponseStreamEvent], Any]:
+    def close(self, status: ItemStatus) -> tuple[list[Event], Any]:
         raise NotImplementedError
 
 
@@ -97,10 +147,15 @@ class _Reasoning(_Item):
     def __init__(self, stream: "ResponseStream", output_index: int) -> None:
         super().__init__(stream, output_index, new_id("rs"))
         self.chunks: list[str] = []
+        where = {"item_id": self.id, "output_index": output_index}
+        self.text_delta = _DeltaTemplate(ResponseReasoningTextDeltaEvent, type="response.reasoning_text.delta", content_index=0, **where)
+        self.summary_delta = _DeltaTemplate(
+            ResponseReasoningSummaryTextDeltaEvent, type="response.reasoning_summary_text.delta", summary_index=0, **where
+        ) if stream.options.reasoning_summary else None
 
-    def open(self) -> list[ResponseStreamEvent]:
+    def open(self) -> list[Event]:
         s, idx = self.s, self.output_index
-        events: list[ResponseStreamEvent] = [
+        events: list[Event] = [
             s.item_added(idx, ResponseReasoningItem.model_construct(id=self.id, type="reasoning", summary=[], content=[], status="in_progress")),
             ResponseContentPartAddedEvent.model_construct(
                 type="response.content_part.added", sequence_number=s.seq(), item_id=self.id, output_index=idx,
@@ -116,29 +171,18 @@ class _Reasoning(_Item):
             )
         return events
 
-    def add(self, text: str) -> list[ResponseStreamEvent]:
-        s, idx = self.s, self.output_index
+    def add(self, text: str) -> list[Event]:
         self.chunks.append(text)
-        events: list[ResponseStreamEvent] = [
-            ResponseReasoningTextDeltaEvent.model_construct(
-                type="response.reasoning_text.delta", sequence_number=s.seq(), item_id=self.id,
-                output_index=idx, content_index=0, delta=text,
-            )
-        ]
-        if s.options.reasoning_summary:
-            events.append(
-                ResponseReasoningSummaryTextDeltaEvent.model_construct(
-                    type="response.reasoning_summary_text.delta", sequence_number=s.seq(), item_id=self.id,
-                    output_index=idx, summary_index=0, delta=text,
-                )
-            )
+        events: list[Event] = [self.text_delta.render(self.s.seq(), text)]
+        if self.summary_delta is not None:
+            events.append(self.summary_delta.render(self.s.seq(), text))
         return events
 
-    def close(self, status: ItemStatus) -> tuple[list[ResponseStreamEvent], Any]:
+    def close(self, status: ItemStatus) -> tuple[list[Event], Any]:
         s, idx = self.s, self.output_index
         text = "".join(self.chunks)
         part = ReasoningContent.model_construct(type="reasoning_text", text=text)
-        events: list[ResponseStreamEvent] = [
+        events: list[Event] = [
             ResponseReasoningTextDoneEvent.model_construct(
                 type="response.reasoning_text.done", sequence_number=s.seq(), item_id=self.id,
                 output_index=idx, content_index=0, text=text,
@@ -179,8 +223,12 @@ class _Message(_Item):
         super().__init__(stream, output_index, new_id("msg"))
         self.chunks: list[str] = []
         self.logprobs: list[Logprob] = []
+        self.delta = _DeltaTemplate(
+            ResponseTextDeltaEvent, type="response.output_text.delta", item_id=self.id,
+            output_index=output_index, content_index=0, logprobs=[],
+        )
 
-    def open(self) -> list[ResponseStreamEvent]:
+    def open(self) -> list[Event]:
         s, idx = self.s, self.output_index
         return [
             s.item_added(idx, ResponseOutputMessage.model_construct(id=self.id, type="message", role="assistant", status="in_progress", content=[])),
@@ -190,9 +238,11 @@ class _Message(_Item):
             ),
         ]
 
-    def add(self, delta: TextDelta) -> list[ResponseStreamEvent]:
+    def add(self, delta: TextDelta) -> list[Event]:
         self.chunks.append(delta.text)
-        logprobs = [_logprob(lp) for lp in delta.logprobs] if self.s.options.logprobs and delta.logprobs else []
+        if not (self.s.options.logprobs and delta.logprobs):
+            return [self.delta.render(self.s.seq(), delta.text)]
+        logprobs = [_logprob(lp) for lp in delta.logprobs]
         self.logprobs += logprobs
         return [
             ResponseTextDeltaEvent.model_construct(
@@ -201,11 +251,11 @@ class _Message(_Item):
             )
         ]
 
-    def close(self, status: ItemStatus) -> tuple[list[ResponseStreamEvent], Any]:
+    def close(self, status: ItemStatus) -> tuple[list[Event], Any]:
         s, idx = self.s, self.output_index
         text = "".join(self.chunks)
         part = ResponseOutputText.model_construct(type="output_text", text=text, annotations=[], logprobs=self.logprobs)
-        events: list[ResponseStreamEvent] = [
+        events: list[Event] = [
             ResponseTextDoneEvent.model_construct(
                 type="response.output_text.done", sequence_number=s.seq(), item_id=self.id,
                 output_index=idx, content_index=0, text=text, logprobs=self.logprobs,
@@ -230,6 +280,9 @@ class _ToolCall(_Item):
         self.custom = call.custom
         self.call_id = call.call_id or new_id("call")
         self.chunks: list[str] = []
+        kind = "response.custom_tool_call_input.delta" if self.custom else "response.function_call_arguments.delta"
+        event_cls = ResponseCustomToolCallInputDeltaEvent if self.custom else ResponseFunctionCallArgumentsDeltaEvent
+        self.delta = _DeltaTemplate(event_cls, type=kind, item_id=self.id, output_index=output_index)
 
     def _item(self, text: str, status: str) -> Any:
         fields: dict[str, Any] = {"id": self.id, "call_id": self.call_id, "name": self.name, "status": status}
@@ -239,22 +292,16 @@ class _ToolCall(_Item):
             return ResponseCustomToolCall.model_construct(type="custom_tool_call", input=text, **fields)
         return ResponseFunctionToolCall.model_construct(type="function_call", arguments=text, **fields)
 
-    def open(self) -> list[ResponseStreamEvent]:
+    def open(self) -> list[Event]:
         return [self.s.item_added(self.output_index, self._item("", "in_progress"))]
 
-    def add(self, text: str) -> list[ResponseStreamEvent]:
+    def add(self, text: str) -> list[Event]:
         if not text:
             return []
         self.chunks.append(text)
-        event = ResponseCustomToolCallInputDeltaEvent if self.custom else ResponseFunctionCallArgumentsDeltaEvent
-        kind = "response.custom_tool_call_input.delta" if self.custom else "response.function_call_arguments.delta"
-        return [
-            event.model_construct(
-                type=kind, sequence_number=self.s.seq(), item_id=self.id, output_index=self.output_index, delta=text
-            )
-        ]
+        return [self.delta.render(self.s.seq(), text)]
 
-    def close(self, status: ItemStatus) -> tuple[list[ResponseStreamEvent], Any]:
+    def close(self, status: ItemStatus) -> tuple[list[Event], Any]:
         text = "".join(self.chunks)
         common = {"sequence_number": self.s.seq(), "item_id": self.id, "output_index": self.output_index}
         if self.custom:
@@ -291,13 +338,13 @@ class ResponseStream:
         )
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self) -> list[ResponseStreamEvent]:
+    def start(self) -> list[Event]:
         return [
             ResponseCreatedEvent.model_construct(type="response.created", sequence_number=self.seq(), response=self._snapshot()),
             ResponseInProgressEvent.model_construct(type="response.in_progress", sequence_number=self.seq(), response=self._snapshot()),
         ]
 
-    def feed(self, delta: Delta) -> list[ResponseStreamEvent]:
+    def feed(self, delta: Delta) -> list[Event]:
         if self.terminated:
             raise RuntimeError("delta after the terminal event")
         if isinstance(delta, TextDelta):
@@ -314,7 +361,7 @@ class ResponseStream:
             return events + self._open.add(delta.text)
         return self._feed_call(delta)
 
-    def _feed_call(self, delta: ToolCallDelta) -> list[ResponseStreamEvent]:
+    def _feed_call(self, delta: ToolCallDelta) -> list[Event]:
         if isinstance(self._open, _ToolCall) and self._open.index == delta.index:
             return self._open.add(delta.arguments)
         # A new call: it opens once its name is known; fragments before that wait.
@@ -337,7 +384,7 @@ class ResponseStream:
         self._open = call
         return events + call.open() + call.add(pending.arguments)
 
-    def finish(self, finish: Finish) -> list[ResponseStreamEvent]:
+    def finish(self, finish: Finish) -> list[Event]:
         """Close the open item and end with ``completed`` or, when cut by the token limit, ``incomplete``."""
         truncated = finish.reason == "length"
         events = self._close_open("incomplete" if truncated else "completed")
@@ -352,7 +399,7 @@ class ResponseStream:
         r.status = "completed"
         return events + [ResponseCompletedEvent.model_construct(type="response.completed", sequence_number=self.seq(), response=r)]
 
-    def fail(self, message: str, code: str = "server_error", usage: Usage | None = None) -> list[ResponseStreamEvent]:
+    def fail(self, message: str, code: str = "server_error", usage: Usage | None = None) -> list[Event]:
         """End a stream that broke mid-way: an ``error`` event, then ``response.failed``."""
         events = self._close_open("incomplete")
         r = self.response
@@ -366,13 +413,13 @@ class ResponseStream:
         ]
 
     # -- internals ------------------------------------------------------------------------
-    def _switch_to(self, kind: type[_Reasoning] | type[_Message]) -> list[ResponseStreamEvent]:
+    def _switch_to(self, kind: type[_Reasoning] | type[_Message]) -> list[Event]:
         events = self._close_open("completed")
         item = kind(self, len(self.response.output))
         self._open = item
         return events + item.open()
 
-    def _close_open(self, status: ItemStatus) -> list[ResponseStreamEvent]:
+    def _close_open(self, status: ItemStatus) -> list[Event]:
         item, self._open = self._open, None
         if item is None:
             return []

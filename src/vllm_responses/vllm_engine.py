@@ -195,6 +195,8 @@ class VllmEngine(Engine):
                 finish_reason = output.finish_reason
                 if finish_reason == "error":
                     raise EngineFailure("The engine failed while generating this response.")
+                if finish_reason == "abort":  # stopped by someone else (admin, shutdown), not by our client
+                    raise EngineFailure("The generation was aborted by the server.")
                 for delta in self._deltas(p, calls, output, token_ids, finished=finish_reason is not None):
                     yield delta
                 if finish_reason is not None:

@@ -9,7 +9,7 @@ from pydantic import TypeAdapter
 from vllm_responses.conformance import check_events
 from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
 from vllm_responses.protocol import initial_response, parse_request
-from vllm_responses.sse import dump_json
+from vllm_responses.sse import event_json
 from vllm_responses.stream import ResponseStream, StreamOptions
 
 EVENT = TypeAdapter(ResponseStreamEvent)
@@ -26,7 +26,7 @@ def run(deltas, *, summary=False, end=None, fail=None):
     else:
         events += stream.finish(end or Finish("stop", Usage(3, len(deltas), 1)))
     # Serialize exactly as the wire does, then read back as a client would.
-    return [json.loads(dump_json(e)) for e in events]
+    return [json.loads(event_json(e)) for e in events]
 
 
 def types(events):
@@ -128,3 +128,25 @@ def test_checker_catches_violations():
     with pytest.raises(Exception):
         EVENT.validate_python({**good[5], "delta": {"text": "a"}})
     assert check_events([{**good[0]}, {**good[5], "sequence_number": 1, "delta": {"text": "a"}}])
+
+
+def test_delta_templates_escape_any_text():
+    tricky = ['"quoted"', "back\\slash", "new\nline", "é😀", "@@vllm-responses-delta@@", "987654321012345", ""]
+    events = run([ReasoningDelta(t) for t in tricky if t] + [TextDelta(t) for t in tricky] + [ToolCallDelta(0, name="f", arguments=tricky[0])], summary=True)
+    assert check_events(events) == []
+    texts = [e["delta"] for e in events if e["type"] == "response.output_text.delta"]
+    assert texts == [t for t in tricky if t]
+    for e in events:
+        EVENT.validate_python(e)
+
+
+def test_delta_event_is_an_openai_model():
+    from vllm_responses.stream import DeltaEvent
+
+    request = parse_request(json.dumps({"model": "demo", "input": "hi"}).encode())
+    stream = ResponseStream(initial_response(request, "resp_1", 1.0, "demo"))
+    stream.start()
+    (added, part, delta) = stream.feed(TextDelta("hi"))
+    assert isinstance(delta, DeltaEvent)
+    model = delta.model()
+    assert (model.type, model.delta, model.sequence_number, model.item_id) == ("response.output_text.delta", "hi", 4, added.item.id)
