@@ -14,7 +14,7 @@ SERVE_ARGS := --served-model-name demo gpt-5.5 --dtype float32 \
 	--reasoning-parser qwen3 --tool-call-parser hermes --enable-auto-tool-choice \
 	--host 127.0.0.1
 
-.PHONY: install model demo test unit bench print-serve-args clean
+.PHONY: install model demo test unit bench bench-memory print-serve-args clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,16 @@ test: install model
 
 unit: install
 	$(PY) -m pytest tests/unit
+
+# Benchmarks print figures (never assert them): see docs/performance.md.
+bench: install model
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/bench_stream.py --json benchmarks/results/bench_stream.json
+	$(PY) benchmarks/bench_e2e.py
+
+bench-memory: install model
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/bench_memory.py
 
 print-serve-args:
 	@echo $(SERVE_ARGS)

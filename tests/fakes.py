@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from vllm_responses.backend import Engine
-from vllm_responses.deltas import Delta, Finish, Usage
+from vllm_responses.deltas import Delta, Finish, Started, Usage
 from vllm_responses.errors import EngineFailure, model_not_found
 from vllm_responses.protocol import ResponsesRequest
 
@@ -31,6 +31,7 @@ class ScriptedEngine(Engine):
 
     async def generate(self, prepared: Any, request_id: str) -> AsyncIterator[Delta | Finish]:
         finished = False
+        yield Started()
         try:
             for step in self.script:
                 if self.delay:

@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .deltas import Delta, Finish
+from .deltas import Delta, Finish, Started
 from .protocol import ResponsesRequest
 
 
@@ -19,11 +19,12 @@ class Engine(ABC):
     - :meth:`prepare` does every check that can fail before the first event (unknown
       model, bad parameters, prompt too long, template errors) and raises
       :class:`~vllm_responses.errors.APIError` for them; it starts no generation.
-    - :meth:`generate` yields deltas in model order and ends with exactly one
-      :class:`~vllm_responses.deltas.Finish`. Until it yields its first item it may still
-      raise :class:`~vllm_responses.errors.APIError` (parameters the engine checks on
-      submission); the caller sends no event before that first item. A failure after it
-      raises :class:`~vllm_responses.errors.EngineFailure`.
+    - :meth:`generate` first yields :class:`~vllm_responses.deltas.Started` once the
+      engine has accepted the request; before that it may still raise
+      :class:`~vllm_responses.errors.APIError` (parameters the engine checks on submission),
+      and the caller sends no event until then. It then yields deltas in model order and
+      ends with exactly one :class:`~vllm_responses.deltas.Finish`. A failure after
+      ``Started`` raises :class:`~vllm_responses.errors.EngineFailure`.
     - Closing the iterator early (client gone) aborts the generation at once.
     """
 
@@ -37,5 +38,5 @@ class Engine(ABC):
         """Render and validate; return an opaque handle for :meth:`generate`."""
 
     @abstractmethod
-    def generate(self, prepared: Any, request_id: str) -> AsyncIterator[Delta | Finish]:
+    def generate(self, prepared: Any, request_id: str) -> AsyncIterator[Started | Delta | Finish]:
         """Run the generation prepared by :meth:`prepare`."""

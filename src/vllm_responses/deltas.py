@@ -61,4 +61,9 @@ class Finish:
     usage: Usage
 
 
+@dataclass(slots=True)
+class Started:
+    """The engine accepted the request (its checks on submission passed): events may begin."""
+
+
 Delta: TypeAlias = ReasoningDelta | TextDelta | ToolCallDelta

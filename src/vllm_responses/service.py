@@ -13,7 +13,7 @@ from typing import Any
 from openai.types.responses import Response
 
 from .backend import Engine
-from .deltas import Delta, Finish
+from .deltas import Delta, Finish, Started
 from .errors import EngineFailure
 from .ids import new_id
 from .protocol import ResponsesRequest, initial_response
@@ -25,10 +25,9 @@ logger = logging.getLogger(__name__)
 class Run:
     """A started response: iterate :meth:`batches` once; ``response`` is final afterwards."""
 
-    def __init__(self, stream: ResponseStream, deltas: AsyncIterator[Delta | Finish], first: Delta | Finish | None) -> None:
+    def __init__(self, stream: ResponseStream, deltas: AsyncIterator[Started | Delta | Finish]) -> None:
         self._stream = stream
         self._deltas = deltas
-        self._first = first
 
     @property
     def response(self) -> Response:
@@ -40,9 +39,9 @@ class Run:
         yield stream.start()
         deltas = self._deltas
         try:
-            if self._first is None:
-                raise EngineFailure("The engine produced no output.")
-            async for delta in _chain(self._first, deltas):
+            async for delta in deltas:
+                if isinstance(delta, Started):
+                    continue
                 if isinstance(delta, Finish):
                     yield stream.finish(delta)
                     return
@@ -73,17 +72,14 @@ class ResponsesService:
         )
         response = initial_response(request, new_id("resp"), time.time(), request.model)
         deltas = self.engine.generate(prepared, response.id)
-        # The first item comes before any event, so errors the engine finds on submission
+        # No event before the engine accepts the request, so errors it finds on submission
         # are still plain 4xx answers (chat completions also waits for the first output).
         try:
             first = await anext(deltas, None)
         except BaseException:
             await deltas.aclose()
             raise
-        return Run(ResponseStream(response, options, clock=time.time), deltas, first)
-
-
-async def _chain(first: Delta | Finish, rest: AsyncIterator[Delta | Finish]) -> AsyncIterator[Delta | Finish]:
-    yield first
-    async for item in rest:
-        yield item
+        if not isinstance(first, Started):
+            await deltas.aclose()
+            raise EngineFailure("The engine did not start the generation.")
+        return Run(ResponseStream(response, options, clock=time.time), deltas)

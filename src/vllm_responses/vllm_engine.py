@@ -26,7 +26,7 @@ from vllm.parser import ParserManager
 
 from . import conversation
 from .backend import Engine
-from .deltas import Delta, Finish, ReasoningDelta, TextDelta, TokenLogprob, ToolCallDelta, Usage
+from .deltas import Delta, Finish, ReasoningDelta, Started, TextDelta, TokenLogprob, ToolCallDelta, Usage
 from .errors import APIError, EngineFailure, context_length_exceeded, invalid_request, model_not_found
 from .protocol import ResponsesRequest
 
@@ -174,7 +174,7 @@ class VllmEngine(Engine):
             .chat_template_kwargs
         )
 
-    async def generate(self, prepared: _Prepared, request_id: str) -> AsyncIterator[Delta | Finish]:
+    async def generate(self, prepared: _Prepared, request_id: str) -> AsyncIterator[Started | Delta | Finish]:
         p = prepared
         generated: list[int] = []
         cached_tokens = 0
@@ -186,6 +186,7 @@ class VllmEngine(Engine):
                 result = await anext(results, None)
             except VLLMValidationError as exc:  # the engine checks some parameters on submission
                 raise _client_error(exc) from None
+            yield Started()
             while result is not None:
                 if result.num_cached_tokens:
                     cached_tokens = result.num_cached_tokens
