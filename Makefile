@@ -44,6 +44,7 @@ unit: install
 # Benchmarks print figures (never assert them): see docs/performance.md.
 bench: install model
 	$(PY) -m pip install -q -e '.[bench]'
+	mkdir -p benchmarks/results
 	$(PY) benchmarks/bench_stream.py --json benchmarks/results/bench_stream.json
 	$(PY) benchmarks/bench_e2e.py
 

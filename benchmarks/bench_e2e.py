@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -81,6 +82,8 @@ class Measurement:
     gap_p99_ms: float
     server_cpu_s_per_1k_events: float
     loadgen_cpu_share: float
+    api_cpu_share: float = 0.0
+    engine_cpu_share: float = 0.0
     failures: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -99,43 +102,56 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict) -> R
     events = 0
     ttfe = float("nan")
     tail = b""
-    async with session.post(url, json=body) as r:
-        if r.status != 200:
-            await r.read()
-            return RequestStats(ttfe, gaps, 0, False)
-        async for chunk in r.content.iter_any():
-            now = time.perf_counter()
-            n = chunk.count(b"data: ")
-            if n == 0:
-                continue
-            if last is None:
-                ttfe = now - start
-            else:
-                gaps.append(now - last)
-            gaps.extend([0.0] * (n - 1))  # events that arrived in the same read
-            last = now
-            events += n
-            tail = (tail + chunk)[-4096:]
+    try:
+        async with session.post(url, json=body) as r:
+            if r.status != 200:
+                await r.read()
+                return RequestStats(ttfe, gaps, 0, False)
+            async for chunk in r.content.iter_any():
+                now = time.perf_counter()
+                n = chunk.count(b"data: ")
+                if n == 0:
+                    continue
+                if last is None:
+                    ttfe = now - start
+                else:
+                    gaps.append(now - last)
+                gaps.extend([0.0] * (n - 1))  # events that arrived in the same read
+                last = now
+                events += n
+                tail = (tail + chunk)[-4096:]
+    except aiohttp.ClientError:
+        return RequestStats(ttfe, gaps, events, False)
     ok = b"response.completed" in tail or b"response.incomplete" in tail or b'"usage"' in tail
     return RequestStats(ttfe, gaps, events, ok)
 
 
-def server_cpu(pid: int) -> float:
+def pause(server: Server, stopped: bool) -> None:
+    """SIGSTOP/SIGCONT a whole server (API process and engine core): on 2 cores, an idle
+    vLLM's spinning threads would otherwise steal CPU from the one being measured."""
+    os.killpg(server.proc.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+    if not stopped:
+        time.sleep(0.5)
+
+
+def server_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of the API server process and of its children (the engine core)."""
     proc = psutil.Process(pid)
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
+
+    def seconds(p: psutil.Process) -> float:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            return t.user + t.system
         except psutil.NoSuchProcess:
-            pass
-    return total
+            return 0.0
+
+    return seconds(proc), sum(seconds(c) for c in proc.children(recursive=True))
 
 
 async def measure(target: Target, base_url: str, pid: int, concurrency: int, requests: int, tokens: int, rnd: int) -> Measurement:
     url = base_url + target.path
     body = target.body(tokens)
-    connector = aiohttp.TCPConnector(limit=concurrency)
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=True)
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await one_request(session, url, body)  # warm-up
@@ -147,10 +163,10 @@ async def measure(target: Target, base_url: str, pid: int, concurrency: int, req
                 queue.pop()
                 results.append(await one_request(session, url, body))
 
-        cpu0, own0, t0 = server_cpu(pid), time.process_time(), time.perf_counter()
+        (api0, eng0), own0, t0 = server_cpu(pid), time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-        cpu1, own1 = server_cpu(pid), time.process_time()
+        (api1, eng1), own1 = server_cpu(pid), time.process_time()
     ok = [r for r in results if r.ok]
     events = sum(r.events for r in ok)
     gaps = [g for r in ok for g in r.gaps]
@@ -159,33 +175,39 @@ async def measure(target: Target, base_url: str, pid: int, concurrency: int, req
         tokens_per_s=len(ok) * tokens / wall, events_per_s=events / wall,
         ttfe_p50_ms=pct([r.ttfe for r in ok], 0.5) * 1e3, ttfe_p99_ms=pct([r.ttfe for r in ok], 0.99) * 1e3,
         gap_p50_ms=pct(gaps, 0.5) * 1e3, gap_p99_ms=pct(gaps, 0.99) * 1e3,
-        server_cpu_s_per_1k_events=(cpu1 - cpu0) / max(events, 1) * 1e3,
+        server_cpu_s_per_1k_events=(api1 - api0 + eng1 - eng0) / max(events, 1) * 1e3,
         loadgen_cpu_share=(own1 - own0) / wall, failures=len(results) - len(ok),
+        api_cpu_share=(api1 - api0) / wall, engine_cpu_share=(eng1 - eng0) / wall,
     )
 
 
 def median_table(measurements: list[Measurement]) -> list[dict]:
     rows = []
     keys = ["tokens_per_s", "events_per_s", "ttfe_p50_ms", "ttfe_p99_ms", "gap_p50_ms", "gap_p99_ms",
-            "server_cpu_s_per_1k_events", "loadgen_cpu_share"]
+            "server_cpu_s_per_1k_events", "loadgen_cpu_share", "api_cpu_share", "engine_cpu_share"]
     for c in sorted({m.concurrency for m in measurements}):
         for t in TARGETS:
             ms = [m for m in measurements if m.concurrency == c and m.target == t.name]
             if ms:
                 row = {"target": t.name, "concurrency": c, "rounds": len(ms), "failures": sum(m.failures for m in ms)}
                 row.update({k: statistics.median(getattr(m, k) for m in ms) for k in keys})
+                # The Responses layer's own cost: API-process CPU (not the engine's) per 1,000 events.
+                row["api_cpu_ms_per_1k_events"] = statistics.median(m.api_cpu_share / max(m.events_per_s, 1e-9) * 1e6 for m in ms)
                 rows.append(row)
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'target':<24}{'conc':>5}{'tok/s':>9}{'ev/s':>9}{'TTFE p50':>10}{'p99':>8}{'gap p50':>9}{'p99':>8}{'srvCPU/1k':>11}{'gen CPU':>9}"
+    head = (f"{'target':<24}{'conc':>5}{'tok/s':>9}{'ev/s':>9}{'TTFE p50':>10}{'p99':>8}{'gap p50':>9}{'p99':>8}"
+            f"{'srvCPU/1k':>11}{'API CPU':>9}{'engine':>8}{'API ms/1k':>10}{'gen CPU':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['target']:<24}{r['concurrency']:>5}{r['tokens_per_s']:>9.0f}{r['events_per_s']:>9.0f}"
               f"{r['ttfe_p50_ms']:>9.1f}m{r['ttfe_p99_ms']:>7.1f}m{r['gap_p50_ms']:>8.2f}m{r['gap_p99_ms']:>7.1f}m"
-              f"{r['server_cpu_s_per_1k_events']:>10.3f}s{r['loadgen_cpu_share']:>8.0%}")
+              f"{r['server_cpu_s_per_1k_events']:>10.3f}s{r['api_cpu_share']:>9.0%}{r['engine_cpu_share']:>8.0%}"
+              f"{r['api_cpu_ms_per_1k_events']:>10.0f}"
+              f"{r['loadgen_cpu_share']:>9.0%}")
 
 
 def ratios(rows: list[dict]) -> list[str]:
@@ -244,6 +266,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 order = TARGETS if rnd % 2 == 0 else list(reversed(TARGETS))  # alternate who goes first
                 for t in order:
                     s = servers[t.server]
+                    for other in servers.values():  # the idle server must not take CPU
+                        pause(other, other is not s)
                     requests = max(args.min_requests, c * args.waves)
                     m = await measure(t, s.base_url, s.proc.pid, c, requests, args.tokens, rnd)
                     measurements.append(m)
@@ -251,6 +275,7 @@ async def main_async(args: argparse.Namespace) -> None:
                           f"  gen CPU {m.loadgen_cpu_share:4.0%}  failures {m.failures}", flush=True)
     finally:
         for s in servers.values():
+            pause(s, False)
             s.stop()
     rows = median_table(measurements)
     print()

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from demo_requests import CASES  # noqa: E402
-from server import Server  # noqa: E402
+from server import running  # noqa: E402
 
 SCENARIOS = ["default", "weather_call", "two_calls", "apply_patch", "json", "after_tool", "endless"]
 
@@ -38,10 +38,8 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    server = Server(plugin=True, log_path=out / "memory-server.log")
     samples = []
-    try:
-        server.wait_ready()
+    with running(plugin=True, log_path=out / "memory-server.log") as server:
         pid = server.proc.pid
         bodies = [CASES[name].request() for name in SCENARIOS]
         with httpx.Client(base_url=server.base_url, timeout=120) as client:
@@ -63,8 +61,6 @@ def main() -> None:
                 if i % args.every == 0:
                     samples.append((i, rss_mib(pid)))
                     print(f"{i:>6} requests  RSS {samples[-1][1]:.1f} MiB  ({i / (time.perf_counter() - t0):.0f} req/s)", flush=True)
-    finally:
-        server.stop()
     first, last = samples[0][1], samples[-1][1]
     mid = samples[len(samples) // 2][1]
     print(f"after {samples[-1][0]} requests: RSS {last:.1f} MiB (before {first:.1f}, growth {last - first:+.1f} MiB; "

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -34,9 +36,9 @@ def demo_model_dir() -> Path:
 
 
 class Server:
-    """``python -m vllm.entrypoints.openai.api_server`` in its own process group."""
+    """``python -m vllm.entrypoints.openai.api_server`` (or ``vllm serve``) in its own process group."""
 
-    def __init__(self, *, plugin: bool, log_path: Path) -> None:
+    def __init__(self, *, plugin: bool, log_path: Path, vllm_serve: bool = False) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -44,10 +46,11 @@ class Server:
         env.pop("VLLM_PLUGINS", None)
         if plugin:
             env["VLLM_PLUGINS"] = "responses"
-        cmd = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(demo_model_dir()), *serve_args(), "--port", str(self.port),
-        ]
+        if vllm_serve:  # `vllm serve MODEL ...`, the other form of the users' command
+            launcher = [str(Path(sys.executable).with_name("vllm")), "serve", str(demo_model_dir())]
+        else:
+            launcher = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(demo_model_dir())]
+        cmd = [*launcher, *serve_args(), "--port", str(self.port)]
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
@@ -79,6 +82,17 @@ class Server:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+
+
+@contextmanager
+def running(**kwargs: object) -> Iterator[Server]:
+    """A started server (see :class:`Server` for the arguments), stopped on exit."""
+    srv = Server(**kwargs)  # type: ignore[arg-type]
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
 
 
 class ExternalServer(Server):

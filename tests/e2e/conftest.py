@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from server import ExternalServer, Server
+from server import ExternalServer, Server, running
 
 
 @pytest.fixture(scope="session")
@@ -14,12 +14,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if os.environ.get("E2E_SERVER_URL"):  # developer loop: reuse a running `make demo`
         yield ExternalServer(os.environ["E2E_SERVER_URL"], Path(os.environ.get("E2E_SERVER_LOG", "/dev/null")))
         return
-    srv = Server(plugin=True, log_path=tmp_path_factory.mktemp("vllm") / "server.log")
-    try:
-        srv.wait_ready()
+    with running(plugin=True, log_path=tmp_path_factory.mktemp("vllm") / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="session")

@@ -5,19 +5,21 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from server import Server
+from server import Server, running
 from vllm_responses import __version__
 from vllm_responses.routes import VERSION_HEADER
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[Server]:
-    srv = Server(plugin=False, log_path=tmp_path_factory.mktemp("upstream") / "server.log")
-    try:
-        srv.wait_ready()
+    with running(plugin=False, log_path=tmp_path_factory.mktemp("upstream") / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def vllm_serve(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[Server]:
+    with running(plugin=True, log_path=tmp_path_factory.mktemp("vllm-serve") / "server.log", vllm_serve=True) as srv:
+        yield srv
 
 
 BODY = {"model": "demo", "input": "Hello there!"}
@@ -27,7 +29,15 @@ def test_plugin_serves_our_route(server: Server) -> None:
     r = httpx.post(f"{server.base_url}/v1/responses", json=BODY, timeout=120)
     assert r.status_code == 200
     assert r.headers[VERSION_HEADER] == __version__
-    assert "Loaded endpoint plugin" in server.log_path.read_text(errors="replace") or "responses" in server.log_path.read_text(errors="replace")
+    if server.log_path.exists() and server.log_path.stat().st_size:
+        assert "Loaded endpoint plugin responses" in server.log_path.read_text(errors="replace")
+
+
+def test_plugin_serves_our_route_under_vllm_serve(vllm_serve: Server) -> None:
+    r = httpx.post(f"{vllm_serve.base_url}/v1/responses", json=BODY, timeout=120)
+    assert r.status_code == 200
+    assert r.headers[VERSION_HEADER] == __version__
+    assert "Loaded endpoint plugin responses" in vllm_serve.log_path.read_text(errors="replace")
 
 
 def test_without_plugin_upstream_answers(upstream: Server) -> None:
