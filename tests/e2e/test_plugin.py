@@ -16,12 +16,6 @@ def upstream(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterat
         yield srv
 
 
-@pytest.fixture(scope="module")
-def vllm_serve(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Iterator[Server]:
-    with running(plugin=True, log_path=tmp_path_factory.mktemp("vllm-serve") / "server.log", vllm_serve=True) as srv:
-        yield srv
-
-
 BODY = {"model": "demo", "input": "Hello there!"}
 
 
@@ -31,13 +25,6 @@ def test_plugin_serves_our_route(server: Server) -> None:
     assert r.headers[VERSION_HEADER] == __version__
     if server.log_path.exists() and server.log_path.stat().st_size:
         assert "Loaded endpoint plugin responses" in server.log_path.read_text(errors="replace")
-
-
-def test_plugin_serves_our_route_under_vllm_serve(vllm_serve: Server) -> None:
-    r = httpx.post(f"{vllm_serve.base_url}/v1/responses", json=BODY, timeout=120)
-    assert r.status_code == 200
-    assert r.headers[VERSION_HEADER] == __version__
-    assert "Loaded endpoint plugin responses" in vllm_serve.log_path.read_text(errors="replace")
 
 
 def test_without_plugin_upstream_answers(upstream: Server) -> None:

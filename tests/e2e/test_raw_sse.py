@@ -101,3 +101,16 @@ def test_client_disconnect_aborts_generation(base_url: str) -> None:
     time.sleep(3)
     assert settled > before
     assert _generated_tokens(base_url) == settled, "the engine kept generating after the client left"
+
+
+def test_non_streaming_client_disconnect_aborts_generation(base_url: str) -> None:
+    before = _generated_tokens(base_url)
+    body = CASES["endless"].request()
+    body.pop("max_output_tokens")
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{base_url}/v1/responses", json=body, timeout=1.5)
+    time.sleep(2)
+    settled = _generated_tokens(base_url)
+    time.sleep(3)
+    assert settled > before
+    assert _generated_tokens(base_url) == settled, "the engine kept generating after the client left"
