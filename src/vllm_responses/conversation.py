@@ -280,6 +280,13 @@ def chat_messages(instructions: str | None, items: list[Any]) -> list[dict[str, 
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": _text_of(item.output)})
         elif kind == "reasoning":
             continue  # the model's own earlier thoughts are not replayed into the prompt
+        elif kind == "item_reference":
+            raise invalid_request(
+                f"Item with id '{item.id}' not found: this server does not store responses yet, "
+                "so send the item itself instead of a reference.",
+                param=f"input[{i}]",
+                code="item_not_found",
+            )
         else:
             raise invalid_request(
                 f"Input items of type '{kind}' are not supported by this server.",

@@ -116,13 +116,12 @@ class VllmEngine(Engine):
             chat_request = ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None})
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise invalid_request(f"Invalid request: {err['msg']}.", param=".".join(map(str, err["loc"])) or None) from None
+            field = str(err["loc"][0]) if err["loc"] else ""
+            raise invalid_request(f"Invalid request: {err['msg']}.", param=_PARAMS.get(field, field) or None) from None
 
         try:
             rendered = await self.renderer.render_chat(chat_request)
-        except APIError:
-            raise
-        except VLLMValidationError:
+        except (APIError, VLLMValidationError):
             raise
         except Exception as exc:  # template errors, bad content: the client's input did this
             raise invalid_request(f"The input could not be rendered with the model's chat template: {exc}", param="input") from None
