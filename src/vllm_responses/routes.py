@@ -43,21 +43,37 @@ async def create_response(raw: Request) -> Response:
         logger.exception("could not start a response")
         return error_response(APIError("The server could not start this response.", status=500, type="server_error", code="server_error"))
 
+    capture = _service(raw).capture(run.response.id)
     if request.stream:
         async def body() -> AsyncIterator[bytes]:
-            async for batch in run.batches():
-                yield frames(batch)
+            complete = False
+            try:
+                async for batch in run.batches():
+                    data = frames(batch)
+                    if capture is not None:
+                        capture.write(data)
+                    yield data
+                complete = True
+            finally:
+                if capture is not None:
+                    capture.close(complete)
 
         headers = {**_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(body(), media_type=SSE_MEDIA_TYPE, headers=headers)
 
     batches = run.batches()
+    complete = False
     try:
-        async for _ in batches:
+        async for batch in batches:
+            if capture is not None:
+                capture.write(frames(batch))
             if await raw.is_disconnected():  # nobody waits for the answer: stop the engine now
                 return Response(status_code=499)
+        complete = True
     finally:
         await batches.aclose()
+        if capture is not None:
+            capture.close(complete)
     if run.response.status == "failed":
         error = run.response.error
         message = error.message if error else "The response failed."

@@ -8,7 +8,8 @@ as SSE frames or folds into one JSON body.
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from openai.types.responses import Response
 
@@ -59,9 +60,40 @@ class Run:
         yield stream.fail(failure.message, failure.code)
 
 
+class Capture:
+    """One response's frames on disk; a stream its client abandoned ends up as ``.sse.aborted``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO = open(path, "wb")
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def close(self, complete: bool) -> None:
+        self._file.close()
+        if not complete:
+            self.path.rename(self.path.with_suffix(".sse.aborted"))
+
+
 class ResponsesService:
-    def __init__(self, engine: Engine) -> None:
+    """Starts responses on one engine.
+
+    ``capture_dir``: when set, every response's events are also written there as
+    ``<response id>.sse`` (the wire format, for ``python -m vllm_responses.conformance``);
+    the plugin takes it from ``VLLM_RESPONSES_CAPTURE_DIR``. Off by default.
+    """
+
+    def __init__(self, engine: Engine, capture_dir: str | Path | None = None) -> None:
         self.engine = engine
+        self.capture_dir = Path(capture_dir) if capture_dir else None
+
+    def capture(self, response_id: str) -> "Capture | None":
+        if self.capture_dir is None:
+            return None
+        self.capture_dir.mkdir(parents=True, exist_ok=True)
+        return Capture(self.capture_dir / f"{response_id}.sse")
+
 
     async def start(self, request: ResponsesRequest) -> Run:
         prepared = await self.engine.prepare(request)

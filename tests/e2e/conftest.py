@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from server import ExternalServer, Server, running
+from vllm_responses.conformance import check_events, parse_sse
 
 
 @pytest.fixture(scope="session")
@@ -14,8 +15,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if os.environ.get("E2E_SERVER_URL"):  # developer loop: reuse a running `make demo`
         yield ExternalServer(os.environ["E2E_SERVER_URL"], Path(os.environ.get("E2E_SERVER_LOG", "/dev/null")))
         return
-    with running(plugin=True, log_path=tmp_path_factory.mktemp("vllm") / "server.log") as srv:
+    base = tmp_path_factory.mktemp("vllm")
+    captured = base / "streams"
+    with running(plugin=True, log_path=base / "server.log", capture_dir=captured) as srv:
         yield srv
+    # Every stream the server sent in this session — the SDKs', the Agents SDK's, Codex's,
+    # the non-streaming ones — goes through the conformance checker.
+    files = sorted(captured.glob("*.sse"))
+    problems = [f"{f.name}: {p}" for f in files for p in check_events(parse_sse(f.read_bytes()))]
+    assert files, "the server captured no stream"
+    assert not problems, "\n".join(problems[:50])
 
 
 @pytest.fixture(scope="session")

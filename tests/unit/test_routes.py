@@ -16,15 +16,15 @@ from vllm_responses.service import ResponsesService
 SCRIPT = [ReasoningDelta("Hmm."), TextDelta("Hello"), TextDelta(" world"), Finish("stop", usage())]
 
 
-def make_app(engine: ScriptedEngine) -> FastAPI:
+def make_app(engine: ScriptedEngine, capture_dir=None) -> FastAPI:
     app = FastAPI()
     ResponsesPlugin().attach_router(app)
-    app.state.vllm_responses = ResponsesService(engine)
+    app.state.vllm_responses = ResponsesService(engine, capture_dir=capture_dir)
     return app
 
 
-async def post(engine, body, **kw):
-    transport = httpx.ASGITransport(app=make_app(engine))
+async def post(engine, body, capture_dir=None, **kw):
+    transport = httpx.ASGITransport(app=make_app(engine, capture_dir))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         content = body if isinstance(body, (bytes, str)) else json.dumps(body)
         return await client.post("/v1/responses", content=content, headers={"content-type": "application/json"}, **kw)
@@ -118,6 +118,18 @@ async def test_bug_in_engine_still_terminates_stream():
     events = parse_sse(r.text)
     assert check_events(events) == []
     assert events[-1]["type"] == "response.failed"
+
+
+@pytest.mark.anyio
+async def test_capture_writes_every_response(tmp_path):
+    engine = ScriptedEngine(SCRIPT)
+    streamed = await post(engine, {"model": "demo", "input": "hi", "stream": True}, capture_dir=tmp_path)
+    await post(engine, {"model": "demo", "input": "hi"}, capture_dir=tmp_path)
+    files = sorted(tmp_path.glob("*.sse"))
+    assert len(files) == 2
+    for f in files:
+        assert check_events(parse_sse(f.read_bytes())) == []
+    assert streamed.content in [f.read_bytes() for f in files]
 
 
 @pytest.fixture
