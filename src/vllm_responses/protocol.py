@@ -66,6 +66,7 @@ def parse_request(body: bytes) -> ResponsesRequest:
     params = _validate(_PARAMS, {k: v for k, v in data.items() if k not in _SEPARATE}, "")
     params = cast(dict[str, Any], _materialize(params))
     _check_ranges(params)
+    _check_unsupported(params)
     return ResponsesRequest(
         params=params,
         model=model,
@@ -94,6 +95,27 @@ def _check_ranges(params: dict[str, Any]) -> None:
             raise invalid_request(f"Invalid '{name}': {value} is below the minimum value of {low}.", param=name, code="integer_below_min_value" if isinstance(value, int) else "decimal_below_min_value")
         if high is not None and value > high:
             raise invalid_request(f"Invalid '{name}': {value} is above the maximum value of {high}.", param=name, code="integer_above_max_value" if isinstance(value, int) else "decimal_above_max_value")
+
+
+def _check_unsupported(params: dict[str, Any]) -> None:
+    """Refuse, never silently drop, what needs state this server does not keep yet."""
+    if params.get("previous_response_id"):
+        raise invalid_request(
+            f"Previous response with id '{params['previous_response_id']}' not found: this server does not "
+            "store responses yet, so send the whole conversation in `input`.",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        )
+    if params.get("conversation"):
+        raise invalid_request(
+            "Conversations are not supported by this server yet; send the whole conversation in `input`.",
+            param="conversation",
+            code="unsupported_parameter",
+        )
+    if params.get("background"):
+        raise invalid_request(
+            "Background mode is not supported by this server yet.", param="background", code="unsupported_parameter"
+        )
 
 
 def _parse_input(raw: Any) -> list[Any]:
