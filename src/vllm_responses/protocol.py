@@ -30,8 +30,9 @@ class ResponsesRequest:
     """A validated ``POST /v1/responses`` body.
 
     ``params`` holds the validated top-level fields (unknown ones dropped), ``input`` the
-    typed input items, ``tools`` the typed tools; ``unsupported_tools`` are tools of types
-    this server cannot run: accepted, echoed, never offered to the model.
+    typed input items, ``tools`` the typed tools (echoed in the response; only function,
+    custom and namespace tools are offered to the model); ``unsupported_tools`` are tools of
+    types the ``openai`` package does not know: accepted, neither offered nor echoed.
     """
 
     params: dict[str, Any]
