@@ -19,12 +19,8 @@ class ScriptedEngine(Engine):
         self.aborted: list[str] = []
         self.requests: list[ResponsesRequest] = []
 
-    @property
-    def model_names(self) -> list[str]:
-        return ["demo"]
-
     async def prepare(self, request: ResponsesRequest) -> ResponsesRequest:
-        if request.model not in self.model_names:
+        if request.model != "demo":
             raise model_not_found(request.model)
         self.requests.append(request)
         return request

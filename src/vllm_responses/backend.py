@@ -28,11 +28,6 @@ class Engine(ABC):
     - Closing the iterator early (client gone) aborts the generation at once.
     """
 
-    @property
-    @abstractmethod
-    def model_names(self) -> list[str]:
-        """The names clients may put in ``model``; the first is the canonical one."""
-
     @abstractmethod
     async def prepare(self, request: ResponsesRequest) -> Any:
         """Render and validate; return an opaque handle for :meth:`generate`."""

@@ -29,7 +29,7 @@ class TextDelta:
 
 @dataclass(slots=True)
 class ToolCallDelta:
-    """A fragment of the ``index``-th tool call of the turn; ``name`` arrives first.
+    """A fragment of the ``index``-th tool call of the turn; its first fragment has the ``name``.
 
     ``arguments`` is a fragment of the JSON arguments of a function call, or of the raw
     input of a custom tool call (``custom``). ``namespace`` is set for a function that

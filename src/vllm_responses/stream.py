@@ -324,7 +324,6 @@ class ResponseStream:
         self._clock = clock
         self._seq = -1
         self._open: _Item | None = None
-        self._pending_call: ToolCallDelta | None = None
         self.terminated = False
 
     # -- helpers used by items ------------------------------------------------------------
@@ -364,25 +363,13 @@ class ResponseStream:
     def _feed_call(self, delta: ToolCallDelta) -> list[Event]:
         if isinstance(self._open, _ToolCall) and self._open.index == delta.index:
             return self._open.add(delta.arguments)
-        # A new call: it opens once its name is known; fragments before that wait.
-        pending = self._pending_call
-        if pending is not None and pending.index == delta.index:
-            pending.arguments += delta.arguments
-            pending.name = pending.name or delta.name
-            pending.call_id = pending.call_id or delta.call_id
-            pending.namespace = pending.namespace or delta.namespace
-            pending.custom = pending.custom or delta.custom
-        else:
-            pending = self._pending_call = ToolCallDelta(
-                delta.index, delta.arguments, delta.name, delta.call_id, delta.namespace, delta.custom
-            )
-        if pending.name is None:
-            return []
-        self._pending_call = None
+        # A new call. Its first delta carries the name (ToolCallMapper holds fragments until then).
+        if not delta.name:
+            raise ValueError(f"tool call {delta.index} started without a name")
         events = self._close_open("completed")
-        call = _ToolCall(self, len(self.response.output), pending)
+        call = _ToolCall(self, len(self.response.output), delta)
         self._open = call
-        return events + call.open() + call.add(pending.arguments)
+        return events + call.open() + call.add(delta.arguments)
 
     def finish(self, finish: Finish) -> list[Event]:
         """Close the open item and end with ``completed`` or, when cut by the token limit, ``incomplete``."""

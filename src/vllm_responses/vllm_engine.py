@@ -75,11 +75,6 @@ class VllmEngine(Engine):
             tokenizer=self.tokenizer,
         )
         self.default_sampling = self.model_config.get_diff_sampling_param()
-        self._names = [p.name for p in self.models.base_model_paths]
-
-    @property
-    def model_names(self) -> list[str]:
-        return self._names
 
     async def prepare(self, request: ResponsesRequest) -> _Prepared:
         try:

@@ -84,10 +84,10 @@ def test_two_function_calls_are_two_items():
     assert [a["arguments"] for a in added] == ["", ""]
 
 
-def test_tool_call_name_may_arrive_after_fragments():
-    events = run([ToolCallDelta(0, arguments="{}"), ToolCallDelta(0, name="f")])
-    assert check_events(events) == []
-    assert events[-1]["response"]["output"][0]["arguments"] == "{}"
+def test_tool_call_without_name_is_a_bug_not_a_silent_item():
+    # Codex drops calls it cannot name; the mapper guarantees names, the machine insists.
+    with pytest.raises(ValueError):
+        run([ToolCallDelta(0, arguments="{}")])
 
 
 def test_length_ends_incomplete_with_open_item_incomplete():
