@@ -51,7 +51,7 @@ def parse_request(body: bytes) -> ResponsesRequest:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise invalid_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json")
+        raise invalid_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_type")
 

@@ -26,7 +26,7 @@ from vllm.parser import ParserManager
 
 from . import conversation
 from .backend import Engine
-from .deltas import Delta, Finish, ReasoningDelta, Started, TextDelta, TokenLogprob, ToolCallDelta, Usage
+from .deltas import Delta, Finish, ReasoningDelta, Started, TextDelta, TokenLogprob, Usage
 from .errors import APIError, EngineFailure, context_length_exceeded, invalid_request, model_not_found
 from .protocol import ResponsesRequest
 

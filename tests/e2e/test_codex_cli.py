@@ -5,7 +5,6 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
 from codex_cli_bin import bundled_codex_path
 
 from demo_requests import CASES

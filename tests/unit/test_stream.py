@@ -4,7 +4,7 @@ import json
 
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from vllm_responses.conformance import check_events
 from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
@@ -125,7 +125,7 @@ def test_checker_catches_violations():
     assert any("terminal" in p for p in check_events(good[:-1]))
     reordered = good[:2] + good[3:4] + good[2:3] + good[4:]
     assert check_events(reordered)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         EVENT.validate_python({**good[5], "delta": {"text": "a"}})
     assert check_events([{**good[0]}, {**good[5], "sequence_number": 1, "delta": {"text": "a"}}])
 
