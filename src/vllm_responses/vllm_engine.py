@@ -24,7 +24,8 @@ from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
 from vllm.exceptions import VLLMValidationError
 from vllm.parser import ParserManager
 
-from . import conversation
+from . import chat
+from .tool_calls import ToolCallMapper
 from .backend import Engine
 from .deltas import Delta, Finish, ReasoningDelta, Started, TextDelta, TokenLogprob, Usage
 from .errors import APIError, EngineFailure, context_length_exceeded, invalid_request, model_not_found
@@ -51,7 +52,7 @@ class _Prepared:
     parser: Any
     reasoning_kwargs: dict[str, Any]
     top_logprobs: int
-    tools: conversation.ChatTools
+    tools: chat.ChatTools
     parallel_tool_calls: bool
 
 
@@ -85,21 +86,21 @@ class VllmEngine(Engine):
     async def _prepare(self, request: ResponsesRequest) -> _Prepared:
         if not self.models.is_base_model(request.model):
             raise model_not_found(request.model)
-        tools = conversation.chat_tools(request.tools)
+        tools = chat.chat_tools(request.tools)
         fields: dict[str, Any] = {
             "model": request.model,
-            "messages": conversation.chat_messages(request.get("instructions"), request.input),
+            "messages": chat.chat_messages(request.get("instructions"), request.input),
             "stream": True,
             "parallel_tool_calls": request.get("parallel_tool_calls", True),
             "temperature": request.get("temperature"),
             "top_p": request.get("top_p"),
             "max_completion_tokens": request.get("max_output_tokens"),
-            "response_format": conversation.chat_response_format(request.get("text")),
+            "response_format": chat.chat_response_format(request.get("text")),
         }
         tool_choice = request.get("tool_choice", "auto")
         if tools.tools and tool_choice != "none":  # "none": the model is not shown the tools at all
             fields["tools"] = tools.tools
-            fields["tool_choice"] = conversation.chat_tool_choice(tool_choice)
+            fields["tool_choice"] = chat.chat_tool_choice(tool_choice)
         effort = (request.get("reasoning") or {}).get("effort")
         if effort:
             fields["reasoning_effort"] = effort
@@ -173,7 +174,7 @@ class VllmEngine(Engine):
         generated: list[int] = []
         cached_tokens = 0
         finish_reason: str | None = None
-        calls = conversation.ToolCallMapper(p.tools, parallel=p.parallel_tool_calls)
+        calls = ToolCallMapper(p.tools, parallel=p.parallel_tool_calls)
         results = self.client.generate(p.engine_input, p.sampling_params, request_id, **p.reasoning_kwargs)
         try:
             try:
@@ -213,7 +214,7 @@ class VllmEngine(Engine):
         usage = Usage(len(p.prompt_token_ids), len(generated), reasoning_tokens, cached_tokens)
         yield Finish("length" if finish_reason == "length" else "stop", usage)
 
-    def _deltas(self, p: _Prepared, calls: conversation.ToolCallMapper, output: Any, token_ids: list[int], finished: bool) -> list[Delta]:
+    def _deltas(self, p: _Prepared, calls: ToolCallMapper, output: Any, token_ids: list[int], finished: bool) -> list[Delta]:
         if p.parser is None:
             return [TextDelta(output.text, self._logprobs(p, output, token_ids))] if output.text else []
         message = p.parser.parse_delta(

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from vllm_responses.conversation import ToolCallMapper, chat_messages, chat_tools
+from vllm_responses.chat import chat_messages, chat_tools
+from vllm_responses.tool_calls import ToolCallMapper
 from vllm_responses.errors import APIError
 from vllm_responses.protocol import parse_request
 
