@@ -18,11 +18,13 @@ class ScriptedEngine(Engine):
         self.delay = delay
         self.aborted: list[str] = []
         self.requests: list[ResponsesRequest] = []
+        self.contexts: list[list[Any]] = []  # the items each request rendered
 
-    async def prepare(self, request: ResponsesRequest) -> ResponsesRequest:
+    async def prepare(self, request: ResponsesRequest, items: list[Any]) -> ResponsesRequest:
         if request.model != "demo":
             raise model_not_found(request.model)
         self.requests.append(request)
+        self.contexts.append(items)
         return request
 
     async def generate(self, prepared: Any, request_id: str) -> AsyncIterator[Delta | Finish]:

@@ -29,8 +29,10 @@ class Engine(ABC):
     """
 
     @abstractmethod
-    async def prepare(self, request: ResponsesRequest) -> Any:
-        """Render and validate; return an opaque handle for :meth:`generate`."""
+    async def prepare(self, request: ResponsesRequest, items: list[Any]) -> Any:
+        """Render ``items`` (the whole context the model sees: history then the request's
+        own input, see :mod:`~vllm_responses.history`) with the request's instructions,
+        tools and parameters, and validate; return an opaque handle for :meth:`generate`."""
 
     @abstractmethod
     def generate(self, prepared: Any, request_id: str) -> AsyncIterator[Started | Delta | Finish]:

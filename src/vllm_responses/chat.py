@@ -111,27 +111,49 @@ def _content(content: Any) -> str | list[dict[str, Any]]:
 
 
 def chat_messages(instructions: str | None, items: list[Any]) -> list[dict[str, Any]]:
+    """The chat conversation a template renders.
+
+    Reasoning items become the ``reasoning`` of the assistant turn they precede (vLLM hands it
+    to the template as ``reasoning`` and ``reasoning_content``), so a template that renders
+    thinking renders it as the model generated it, and the prefix cache still matches.
+    Item references must have been resolved before (see :mod:`.history`).
+    """
     messages: list[dict[str, Any]] = []
     if instructions:
         messages.append({"role": "system", "content": instructions})
+    reasoning: list[str] = []  # thoughts waiting for the assistant turn they belong to
+
+    def assistant(content: Any) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if reasoning:
+            message["reasoning"] = "".join(reasoning)
+            reasoning.clear()
+        messages.append(message)
+        return message
 
     def assistant_for_calls() -> dict[str, Any]:
-        # Calls of one turn share one assistant message, after any text of that turn.
+        # Calls of one turn share one assistant message, after any text of that turn; new
+        # reasoning means a new turn.
         last = messages[-1] if messages else None
-        if last is not None and last["role"] == "assistant":
+        if last is not None and last["role"] == "assistant" and not reasoning:
             last.setdefault("tool_calls", [])
             return last
-        message: dict[str, Any] = {"role": "assistant", "content": None, "tool_calls": []}
-        messages.append(message)
+        message = assistant(None)
+        message["tool_calls"] = []
         return message
 
     for i, item in enumerate(items):
         kind = getattr(item, "type", None) or "message"
+        if kind == "reasoning":
+            reasoning.extend(part.text for part in item.content or [] if part.type == "reasoning_text")
+            continue
+        if kind not in ("function_call", "custom_tool_call") and not (kind == "message" and item.role == "assistant") and reasoning:
+            assistant("")  # reasoning that ended its turn without an answer
         if kind == "message":
-            role = item.role
-            if role == "developer":
-                role = "system"
-            messages.append({"role": role, "content": _content(item.content)})
+            if item.role == "assistant":
+                assistant(_content(item.content))
+            else:
+                messages.append({"role": "system" if item.role == "developer" else item.role, "content": _content(item.content)})
         elif kind in ("function_call", "custom_tool_call"):
             if kind == "function_call":
                 arguments = item.arguments
@@ -143,21 +165,14 @@ def chat_messages(instructions: str | None, items: list[Any]) -> list[dict[str, 
             )
         elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": _text_of(item.output)})
-        elif kind == "reasoning":
-            continue  # the model's own earlier thoughts are not replayed into the prompt
-        elif kind == "item_reference":
-            raise invalid_request(
-                f"Item with id '{item.id}' not found: this server does not store responses yet, "
-                "so send the item itself instead of a reference.",
-                param=f"input[{i}]",
-                code="item_not_found",
-            )
         else:
             raise invalid_request(
                 f"Input items of type '{kind}' are not supported by this server.",
                 param=f"input[{i}]",
                 code="unsupported_value",
             )
+    if reasoning:
+        assistant("")
     return messages
 
 

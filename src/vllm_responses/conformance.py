@@ -13,6 +13,7 @@ Use it on parsed events (``check_events(list_of_dicts)``) or on a captured SSE b
 - text and argument deltas concatenate to their ``done`` text, which equals the item's;
 - exactly one terminal event (``completed``, ``incomplete`` or ``failed``), last, whose
   ``response.output`` equals the items streamed; ``error`` only right before ``failed``;
+  ``incomplete`` also ends a cancelled response (status ``cancelled``);
 - function calls carry a ``call_id`` and string ``arguments``; reasoning items a ``summary``.
 """
 
@@ -24,8 +25,9 @@ import orjson
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter, ValidationError
 
+from .stream import TERMINAL_EVENTS as TERMINAL
+
 _EVENT = TypeAdapter(ResponseStreamEvent)
-TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 
 
 class ConformanceError(AssertionError):
@@ -122,9 +124,10 @@ class _Checker:
         if kind not in TERMINAL:
             return
         self.terminal = e
-        expected_status = kind.removeprefix("response.")
-        if response.get("status") != expected_status:
-            self.fail(i, e, f"status {response.get('status')!r} != {expected_status!r}")
+        # A cancelled response (no event type of its own) ends with response.incomplete.
+        expected_status = ("incomplete", "cancelled") if kind == "response.incomplete" else (kind.removeprefix("response."),)
+        if response.get("status") not in expected_status:
+            self.fail(i, e, f"status {response.get('status')!r} is not {' or '.join(map(repr, expected_status))}")
         if self.open is not None:
             self.fail(i, e, f"terminal event while item {self.open['index']} is open")
         streamed = [self.items_done[k] for k in sorted(self.items_done)]
@@ -133,7 +136,7 @@ class _Checker:
         usage = response.get("usage")
         if usage is not None and usage.get("total_tokens") != usage.get("input_tokens", 0) + usage.get("output_tokens", 0):
             self.fail(i, e, "usage.total_tokens != input_tokens + output_tokens")
-        if kind == "response.incomplete" and not (response.get("incomplete_details") or {}).get("reason"):
+        if response.get("status") == "incomplete" and not (response.get("incomplete_details") or {}).get("reason"):
             self.fail(i, e, "response.incomplete without incomplete_details.reason")
         if kind == "response.failed":
             error = response.get("error") or {}

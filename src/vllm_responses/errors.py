@@ -67,3 +67,18 @@ class EngineFailure(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+
+
+def store_unavailable(detail: str) -> APIError:
+    """The store cannot be reached: a 503, which clients retry."""
+    return APIError(
+        f"The response store is unavailable ({detail}). Retry later, or send `store: false` with the whole "
+        "conversation in `input`.",
+        status=HTTPStatus.SERVICE_UNAVAILABLE,
+        type="server_error",
+        code="store_unavailable",
+    )
+
+
+def not_found(what: str, ident: str, param: str | None, code: str | None) -> APIError:
+    return APIError(f"{what} with id '{ident}' not found.", status=HTTPStatus.NOT_FOUND, param=param, code=code)

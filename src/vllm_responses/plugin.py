@@ -1,21 +1,26 @@
-"""vLLM endpoint plugin: ``VLLM_PLUGINS=responses`` swaps in our ``/v1/responses``.
+"""vLLM endpoint plugin: ``VLLM_PLUGINS=responses`` swaps in our ``/v1/responses`` family and
+adds ``/v1/conversations``.
 
 Implements ``vllm.plugins.endpoint_plugins.interface.EndpointPlugin`` structurally, so this
 module imports nothing from vLLM: the engine adapter is loaded only in :meth:`init_state`.
+Settings come from ``VLLM_RESPONSES_*`` environment variables (:mod:`.settings`).
 """
 
-import os
+import logging
 from argparse import Namespace
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
-from .routes import router
+from . import conversations, routes
+from .sealing import ReasoningSealer
 from .service import ResponsesService
+from .settings import REASONING_KEYS, Settings
+from .store import StoreUnavailable, open_store
 
-
-# Debugging aid: a folder where every response's SSE stream is also written (see ResponsesService).
-CAPTURE_ENV = "VLLM_RESPONSES_CAPTURE_DIR"
+logger = logging.getLogger(__name__)
 
 
 class ResponsesPlugin:
@@ -23,13 +28,60 @@ class ResponsesPlugin:
     required_tasks: tuple[str, ...] | None = ("generate",)
 
     def attach_router(self, app: FastAPI) -> None:
-        app.include_router(router)
+        app.include_router(routes.router)
+        app.include_router(conversations.router)
+        _on_shutdown(app)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
         if engine_client is None:  # the CPU-only render server has no engine
             return
         from .vllm_engine import VllmEngine
 
-        state.vllm_responses = ResponsesService(
-            VllmEngine(engine_client, state, args), capture_dir=os.environ.get(CAPTURE_ENV) or None
+        settings = Settings.from_env()
+        sealer = ReasoningSealer(settings.reasoning_keys)
+        if sealer.ephemeral:
+            logger.warning(
+                "%s is not set: reasoning sealed for clients (include reasoning.encrypted_content) can be opened only by "
+                "this process, so it is lost across restarts, replicas and --api-server-count > 1. Set it to one or more "
+                "base64 32-byte keys (`openssl rand -base64 32`).",
+                REASONING_KEYS,
+            )
+        service = ResponsesService(
+            VllmEngine(engine_client, state, args),
+            open_store(settings.store_url, settings.retention),
+            sealer,
+            capture_dir=settings.capture_dir,
+            lease_s=settings.lease_s,
         )
+        try:
+            await service.store.heartbeat(service.owner, settings.lease_s)
+            logger.info("responses store: %s", _redact(settings.store_url))
+        except StoreUnavailable as exc:
+            logger.error("responses store %s is unavailable (%s); requests that need it answer 503 until it is back", _redact(settings.store_url), exc)
+        service.start()
+        state.vllm_responses = service
+
+
+def _on_shutdown(app: FastAPI) -> None:
+    """vLLM's lifespan has no hook for plugins: wrap it to stop our service inside it."""
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[Any]:
+        async with inner(app) as state:
+            try:
+                yield state
+            finally:
+                service = getattr(app.state, "vllm_responses", None)
+                if service is not None:
+                    await service.stop()
+
+    app.router.lifespan_context = lifespan
+
+
+def _redact(url: str) -> str:
+    """A store URL for the log, without a password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -46,6 +46,36 @@ class ResponsesRequest:
         value = self.params.get(key)
         return default if value is None else value
 
+    # -- what the state parameters mean (read here, nowhere else) -------------------------
+    @property
+    def store(self) -> bool:
+        """``store`` defaults to true, as in OpenAI's API."""
+        return self.get("store", True) is not False
+
+    @property
+    def background(self) -> bool:
+        return bool(self.get("background", False))
+
+    @property
+    def previous_response_id(self) -> str | None:
+        return self.get("previous_response_id") or None
+
+    @property
+    def conversation_id(self) -> str | None:
+        conversation = self.get("conversation")
+        if isinstance(conversation, dict):
+            return conversation.get("id") or None
+        return conversation or None
+
+    @property
+    def include(self) -> frozenset[str]:
+        return frozenset(self.get("include", ()))
+
+    @property
+    def sealed_reasoning(self) -> bool:
+        """The client keeps reasoning itself, sealed (``reasoning.encrypted_content``)."""
+        return "reasoning.encrypted_content" in self.include
+
 
 def parse_request(body: bytes) -> ResponsesRequest:
     try:
@@ -67,12 +97,12 @@ def parse_request(body: bytes) -> ResponsesRequest:
     params = _validate(_PARAMS, {k: v for k, v in data.items() if k not in _SEPARATE}, "")
     params = cast(dict[str, Any], _materialize(params))
     _check_ranges(params)
-    _check_unsupported(params)
+    _check_state(params)
     return ResponsesRequest(
         params=params,
         model=model,
         stream=stream,
-        input=_parse_input(data.get("input")),
+        input=_parse_input(data.get("input"), chained=bool(params.get("previous_response_id") or params.get("conversation"))),
         **_parse_tools(data.get("tools")),
     )
 
@@ -98,35 +128,37 @@ def _check_ranges(params: dict[str, Any]) -> None:
             raise invalid_request(f"Invalid '{name}': {value} is above the maximum value of {high}.", param=name, code="integer_above_max_value" if isinstance(value, int) else "decimal_above_max_value")
 
 
-def _check_unsupported(params: dict[str, Any]) -> None:
-    """Refuse, never silently drop, what needs state this server does not keep yet."""
-    if params.get("previous_response_id"):
+def _check_state(params: dict[str, Any]) -> None:
+    """Combinations of the state parameters that cannot mean anything."""
+    if params.get("previous_response_id") and params.get("conversation"):
         raise invalid_request(
-            f"Previous response with id '{params['previous_response_id']}' not found: this server does not "
-            "store responses yet, so send the whole conversation in `input`.",
-            param="previous_response_id",
-            code="previous_response_not_found",
-        )
-    if params.get("conversation"):
-        raise invalid_request(
-            "Conversations are not supported by this server yet; send the whole conversation in `input`.",
+            "`previous_response_id` and `conversation` cannot be used together: a conversation already "
+            "carries the earlier turns.",
             param="conversation",
-            code="unsupported_parameter",
+            code="invalid_parameter_combination",
         )
-    if params.get("background"):
-        raise invalid_request(
-            "Background mode is not supported by this server yet.", param="background", code="unsupported_parameter"
-        )
+    if params.get("store") is False:
+        if params.get("background"):
+            raise invalid_request("Background responses must be stored: `background: true` needs `store: true`.", param="background", code="invalid_parameter_combination")
+        if params.get("conversation"):
+            raise invalid_request("A response in a conversation is stored with it: `conversation` needs `store: true`.", param="store", code="invalid_parameter_combination")
 
 
-def _parse_input(raw: Any) -> list[Any]:
+def _parse_input(raw: Any, chained: bool) -> list[Any]:
     if raw is None:
+        if chained:  # a continuation may add nothing (e.g. only new instructions)
+            return []
         raise invalid_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
     if isinstance(raw, str):
         raw = [{"type": "message", "role": "user", "content": raw}]
     if not isinstance(raw, list):
         raise invalid_request("Invalid type for 'input': expected a string or an array of items.", param="input", code="invalid_type")
-    return _validate(_INPUT_ITEMS, [_lenient_item(item) for item in raw], "input")
+    return parse_items(raw, "input")
+
+
+def parse_items(raw: list[Any], where: str) -> list[Any]:
+    """Input items (a request's, or stored ones going back to the model) as typed items."""
+    return _validate(_INPUT_ITEMS, [_lenient_item(item) for item in raw], where)
 
 
 def _lenient_item(item: Any) -> Any:
@@ -198,6 +230,11 @@ def dump_json(model: Any) -> str:
     return model.model_dump_json(exclude_unset=True, by_alias=True, warnings=False)
 
 
+def dump_json_dict(model: Any) -> dict[str, Any]:
+    """:func:`dump_json`, as a JSON-ready dict."""
+    return model.model_dump(mode="json", exclude_unset=True, by_alias=True, warnings=False)
+
+
 _RESPONSE_ECHO = (
     "instructions",
     "max_output_tokens",
@@ -217,7 +254,8 @@ _RESPONSE_ECHO = (
 
 
 def initial_response(request: ResponsesRequest, response_id: str, created_at: float, model: str) -> Response:
-    """The ``Response`` as it stands when generation starts: ``in_progress``, no output."""
+    """The ``Response`` as it stands when generation starts: ``in_progress`` (``queued`` in the
+    background), no output."""
     p = request.params
     fields: dict[str, Any] = {key: p.get(key) for key in _RESPONSE_ECHO}
     text = p.get("text") or {}
@@ -234,10 +272,14 @@ def initial_response(request: ResponsesRequest, response_id: str, created_at: fl
         tool_choice=request.get("tool_choice", "auto"),
         tools=request.tools,
         text={"format": text.get("format") or {"type": "text"}, **({"verbosity": text["verbosity"]} if text.get("verbosity") else {})},
-        store=request.get("store", True),
-        background=request.get("background", False),
+        store=request.store,
+        background=request.background,
         usage=None,
     )
+    if request.background:
+        fields["status"] = "queued"
+    if request.conversation_id:
+        fields["conversation"] = {"id": request.conversation_id}
     if fields["temperature"] is None:
         fields["temperature"] = 1.0
     if fields["top_p"] is None:

@@ -1,17 +1,28 @@
-"""HTTP transport: ``POST /v1/responses`` as SSE or JSON. Thin by design."""
+"""HTTP transport of the Responses API: SSE or JSON over FastAPI. Thin by design.
+
+``POST /v1/responses``, ``GET``/``DELETE /v1/responses/{id}`` (``GET`` can stream a background
+response again), ``POST /v1/responses/{id}/cancel``, ``GET /v1/responses/{id}/input_items``.
+The Conversations API is in :mod:`.conversations`.
+"""
 
 import logging
-from collections.abc import AsyncIterator
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import wraps
+from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from openai.types.responses import ResponseIncludable
 
 from . import __version__
-from .errors import APIError
-from .protocol import parse_request
+from .background import BackgroundRun, Logged
+from .errors import APIError, invalid_request
+from .items import page
+from .protocol import dump_json, parse_request
 from .service import ResponsesService
-from .protocol import dump_json
-from .sse import SSE_MEDIA_TYPE, frames
+from .sse import SSE_MEDIA_TYPE, frame_of, frames
 
 logger = logging.getLogger(__name__)
 
@@ -19,31 +30,53 @@ router = APIRouter()
 
 VERSION_HEADER = "x-vllm-responses"
 _HEADERS = {VERSION_HEADER: __version__}
+_SSE_HEADERS = {**_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_INCLUDABLE = frozenset(typing.get_args(ResponseIncludable))
 
 
 def error_response(error: APIError) -> Response:
     return Response(error.json(), status_code=error.status, media_type="application/json", headers=_HEADERS)
 
 
-def _service(request: Request) -> ResponsesService:
+def json_response(body: bytes | str, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type="application/json", headers=_HEADERS)
+
+
+def service_of(request: Request) -> ResponsesService:
     service = getattr(request.app.state, "vllm_responses", None)
     if service is None:
         raise APIError("The Responses service is not initialised (no engine).", status=503, type="server_error", code="server_is_overloaded")
     return service
 
 
-@router.post("/v1/responses")
-async def create_response(raw: Request) -> Response:
-    try:
-        request = parse_request(await raw.body())
-        run = await _service(raw).start(request)
-    except APIError as exc:
-        return error_response(exc)
-    except Exception:
-        logger.exception("could not start a response")
-        return error_response(APIError("The server could not start this response.", status=500, type="server_error", code="server_error"))
+def answers_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
+    """Every failure a route meets becomes an OpenAI-shaped error body, never a traceback."""
 
-    capture = _service(raw).capture(run.response.id)
+    @wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return await handler(*args, **kwargs)
+        except APIError as exc:
+            return error_response(exc)
+        except Exception:
+            logger.exception("%s failed", handler.__name__)
+            return error_response(APIError("The server could not handle this request.", status=500, type="server_error", code="server_error"))
+
+    return wrapper
+
+
+@router.post("/v1/responses")
+@answers_errors
+async def create_response(raw: Request) -> Response:
+    service = service_of(raw)
+    request = parse_request(await raw.body())
+    run = await service.create(request)
+    if isinstance(run, BackgroundRun):
+        if request.stream:
+            return _sse(run.follow())
+        return json_response(dump_json(run.response))
+
+    capture = service.capture(run.response.id)
     if request.stream:
         async def body() -> AsyncIterator[bytes]:
             complete = False
@@ -58,8 +91,7 @@ async def create_response(raw: Request) -> Response:
                 if capture is not None:
                     capture.close(complete)
 
-        headers = {**_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(body(), media_type=SSE_MEDIA_TYPE, headers=headers)
+        return StreamingResponse(body(), media_type=SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
 
     batches = run.batches()
     complete = False
@@ -77,8 +109,103 @@ async def create_response(raw: Request) -> Response:
     if run.response.status == "failed":
         error = run.response.error
         message = error.message if error else "The response failed."
-        return error_response(APIError(message, status=500, type="server_error", code="server_error"))
-    return Response(dump_json(run.response), media_type="application/json", headers=_HEADERS)
+        raise APIError(message, status=500, type="server_error", code="server_error")
+    return json_response(dump_json(run.response))
+
+
+@router.get("/v1/responses/{response_id}")
+@answers_errors
+async def retrieve_response(response_id: str, raw: Request) -> Response:
+    service = service_of(raw)
+    include = include_param(raw)
+    if _flag(raw, "stream"):
+        after = _int(raw, "starting_after", default=-1, minimum=0)
+        return _sse(await service.follow(response_id, after))
+    record = await service.record(response_id)
+    return json_response(_dumps(service.presented(record.response, include)))
+
+
+@router.delete("/v1/responses/{response_id}")
+@answers_errors
+async def delete_response(response_id: str, raw: Request) -> Response:
+    return json_response(_dumps(await service_of(raw).delete(response_id)))
+
+
+@router.post("/v1/responses/{response_id}/cancel")
+@answers_errors
+async def cancel_response(response_id: str, raw: Request) -> Response:
+    return json_response(_dumps(await service_of(raw).cancel(response_id)))
+
+
+@router.get("/v1/responses/{response_id}/input_items")
+@answers_errors
+async def list_input_items(response_id: str, raw: Request) -> Response:
+    include_param(raw)
+    limit, order, after = list_params(raw)
+    items = await service_of(raw).input_items(response_id)
+    data, has_more = page(items, after, limit, order)
+    return json_response(_dumps(item_list(data, has_more)))
+
+
+# -- shared by the list routes (here and in conversations) ------------------------------------
+def list_params(raw: Request) -> tuple[int, str, str | None]:
+    """``limit`` (1-100, default 20), ``order`` (``asc``/``desc``, default ``desc``), ``after``."""
+    limit = _int(raw, "limit", default=20, minimum=1, maximum=100)
+    order = raw.query_params.get("order") or "desc"
+    if order not in ("asc", "desc"):
+        raise invalid_request(f"Invalid 'order': {order!r}; expected 'asc' or 'desc'.", param="order")
+    return limit, order, raw.query_params.get("after") or None
+
+
+def item_list(data: list[dict], has_more: bool) -> dict:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+def include_param(raw: Request) -> frozenset[str]:
+    values = raw.query_params.getlist("include") + raw.query_params.getlist("include[]")
+    for value in values:
+        if value not in _INCLUDABLE:
+            raise invalid_request(f"Invalid value for 'include': {value!r}. Supported: {', '.join(sorted(_INCLUDABLE))}.", param="include")
+    return frozenset(values)
+
+
+def _flag(raw: Request, name: str) -> bool:
+    value = (raw.query_params.get(name) or "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise invalid_request(f"Invalid '{name}': expected a boolean.", param=name, code="invalid_type")
+    return value in ("true", "1")
+
+
+def _int(raw: Request, name: str, *, default: int, minimum: int, maximum: int | None = None) -> int:
+    text = raw.query_params.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise invalid_request(f"Invalid '{name}': expected an integer.", param=name, code="invalid_type") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise invalid_request(f"Invalid '{name}': {value}; it must be {bounds}.", param=name)
+    return value
+
+
+def _sse(batches: AsyncIterator[list[Logged]]) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        async for batch in batches:
+            yield "".join(frame_of(kind, data) for _, kind, data in batch).encode()
+
+    return StreamingResponse(body(), media_type=SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
+
+
+def _dumps(body: dict) -> bytes:
+    return orjson.dumps(body)
 
 
 __all__ = ["router"]

@@ -1,63 +1,99 @@
 """One response from request to terminal event, independent of the transport.
 
-``ResponsesService.start`` does every check that can fail up front (so such failures are
-plain 4xx answers), then hands back a :class:`Run` whose events the transport writes out
-as SSE frames or folds into one JSON body.
+``ResponsesService.create`` does every check that can fail up front (so such failures are
+plain 4xx answers), brings in the state the request names (:mod:`.history`), and hands back
+either a :class:`Run` whose events the transport writes out as SSE frames or folds into one
+JSON body, or, for ``background: true``, a :class:`~.background.BackgroundRun` that goes on
+without the client. A stored response is written before the client sees its terminal
+event, so a client that continues at once always finds what it continues from.
 """
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from openai.types.responses import Response
 
 from .backend import Engine
+from .background import BackgroundRun, BackgroundRuns, Logged, abandon, follow_stored
 from .deltas import Delta, Finish, Started
-from .errors import EngineFailure
+from .errors import APIError, EngineFailure, invalid_request, not_found, store_unavailable
+from .history import Context, History
 from .ids import new_id
+from .items import stored_response
 from .protocol import ResponsesRequest, initial_response
+from .sealing import ReasoningSealer
+from .store import Store, StoredResponse, StoreUnavailable
+from .store.base import RUNNING_STATUSES
 from .stream import Event, ResponseStream, StreamOptions
+from .upkeep import Keeper
 
 logger = logging.getLogger(__name__)
 
+# Called with the final response before its terminal event leaves (persistence).
+OnEnd = Callable[[Response], Awaitable[None]]
+
 
 class Run:
-    """A started response: iterate :meth:`batches` once; ``response`` is final afterwards."""
+    """A started response: iterate :meth:`batches` once; ``response`` is final afterwards.
 
-    def __init__(self, stream: ResponseStream, deltas: AsyncIterator[Started | Delta | Finish]) -> None:
-        self._stream = stream
+    If the consumer stops early (the client left, a background response was cancelled),
+    the engine request is aborted, the response ends ``cancelled`` (``failed`` with
+    :attr:`failure` as its message when that is set first, e.g. the server is stopping),
+    :attr:`final_events` holds the events that end it and ``on_end`` still runs (in a task
+    of its own).
+    """
+
+    def __init__(self, stream: ResponseStream, deltas: AsyncIterator[Started | Delta | Finish], on_end: OnEnd | None = None) -> None:
+        self.stream = stream
         self._deltas = deltas
+        self._on_end = on_end
+        self.final_events: list[Event] = []
+        self.ended: asyncio.Future[None] | None = None
+        self.failure: str | None = None
 
     @property
     def response(self) -> Response:
-        return self._stream.response
+        return self.stream.response
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         """The events, grouped by engine step, so a transport writes once per step."""
-        stream = self._stream
+        stream, deltas = self.stream, self._deltas
         yield stream.start()
-        deltas = self._deltas
+        terminal: list[Event] | None = None
         try:
-            async for delta in deltas:
-                if isinstance(delta, Started):
-                    continue
-                if isinstance(delta, Finish):
-                    yield stream.finish(delta)
-                    return
-                events = stream.feed(delta)
-                if events:
-                    yield events
-            failure = EngineFailure("The engine stopped without finishing the response.")
-        except EngineFailure as exc:
-            failure = exc
-        except Exception as exc:  # a bug of ours must still end the stream properly
-            logger.exception("response %s failed", stream.response.id)
-            failure = EngineFailure(f"Internal error: {type(exc).__name__}.")
+            try:
+                async for delta in deltas:
+                    if isinstance(delta, Started):
+                        continue
+                    if isinstance(delta, Finish):
+                        terminal = stream.finish(delta)
+                        break
+                    events = stream.feed(delta)
+                    if events:
+                        yield events
+                else:
+                    terminal = stream.fail("The engine stopped without finishing the response.")
+            except EngineFailure as exc:
+                terminal = stream.fail(exc.message, exc.code)
+            except APIError as exc:  # the engine refused it on submission (background runs only)
+                terminal = stream.fail(exc.message, "invalid_prompt")
+            except Exception as exc:  # a bug of ours must still end the stream properly
+                logger.exception("response %s failed", stream.response.id)
+                terminal = stream.fail(f"Internal error: {type(exc).__name__}.")
         finally:
             await deltas.aclose()  # aborts the engine request if it is still running
-        yield stream.fail(failure.message, failure.code)
+            if terminal is None:  # the consumer left: nobody will see the rest
+                self.final_events = stream.fail(self.failure) if self.failure else stream.cancel()
+                if self._on_end is not None:
+                    self.ended = spawn(self._on_end(stream.response))
+        self.final_events = terminal
+        if self._on_end is not None:
+            await self._on_end(stream.response)
+        yield terminal
 
 
 class Capture:
@@ -77,16 +113,41 @@ class Capture:
 
 
 class ResponsesService:
-    """Starts responses on one engine.
+    """Creates responses on one engine and keeps them in one store.
 
     ``capture_dir``: when set, every response's events are also written there as
     ``<response id>.sse`` (the wire format, for ``python -m vllm_responses.conformance``);
     the plugin takes it from ``VLLM_RESPONSES_CAPTURE_DIR``. Off by default.
     """
 
-    def __init__(self, engine: Engine, capture_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        store: Store,
+        sealer: ReasoningSealer | None = None,
+        *,
+        owner: str | None = None,
+        capture_dir: str | Path | None = None,
+        lease_s: float = 10.0,
+    ) -> None:
         self.engine = engine
+        self.store = store
+        self.sealer = sealer or ReasoningSealer()
+        self.history = History(store, self.sealer)
+        self.owner = owner or new_id("owner")
         self.capture_dir = Path(capture_dir) if capture_dir else None
+        self.background = BackgroundRuns(self)
+        self.keeper = Keeper(self, lease_s)
+
+    def start(self) -> None:
+        """Begin upkeep (heartbeat, cancels from other processes, sweeping, retention)."""
+        self.keeper.start()
+
+    async def stop(self) -> None:
+        """The server is stopping: end what runs here, then release the store."""
+        await self.keeper.stop()
+        await self.background.shutdown()
+        await self.store.close()
 
     def capture(self, response_id: str) -> "Capture | None":
         if self.capture_dir is None:
@@ -94,24 +155,162 @@ class ResponsesService:
         self.capture_dir.mkdir(parents=True, exist_ok=True)
         return Capture(self.capture_dir / f"{response_id}.sse")
 
+    # -- create ---------------------------------------------------------------------------
+    async def create(self, request: ResponsesRequest) -> "Run | BackgroundRun":
+        context = await store_call(self.history.resolve(request))
+        prepared = await self.engine.prepare(request, context.model_items)
+        response = initial_response(request, new_id("resp"), int(time.time()), request.model)
+        stream = ResponseStream(response, self._options(request), clock=lambda: int(time.time()))
+        record = self._record(request, response, context) if request.store else None
+        if request.background:
+            assert record is not None  # protocol refuses background without store
+            await store_call(self.store.create_response(record))
+            return self.background.start(request, stream, prepared, record)
 
-    async def start(self, request: ResponsesRequest) -> Run:
-        prepared = await self.engine.prepare(request)
-        summary = (request.get("reasoning") or {}).get("summary") or (request.get("reasoning") or {}).get("generate_summary")
-        options = StreamOptions(
-            reasoning_summary=summary in ("auto", "concise", "detailed"),
-            logprobs="message.output_text.logprobs" in request.get("include", []),
-        )
-        response = initial_response(request, new_id("resp"), time.time(), request.model)
         deltas = self.engine.generate(prepared, response.id)
         # No event before the engine accepts the request, so errors it finds on submission
         # are still plain 4xx answers (chat completions also waits for the first output).
         try:
             first = await anext(deltas, None)
+            if not isinstance(first, Started):
+                raise EngineFailure("The engine did not start the generation.")
+            if record is not None:
+                await store_call(self.store.create_response(record))
         except BaseException:
             await deltas.aclose()
             raise
-        if not isinstance(first, Started):
-            await deltas.aclose()
-            raise EngineFailure("The engine did not start the generation.")
-        return Run(ResponseStream(response, options, clock=time.time), deltas)
+        return Run(stream, deltas, on_end=(lambda r: self.persist(r, record)) if record is not None else None)
+
+    def run(self, stream: ResponseStream, prepared: object) -> Run:
+        """A :class:`Run` for a background response: the engine's checks on submission
+        happen inside it (and end it ``failed``); its owner persists it."""
+        return Run(stream, self.engine.generate(prepared, stream.response.id))
+
+    def _options(self, request: ResponsesRequest) -> StreamOptions:
+        reasoning = request.get("reasoning") or {}
+        summary = reasoning.get("summary") or reasoning.get("generate_summary")
+        return StreamOptions(
+            reasoning_summary=summary in ("auto", "concise", "detailed"),
+            logprobs="message.output_text.logprobs" in request.include,
+            seal=self.sealer.seal if request.sealed_reasoning else None,
+        )
+
+    def _record(self, request: ResponsesRequest, response: Response, context: Context) -> StoredResponse:
+        return StoredResponse(
+            response=stored_response(response),
+            input_items=context.input_items,
+            previous_response_id=request.previous_response_id,
+            conversation_id=request.conversation_id,
+            background=request.background,
+            owner=self.owner,
+        )
+
+    async def persist(self, response: Response, record: StoredResponse) -> None:
+        """Keep a finished response; a conversation gains the turn's input and output."""
+        data = stored_response(response)
+        try:
+            if not await self.store.finish_response(data):
+                logger.warning("response %s was finished by someone else (deleted, or its owner presumed dead)", response.id)
+                return
+            if record.conversation_id and response.status in ("completed", "incomplete"):
+                await self.store.add_conversation_items(record.conversation_id, (record.input_items or []) + data["output"])
+        except StoreUnavailable:
+            logger.error("could not store the end of response %s: the store is unavailable", response.id)
+
+    # -- stored responses -------------------------------------------------------------------
+    async def record(self, response_id: str, *, with_input: bool = False) -> StoredResponse:
+        """A stored response, as it stands now (a dead owner's is ended first); 404 if missing."""
+        run = self.background.get(response_id)
+        record = await store_call(self.store.get_response(response_id, with_input=with_input))
+        if record is None:
+            raise not_found("Response", response_id, "response_id", "response_not_found")
+        if run is not None and not run.done:  # ours and live: fresher than the store
+            record.response = stored_response(run.response)
+        elif record.status in RUNNING_STATUSES and record.owner != self.owner:
+            if record.owner is None or not await store_call(self.store.alive(record.owner)):
+                record = await store_call(abandon(self.store, record))
+        return record
+
+    def presented(self, response: dict, include: frozenset[str]) -> dict:
+        """A stored response as a client asked to see it (sealed reasoning on request)."""
+        if "reasoning.encrypted_content" not in include:
+            return response
+        output = [
+            {**item, "encrypted_content": self.sealer.seal(_reasoning_text(item))} if item.get("type") == "reasoning" else item
+            for item in response.get("output") or []
+        ]
+        return {**response, "output": output}
+
+    async def delete(self, response_id: str) -> dict:
+        run = self.background.get(response_id)
+        if run is not None:
+            run.cancel()
+        if not await store_call(self.store.delete_response(response_id)):
+            raise not_found("Response", response_id, "response_id", "response_not_found")
+        return {"id": response_id, "object": "response", "deleted": True}
+
+    async def cancel(self, response_id: str, wait_s: float = 10.0) -> dict:
+        """Cancel a background response, wherever it runs; a cancelled one is returned as is."""
+        record = await self.record(response_id)
+        if not record.background:
+            raise invalid_request(
+                "Only responses created with `background: true` can be cancelled.", param="response_id", code="not_cancellable"
+            )
+        if record.status == "cancelled":
+            return record.response
+        if record.status not in RUNNING_STATUSES:
+            raise invalid_request(
+                f"Response with id '{response_id}' is already {record.status} and cannot be cancelled.",
+                param="response_id",
+                code="not_cancellable",
+            )
+        run = self.background.get(response_id)
+        if run is not None:
+            run.cancel()
+            await asyncio.wait({run.task}, timeout=wait_s)
+            return (await self.record(response_id)).response
+        await store_call(self.store.request_cancel(response_id))  # its owner polls for this
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            record = await self.record(response_id)
+            if record.status not in RUNNING_STATUSES:
+                return record.response
+        return record.response
+
+    async def follow(self, response_id: str, after: int = -1) -> AsyncIterator[list[Logged]]:
+        """The events of a background response after ``after``, to its terminal event."""
+        record = await self.record(response_id)
+        if not record.background:
+            raise invalid_request(
+                "Only responses created with `background: true` can be streamed again.", param="stream", code="not_streamable"
+            )
+        run = self.background.get(response_id)
+        return run.follow(after) if run is not None else follow_stored(self, response_id, after)
+
+    async def input_items(self, response_id: str) -> list[dict]:
+        record = await self.record(response_id, with_input=True)
+        return record.input_items or []
+
+
+
+_SPAWNED: set[asyncio.Future[None]] = set()
+
+
+def spawn(work: Awaitable[None]) -> "asyncio.Future[None]":
+    """Run ``work`` on its own (outliving a cancelled caller), holding it until it is done."""
+    future = asyncio.ensure_future(work)
+    _SPAWNED.add(future)
+    future.add_done_callback(_SPAWNED.discard)
+    return future
+
+
+async def store_call(call: Awaitable):  # type: ignore[type-arg]
+    try:
+        return await call
+    except StoreUnavailable as exc:
+        raise store_unavailable(str(exc)) from None
+
+
+def _reasoning_text(item: dict) -> str:
+    return "".join(part.get("text", "") for part in item.get("content") or [] if part.get("type") == "reasoning_text")

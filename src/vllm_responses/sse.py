@@ -15,7 +15,12 @@ def event_json(event: Event) -> str:
 
 
 def frame(event: Event) -> str:
-    return f"event: {event.type}\ndata: {event_json(event)}\n\n"
+    return frame_of(event.type, event_json(event))
+
+
+def frame_of(kind: str, data: str) -> str:
+    """A frame from an event's type and JSON (events replayed from a log or the store)."""
+    return f"event: {kind}\ndata: {data}\n\n"
 
 
 def frames(events: list[Event]) -> bytes:

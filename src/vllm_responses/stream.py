@@ -41,6 +41,7 @@ from openai.types.responses import (
     ResponseOutputItemDoneEvent,
     ResponseOutputMessage,
     ResponseOutputText,
+    ResponseQueuedEvent,
     ResponseReasoningItem,
     ResponseReasoningSummaryPartAddedEvent,
     ResponseReasoningSummaryPartDoneEvent,
@@ -68,6 +69,9 @@ from .protocol import dump_json
 
 _EVENT_ADAPTER: TypeAdapter[ResponseStreamEvent] = TypeAdapter(ResponseStreamEvent)
 
+# The events that end a stream; exactly one ends each.
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
 ItemStatus = Literal["completed", "incomplete"]
 
 
@@ -78,10 +82,13 @@ class StreamOptions:
     ``reasoning_summary``: mirror the raw reasoning into summary parts (the request set
     ``reasoning.summary``); clients such as Codex show reasoning only through summaries.
     ``logprobs``: attach per-token logprobs to ``output_text`` deltas and parts.
+    ``seal``: when the client keeps reasoning sealed (``reasoning.encrypted_content``), turns
+    a reasoning item's text into its ``encrypted_content``.
     """
 
     reasoning_summary: bool = False
     logprobs: bool = False
+    seal: Callable[[str], str] | None = None
 
 
 _SEQ = 987_654_321_012_345
@@ -99,6 +106,7 @@ class DeltaEvent:
 
     type: str
     json: str
+    sequence_number: int
 
     def model(self) -> ResponseStreamEvent:
         """The event as an ``openai`` model (for tests and debugging, not the hot path)."""
@@ -125,7 +133,7 @@ class _DeltaTemplate:
         head, middle, tail = self.parts
         d = orjson.dumps(delta).decode()
         text = f"{head}{seq}{middle}{d}{tail}" if self.seq_first else f"{head}{d}{middle}{seq}{tail}"
-        return DeltaEvent(self.type, text)
+        return DeltaEvent(self.type, text, seq)
 
 
 class _Item:
@@ -208,6 +216,8 @@ class _Reasoning(_Item):
         item = ResponseReasoningItem.model_construct(
             id=self.id, type="reasoning", summary=summary, content=[part], status=status
         )
+        if s.options.seal is not None:
+            item.encrypted_content = s.options.seal(text)
         return events, item
 
 
@@ -318,11 +328,17 @@ class _ToolCall(_Item):
 class ResponseStream:
     """Turns one generation's deltas into events; see the module docstring for guarantees."""
 
-    def __init__(self, response: Response, options: StreamOptions = StreamOptions(), clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        response: Response,
+        options: StreamOptions = StreamOptions(),
+        clock: Callable[[], float] | None = None,
+        first_sequence_number: int = 0,
+    ) -> None:
         self.response = response
         self.options = options
         self._clock = clock
-        self._seq = -1
+        self._seq = first_sequence_number - 1
         self._open: _Item | None = None
         self.terminated = False
 
@@ -337,11 +353,23 @@ class ResponseStream:
         )
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self) -> list[Event]:
+    def queue(self) -> list[Event]:
+        """A background response waits for the engine: ``created`` and ``queued`` (status ``queued``)."""
+        self.response.status = "queued"
         return [
             ResponseCreatedEvent.model_construct(type="response.created", sequence_number=self.seq(), response=self._snapshot()),
-            ResponseInProgressEvent.model_construct(type="response.in_progress", sequence_number=self.seq(), response=self._snapshot()),
+            ResponseQueuedEvent.model_construct(type="response.queued", sequence_number=self.seq(), response=self._snapshot()),
         ]
+
+    def start(self) -> list[Event]:
+        """Generation begins: ``created`` (unless :meth:`queue` sent it) then ``in_progress``."""
+        events: list[Event] = []
+        if self._seq < 0:
+            self.response.status = "in_progress"
+            events.append(ResponseCreatedEvent.model_construct(type="response.created", sequence_number=self.seq(), response=self._snapshot()))
+        self.response.status = "in_progress"
+        events.append(ResponseInProgressEvent.model_construct(type="response.in_progress", sequence_number=self.seq(), response=self._snapshot()))
+        return events
 
     def feed(self, delta: Delta) -> list[Event]:
         if self.terminated:
@@ -398,6 +426,34 @@ class ResponseStream:
             ResponseErrorEvent.model_construct(type="error", sequence_number=self.seq(), code=code, message=message, param=None),
             ResponseFailedEvent.model_construct(type="response.failed", sequence_number=self.seq(), response=r),
         ]
+
+    def cancel(self) -> list[Event]:
+        """End a response someone stopped (a cancel, or the client leaving): status ``cancelled``.
+
+        No stream event type means "cancelled", so followers of a cancelled background
+        response get ``response.incomplete`` carrying the ``cancelled`` response; the open
+        item ends ``incomplete``.
+        """
+        events = self._close_open("incomplete")
+        r = self.response
+        r.status = "cancelled"
+        self.terminated = True
+        return events + [ResponseIncompleteEvent.model_construct(type="response.incomplete", sequence_number=self.seq(), response=r)]
+
+    def terminal(self) -> list[Event]:
+        """The terminal events of a response that has already ended, for a follower whose
+        stream lost them (its owner died between storing the response and its events)."""
+        r = self.response
+        self.terminated = True
+        if r.status == "completed":
+            return [ResponseCompletedEvent.model_construct(type="response.completed", sequence_number=self.seq(), response=r)]
+        if r.status == "failed":
+            error = r.error or ResponseError.model_construct(code="server_error", message="The response failed.")
+            return [
+                ResponseErrorEvent.model_construct(type="error", sequence_number=self.seq(), code=error.code, message=error.message, param=None),
+                ResponseFailedEvent.model_construct(type="response.failed", sequence_number=self.seq(), response=r),
+            ]
+        return [ResponseIncompleteEvent.model_construct(type="response.incomplete", sequence_number=self.seq(), response=r)]
 
     # -- internals ------------------------------------------------------------------------
     def _switch_to(self, kind: type[_Reasoning] | type[_Message]) -> list[Event]:

@@ -77,19 +77,19 @@ class VllmEngine(Engine):
         )
         self.default_sampling = self.model_config.get_diff_sampling_param()
 
-    async def prepare(self, request: ResponsesRequest) -> _Prepared:
+    async def prepare(self, request: ResponsesRequest, items: list[Any]) -> _Prepared:
         try:
-            return await self._prepare(request)
+            return await self._prepare(request, items)
         except VLLMValidationError as exc:
             raise _client_error(exc) from None
 
-    async def _prepare(self, request: ResponsesRequest) -> _Prepared:
+    async def _prepare(self, request: ResponsesRequest, items: list[Any]) -> _Prepared:
         if not self.models.is_base_model(request.model):
             raise model_not_found(request.model)
         tools = chat.chat_tools(request.tools)
         fields: dict[str, Any] = {
             "model": request.model,
-            "messages": chat.chat_messages(request.get("instructions"), request.input),
+            "messages": chat.chat_messages(request.get("instructions"), items),
             "stream": True,
             "parallel_tool_calls": request.get("parallel_tool_calls", True),
             "temperature": request.get("temperature"),

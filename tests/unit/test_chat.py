@@ -93,3 +93,36 @@ def test_arguments_before_name_are_held():
     mapper = _mapper()
     out = mapper.feed(0, None, None, '{"in') + mapper.feed(0, "apply_patch", None, 'put": "x"}') + mapper.finish()
     assert "".join(d.arguments for d in out) == "x" and out[0].name == "apply_patch"
+
+
+def test_reasoning_goes_back_as_the_reasoning_of_its_assistant_turn():
+    r = request(input=[
+        {"type": "message", "role": "user", "content": "weather?"},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "I will call it."}]},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "Sunny"},
+        {"type": "reasoning", "id": "rs_2", "summary": [{"type": "summary_text", "text": "a summary is not the thought"}]},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Sunny."}]},
+        {"type": "message", "role": "user", "content": "thanks"},
+        {"type": "reasoning", "id": "rs_3", "summary": [], "content": [{"type": "reasoning_text", "text": "Only thought."}]},
+        {"type": "message", "role": "user", "content": "again"},
+    ])
+    messages = chat_messages(None, r.input)
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool", "assistant", "user", "assistant", "user"]
+    assert messages[1]["reasoning"] == "I will call it." and messages[1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert "reasoning" not in messages[3] and messages[3]["content"] == "Sunny."  # summaries are not replayed
+    assert messages[5] == {"role": "assistant", "content": "", "reasoning": "Only thought."}
+
+
+def test_text_then_calls_share_a_turn_but_new_reasoning_opens_one():
+    r = request(input=[
+        {"type": "message", "role": "user", "content": "go"},
+        {"type": "message", "role": "assistant", "content": "Let me check."},
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "reasoning", "id": "rs_1", "summary": [], "content": [{"type": "reasoning_text", "text": "Next."}]},
+        {"type": "function_call", "call_id": "c2", "name": "f", "arguments": "{}"},
+    ])
+    messages = chat_messages(None, r.input)
+    assert [m["role"] for m in messages] == ["user", "assistant", "assistant"]
+    assert [c["id"] for c in messages[1]["tool_calls"]] == ["c1"]
+    assert messages[2]["reasoning"] == "Next." and [c["id"] for c in messages[2]["tool_calls"]] == ["c2"]

@@ -1,6 +1,8 @@
 """HTTP behaviour of our routes over a scripted engine: errors, SSE framing, JSON bodies."""
 
 import json
+import tempfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,6 +14,7 @@ from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta
 from vllm_responses.plugin import ResponsesPlugin
 from vllm_responses.routes import VERSION_HEADER
 from vllm_responses.service import ResponsesService
+from vllm_responses.store.sqlite import SQLiteStore
 
 SCRIPT = [ReasoningDelta("Hmm."), TextDelta("Hello"), TextDelta(" world"), Finish("stop", usage())]
 
@@ -19,7 +22,8 @@ SCRIPT = [ReasoningDelta("Hmm."), TextDelta("Hello"), TextDelta(" world"), Finis
 def make_app(engine: ScriptedEngine, capture_dir=None) -> FastAPI:
     app = FastAPI()
     ResponsesPlugin().attach_router(app)
-    app.state.vllm_responses = ResponsesService(engine, capture_dir=capture_dir)
+    store = SQLiteStore(Path(tempfile.mkdtemp()) / "responses.db")
+    app.state.vllm_responses = ResponsesService(engine, store, capture_dir=capture_dir)
     return app
 
 
@@ -71,9 +75,13 @@ async def test_json_equals_completed_response():
         ({"model": "demo", "input": [{"type": "message", "role": "wizard", "content": "x"}]}, 400, None, "invalid_value"),
         ({"model": "demo", "input": "hi", "tools": [{"type": "function"}]}, 400, None, "invalid_value"),
         ({"model": "nope", "input": "hi"}, 404, "model", "model_not_found"),
-        ({"model": "demo", "input": "hi", "previous_response_id": "resp_1"}, 400, "previous_response_id", "previous_response_not_found"),
-        ({"model": "demo", "input": "hi", "conversation": "conv_1"}, 400, "conversation", "unsupported_parameter"),
-        ({"model": "demo", "input": "hi", "background": True}, 400, "background", "unsupported_parameter"),
+        ({"model": "demo", "input": "hi", "previous_response_id": "resp_1"}, 404, "previous_response_id", "previous_response_not_found"),
+        ({"model": "demo", "input": "hi", "conversation": "conv_1"}, 404, "conversation", "conversation_not_found"),
+        ({"model": "demo", "input": "hi", "conversation": {"id": "conv_1"}}, 404, "conversation", "conversation_not_found"),
+        ({"model": "demo", "input": "hi", "background": True, "store": False}, 400, "background", "invalid_parameter_combination"),
+        ({"model": "demo", "input": "hi", "conversation": "conv_1", "store": False}, 400, "store", "invalid_parameter_combination"),
+        ({"model": "demo", "input": "hi", "conversation": "c", "previous_response_id": "r"}, 400, "conversation", "invalid_parameter_combination"),
+        ({"model": "demo", "input": [{"type": "item_reference", "id": "msg_x"}]}, 404, "input[0]", "item_not_found"),
         ({"model": "demo", "input": "hi", "temperature": -1}, 400, "temperature", "decimal_below_min_value"),
         ({"model": "demo", "input": "hi", "top_p": 5}, 400, "top_p", "decimal_above_max_value"),
         ({"model": "demo", "input": "hi", "max_output_tokens": 0}, 400, "max_output_tokens", "integer_below_min_value"),

@@ -150,3 +150,55 @@ def test_delta_event_is_an_openai_model():
     assert isinstance(delta, DeltaEvent)
     model = delta.model()
     assert (model.type, model.delta, model.sequence_number, model.item_id) == ("response.output_text.delta", "hi", 4, added.item.id)
+
+
+def _stream(**options):
+    request = parse_request(json.dumps({"model": "demo", "input": "hi", "background": True}).encode())
+    return ResponseStream(initial_response(request, "resp_1", 1, "demo"), StreamOptions(**options), clock=lambda: 2)
+
+
+def _wire(events):
+    return [json.loads(event_json(e)) for e in events]
+
+
+def test_background_stream_is_queued_first_then_in_progress():
+    stream = _stream()
+    events = stream.queue() + stream.start() + stream.feed(TextDelta("Hi")) + stream.finish(Finish("stop", Usage(1, 1)))
+    wire = _wire(events)
+    assert types(wire)[:3] == ["response.created", "response.queued", "response.in_progress"]
+    assert [e["response"]["status"] for e in wire[:3]] == ["queued", "queued", "in_progress"]
+    assert check_events(wire) == []
+
+
+def test_cancel_closes_the_open_item_and_ends_incomplete_with_status_cancelled():
+    stream = _stream()
+    events = stream.start() + stream.feed(TextDelta("Hal")) + stream.cancel()
+    wire = _wire(events)
+    assert types(wire)[-2:] == ["response.output_item.done", "response.incomplete"]
+    assert wire[-1]["response"]["status"] == "cancelled"
+    assert wire[-1]["response"]["output"][0]["status"] == "incomplete"
+    assert check_events(wire) == []
+
+
+@pytest.mark.parametrize("status", ["completed", "failed", "incomplete", "cancelled"])
+def test_terminal_rebuilds_the_end_of_a_finished_response(status):
+    stream = _stream()
+    head = stream.start() + stream.feed(TextDelta("Hi"))
+    ended = {"completed": lambda: stream.finish(Finish("stop", Usage(1, 1))), "failed": lambda: stream.fail("boom"),
+             "incomplete": lambda: stream.finish(Finish("length", Usage(1, 1))), "cancelled": stream.cancel}[status]()
+    ends = ("error", "response.completed", "response.failed", "response.incomplete")
+    kept = [e for e in _wire(ended) if e["type"] not in ends]  # what the follower did see
+    replay = ResponseStream(stream.response.model_copy(deep=True), first_sequence_number=len(head) + len(kept))
+    rebuilt = _wire(replay.terminal())
+    assert [e["type"] for e in rebuilt] == [e["type"] for e in _wire(ended) if e["type"] in ends]
+    assert rebuilt[-1]["response"]["status"] == status
+    assert check_events(_wire(head) + kept + rebuilt) == []
+
+
+def test_sealed_reasoning_carries_encrypted_content_on_the_done_item():
+    stream = _stream(seal=lambda text: f"sealed:{text}")
+    wire = _wire(stream.start() + stream.feed(ReasoningDelta("Hmm.")) + stream.finish(Finish("stop", Usage(1, 1))))
+    done = next(e for e in wire if e["type"] == "response.output_item.done")
+    assert done["item"]["encrypted_content"] == "sealed:Hmm."
+    assert wire[-1]["response"]["output"][0]["encrypted_content"] == "sealed:Hmm."
+    assert check_events(wire) == []

@@ -1,0 +1,230 @@
+"""Background responses: they run to the end without a client and can be followed again.
+
+A :class:`BackgroundRun` drives the same :class:`~.service.Run` a streaming request does
+and publishes its events twice: to followers in this process (the creating client, resumed
+streams) and, in batches, to the store, where followers in other processes and replicas
+read them (:func:`follow_stored`). Whoever follows, the stream ends with a terminal event:
+when the owning process died, :func:`abandon` ends the response ``failed`` for it.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from openai.types.responses import Response
+
+from .protocol import ResponsesRequest
+from .items import stored_response
+from .sse import event_json, frame_of
+from .store import Store, StoredResponse, StoreUnavailable
+from .store.base import RUNNING_STATUSES
+from .stream import TERMINAL_EVENTS, Event, ResponseStream
+
+if TYPE_CHECKING:
+    from .service import ResponsesService
+
+logger = logging.getLogger(__name__)
+
+# (sequence_number, event type, event JSON): an event as it is logged, stored and replayed.
+Logged = tuple[int, str, str]
+
+FLUSH_INTERVAL = 0.1  # seconds between batched event writes
+KEEP_AFTER_END = 60.0  # seconds a finished run stays followable in memory
+
+
+class BackgroundRun:
+    """One background response owned by this process."""
+
+    def __init__(self, service: "ResponsesService", stream: ResponseStream, prepared: Any, record: StoredResponse) -> None:
+        self.service = service
+        self.stream = stream
+        self.record = record
+        self.log: list[Logged] = []
+        self.done = False
+        self._unflushed: list[tuple[int, str]] = []
+        self._changed = asyncio.Event()
+        self._capture = service.capture(stream.response.id)
+        self._failure: str | None = None
+        self._stop_requested = self._started = False
+        self._publish(stream.queue())
+        self.task = asyncio.ensure_future(self._main(prepared))
+
+    @property
+    def id(self) -> str:
+        return self.stream.response.id
+
+    @property
+    def response(self) -> Response:
+        return self.stream.response
+
+    # -- driving --------------------------------------------------------------------------
+    async def _main(self, prepared: Any) -> None:
+        self._started = True
+        if self._stop_requested:  # stopped before it began: the engine never saw it
+            await self._end(self.stream.fail(self._failure) if self._failure else self.stream.cancel())
+            return
+        run = self.service.run(self.stream, prepared)
+        batches = run.batches()
+        flusher = asyncio.ensure_future(self._flush_periodically())
+        try:
+            started = False
+            async for batch in batches:
+                if self.stream.terminated:
+                    await self._end(batch)
+                    return
+                self._publish(batch)
+                if not started:
+                    started = True
+                    await self._store(self.service.store.update_running_response(stored_response(self.response)))
+        except asyncio.CancelledError:
+            run.failure = self._failure
+            await batches.aclose()
+            await self._end(run.final_events)
+        finally:
+            flusher.cancel()
+
+    async def _end(self, terminal: list[Event]) -> None:
+        """Store the final response, then its last events, then let followers finish."""
+        self._stop_requested = True  # from here on, a cancel has nothing left to stop
+        await self.service.persist(self.response, self.record)
+        self._publish(terminal)
+        await self._flush()
+        self.done = True
+        self._changed.set()
+        if self._capture is not None:
+            self._capture.close(True)
+        asyncio.get_running_loop().call_later(KEEP_AFTER_END, self.service.background.forget, self.id)
+
+    def cancel(self, failure: str | None = None) -> None:
+        """Stop it: ``cancelled``, or ``failed`` with the message ``failure``."""
+        if self.done or self._stop_requested:
+            return
+        self._stop_requested = True
+        self._failure = failure
+        if self._started:  # a task cancelled before its first step would never run its cleanup
+            self.task.cancel()
+
+    # -- events ---------------------------------------------------------------------------
+    def _publish(self, events: list[Event]) -> None:
+        if not events:
+            return
+        logged = [(e.sequence_number, e.type, event_json(e)) for e in events]
+        self.log += logged
+        self._unflushed += [(seq, data) for seq, _, data in logged]
+        if self._capture is not None:
+            self._capture.write("".join(frame_of(kind, data) for _, kind, data in logged).encode())
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _flush(self) -> None:
+        batch, self._unflushed = self._unflushed, []
+        if batch:
+            await self._store(self.service.store.append_events(self.id, batch))
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            await self._flush()
+
+    async def _store(self, call: Any) -> None:
+        try:
+            await call
+        except StoreUnavailable as exc:
+            logger.error("background response %s: the store is unavailable (%s); its followers in other processes lag", self.id, exc)
+
+    async def follow(self, after: int = -1) -> AsyncIterator[list[Logged]]:
+        """The logged events after sequence number ``after``, then live ones to the end."""
+        position = next((i for i, (seq, _, _) in enumerate(self.log) if seq > after), len(self.log))
+        while True:
+            changed = self._changed
+            if position < len(self.log):
+                batch = self.log[position:]
+                position = len(self.log)
+                yield batch
+                continue
+            if self.done:
+                return
+            await changed.wait()
+
+
+class BackgroundRuns:
+    """This process's background responses, by id."""
+
+    def __init__(self, service: "ResponsesService") -> None:
+        self.service = service
+        self.runs: dict[str, BackgroundRun] = {}
+
+    def start(self, request: ResponsesRequest, stream: ResponseStream, prepared: Any, record: StoredResponse) -> BackgroundRun:
+        run = BackgroundRun(self.service, stream, prepared, record)
+        self.runs[run.id] = run
+        return run
+
+    def get(self, response_id: str) -> BackgroundRun | None:
+        return self.runs.get(response_id)
+
+    def forget(self, response_id: str) -> None:
+        run = self.runs.get(response_id)
+        if run is not None and run.done:
+            del self.runs[response_id]
+
+    def running_ids(self) -> list[str]:
+        return [rid for rid, run in self.runs.items() if not run.done]
+
+    async def shutdown(self) -> None:
+        """Cancel what still runs (the server is stopping) and wait for it to be stored."""
+        runs = [run for run in self.runs.values() if not run.done]
+        for run in runs:
+            run.cancel(failure="The server shut down before this response finished.")
+        await asyncio.gather(*(run.task for run in runs), return_exceptions=True)
+
+
+async def follow_stored(service: "ResponsesService", response_id: str, after: int = -1) -> AsyncIterator[list[Logged]]:
+    """Stored events after ``after``, following new ones (written by another process) to the
+    terminal event. Never hangs: a dead owner's response is abandoned, and a finished
+    response whose terminal event never arrived gets it rebuilt from the stored response."""
+    store = service.store
+    finished_waits = 0
+    while True:
+        events = await store.wait_events(response_id, after, timeout=1.0)
+        if events:
+            batch = [(seq, _type(data), data) for seq, data in events]
+            after = batch[-1][0]
+            yield batch
+            if any(kind in TERMINAL_EVENTS for _, kind, _ in batch):
+                return
+            continue
+        record = await store.get_response(response_id)
+        if record is None:
+            return
+        if record.status in RUNNING_STATUSES:
+            if record.owner != service.owner and (record.owner is None or not await store.alive(record.owner)):
+                await abandon(store, record)
+            continue
+        finished_waits += 1
+        if finished_waits >= 2:  # the owner stored the response but not (yet?) its last events
+            stream = ResponseStream(Response.model_validate(record.response), first_sequence_number=after + 1)
+            yield [(e.sequence_number, e.type, event_json(e)) for e in stream.terminal()]
+            return
+
+
+async def abandon(store: Store, record: StoredResponse) -> StoredResponse:
+    """End a response whose owner died: ``failed``, and its stream gets its terminal events."""
+    events = await store.read_events(record.id) if record.background else []
+    last = events[-1][0] if events else (1 if record.background else -1)
+    stream = ResponseStream(Response.model_validate(record.response), first_sequence_number=last + 1)
+    terminal = stream.fail("The server running this response stopped before it finished.")
+    data = stored_response(stream.response)
+    if await store.finish_response(data):
+        logger.warning("response %s was left %s by a server that stopped; marked failed", record.id, record.status)
+        if record.background:
+            await store.append_events(record.id, [(e.sequence_number, event_json(e)) for e in terminal])
+        record.response = data
+        record.owner = None
+        return record
+    return await store.get_response(record.id) or record
+
+
+def _type(data: str) -> str:
+    return orjson.loads(data)["type"]

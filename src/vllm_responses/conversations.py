@@ -1,0 +1,153 @@
+"""The Conversations API (``/v1/conversations``), in the shapes the openai SDK types it.
+
+A conversation is a list of items the server keeps; a response created with
+``conversation`` reads them as its history and appends its input and output to them
+(:mod:`.history`, :meth:`~.service.ResponsesService.persist`).
+"""
+
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from .errors import invalid_request, not_found
+from .ids import new_id
+from .protocol import parse_items
+from .routes import answers_errors, include_param, item_list, json_response, list_params, service_of
+from .service import ResponsesService, store_call
+
+router = APIRouter()
+
+MAX_ITEMS_PER_CALL = 20
+_METADATA_KEYS, _METADATA_KEY_LEN, _METADATA_VALUE_LEN = 16, 64, 512
+
+
+async def _body(raw: Request) -> dict[str, Any]:
+    text = await raw.body()
+    if not text.strip():
+        return {}
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise invalid_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_type")
+    return data
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise invalid_request("Invalid 'metadata': expected an object of string values.", param="metadata", code="invalid_type")
+    if len(value) > _METADATA_KEYS:
+        raise invalid_request(f"Invalid 'metadata': at most {_METADATA_KEYS} keys.", param="metadata")
+    for key, text in value.items():
+        if len(key) > _METADATA_KEY_LEN or len(text) > _METADATA_VALUE_LEN:
+            raise invalid_request(
+                f"Invalid 'metadata': keys are at most {_METADATA_KEY_LEN} characters, values at most {_METADATA_VALUE_LEN}.",
+                param="metadata",
+            )
+    return value
+
+
+async def _items(service: ResponsesService, value: Any, param: str = "items") -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise invalid_request(f"Invalid type for '{param}': expected an array of items.", param=param, code="invalid_type")
+    if len(value) > MAX_ITEMS_PER_CALL:
+        raise invalid_request(f"Invalid '{param}': at most {MAX_ITEMS_PER_CALL} items can be added at a time.", param=param)
+    return await store_call(service.history.own_items(parse_items(value, param)))
+
+
+async def _conversation(service: ResponsesService, conversation_id: str) -> dict[str, Any]:
+    conversation = await store_call(service.store.get_conversation(conversation_id))
+    if conversation is None:
+        raise not_found("Conversation", conversation_id, "conversation_id", "conversation_not_found")
+    return conversation
+
+
+@router.post("/v1/conversations")
+@answers_errors
+async def create_conversation(raw: Request) -> Response:
+    service, body = service_of(raw), await _body(raw)
+    conversation = {"id": new_id("conv"), "object": "conversation", "created_at": int(time.time()), "metadata": _metadata(body.get("metadata"))}
+    await store_call(service.store.create_conversation(conversation, await _items(service, body.get("items"))))
+    return json_response(orjson.dumps(conversation))
+
+
+@router.get("/v1/conversations/{conversation_id}")
+@answers_errors
+async def retrieve_conversation(conversation_id: str, raw: Request) -> Response:
+    return json_response(orjson.dumps(await _conversation(service_of(raw), conversation_id)))
+
+
+@router.post("/v1/conversations/{conversation_id}")
+@answers_errors
+async def update_conversation(conversation_id: str, raw: Request) -> Response:
+    service, body = service_of(raw), await _body(raw)
+    if "metadata" not in body:
+        raise invalid_request("Missing required parameter: 'metadata'.", param="metadata", code="missing_required_parameter")
+    conversation = {**await _conversation(service, conversation_id), "metadata": _metadata(body["metadata"])}
+    if not await store_call(service.store.update_conversation(conversation)):
+        raise not_found("Conversation", conversation_id, "conversation_id", "conversation_not_found")
+    return json_response(orjson.dumps(conversation))
+
+
+@router.delete("/v1/conversations/{conversation_id}")
+@answers_errors
+async def delete_conversation(conversation_id: str, raw: Request) -> Response:
+    if not await store_call(service_of(raw).store.delete_conversation(conversation_id)):
+        raise not_found("Conversation", conversation_id, "conversation_id", "conversation_not_found")
+    return json_response(orjson.dumps({"id": conversation_id, "object": "conversation.deleted", "deleted": True}))
+
+
+@router.get("/v1/conversations/{conversation_id}/items")
+@answers_errors
+async def list_items(conversation_id: str, raw: Request) -> Response:
+    include_param(raw)
+    limit, order, after = list_params(raw)
+    page = await store_call(service_of(raw).store.list_conversation_items(conversation_id, after=after, limit=limit, order=order))  # type: ignore[arg-type]
+    if page is None:
+        raise not_found("Conversation", conversation_id, "conversation_id", "conversation_not_found")
+    return json_response(orjson.dumps(item_list(page.items, page.has_more)))
+
+
+@router.post("/v1/conversations/{conversation_id}/items")
+@answers_errors
+async def create_items(conversation_id: str, raw: Request) -> Response:
+    include_param(raw)
+    service, body = service_of(raw), await _body(raw)
+    if "items" not in body:
+        raise invalid_request("Missing required parameter: 'items'.", param="items", code="missing_required_parameter")
+    items = await _items(service, body["items"])
+    if not items:
+        raise invalid_request("Invalid 'items': add at least one item.", param="items")
+    if not await store_call(service.store.add_conversation_items(conversation_id, items)):
+        raise not_found("Conversation", conversation_id, "conversation_id", "conversation_not_found")
+    return json_response(orjson.dumps(item_list(items, False)))
+
+
+@router.get("/v1/conversations/{conversation_id}/items/{item_id}")
+@answers_errors
+async def retrieve_item(conversation_id: str, item_id: str, raw: Request) -> Response:
+    include_param(raw)
+    service = service_of(raw)
+    item = await store_call(service.store.get_conversation_item(conversation_id, item_id))
+    if item is None:
+        await _conversation(service, conversation_id)  # 404 names the conversation if that is what is missing
+        raise not_found("Item", item_id, "item_id", "item_not_found")
+    return json_response(orjson.dumps(item))
+
+
+@router.delete("/v1/conversations/{conversation_id}/items/{item_id}")
+@answers_errors
+async def delete_item(conversation_id: str, item_id: str, raw: Request) -> Response:
+    service = service_of(raw)
+    conversation = await _conversation(service, conversation_id)
+    if not await store_call(service.store.delete_conversation_item(conversation_id, item_id)):
+        raise not_found("Item", item_id, "item_id", "item_not_found")
+    return json_response(orjson.dumps(conversation))

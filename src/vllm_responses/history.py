@@ -1,0 +1,120 @@
+"""What the model sees: the request's input after the state it names is brought in.
+
+``previous_response_id`` brings every earlier turn of the chain (their input items and all
+their output items: reasoning, messages, tool calls and outputs; not their instructions),
+``conversation`` brings the conversation's items, ``item_reference`` items become the stored
+items they name, and sealed reasoning (``encrypted_content``) is opened so the chat template
+gets the model's own earlier thinking back.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import invalid_request, not_found
+from .items import sealed_free, to_model_input, to_stored
+from .protocol import ResponsesRequest
+from .sealing import BrokenSeal, ReasoningSealer
+from .store import Store
+from .store.base import JSON, RUNNING_STATUSES
+
+# A chain longer than this is refused rather than walked (it would not fit a context anyway).
+MAX_CHAIN = 10_000
+
+
+@dataclass
+class Context:
+    """``model_items``: typed items for the engine, in order (history first).
+    ``input_items``: the request's own input items in stored shape (ids assigned, references
+    resolved, reasoning opened): what the response keeps as its input and what a
+    conversation gains."""
+
+    model_items: list[Any] = field(default_factory=list)
+    input_items: list[JSON] = field(default_factory=list)
+
+
+class History:
+    def __init__(self, store: Store, sealer: ReasoningSealer) -> None:
+        self.store = store
+        self.sealer = sealer
+
+    async def resolve(self, request: ResponsesRequest) -> Context:
+        own = await self.own_items(request.input)
+        earlier: list[JSON] = []
+        if request.previous_response_id:
+            earlier = await self.chain(request.previous_response_id)
+        elif request.conversation_id:
+            earlier = await self.conversation_items(request.conversation_id)
+        if not earlier:  # the request's typed items are already what the engine needs
+            return Context(request_items(request, own), own)
+        where = "previous_response_id" if request.previous_response_id else "conversation"
+        return Context(to_model_input(earlier, where) + request_items(request, own), own)
+
+    async def chain(self, response_id: str) -> list[JSON]:
+        """Every item of a chain of responses, oldest first, ending with ``response_id``'s output."""
+        turns: list[list[JSON]] = []
+        current: str | None = response_id
+        while current is not None:
+            record = await self.store.get_response(current, with_input=True)
+            if record is None:
+                raise not_found("Previous response", current, "previous_response_id", "previous_response_not_found")
+            if record.status in RUNNING_STATUSES:
+                raise invalid_request(
+                    f"Previous response with id '{current}' is still {record.status.replace('_', ' ')}; "
+                    "continue from it once it has finished.",
+                    param="previous_response_id",
+                    code="previous_response_not_finished",
+                )
+            turns.append((record.input_items or []) + [sealed_free(item) for item in record.response.get("output") or []])
+            current = record.previous_response_id
+            if len(turns) > MAX_CHAIN:
+                raise invalid_request("The chain of previous responses is too long.", param="previous_response_id")
+        return [item for turn in reversed(turns) for item in turn]
+
+    async def conversation_items(self, conversation_id: str) -> list[JSON]:
+        page = await self.store.list_conversation_items(conversation_id, order="asc")
+        if page is None:
+            raise not_found("Conversation", conversation_id, "conversation", "conversation_not_found")
+        return page.items
+
+    async def own_items(self, items: list[Any]) -> list[JSON]:
+        """Typed input items in stored shape, references resolved and seals opened (a
+        request's input, or items added to a conversation)."""
+        references = [item.id for item in items if getattr(item, "type", None) == "item_reference"]
+        found = await self.store.get_items(references) if references else {}
+        out: list[JSON] = []
+        for i, item in enumerate(items):
+            kind = getattr(item, "type", None)
+            if kind == "item_reference":
+                stored = found.get(item.id)
+                if stored is None:
+                    raise not_found("Item", item.id, f"input[{i}]", "item_not_found")
+                out.append(stored)
+            elif kind == "reasoning" and item.encrypted_content:
+                opened = self._open(item, i)
+                if opened is not None:
+                    out.append(opened)
+            else:
+                out.append(to_stored(item))
+        return out
+
+    def _open(self, item: Any, index: int) -> JSON | None:
+        """A sealed reasoning item with its plaintext put back; ``None`` if the seal is not ours."""
+        try:
+            text = self.sealer.open(item.encrypted_content)
+        except BrokenSeal as exc:
+            raise invalid_request(str(exc), param=f"input[{index}].encrypted_content", code="invalid_encrypted_content") from None
+        stored = to_stored(item)
+        stored.pop("encrypted_content", None)
+        if text is None:
+            if not item.content:  # nothing readable is left: drop it, as the module says
+                return None
+            return stored
+        stored["content"] = [{"type": "reasoning_text", "text": text}]
+        return stored
+
+
+def request_items(request: ResponsesRequest, own: list[JSON]) -> list[Any]:
+    """The request's own items for the engine: its typed items, unless resolving changed them."""
+    if not any(getattr(item, "type", None) == "item_reference" or getattr(item, "encrypted_content", None) for item in request.input):
+        return request.input
+    return to_model_input(own, "input")

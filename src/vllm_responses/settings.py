@@ -1,0 +1,90 @@
+"""Every setting of the plugin, read from the environment in one place.
+
+vLLM owns the command line, so the plugin is configured through ``VLLM_RESPONSES_*``
+environment variables (documented in docs/state.md). Bad values fail at start-up with a
+message naming the variable, never later in a request.
+"""
+
+import base64
+import binascii
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .store import Retention, default_url
+
+STORE = "VLLM_RESPONSES_STORE"
+MAX_AGE = "VLLM_RESPONSES_STORE_MAX_AGE"
+MAX_RESPONSES = "VLLM_RESPONSES_STORE_MAX_RESPONSES"
+MAX_CONVERSATIONS = "VLLM_RESPONSES_STORE_MAX_CONVERSATIONS"
+REASONING_KEYS = "VLLM_RESPONSES_REASONING_KEYS"
+LEASE = "VLLM_RESPONSES_LEASE_SECONDS"
+CAPTURE_DIR = "VLLM_RESPONSES_CAPTURE_DIR"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``store_url``: ``sqlite://PATH`` or ``redis://HOST:PORT/DB``.
+    ``retention``: what the store keeps (age in seconds, counts; ``0`` = no limit).
+    ``reasoning_keys``: 32-byte AES keys; the first seals, all open (rotation). Empty: a
+    random key per process.
+    ``lease_s``: a process that has not proved it is alive for this long is dead, and the
+    responses it was running are marked failed.
+    ``capture_dir``: debugging aid, every stream is also written there.
+    """
+
+    store_url: str = field(default_factory=default_url)
+    retention: Retention = Retention()
+    reasoning_keys: tuple[bytes, ...] = ()
+    lease_s: float = 10.0
+    capture_dir: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
+        defaults = Retention()
+        return cls(
+            store_url=env.get(STORE) or default_url(),
+            retention=Retention(
+                max_age_s=_limit(env, MAX_AGE, defaults.max_age_s, float),
+                max_responses=_limit(env, MAX_RESPONSES, defaults.max_responses, int),
+                max_conversations=_limit(env, MAX_CONVERSATIONS, defaults.max_conversations, int),
+            ),
+            reasoning_keys=_keys(env.get(REASONING_KEYS, "")),
+            lease_s=_number(env, LEASE, 10.0, float, minimum=1.0),
+            capture_dir=env.get(CAPTURE_DIR) or None,
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float = 0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ValueError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _limit(env: Mapping[str, str], name: str, default: float | None, kind: type) -> float | None:
+    """A retention limit: unset keeps the default, ``0`` switches that limit off."""
+    if not env.get(name):
+        return default
+    return _number(env, name, 0, kind) or None
+
+
+def _keys(raw: str) -> tuple[bytes, ...]:
+    keys = []
+    for i, text in enumerate(k.strip() for k in raw.split(",")):
+        if not text:
+            continue
+        try:
+            key = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{REASONING_KEYS}: key {i + 1} is not base64") from None
+        if len(key) != 32:
+            raise ValueError(f"{REASONING_KEYS}: key {i + 1} is {len(key)} bytes; AES-256 keys are 32 bytes (e.g. `openssl rand -base64 32`)")
+        keys.append(key)
+    return tuple(keys)

@@ -1,0 +1,85 @@
+"""What each server process does on its own, for as long as it runs.
+
+- Proves it is alive (a heartbeat under its owner id), so other processes can tell its
+  running responses from those of a process that died.
+- Picks up cancel requests that reached another process for background responses it owns.
+- Ends responses left running by dead processes (``failed``), so none is ``in_progress``
+  forever, after a crash or a ``kill -9``.
+- Enforces retention.
+"""
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .background import abandon
+from .store import StoreUnavailable
+
+if TYPE_CHECKING:
+    from .service import ResponsesService
+
+logger = logging.getLogger(__name__)
+
+PRUNE_INTERVAL = 60.0
+
+
+class Keeper:
+    def __init__(self, service: "ResponsesService", lease_s: float) -> None:
+        self.service = service
+        self.lease_s = lease_s
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _loop(self) -> None:
+        beat = self.lease_s / 4
+        next_sweep = next_prune = time.monotonic()
+        while True:
+            try:
+                await self.beat()
+                now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + self.lease_s
+                    await self.sweep()
+                if now >= next_prune:
+                    next_prune = now + PRUNE_INTERVAL
+                    await self.service.store.prune()
+            except StoreUnavailable as exc:
+                logger.warning("store unavailable during upkeep: %s", exc)
+            except Exception:  # upkeep must outlive any bug in one pass
+                logger.exception("upkeep pass failed")
+            await asyncio.sleep(beat)
+
+    async def beat(self) -> None:
+        """Heartbeat, and cancels asked of other processes for our background responses."""
+        service = self.service
+        await service.store.heartbeat(service.owner, self.lease_s)
+        running = service.background.running_ids()
+        if running:
+            for response_id in await service.store.cancel_requested(running):
+                run = service.background.get(response_id)
+                if run is not None:
+                    run.cancel()
+
+    async def sweep(self) -> int:
+        """End the responses whose owner stopped proving it is alive."""
+        store, ended = self.service.store, 0
+        alive: dict[str, bool] = {self.service.owner: True}
+        for response_id, owner in await store.running_responses():
+            if owner is not None and owner not in alive:
+                alive[owner] = await store.alive(owner)
+            if owner is None or not alive[owner]:
+                record = await store.get_response(response_id)
+                if record is not None and record.status in ("queued", "in_progress"):
+                    await abandon(store, record)
+                    ended += 1
+        return ended
