@@ -59,6 +59,14 @@ class ItemPage:
     has_more: bool = False
 
 
+def page_of(items: list[JSON], limit: int | None) -> ItemPage:
+    """The page from up to ``limit + 1`` items read in order: backends read one item past the
+    limit so that ``has_more`` needs no second count query."""
+    if limit is None or len(items) <= limit:
+        return ItemPage(items)
+    return ItemPage(items[:limit], has_more=True)
+
+
 @dataclass(frozen=True)
 class Retention:
     """How long and how much the store keeps; ``None`` means no limit of that kind.
@@ -134,7 +142,11 @@ class Store(ABC):
     # -- background events and cancellation -----------------------------------------------
     @abstractmethod
     async def append_events(self, response_id: str, events: list[tuple[int, str]]) -> None:
-        """Append ``(sequence_number, event JSON)`` pairs, in order."""
+        """Append ``(sequence_number, event JSON)`` pairs, in order.
+
+        Numbers already stored are skipped (a retried append), and so are the events of a
+        response that no longer exists (deleted while its owner ran): nothing would delete them.
+        """
 
     @abstractmethod
     async def read_events(self, response_id: str, after: int = -1, limit: int | None = None) -> list[tuple[int, str]]:
@@ -157,7 +169,7 @@ class Store(ABC):
 
     @abstractmethod
     async def request_cancel(self, response_id: str) -> None:
-        """Ask the owner of a running response to cancel it."""
+        """Ask the owner of a running response to cancel it (a no-op for a missing response)."""
 
     @abstractmethod
     async def cancel_requested(self, response_ids: list[str]) -> set[str]:
