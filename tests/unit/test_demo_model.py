@@ -2,7 +2,9 @@
 
 The checkpoint is built once into a temporary directory and run with
 transformers' ``LlamaForCausalLM``: every scenario must play its script token
-for token under greedy and sampled (temperature 1) decoding.
+for token under greedy and sampled (temperature 1) decoding, and the next
+step of a tool loop must render as the previous prompt plus the generated
+tokens (what lets vLLM's prefix cache reuse it).
 """
 
 from __future__ import annotations
@@ -298,6 +300,8 @@ def test_tokenizer_round_trip(tokenizer):
         '{"type": "object", "properties": {"input": {"type": "string"}}}\n\n\n    ',
         "literal <think> and </think> and <tool_call>{}</tool_call> markers",
         "   leading and trailing spaces   \n",
+        # Text that contains script chunks (some are added tokens) and pieces of them.
+        sc.raw_output("apply_patch") + " files. files .files weather.weather " + sc.raw_output("json"),
     ]
     rng = random.Random(0)
     for _ in range(50):
@@ -394,12 +398,18 @@ SELECTION_CASES = [
 ]
 
 
+SCENARIO_TOKEN_RE = re.compile(re.escape(sc.SCENARIO_TOKEN_PREFIX) + r"\w+\|>")
+
+
 @pytest.mark.parametrize("messages,tools,expected", SELECTION_CASES)
 def test_template_selects_scenario(tokenizer, messages, tools, expected):
     assert sc.select_scenario(messages, tools).name == expected
     prompt = _render(tokenizer, messages, tools=tools) if messages else _render_raw(messages, tools)
     assert prompt.endswith("<|im_start|>assistant\n" + sc.scenario_token(expected))
-    assert prompt.count(sc.SCENARIO_TOKEN_PREFIX) == 1
+    # Besides the generation prompt's token, only the current tool loop's
+    # assistant messages carry one (the token they were generated after).
+    loop = [s.token for _, s in sorted(sc.loop_scenarios(messages, tools).items())]
+    assert SCENARIO_TOKEN_RE.findall(prompt) == loop + [sc.scenario_token(expected)]
 
 
 def test_template_renders_all_shapes(tokenizer):
@@ -427,12 +437,16 @@ def test_template_renders_all_shapes(tokenizer):
     assert "<tools>\n" + json.dumps(tools[0], ensure_ascii=False) + "\n" in prompt
     assert '{"name": "bare_tool", "parameters": {}}\n</tools>' in prompt
     assert "<|im_start|>system\nDeveloper text.<|im_end|>\n" in prompt
+    # Assistant turns render as the model emits them: no added whitespace,
+    # <think></think> even without reasoning; no scenario token before the
+    # last user message.
     assert (
-        "<|im_start|>assistant\n<think>\nThink first.\n</think>\n\nChecking.\n"
+        "<|im_start|>assistant\n<think>Think first.</think>Checking."
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "London"}}\n</tool_call>'
         "<|im_end|>\n"
     ) in prompt
+    assert "<|im_start|>assistant\n<think></think>Done.<|im_end|>\n" in prompt
     assert (
         "<|im_start|>user\n<tool_response>\nsunny\n</tool_response>\n"
         "<tool_response>\nrainy\n</tool_response><|im_end|>\n"
@@ -489,3 +503,183 @@ def test_docs_list_current_outputs():
         raw = sc.raw_output(s, 12 if s.endless else None)
         assert json.dumps(raw, ensure_ascii=False) in text, s.name
         assert s.token in text and s.trigger_description in text, s.name
+
+
+# --------------------------------------------------------------------------
+# Tool loops: round trip, prompt extension, attention
+# --------------------------------------------------------------------------
+
+#: Tool scenarios whose script round-trips through the tokenizer.
+LOOP_SCENARIOS = ["weather_call", "exec_command", "apply_patch", "namespace_call"]
+
+
+def _prompt_ids(tokenizer, messages, tools=ALL_TOOLS):
+    """Prompt token ids exactly as a chat server renders them."""
+    ids = tokenizer.apply_chat_template(
+        messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return list(ids)
+
+
+def _assistant_turn(s, *, content=None, arguments="string", reasoning_keys=("reasoning",)):
+    """The assistant message a client sends back for a scenario's output:
+    arguments as the JSON string vLLM's hermes parser returns (or as an
+    object), reasoning under the given keys."""
+    msg = {"role": "assistant", "content": content}
+    if s.tool_calls:
+        msg["tool_calls"] = [
+            {
+                "id": f"call_{i}",
+                "type": "function",
+                "function": {
+                    "name": c.name,
+                    "arguments": c.arguments_json() if arguments == "string" else dict(c.arguments),
+                },
+            }
+            for i, c in enumerate(s.tool_calls)
+        ]
+    for key in reasoning_keys:
+        msg[key] = s.reasoning
+    return msg
+
+
+def _tool_results(s):
+    return [
+        {"role": "tool", "tool_call_id": f"call_{i}", "content": f"result {i}"}
+        for i in range(len(s.tool_calls))
+    ]
+
+
+def _token_id(tokenizer, token):
+    return tokenizer.convert_tokens_to_ids(token)
+
+
+def test_raw_output_round_trips(built, tokenizer):
+    """encode(decoded output) gives back the generated ids (EOS excluded),
+    for every scenario except those with phase tokens."""
+    assert built.not_round_trip == ["two_calls"]
+    assert [s.name for s in sc.SCENARIO_LIST if sc.has_phase_tokens(s)] == ["two_calls"]
+    for s in sc.SCENARIO_LIST:
+        n = 40 if s.endless else sc.num_output_tokens(s)
+        ids = [i for i in _expected_ids(built, s.name, n) if i != tokenizer.eos_token_id]
+        text = sc.raw_output(s, 40 if s.endless else None)
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+        encoded = tokenizer.encode(text, add_special_tokens=False)
+        assert (encoded == ids) == (s.name not in built.not_round_trip), s.name
+    info = json.loads((built.outdir / "demo_scenarios.json").read_text())
+    assert [k for k, v in info.items() if not v["round_trip"]] == ["two_calls"]
+
+
+@pytest.mark.parametrize("name", LOOP_SCENARIOS)
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"arguments": "object"},
+        {"content": ""},
+        {"reasoning_keys": ("reasoning_content",)},
+        {"reasoning_keys": ("reasoning", "reasoning_content")},  # what vLLM passes
+    ],
+)
+def test_tool_loop_prompt_extends_previous_step(built, tokenizer, name, variant):
+    """Step 2 of a tool loop = step 1's prompt + the generated tokens (EOS
+    included: the template renders <|im_end|>) + the tool result, so vLLM's
+    prefix cache holds all of step 1."""
+    s = sc.SCENARIOS[name]
+    user = PROMPTS[name]
+    p1 = _prompt_ids(tokenizer, user)
+    assert p1[-1] == _token_id(tokenizer, s.token)
+    script = built.plan.scripts[name]  # ends with EOS = <|im_end|>
+    assert script[-1] == tokenizer.eos_token_id
+    messages = user + [_assistant_turn(s, **variant)] + _tool_results(s)
+    p2 = _prompt_ids(tokenizer, messages)
+    assert p2[: len(p1) + len(script)] == p1 + script
+    assert sc.select_scenario(messages, ALL_TOOLS).name == "after_tool"
+    assert p2[-1] == _token_id(tokenizer, sc.scenario_token("after_tool"))
+
+
+@pytest.mark.parametrize("name", LOOP_SCENARIOS)
+def test_tool_loop_step_two_plays_after_tool(built, tokenizer, model, name):
+    """With the loop's own scenario token still in the prompt, the
+    after_tool token at the end wins: step 2 plays after_tool exactly."""
+    s = sc.SCENARIOS[name]
+    p2 = _prompt_ids(tokenizer, PROMPTS[name] + [_assistant_turn(s)] + _tool_results(s))
+    assert p2.count(_token_id(tokenizer, s.token)) == 1
+    expected = built.plan.scripts["after_tool"]
+    for sample, seed in ((False, 0), (True, 1), (True, 2)):
+        assert _generate(model, p2, len(expected) + 3, sample, seed) == expected
+
+
+@pytest.mark.parametrize("name", LOOP_SCENARIOS)
+def test_final_answer_rerenders_exactly(built, tokenizer, model, name):
+    """After the loop's answer and a new user message, the history holds
+    the answer's generated tokens exactly (and the reasoning/tool calls of
+    the loop, interleaved-thinking style); the loop's assistant messages
+    lose only their scenario tokens, as they are no longer in the current
+    loop."""
+    s, after = sc.SCENARIOS[name], sc.SCENARIOS["after_tool"]
+    loop = PROMPTS[name] + [_assistant_turn(s)] + _tool_results(s)
+    p2 = _prompt_ids(tokenizer, loop)
+    for answer in (
+        {"role": "assistant", "content": sc.expected_content(after)},
+        _assistant_turn(after, content=sc.expected_content(after)),  # reasoning ""
+    ):
+        thanks = {"role": "user", "content": "Thanks!"}
+        p3 = _prompt_ids(tokenizer, loop + [answer, thanks])
+        answer_ids = built.plan.scripts["after_tool"]
+        expected = [i for i in p2[:-1] if i != _token_id(tokenizer, s.token)] + answer_ids
+        assert p3[: len(expected)] == expected
+        assert p3[-1] == _token_id(tokenizer, sc.scenario_token("default"))
+        assert len(SCENARIO_TOKEN_RE.findall(tokenizer.decode(p3))) == 1
+    want = built.plan.scripts["default"]
+    assert _generate(model, p3, len(want) + 3, True, 3) == want
+
+
+def test_after_tool_token_wins_attention(built, tokenizer):
+    """Numerically, at the weights: the generation position attends to the
+    after_tool token even with every other scenario token and a phase token
+    earlier in the prompt (the phase token cannot be typed, so it is spliced
+    in by id)."""
+    eager = transformers.LlamaForCausalLM.from_pretrained(
+        str(built.outdir), dtype=torch.float32, attn_implementation="eager"
+    )
+    s = sc.SCENARIOS["weather_call"]
+    p2 = _prompt_ids(tokenizer, PROMPTS["weather_call"] + [_assistant_turn(s)] + _tool_results(s))
+    others = [_token_id(tokenizer, o.token) for o in sc.SCENARIO_LIST if o.name != "after_tool"]
+    phases = sorted(built.plan.phase_tokens)
+    ids = p2[:5] + phases + others + p2[5:]
+    with torch.no_grad():
+        out = eager(input_ids=torch.tensor([ids]), output_attentions=True)
+    row = out.attentions[0][0, 0, -1].double()
+    assert float(row[-1]) > 1 - 1e-6, float(row[-1])
+    expected = built.plan.scripts["after_tool"]
+    assert _generate(eager, ids, len(expected) + 3, True, 4) == expected
+    # The order of the key weights behind it.
+    after_id = _token_id(tokenizer, sc.scenario_token("after_tool"))
+    plan = built.plan
+    assert demo_build.key_weight(plan, after_id) > max(demo_build.key_weight(plan, p) for p in phases)
+    assert min(demo_build.key_weight(plan, p) for p in phases) > max(
+        demo_build.key_weight(plan, o) for o in others
+    )
+
+
+LOOP_CASES = [
+    # (messages, tools, {assistant index: scenario})
+    (TOOL_TURN, ALL_TOOLS, {1: "weather_call"}),
+    (TOOL_TURN, None, {1: "default"}),
+    (TOOL_TURN + [{"role": "assistant", "content": None, "tool_calls": TOOL_TURN[1]["tool_calls"]}, TOOL_TURN[2]], ALL_TOOLS, {1: "weather_call", 3: "after_tool"}),
+    (TOOL_TURN + [{"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}], ALL_TOOLS, {1: "weather_call", 3: "after_tool", 4: "weather_call"}),
+    (TOOL_TURN + [{"role": "assistant", "content": "Done."}, {"role": "user", "content": "Please list files"}], ALL_TOOLS, {}),
+    (TOOL_TURN + [{"role": "assistant", "content": "Done."}, {"role": "user", "content": "Please list files"}, {"role": "assistant", "content": None}, {"role": "tool", "content": "a b"}], ALL_TOOLS, {5: "exec_command"}),
+    ([{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}, {"role": "tool", "content": "t"}], ALL_TOOLS, {1: "default"}),
+    ([{"role": "user", "content": "json"}, {"role": "system", "content": "s"}, {"role": "assistant", "content": "{}"}], None, {2: "json"}),
+    ([{"role": "user", "content": "json"}, "odd", {"role": "assistant", "content": "{}"}], None, {2: "json"}),
+]
+
+
+@pytest.mark.parametrize("messages,tools,expected", LOOP_CASES)
+def test_loop_scenarios_mirror_template(messages, tools, expected):
+    got = sc.loop_scenarios(messages, tools)
+    assert {i: s.name for i, s in got.items()} == expected
+    rendered = _render_raw(messages, tools, add_generation_prompt=False)
+    assert SCENARIO_TOKEN_RE.findall(rendered) == [sc.scenario_token(expected[i]) for i in sorted(expected)]

@@ -11,9 +11,12 @@ Construction (one-layer ``LlamaForCausalLM``, float32):
 * Attention (one head, ``head_dim`` 64, ``rope_theta`` 1e12): the query reads
   ``BIAS`` in rotary dimension 31 (the slowest neox pair, rotation < 1e-6 rad
   at 131072 positions); the key in dimension 31 is non-zero only for mode
-  tokens (phase tokens twice as strong as scenario tokens), so the head
-  attends to the latest mode token with weight ~1 at any position.  Value and
-  ``o_proj`` copy that token's one-hot into its ``MODE`` dimension.
+  tokens: score 32 for a scenario token, 64 for a phase token (it overrides
+  the scenario token once emitted) and 80 for the ``after_tool`` scenario
+  token (it overrides the scenario tokens that past assistant turns of the
+  tool loop carry in the prompt).  The head attends to the strongest mode
+  token with weight ~1 at any position.  Value and ``o_proj`` copy that
+  token's one-hot into its ``MODE`` dimension.
 * MLP: one SiLU unit per ``PAIR``; its gate fires only when both the token's
   dimension and the mode's dimension are active, and writes ~1 into ``PAIR``.
 * ``lm_head``: token dimension -> successor for tokens whose successor is the
@@ -21,9 +24,12 @@ Construction (one-layer ``LlamaForCausalLM``, float32):
   logits are ~50 against 0, so greedy and sampled decoding agree.
 
 The tokenizer is byte-level BPE trained deterministically on the Python
-standard library's sources; script chunks missing from the trained vocabulary
-are appended as extra (merge-less) entries, and phase tokens are appended as
-raw-newline entries that encoding never produces.
+standard library's sources.  Script chunks that BPE would not produce as one
+token are added (non-special, ``normalized=False``) tokens, so that
+``tokenizer.encode(raw_output)`` gives back exactly the script ids: a past
+assistant turn re-rendered in the next prompt is the generated token
+sequence (asserted for every script without phase tokens).  Phase tokens are
+appended as raw-newline entries that encoding never produces.
 """
 
 from __future__ import annotations
@@ -36,11 +42,15 @@ import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import scenarios as sc
 from .template import chat_template
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 VOCAB_SIZE_BPE = 32000
 MAX_POSITION_EMBEDDINGS = 131072
@@ -53,6 +63,8 @@ CORPUS_MAX_CHARS = 16_000_000
 Q_VALUE = 16.0
 K_SCENARIO = 16.0  # score 32
 K_PHASE = 32.0  # score 64: a phase token overrides the scenario token
+K_AFTER_TOOL = 40.0  # score 80: after_tool overrides past loop scenario tokens
+ENDLESS_CHECK_TOKENS = 40  # tokens of an endless script checked for round trip
 GATE_MARGIN = 20.0  # pre-activation of a pair unit: +20 when firing, <= -20 else
 LOGIT = 48.0  # successor logit (at 4 active residual dims)
 
@@ -140,12 +152,20 @@ def corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer_json() -> str:
-    """Train byte-level BPE and return the tokenizer.json text."""
+def script_chunks() -> list[str]:
+    """Every distinct text chunk of every script, in order of first use."""
+    chunks: dict[str, None] = {}
+    for s in sc.SCENARIO_LIST:
+        scr = sc.script(s)
+        chunks.update((p.text, None) for p in scr.prefix + scr.loop if p.kind == "text")
+    return list(chunks)
+
+
+def _train_bpe() -> dict:
+    """Train byte-level BPE on :func:`corpus`; the tokenizer.json data."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from tokenizers import trainers
 
-    added = list(SPECIAL_TOKENS) + list(sc.NON_SPECIAL_ADDED_TOKENS)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
@@ -154,40 +174,137 @@ def build_tokenizer_json() -> str:
         vocab_size=VOCAB_SIZE_BPE,
         min_frequency=2,
         show_progress=False,
-        special_tokens=added,
+        special_tokens=list(SPECIAL_TOKENS) + list(sc.NON_SPECIAL_ADDED_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(corpus(), trainer)
-    data = json.loads(tok.to_str())
+    return json.loads(tok.to_str())
 
+
+def _added_token(content: str, token_id: int, special: bool) -> dict:
+    return {
+        "id": token_id,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": special,
+    }
+
+
+def _assemble(trained: dict, chunks: list[str]) -> Tokenizer:
+    """The tokenizer: trained BPE + special and non-special added tokens +
+    ``chunks`` as added tokens (raw text, so BPE never produces them;
+    the added-token split does) + phase tokens (raw newlines, never produced
+    by encoding at all)."""
+    from tokenizers import Tokenizer
+
+    if set(chunks) & set(sc.all_phase_texts()):
+        raise ValueError("a script chunk is spelled like a phase token")
+    data = json.loads(json.dumps(trained))
     vocab: dict[str, int] = data["model"]["vocab"]
-    extra: list[str] = []
-    for s in sc.SCENARIO_LIST:
-        scr = sc.script(s)
-        for p in scr.prefix + scr.loop:
-            if p.kind == "text":
-                extra.append(byte_level(p.text))
-    extra += sc.all_phase_texts()  # raw newlines: never produced by encode
-    for entry in extra:
+    for entry in [*chunks, *sc.all_phase_texts()]:
         if entry not in vocab:
             vocab[entry] = len(vocab)
-
     special = set(SPECIAL_TOKENS)
-    data["added_tokens"] = [
-        {
-            "id": vocab[t],
-            "content": t,
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": False,
-            "normalized": False,
-            "special": t in special,
-        }
-        for t in added
-    ]
+    added = [*SPECIAL_TOKENS, *sc.NON_SPECIAL_ADDED_TOKENS, *chunks]
+    data["added_tokens"] = [_added_token(t, vocab[t], t in special) for t in added]
     data["model"]["vocab"] = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
-    # Round-trip through the library so the file is in its canonical form.
-    return Tokenizer.from_str(json.dumps(data, ensure_ascii=False)).to_str(pretty=True)
+    return Tokenizer.from_str(json.dumps(data, ensure_ascii=False))
+
+
+def chunk_tokens(tokenizer: Tokenizer) -> frozenset[str]:
+    """Script chunks that are added tokens of ``tokenizer`` (the others are
+    spelled as byte-level BPE entries)."""
+    fixed = set(SPECIAL_TOKENS) | set(sc.NON_SPECIAL_ADDED_TOKENS)
+    return frozenset(
+        t.content for t in tokenizer.get_added_tokens_decoder().values()
+        if t.content not in fixed
+    )
+
+
+def piece_id(p: sc.Piece, tokenizer: Tokenizer, chunks: frozenset[str]) -> int:
+    """Token id of a script piece (``chunks`` from :func:`chunk_tokens`)."""
+    if p.kind == "text" and p.text not in chunks:
+        key = byte_level(p.text)
+    else:
+        key = p.text  # added chunk, added token, eos (by content), phase (raw)
+    tid = tokenizer.token_to_id(key)
+    if tid is None:
+        raise KeyError(f"no token for script piece {p!r}")
+    return tid
+
+
+def round_trip_mismatch(tokenizer: Tokenizer, s: sc.Scenario) -> int | None:
+    """Index of the first script piece (EOS excluded) that
+    ``tokenizer.encode(raw_output(s))`` does not give back, or ``None`` when
+    encoding and decoding the raw output reproduce the script exactly."""
+    n = ENDLESS_CHECK_TOKENS if s.endless else None
+    chunks = chunk_tokens(tokenizer)
+    want = [piece_id(p, tokenizer, chunks) for p in sc.script(s).pieces(n) if p.kind != "eos"]
+    text = sc.raw_output(s, n)
+    got = tokenizer.encode(text, add_special_tokens=False).ids
+    if got == want and tokenizer.decode(want, skip_special_tokens=True) == text:
+        return None
+    return next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+
+
+def round_trip_scenarios() -> list[sc.Scenario]:
+    """Scenarios whose raw output must encode back to their script: all but
+    those with phase tokens (a phase token decodes to a newline that encoding
+    spells as the ordinary newline token)."""
+    return [s for s in sc.SCENARIO_LIST if not sc.has_phase_tokens(s)]
+
+
+def build_tokenizer() -> Tokenizer:
+    """Train BPE and add the script chunks it would split as added tokens.
+
+    A chunk stays a plain BPE entry when BPE encodes it alone to one token
+    (common words: ``" the"``, ``" user"``), so prompt text keeps its usual
+    tokenization; the others (``" files."``, JSON fragments) become added
+    tokens.  Should a plain chunk still not come back in context, it is
+    promoted to an added token and the check repeats; the loop ends with
+    every round-trip scenario reproduced, or raises."""
+    from tokenizers import Tokenizer
+
+    trained = _train_bpe()
+    base = Tokenizer.from_str(json.dumps(trained))
+    added = [
+        c for c in script_chunks()
+        if base.encode(c, add_special_tokens=False).ids != [base.token_to_id(byte_level(c))]
+    ]
+    while True:
+        tok = _assemble(trained, added)
+        promoted = False
+        for s in round_trip_scenarios():
+            i = round_trip_mismatch(tok, s)
+            if i is None:
+                continue
+            n = ENDLESS_CHECK_TOKENS if s.endless else None
+            piece = [p for p in sc.script(s).pieces(n) if p.kind != "eos"][i]
+            if piece.kind != "text" or piece.text in added:
+                raise ValueError(
+                    f"scenario {s.name!r}: encoding its raw output does not give back "
+                    f"its script at piece {i} ({piece!r}); change the script text"
+                )
+            added.append(piece.text)
+            promoted = True
+            break
+        if not promoted:
+            return tok
+
+
+def assert_round_trips(tokenizer: Tokenizer) -> list[str]:
+    """Raise unless every round-trip scenario's raw output encodes to its
+    script; return the names of the scenarios that are not checked (phase
+    tokens)."""
+    for s in round_trip_scenarios():
+        i = round_trip_mismatch(tokenizer, s)
+        if i is not None:
+            raise AssertionError(f"scenario {s.name!r} does not round-trip at piece {i}")
+    checked = {s.name for s in round_trip_scenarios()}
+    return [s.name for s in sc.SCENARIO_LIST if s.name not in checked]
 
 
 # --------------------------------------------------------------------------
@@ -205,19 +322,17 @@ class Plan:
     transitions: dict[tuple[int, int], int] = field(default_factory=dict)
     mode_tokens: list[int] = field(default_factory=list)
     phase_tokens: set[int] = field(default_factory=set)
+    after_tool_tokens: set[int] = field(default_factory=set)
     input_tokens: list[int] = field(default_factory=list)
     pairs: list[tuple[int, int]] = field(default_factory=list)  # (mode, token)
     scripts: dict[str, list[int]] = field(default_factory=dict)  # finite part
     loops: dict[str, list[int]] = field(default_factory=dict)
 
 
-def _piece_id(p: sc.Piece, vocab: dict[str, int]) -> int:
-    if p.kind == "text":
-        return vocab[byte_level(p.text)]
-    return vocab[p.text]  # added, eos (by content) and phase (raw text)
-
-
-def make_plan(vocab: dict[str, int]) -> Plan:
+def make_plan(tokenizer: Tokenizer) -> Plan:
+    """Script ids, mode tokens and transitions of every scenario."""
+    vocab = tokenizer.get_vocab(with_added_tokens=True)
+    chunks = chunk_tokens(tokenizer)
     plan = Plan(vocab_size=len(vocab))
     succ_sets: dict[int, set[int]] = {}
     modes_of: dict[int, list[int]] = {}
@@ -226,9 +341,11 @@ def make_plan(vocab: dict[str, int]) -> Plan:
         scr = sc.script(s)
         scen_id = vocab[s.token]
         plan.mode_tokens.append(scen_id)
-        ids = [scen_id] + [_piece_id(p, vocab) for p in scr.prefix]
+        if s.trigger.after_tool:
+            plan.after_tool_tokens.add(scen_id)
+        ids = [scen_id] + [piece_id(p, tokenizer, chunks) for p in scr.prefix]
         kinds = ["scenario"] + [p.kind for p in scr.prefix]
-        loop_ids = [_piece_id(p, vocab) for p in scr.loop]
+        loop_ids = [piece_id(p, tokenizer, chunks) for p in scr.loop]
         plan.scripts[s.name] = ids[1:]
         plan.loops[s.name] = loop_ids
         seq = ids + loop_ids
@@ -269,6 +386,18 @@ def make_plan(vocab: dict[str, int]) -> Plan:
     return plan
 
 
+def key_weight(plan: Plan, mode: int) -> float:
+    """Attention key of a mode token (score = 2 x key).  Strongest wins:
+    ``after_tool`` (a tool loop's next step, whatever scenario tokens the
+    loop's past assistant turns left in the prompt) > phase (switches mode
+    in the middle of a script) > ordinary scenario tokens."""
+    if mode in plan.after_tool_tokens:
+        return K_AFTER_TOOL
+    if mode in plan.phase_tokens:
+        return K_PHASE
+    return K_SCENARIO
+
+
 def _round_up(n: int, m: int) -> int:
     return max(m, -(-n // m) * m)
 
@@ -306,7 +435,7 @@ def make_weights(plan: Plan) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     o = np.zeros((H, HEAD_DIM), f32)
     q[ROPE_DIM, bias] = Q_VALUE / a2
     for j, m in enumerate(plan.mode_tokens):
-        kv = K_PHASE if m in plan.phase_tokens else K_SCENARIO
+        kv = key_weight(plan, m)
         k[ROPE_DIM, tok_dim[m]] = kv / a2
         v[j, tok_dim[m]] = 1.0 / a2
         o[mode_dim[m], j] = 1.0
@@ -364,6 +493,7 @@ class BuildResult:
     plan: Plan
     dims: dict[str, int]
     seconds: float
+    not_round_trip: list[str] = field(default_factory=list)
 
 
 def build(outdir: str | os.PathLike[str]) -> BuildResult:
@@ -375,10 +505,11 @@ def build(outdir: str | os.PathLike[str]) -> BuildResult:
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok_json = build_tokenizer_json()
-    tokenizer = Tokenizer.from_str(tok_json)
+    tok_json = build_tokenizer().to_str(pretty=True)
+    tokenizer = Tokenizer.from_str(tok_json)  # checked as vLLM will load it
+    not_round_trip = assert_round_trips(tokenizer)
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    plan = make_plan(vocab)
+    plan = make_plan(tokenizer)
     tensors, dims = make_weights(plan)
 
     eos = vocab[sc.EOS_TOKEN]
@@ -443,11 +574,12 @@ def build(outdir: str | os.PathLike[str]) -> BuildResult:
                 "script_ids": plan.scripts[s.name],
                 "loop_ids": plan.loops[s.name],
                 "raw_output": sc.raw_output(s, None if not s.endless else 32),
+                "round_trip": s.name not in not_round_trip,
             }
             for s in sc.SCENARIO_LIST
         },
     )
-    return BuildResult(out, plan, dims, time.perf_counter() - t0)
+    return BuildResult(out, plan, dims, time.perf_counter() - t0, not_round_trip)
 
 
 def checkpoint_digest(outdir: str | os.PathLike[str]) -> dict[str, str]:

@@ -20,6 +20,11 @@ Raw text emitted by a scenario (``S``)::
 
 followed by the end-of-sequence token ``<|im_end|>`` (never emitted by an
 endless scenario).  A scenario either answers or calls tools, never both.
+
+The chat template renders a past assistant turn as exactly these tokens (see
+:func:`loop_scenarios` for the scenario token in front of it), so that the
+prompt of the next step of a tool loop extends the previous prompt plus the
+generated tokens, token for token (vLLM's prefix cache then hits).
 """
 
 from __future__ import annotations
@@ -352,6 +357,16 @@ def script(s: Scenario) -> Script:
     return Script(tuple(pieces))
 
 
+def has_phase_tokens(s: Scenario | str) -> bool:
+    """Whether the scenario's script switches mode with a phase token.
+
+    Phase tokens decode to a newline that encoding spells differently, so
+    such a script cannot come back from ``tokenizer.encode(raw_output(s))``;
+    every other script does (the builder asserts it)."""
+    s = SCENARIOS[s] if isinstance(s, str) else s
+    return any(p.kind == "phase" for p in script(s).prefix + script(s).loop)
+
+
 def raw_output(s: Scenario | str, max_tokens: int | None = None) -> str:
     """Exact text vLLM decodes from the scenario's output tokens (EOS
     excluded).  ``max_tokens`` truncates like the sampling parameter (it is
@@ -429,6 +444,44 @@ def tool_names(tools: Sequence[Mapping[str, Any]] | None) -> list[str]:
         elif isinstance(t.get("name"), str):
             names.append(t["name"])
     return names
+
+
+def _role(m: Any) -> str | None:
+    """The ``role`` of a message, or ``None`` for odd shapes (as the template)."""
+    if isinstance(m, Mapping) and isinstance(m.get("role"), str):
+        return m["role"]
+    return None
+
+
+def last_user_index(messages: Sequence[Any]) -> int:
+    """Index of the last message with role ``user`` (-1 when there is none).
+
+    Assistant messages after it form the current tool loop."""
+    for i in range(len(messages or ()) - 1, -1, -1):
+        if _role(messages[i]) == "user":
+            return i
+    return -1
+
+
+def loop_scenarios(
+    messages: Sequence[Any],
+    tools: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[int, Scenario]:
+    """The scenario token the template puts in front of each assistant
+    message of the current tool loop (those after the last ``user`` message),
+    by message index.
+
+    It is the token the generation prompt carried when that message was
+    generated, i.e. the selection over the messages before it: ``after_tool``
+    when the previous message is a ``tool`` message, else the scenario the
+    last user text and the offered tools select.  Rendering it back keeps the
+    next prompt a token-for-token extension of the previous one."""
+    msgs = list(messages or ())
+    return {
+        i: select_scenario(msgs[:i], tools)
+        for i in range(last_user_index(msgs) + 1, len(msgs))
+        if _role(msgs[i]) == "assistant"
+    }
 
 
 def select_scenario(
