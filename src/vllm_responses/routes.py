@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 VERSION_HEADER = "x-vllm-responses"
+PROCESS_HEADER = "x-vllm-responses-process"
 _HEADERS = {VERSION_HEADER: __version__}
 _SSE_HEADERS = {**_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _INCLUDABLE = frozenset(typing.get_args(ResponseIncludable))
@@ -55,12 +56,16 @@ def answers_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[...,
     @wraps(handler)
     async def wrapper(*args: Any, **kwargs: Any) -> Response:
         try:
-            return await handler(*args, **kwargs)
+            response = await handler(*args, **kwargs)
         except APIError as exc:
-            return error_response(exc)
+            response = error_response(exc)
         except Exception:
             logger.exception("%s failed", handler.__name__)
-            return error_response(APIError("The server could not handle this request.", status=500, type="server_error", code="server_error"))
+            response = error_response(APIError("The server could not handle this request.", status=500, type="server_error", code="server_error"))
+        service = getattr(kwargs["raw"].app.state, "vllm_responses", None)
+        if service is not None:  # which API process answered (several with --api-server-count)
+            response.headers[PROCESS_HEADER] = service.owner
+        return response
 
     return wrapper
 
@@ -69,9 +74,11 @@ def answers_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[...,
 @answers_errors
 async def create_response(raw: Request) -> Response:
     service = service_of(raw)
-    request = parse_request(await raw.body())
+    body = await raw.body()
+    request = parse_request(body)
     run = await service.create(request)
-    if isinstance(run, BackgroundRun):
+    service.capture_request(run.response.id, body)
+    if isinstance(run, BackgroundRun):  # its frames are captured by the run itself
         if request.stream:
             return _sse(run.follow())
         return json_response(dump_json(run.response))

@@ -116,8 +116,9 @@ class ResponsesService:
     """Creates responses on one engine and keeps them in one store.
 
     ``capture_dir``: when set, every response's events are also written there as
-    ``<response id>.sse`` (the wire format, for ``python -m vllm_responses.conformance``);
-    the plugin takes it from ``VLLM_RESPONSES_CAPTURE_DIR``. Off by default.
+    ``<response id>.sse`` (the wire format, for ``python -m vllm_responses.conformance``),
+    and the request that made it as ``<response id>.request.json``; the plugin takes it
+    from ``VLLM_RESPONSES_CAPTURE_DIR``. Off by default.
     """
 
     def __init__(
@@ -150,10 +151,16 @@ class ResponsesService:
         await self.store.close()
 
     def capture(self, response_id: str) -> "Capture | None":
+        """Where a response's frames go, when capturing."""
         if self.capture_dir is None:
             return None
         self.capture_dir.mkdir(parents=True, exist_ok=True)
         return Capture(self.capture_dir / f"{response_id}.sse")
+
+    def capture_request(self, response_id: str, body: bytes) -> None:
+        if self.capture_dir is not None:
+            self.capture_dir.mkdir(parents=True, exist_ok=True)
+            (self.capture_dir / f"{response_id}.request.json").write_bytes(body)
 
     # -- create ---------------------------------------------------------------------------
     async def create(self, request: ResponsesRequest) -> "Run | BackgroundRun":

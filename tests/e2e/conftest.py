@@ -13,7 +13,8 @@ from vllm_responses.conformance import check_events, parse_sse
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if os.environ.get("E2E_SERVER_URL"):  # developer loop: reuse a running `make demo`
-        yield ExternalServer(os.environ["E2E_SERVER_URL"], Path(os.environ.get("E2E_SERVER_LOG", "/dev/null")))
+        capture = os.environ.get("E2E_CAPTURE_DIR")
+        yield ExternalServer(os.environ["E2E_SERVER_URL"], Path(os.environ.get("E2E_SERVER_LOG", "/dev/null")), Path(capture) if capture else None)
         return
     base = tmp_path_factory.mktemp("vllm")
     captured = base / "streams"

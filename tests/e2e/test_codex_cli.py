@@ -5,9 +5,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 from codex_cli_bin import bundled_codex_path
 
 from demo_requests import CASES
+from vllm_responses.conformance import parse_sse
 
 
 def codex_home(tmp_path: Path, base_url: str) -> Path:
@@ -30,16 +32,18 @@ request_max_retries = 0
     return home
 
 
-def run_codex(tmp_path: Path, base_url: str, prompt: str, *extra: str) -> tuple[subprocess.CompletedProcess, str]:
-    home = codex_home(tmp_path, base_url)
+def run_codex(tmp_path: Path, base_url: str, prompt: str, *extra: str, ephemeral: bool = True, resume: bool = False) -> tuple[subprocess.CompletedProcess, str]:
+    home = tmp_path / "codex-home"
+    if not home.exists():
+        codex_home(tmp_path, base_url)
     out = tmp_path / "last-message.txt"
+    out.unlink(missing_ok=True)
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     env = {**os.environ, "CODEX_HOME": str(home), "LOCAL_API_KEY": "unused", "NO_COLOR": "1"}
-    proc = subprocess.run(
-        [str(bundled_codex_path()), "exec", "--skip-git-repo-check", "--ephemeral", "-o", str(out), *extra, prompt],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
-    )
+    args = ["--skip-git-repo-check", *(["--ephemeral"] if ephemeral else []), "-o", str(out), *extra]
+    command = [str(bundled_codex_path()), "exec", *args, *(["resume", "--last"] if resume else []), prompt]
+    proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     return proc, out.read_text() if out.exists() else ""
 
 
@@ -84,3 +88,71 @@ def test_codex_applies_a_freeform_patch(tmp_path: Path, base_url: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     assert (tmp_path / "work" / "hello.txt").read_text() == "Hello, world!\n"
     assert last.strip() == CASES["after_tool"].content
+
+
+def _codex_requests(capture_dir: Path, thread_id: str) -> list[tuple[dict, dict]]:
+    """(request body, final response) of every request Codex sent in one thread, in order."""
+    found = []
+    for path in sorted(capture_dir.glob("*.request.json"), key=lambda p: p.stat().st_mtime_ns):
+        body = json.loads(path.read_text())
+        if body.get("prompt_cache_key") == thread_id:
+            events = parse_sse(path.with_name(path.name.replace(".request.json", ".sse")).read_bytes())
+            found.append((body, events[-1]["response"]))
+    return found
+
+
+def _input_tokens(base_url: str, body: dict) -> int:
+    replay = {**body, "stream": False, "store": False}
+    return httpx.post(f"{base_url}/v1/responses", json=replay, timeout=120).raise_for_status().json()["usage"]["input_tokens"]
+
+
+def _without(body: dict, drop) -> dict:
+    return {**body, "input": [item for item in (drop(i) for i in body["input"]) if item is not None]}
+
+
+def test_codex_multi_turn_resume_carries_its_sealed_reasoning(tmp_path: Path, base_url: str, server) -> None:
+    """`codex exec`, then `codex exec resume --last`: Codex sends turn 1's reasoning back sealed
+    (store: false, include reasoning.encrypted_content) and the server opens it into the prompt."""
+    assert server.capture_dir is not None, "needs the server's capture dir (E2E_CAPTURE_DIR in the developer loop)"
+    first, last1 = run_codex(tmp_path, base_url, "Hello there!", "--json", "-c", "model_reasoning_summary=auto", ephemeral=False)
+    assert first.returncode == 0, first.stderr[-3000:] + first.stdout[-3000:]
+    assert last1.strip() == CASES["default"].content
+    thread_id = next(e["thread_id"] for e in _json_events(first.stdout) if e.get("type") == "thread.started")
+    second, last2 = run_codex(tmp_path, base_url, "Answer with no reasoning, please.", "--json", "-c", "model_reasoning_summary=auto", ephemeral=False, resume=True)
+    assert second.returncode == 0, second.stderr[-3000:] + second.stdout[-3000:]
+    assert last2.strip() == CASES["no_reasoning"].content
+
+    requests = _codex_requests(server.capture_dir, thread_id)
+    assert len(requests) == 2
+    body, response = requests[1]
+    assert body["store"] is False and "reasoning.encrypted_content" in body["include"]
+    carried = [i for i in body["input"] if i.get("type") == "reasoning"]
+    assert len(carried) == 1 and carried[0]["encrypted_content"]
+    assert carried[0]["encrypted_content"] == requests[0][1]["output"][0]["encrypted_content"]
+
+    # Replayed: as Codex sent it, sealed only, and without the reasoning.
+    as_sent = _input_tokens(base_url, body)
+    sealed_only = _input_tokens(base_url, _without(body, lambda i: {k: v for k, v in i.items() if k != "content"} if i.get("type") == "reasoning" else i))
+    forgotten = _input_tokens(base_url, _without(body, lambda i: None if i.get("type") == "reasoning" else i))
+    assert response["usage"]["input_tokens"] == as_sent == sealed_only > forgotten
+
+
+def test_codex_tool_loop_reuses_the_cache_of_its_reasoning(tmp_path: Path, base_url: str, server) -> None:
+    """Within one Codex turn (exec_command, then the answer), the second request carries the
+    first's reasoning sealed; opened into the prompt, the engine's prefix cache covers it."""
+    assert server.capture_dir is not None
+    proc, last = run_codex(tmp_path, base_url, "Please list files in this folder.", "--json", "-c", "model_reasoning_summary=auto",
+                           "--dangerously-bypass-approvals-and-sandbox")
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    thread_id = next(e["thread_id"] for e in _json_events(proc.stdout) if e.get("type") == "thread.started")
+    (_, step1), (body, step2) = _codex_requests(server.capture_dir, thread_id)
+    p1 = step1["usage"]["input_tokens"]
+    assert [i["type"] for i in body["input"][-3:]] == ["reasoning", "function_call", "function_call_output"]
+    forgotten = _input_tokens(base_url, _without(body, lambda i: None if i.get("type") == "reasoning" else i))
+    assert step2["usage"]["input_tokens"] == _input_tokens(base_url, body) > forgotten
+    # Step 2's prompt starts with step 1's prompt and generated tokens: the cache reaches
+    # past step 1's prompt whenever a KV block boundary falls inside what was generated.
+    generated = step1["usage"]["output_tokens"]
+    block = 128
+    if (p1 + generated) // block > p1 // block:
+        assert step2["usage"]["input_tokens_details"]["cached_tokens"] > p1
