@@ -14,7 +14,7 @@ SERVE_ARGS := --served-model-name demo gpt-5.5 --dtype float32 \
 	--reasoning-parser qwen3 --tool-call-parser hermes --enable-auto-tool-choice \
 	--host 127.0.0.1
 
-.PHONY: install model demo test unit bench bench-memory print-serve-args clean
+.PHONY: install model redis demo test unit bench bench-memory print-serve-args clean
 
 install: $(VENV)/.installed
 
@@ -32,13 +32,18 @@ model: $(MODEL_DIR)/config.json
 $(MODEL_DIR)/config.json: $(VENV)/.installed $(wildcard src/vllm_responses/demo_model/*)
 	$(PY) -m vllm_responses.demo_model $(MODEL_DIR)
 
+# The Redis store's tests (and the two-replica e2e test) start a real redis-server: Debian's.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+redis:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+
 demo: install model
 	$(SERVE_ENV) $(PY) -m vllm.entrypoints.openai.api_server --model $(MODEL_DIR) $(SERVE_ARGS) --port $(PORT)
 
-test: install model
+test: install model redis
 	$(PY) -m pytest
 
-unit: install
+unit: install redis
 	$(PY) -m pytest tests/unit
 
 # Benchmarks print figures (never assert them): see docs/performance.md.

@@ -249,9 +249,10 @@ class ResponsesService:
         return {**response, "output": output}
 
     async def delete(self, response_id: str) -> dict:
-        run = self.background.get(response_id)
-        if run is not None:
-            run.cancel()
+        """Delete a stored response; a running background one is cancelled first, wherever it runs."""
+        record = await self.record(response_id)
+        if record.background and record.status in RUNNING_STATUSES:
+            await self.cancel(response_id)
         if not await store_call(self.store.delete_response(response_id)):
             raise not_found("Response", response_id, "response_id", "response_not_found")
         return {"id": response_id, "object": "response", "deleted": True}
