@@ -41,6 +41,7 @@ class Target:
     name: str
     path: str
     server: str  # "upstream" or "ours"
+    extra: dict = field(default_factory=dict)  # added to the body
 
     def body(self, tokens: int) -> dict:
         if self.path == "/v1/chat/completions":
@@ -49,12 +50,13 @@ class Target:
                 "messages": [{"role": "user", "content": PROMPT}],
                 "stream_options": {"include_usage": True},
             }
-        return {"model": "demo", "stream": True, "max_output_tokens": tokens, "input": PROMPT}
+        return {"model": "demo", "stream": True, "max_output_tokens": tokens, "input": PROMPT, **self.extra}
 
 
 TARGETS = [
     Target("upstream /v1/responses", "/v1/responses", "upstream"),
-    Target("ours /v1/responses", "/v1/responses", "ours"),
+    Target("ours /v1/responses", "/v1/responses", "ours"),  # store: true, the default: two store writes each
+    Target("ours store:false", "/v1/responses", "ours", {"store": False}),
     Target("chat/completions", "/v1/chat/completions", "ours"),
 ]
 

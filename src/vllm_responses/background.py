@@ -44,6 +44,7 @@ class BackgroundRun:
         self.log: list[Logged] = []
         self.done = False
         self._unflushed: list[tuple[int, str]] = []
+        self._flushing = asyncio.Lock()  # batches reach the store in order, one at a time
         self._changed = asyncio.Event()
         self._capture = service.capture(stream.response.id)
         self._failure: str | None = None
@@ -119,9 +120,15 @@ class BackgroundRun:
         self._changed = asyncio.Event()
 
     async def _flush(self) -> None:
-        batch, self._unflushed = self._unflushed, []
-        if batch:
-            await self._store(self.service.store.append_events(self.id, batch))
+        async with self._flushing:
+            batch, self._unflushed = self._unflushed, []
+            if not batch:
+                return
+            try:
+                await self.service.store.append_events(self.id, batch)
+            except StoreUnavailable as exc:  # kept for the next flush (appends are idempotent)
+                self._unflushed = batch + self._unflushed
+                logger.error("background response %s: the store is unavailable (%s); its followers elsewhere lag", self.id, exc)
 
     async def _flush_periodically(self) -> None:
         while True:
