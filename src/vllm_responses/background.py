@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from openai.types.responses import Response
 
-from .protocol import ResponsesRequest
 from .items import stored_response
 from .sse import event_json, frame_of
 from .store import Store, StoredResponse, StoreUnavailable
@@ -163,7 +162,7 @@ class BackgroundRuns:
         self.service = service
         self.runs: dict[str, BackgroundRun] = {}
 
-    def start(self, request: ResponsesRequest, stream: ResponseStream, prepared: Any, record: StoredResponse) -> BackgroundRun:
+    def start(self, stream: ResponseStream, prepared: Any, record: StoredResponse) -> BackgroundRun:
         run = BackgroundRun(self.service, stream, prepared, record)
         self.runs[run.id] = run
         return run

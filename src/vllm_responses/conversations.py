@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from .errors import invalid_request, not_found
 from .ids import new_id
-from .protocol import parse_items
+from .protocol import parse_items, parse_json_object
 from .routes import answers_errors, include_param, item_list, json_response, list_params, service_of
 from .service import ResponsesService, store_call
 
@@ -26,15 +26,7 @@ _METADATA_KEYS, _METADATA_KEY_LEN, _METADATA_VALUE_LEN = 16, 64, 512
 
 async def _body(raw: Request) -> dict[str, Any]:
     text = await raw.body()
-    if not text.strip():
-        return {}
-    try:
-        data = orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise invalid_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise invalid_request("The request body must be a JSON object.", code="invalid_type")
-    return data
+    return parse_json_object(text) if text.strip() else {}
 
 
 def _metadata(value: Any) -> dict[str, str]:

@@ -77,14 +77,19 @@ class ResponsesRequest:
         return "reasoning.encrypted_content" in self.include
 
 
-def parse_request(body: bytes) -> ResponsesRequest:
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object (every POST route's)."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_type")
+    return data
 
+
+def parse_request(body: bytes) -> ResponsesRequest:
+    data = parse_json_object(body)
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise invalid_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")

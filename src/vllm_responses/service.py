@@ -172,7 +172,7 @@ class ResponsesService:
         if request.background:
             assert record is not None  # protocol refuses background without store
             await store_call(self.store.create_response(record))
-            return self.background.start(request, stream, prepared, record)
+            return self.background.start(stream, prepared, record)
 
         deltas = self.engine.generate(prepared, response.id)
         # No event before the engine accepts the request, so errors it finds on submission

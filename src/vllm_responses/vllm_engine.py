@@ -260,15 +260,26 @@ class VllmEngine(Engine):
 
 
 def _content_logprobs(logprobs: list[TokenLogprob] | None, content: str) -> list[TokenLogprob] | None:
-    """The logprobs of the tokens that make up ``content``: a step may also hold reasoning
-    or marker tokens (``</think>``) before it, so take the trailing tokens whose text is it."""
-    if not logprobs:
+    """The logprobs of the tokens that make up ``content``.
+
+    One engine step can hold several tokens (the engine runs ahead of a slow consumer):
+    reasoning and marker tokens (``</think>``) before the content, the end-of-sequence
+    token after it. So find the last run of tokens whose texts are exactly ``content``.
+    """
+    if not logprobs or not content:
         return None
-    text = ""
-    for start in range(len(logprobs) - 1, -1, -1):
-        text = logprobs[start].token + text
-        if len(text) >= len(content):
-            return logprobs[start:] if text == content else None
+    starts: dict[int, int] = {}  # character offset where a token starts -> its index
+    offset = 0
+    for i, lp in enumerate(logprobs):
+        starts[offset] = i
+        offset += len(lp.token)
+    ends = {offset: len(logprobs)} | {start: i for start, i in starts.items()}  # offset where a token run ends -> next index
+    joined = "".join(lp.token for lp in logprobs)
+    at = joined.rfind(content)
+    while at >= 0:
+        if at in starts and at + len(content) in ends:
+            return logprobs[starts[at] : ends[at + len(content)]]
+        at = joined.rfind(content, 0, at + len(content) - 1)
     return None
 
 

@@ -15,6 +15,7 @@ from openai import OpenAI
 
 from demo_requests import CASES, WEATHER_TOOL
 from redis_server import RedisServer
+from sdk import sdk, wait_status
 from server import Server, running
 from vllm_responses.conformance import assert_conforms, parse_sse
 from vllm_responses.routes import PROCESS_HEADER
@@ -23,22 +24,8 @@ PARIS = "What is the weather in Paris?"
 LEASE = {"VLLM_RESPONSES_LEASE_SECONDS": "2"}  # dead processes are noticed within seconds
 
 
-def sdk(server: Server) -> OpenAI:
-    return OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", _strict_response_validation=True, max_retries=0)
-
-
 def forever(client: OpenAI, **kw) -> object:
     return client.responses.create(model="demo", input="Count forever.", max_output_tokens=100_000, **kw)
-
-
-def wait_status(client: OpenAI, response_id: str, statuses: tuple[str, ...], timeout: float = 60) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.responses.retrieve(response_id)
-        if r.status in statuses:
-            return r
-        time.sleep(0.2)
-    raise AssertionError(f"{response_id} is still {r.status} after {timeout}s")
 
 
 def running_requests(server: Server) -> float:
@@ -49,7 +36,7 @@ def running_requests(server: Server) -> float:
 def test_kill_9_mid_stream_then_restart(tmp_path: Path) -> None:
     store = f"sqlite://{tmp_path / 'responses.db'}"
     with running(plugin=True, log_path=tmp_path / "first.log", store=store, env=LEASE) as first:
-        client = sdk(first)
+        client = sdk(first.base_url)
         done = client.responses.create(model="demo", input=PARIS, tools=[WEATHER_TOOL])
         conversation = client.conversations.create(items=[{"role": "user", "content": "Remember 7."}])
         background = forever(client, background=True)
@@ -66,7 +53,7 @@ def test_kill_9_mid_stream_then_restart(tmp_path: Path) -> None:
         first.kill()  # kill -9: no shutdown code runs
 
     with running(plugin=True, log_path=tmp_path / "second.log", store=store, env=LEASE) as second:
-        client = sdk(second)
+        client = sdk(second.base_url)
         assert client.responses.retrieve(done.id) == done  # intact
         assert client.conversations.retrieve(conversation.id) == conversation
         for response_id in (background.id, foreground_id):
@@ -96,7 +83,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server,
 
 
 def test_created_on_one_replica_retrieved_and_chained_on_the_other(replicas: tuple[Server, Server]) -> None:
-    a, b = (sdk(s) for s in replicas)
+    a, b = (sdk(s.base_url) for s in replicas)
     r1 = a.responses.create(model="demo", input=PARIS, tools=[WEATHER_TOOL])
     assert b.responses.retrieve(r1.id) == r1
     assert [i.content[0].text for i in b.responses.input_items.list(r1.id)] == [PARIS]
@@ -111,7 +98,7 @@ def test_created_on_one_replica_retrieved_and_chained_on_the_other(replicas: tup
 
 def test_follow_live_and_cancel_on_the_other_replica(replicas: tuple[Server, Server]) -> None:
     server_a, _ = replicas
-    a, b = (sdk(s) for s in replicas)
+    a, b = (sdk(s.base_url) for s in replicas)
     queued = forever(a, background=True)
     followed: list[dict] = []
     with b.responses.retrieve(queued.id, stream=True, starting_after=2) as stream:
@@ -169,7 +156,7 @@ def test_api_server_count_2_shares_state_between_its_processes(replicas: tuple[S
 def test_a_replica_killed_mid_response_is_noticed_by_the_other(replicas: tuple[Server, Server]) -> None:
     """Last in this module: it kills replica ``a``."""
     server_a, _ = replicas
-    a, b = (sdk(s) for s in replicas)
+    a, b = (sdk(s.base_url) for s in replicas)
     queued = forever(a, background=True)
     wait_status(b, queued.id, ("in_progress",))
     server_a.kill()

@@ -4,9 +4,7 @@ resumed streams, sealed reasoning, and the prefix-cache proof that reasoning goe
 the prompt exactly as it was generated."""
 
 import base64
-import json
 import re
-import time
 import uuid
 
 import httpx
@@ -15,6 +13,7 @@ import pytest
 from openai import OpenAI
 
 from demo_requests import CASES, WEATHER_TOOL
+from sdk import sdk, wait_status
 from vllm_responses.conformance import assert_conforms
 
 PARIS = "What is the weather in Paris?"
@@ -22,7 +21,7 @@ PARIS = "What is the weather in Paris?"
 
 @pytest.fixture(scope="module")
 def client(base_url: str) -> OpenAI:
-    return OpenAI(base_url=f"{base_url}/v1", api_key="unused", _strict_response_validation=True, max_retries=0)
+    return sdk(base_url)
 
 
 def dump(obj) -> dict:
@@ -85,16 +84,6 @@ def test_store_false_keeps_nothing(client: OpenAI) -> None:
     assert r.store is False
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(r.id)
-
-
-def wait_status(client: OpenAI, response_id: str, statuses: tuple[str, ...], timeout: float = 60) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        r = client.responses.retrieve(response_id)
-        if r.status in statuses:
-            return r
-        time.sleep(0.1)
-    raise AssertionError(f"{response_id} still {r.status}")
 
 
 def test_background_runs_without_a_client_and_replays(client: OpenAI) -> None:

@@ -18,6 +18,7 @@ from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDel
 from vllm_responses.plugin import ResponsesPlugin
 from vllm_responses.sealing import ReasoningSealer
 from vllm_responses.service import ResponsesService
+from vllm_responses.store import StoreUnavailable
 from vllm_responses.store.sqlite import SQLiteStore
 
 SCRIPT = [ReasoningDelta("Hmm."), TextDelta("Hello"), TextDelta(" world"), Finish("stop", usage())]
@@ -253,3 +254,22 @@ async def test_bad_conversation_bodies_are_400(client: Client, body: bytes):
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_store_that_is_down_answers_503_and_store_false_still_works(client: Client, monkeypatch):
+    async def down(*args, **kwargs):
+        raise StoreUnavailable("connection refused")
+
+    for name in ("create_response", "get_response", "get_items", "create_conversation", "list_conversation_items"):
+        monkeypatch.setattr(client.service.store, name, down)
+    for r in (
+        await client.create(input="hi"),
+        await client.create(input="hi", store=False, previous_response_id="resp_x"),
+        await client.http.get("/v1/responses/resp_x"),
+        await client.http.post("/v1/conversations", json={}),
+    ):
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "store_unavailable" and r.json()["error"]["type"] == "server_error"
+    assert len(client.engine.aborted) == 1  # the stored request: its engine work stopped when the record could not be written
+    assert (await client.ok(input="hi", store=False))["status"] == "completed"
