@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import sys
 import time
@@ -126,14 +125,6 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict) -> R
         return RequestStats(ttfe, gaps, events, False)
     ok = b"response.completed" in tail or b"response.incomplete" in tail or b'"usage"' in tail
     return RequestStats(ttfe, gaps, events, ok)
-
-
-def pause(server: Server, stopped: bool) -> None:
-    """SIGSTOP/SIGCONT a whole server (API process and engine core): on 2 cores, an idle
-    vLLM's spinning threads would otherwise steal CPU from the one being measured."""
-    os.killpg(server.proc.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
-    if not stopped:
-        time.sleep(0.5)
 
 
 def server_cpu(pid: int) -> tuple[float, float]:
@@ -269,7 +260,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 for t in order:
                     s = servers[t.server]
                     for other in servers.values():  # the idle server must not take CPU
-                        pause(other, other is not s)
+                        other.pause(other is not s)
                     requests = max(args.min_requests, c * args.waves)
                     m = await measure(t, s.base_url, s.proc.pid, c, requests, args.tokens, rnd)
                     measurements.append(m)
@@ -277,7 +268,7 @@ async def main_async(args: argparse.Namespace) -> None:
                           f"  gen CPU {m.loadgen_cpu_share:4.0%}  failures {m.failures}", flush=True)
     finally:
         for s in servers.values():
-            pause(s, False)
+            s.pause(False)
             s.stop()
     rows = median_table(measurements)
     print()

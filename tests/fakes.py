@@ -29,8 +29,8 @@ class ScriptedEngine(Engine):
 
     async def generate(self, prepared: Any, request_id: str) -> AsyncIterator[Delta | Finish]:
         finished = False
-        yield Started()
         try:
+            yield Started()
             for step in self.script:
                 if self.delay:
                     await asyncio.sleep(self.delay)

@@ -16,12 +16,19 @@ from openai import OpenAI
 from demo_requests import CASES, WEATHER_TOOL
 from redis_server import RedisServer
 from sdk import sdk, wait_status
-from server import Server, running
+from server import Server, others_paused, running
 from vllm_responses.conformance import assert_conforms, parse_sse
 from vllm_responses.routes import PROCESS_HEADER
 
 PARIS = "What is the weather in Paris?"
-LEASE = {"VLLM_RESPONSES_LEASE_SECONDS": "2"}  # dead processes are noticed within seconds
+LEASE = {"VLLM_RESPONSES_LEASE_SECONDS": "4"}  # dead processes are noticed within seconds
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet() -> Iterator[None]:
+    """The e2e session's own server idles while this module runs three more on 2 cores."""
+    with others_paused():
+        yield
 
 
 def forever(client: OpenAI, **kw) -> object:
