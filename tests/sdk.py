@@ -18,5 +18,5 @@ def wait_status(client: OpenAI, response_id: str, statuses: tuple[str, ...], tim
         if r.status in statuses:
             return r
         if time.monotonic() > deadline:
-            raise AssertionError(f"{response_id} is still {r.status} after {timeout}s")
+            raise AssertionError(f"{response_id} is still {r.status} after {timeout}s (error: {r.error})")
         time.sleep(0.1)

@@ -8,13 +8,13 @@ when the owning process died, :func:`abandon` ends the response ``failed`` for i
 """
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from openai.types.responses import Response
 
+from .logs import get_logger
 from .items import stored_response
 from .sse import event_json, frame_of
 from .store import Store, StoredResponse, StoreUnavailable
@@ -24,7 +24,7 @@ from .stream import TERMINAL_EVENTS, Event, ResponseStream
 if TYPE_CHECKING:
     from .service import ResponsesService
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # (sequence_number, event type, event JSON): an event as it is logged, stored and replayed.
 Logged = tuple[int, str, str]

@@ -6,7 +6,6 @@ module imports nothing from vLLM: the engine adapter is loaded only in :meth:`in
 Settings come from ``VLLM_RESPONSES_*`` environment variables (:mod:`.settings`).
 """
 
-import logging
 from argparse import Namespace
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,13 +13,14 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from .logs import get_logger
 from . import conversations, routes
 from .sealing import ReasoningSealer
 from .service import ResponsesService
 from .settings import REASONING_KEYS, Settings
 from .store import StoreUnavailable, open_store
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class ResponsesPlugin:

@@ -5,7 +5,6 @@ response again), ``POST /v1/responses/{id}/cancel``, ``GET /v1/responses/{id}/in
 The Conversations API is in :mod:`.conversations`.
 """
 
-import logging
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import wraps
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from openai.types.responses import ResponseIncludable
 
+from .logs import get_logger
 from . import __version__
 from .background import BackgroundRun, Logged
 from .errors import APIError, invalid_request
@@ -24,7 +24,7 @@ from .protocol import dump_json, parse_request
 from .service import ResponsesService
 from .sse import SSE_MEDIA_TYPE, frame_of, frames
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 router = APIRouter()
 

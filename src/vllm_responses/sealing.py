@@ -14,13 +14,14 @@ since a client replays its whole history every turn) from "ours but altered" (re
 import base64
 import binascii
 import hashlib
-import logging
 import os
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-logger = logging.getLogger(__name__)
+from .logs import get_logger
+
+logger = get_logger(__name__)
 
 MAGIC = b"vr1"
 _KID = 4

@@ -9,7 +9,6 @@ event, so a client that continues at once always finds what it continues from.
 """
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import BinaryIO
 
 from openai.types.responses import Response
 
+from .logs import get_logger
 from .backend import Engine
 from .background import BackgroundRun, BackgroundRuns, Logged, abandon, follow_stored
 from .deltas import Delta, Finish, Started
@@ -31,7 +31,7 @@ from .store.base import RUNNING_STATUSES
 from .stream import Event, ResponseStream, StreamOptions
 from .upkeep import Keeper
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Called with the final response before its terminal event leaves (persistence).
 OnEnd = Callable[[Response], Awaitable[None]]
@@ -78,8 +78,10 @@ class Run:
                 else:
                     terminal = stream.fail("The engine stopped without finishing the response.")
             except EngineFailure as exc:
+                logger.warning("response %s failed: %s", stream.response.id, exc.message)
                 terminal = stream.fail(exc.message, exc.code)
             except APIError as exc:  # the engine refused it on submission (background runs only)
+                logger.warning("response %s refused by the engine: %s", stream.response.id, exc.message)
                 terminal = stream.fail(exc.message, "invalid_prompt")
             except Exception as exc:  # a bug of ours must still end the stream properly
                 logger.exception("response %s failed", stream.response.id)

@@ -9,17 +9,17 @@
 """
 
 import asyncio
-import logging
 import time
 from typing import TYPE_CHECKING
 
+from .logs import get_logger
 from .background import abandon
 from .store import StoreUnavailable
 
 if TYPE_CHECKING:
     from .service import ResponsesService
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 PRUNE_INTERVAL = 60.0
 

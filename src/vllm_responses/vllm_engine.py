@@ -11,7 +11,6 @@ outputs (``text.format``), ``tool_choice`` enforcement and sampling defaults are
 upstream's.
 """
 
-import logging
 from argparse import Namespace
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
 from vllm.exceptions import VLLMValidationError
 from vllm.parser import ParserManager
 
+from .logs import get_logger
 from . import chat
 from .tool_calls import ToolCallMapper
 from .backend import Engine
@@ -31,7 +31,7 @@ from .deltas import Delta, Finish, ReasoningDelta, Started, TextDelta, TokenLogp
 from .errors import APIError, EngineFailure, context_length_exceeded, invalid_request, model_not_found
 from .protocol import ResponsesRequest
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # vLLM's chat-request parameter names → the Responses names a client knows.
 _PARAMS = {

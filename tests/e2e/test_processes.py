@@ -151,7 +151,8 @@ def test_api_server_count_2_shares_state_between_its_processes(replicas: tuple[S
     follower.start()
     time.sleep(2)
     cancelled = _on_process(server_b, "POST", f"/v1/responses/{response_id}/cancel", owner, want_same=False)
-    assert cancelled.json()["status"] == "cancelled", cancelled.text
+    stored = httpx.get(f"{server_b.base_url}/v1/responses/{response_id}").json()
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", (cancelled.text, stored.get("error"))
     follower.join(60)
     assert not follower.is_alive()
     events = parse_sse(body[0])
