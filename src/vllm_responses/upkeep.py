@@ -25,27 +25,39 @@ PRUNE_INTERVAL = 60.0
 
 
 class Keeper:
+    """Two loops: the heartbeat alone (nothing slow may delay it, or live owners would be
+    taken for dead), and the rest (cancels, sweeping, retention)."""
+
     def __init__(self, service: "ResponsesService", lease_s: float) -> None:
         self.service = service
         self.lease_s = lease_s
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._loop())
+        if not self._tasks:
+            self._tasks = [asyncio.ensure_future(self._beat_loop()), asyncio.ensure_future(self._upkeep_loop())]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
 
-    async def _loop(self) -> None:
-        beat = self.lease_s / 4
+    async def _beat_loop(self) -> None:
+        while True:
+            try:
+                await self.service.store.heartbeat(self.service.owner, self.lease_s)
+            except StoreUnavailable as exc:
+                logger.warning("store unavailable for the heartbeat: %s", exc)
+            except Exception:
+                logger.exception("heartbeat failed")
+            await asyncio.sleep(self.lease_s / 5)
+
+    async def _upkeep_loop(self) -> None:
         next_sweep = next_prune = time.monotonic()
         while True:
             try:
-                await self.beat()
+                await self.pick_up_cancels()
                 now = time.monotonic()
                 if now >= next_sweep:
                     next_sweep = now + self.lease_s
@@ -57,12 +69,11 @@ class Keeper:
                 logger.warning("store unavailable during upkeep: %s", exc)
             except Exception:  # upkeep must outlive any bug in one pass
                 logger.exception("upkeep pass failed")
-            await asyncio.sleep(beat)
+            await asyncio.sleep(self.lease_s / 4)
 
-    async def beat(self) -> None:
-        """Heartbeat, and cancels asked of other processes for our background responses."""
+    async def pick_up_cancels(self) -> None:
+        """Cancels asked of other processes for background responses running here."""
         service = self.service
-        await service.store.heartbeat(service.owner, self.lease_s)
         running = service.background.running_ids()
         if running:
             for response_id in await service.store.cancel_requested(running):
