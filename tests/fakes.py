@@ -4,10 +4,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from vllm_responses.backend import Engine
-from vllm_responses.deltas import Delta, Finish, Started, Usage
+from dataclasses import dataclass
+
+from vllm_responses.backend import Engine, Prepared
+from vllm_responses.deltas import Delta, Finish, Sampling, Started, Usage
 from vllm_responses.errors import EngineFailure, model_not_found
 from vllm_responses.protocol import ResponsesRequest
+
+
+@dataclass
+class ScriptedPrepared(Prepared):
+    request: ResponsesRequest | None = None
 
 
 class ScriptedEngine(Engine):
@@ -20,12 +27,13 @@ class ScriptedEngine(Engine):
         self.requests: list[ResponsesRequest] = []
         self.contexts: list[list[Any]] = []  # the items each request rendered
 
-    async def prepare(self, request: ResponsesRequest, items: list[Any]) -> ResponsesRequest:
+    async def prepare(self, request: ResponsesRequest, items: list[Any]) -> ScriptedPrepared:
         if request.model != "demo":
             raise model_not_found(request.model)
         self.requests.append(request)
         self.contexts.append(items)
-        return request
+        sampling = Sampling(temperature=request.get("temperature", 1.0), top_p=request.get("top_p", 1.0))
+        return ScriptedPrepared(sampling, request)
 
     async def generate(self, prepared: Any, request_id: str) -> AsyncIterator[Delta | Finish]:
         finished = False

@@ -6,10 +6,19 @@ scripted fake. The routes only ever see this interface.
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
-from .deltas import Delta, Finish, Started
+from .deltas import Delta, Finish, Sampling, Started
 from .protocol import ResponsesRequest
+
+
+@dataclass
+class Prepared:
+    """What :meth:`Engine.prepare` hands back: what the response must report before any
+    token exists; each engine subclasses it with its own handle for :meth:`Engine.generate`."""
+
+    sampling: Sampling
 
 
 class Engine(ABC):
@@ -24,16 +33,17 @@ class Engine(ABC):
       :class:`~vllm_responses.errors.APIError` (parameters the engine checks on submission),
       and the caller sends no event until then. It then yields deltas in model order and
       ends with exactly one :class:`~vllm_responses.deltas.Finish`. A failure after
-      ``Started`` raises :class:`~vllm_responses.errors.EngineFailure`.
+      ``Started`` raises :class:`~vllm_responses.errors.EngineFailure`, carrying the usage
+      so far.
     - Closing the iterator early (client gone) aborts the generation at once.
     """
 
     @abstractmethod
-    async def prepare(self, request: ResponsesRequest, items: list[Any]) -> Any:
+    async def prepare(self, request: ResponsesRequest, items: list[Any]) -> Prepared:
         """Render ``items`` (the whole context the model sees: history then the request's
         own input, see :mod:`~vllm_responses.history`) with the request's instructions,
-        tools and parameters, and validate; return an opaque handle for :meth:`generate`."""
+        tools and parameters, and validate; return the handle for :meth:`generate`."""
 
     @abstractmethod
-    def generate(self, prepared: Any, request_id: str) -> AsyncIterator[Started | Delta | Finish]:
-        """Run the generation prepared by :meth:`prepare`."""
+    def generate(self, prepared: Prepared, request_id: str) -> AsyncIterator[Started | Delta | Finish]:
+        """Run the generation prepared by :meth:`prepare` (``request_id`` names it in the engine)."""

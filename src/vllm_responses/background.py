@@ -15,6 +15,7 @@ import orjson
 from openai.types.responses import Response
 
 from .logs import get_logger
+from .protocol import ResponseObject
 from .items import stored_response
 from .sse import event_json, frame_of
 from .store import Store, StoredResponse, StoreUnavailable
@@ -210,7 +211,7 @@ async def follow_stored(service: "ResponsesService", response_id: str, after: in
             continue
         finished_waits += 1
         if finished_waits >= 2:  # the owner stored the response but not (yet?) its last events
-            stream = ResponseStream(Response.model_validate(record.response), first_sequence_number=after + 1)
+            stream = ResponseStream(ResponseObject.of(record.response), first_sequence_number=after + 1)
             yield [(e.sequence_number, e.type, event_json(e)) for e in stream.terminal()]
             return
 
@@ -219,7 +220,7 @@ async def abandon(store: Store, record: StoredResponse) -> StoredResponse:
     """End a response whose owner died: ``failed``, and its stream gets its terminal events."""
     events = await store.read_events(record.id) if record.background else []
     last = events[-1][0] if events else (1 if record.background else -1)
-    stream = ResponseStream(Response.model_validate(record.response), first_sequence_number=last + 1)
+    stream = ResponseStream(ResponseObject.of(record.response), first_sequence_number=last + 1)
     terminal = stream.fail("The server running this response stopped before it finished.")
     data = stored_response(stream.response)
     if await store.finish_response(data):

@@ -52,8 +52,32 @@ class ChatTools:
         }
         if tool.description:
             fn["description"] = tool.description
+        if not custom and tool.strict is not None:  # decided in .protocol; vLLM enforces it
+            fn["strict"] = tool.strict
         self.tools.append({"type": "function", "function": fn})
         self.targets[name] = ToolTarget(tool.name, namespace, custom)
+
+    def only(self, allowed: list[dict[str, Any]]) -> "ChatTools":
+        """The tools a ``tool_choice: {"type": "allowed_tools", ...}`` leaves the model.
+
+        Entries name function and custom tools (``namespace`` for a namespaced one); hosted
+        tool types are never offered here, so entries for them restrict nothing further.
+        """
+        names: set[str] = set()
+        for i, entry in enumerate(allowed):
+            if entry.get("type") not in ("function", "custom"):
+                continue
+            name = chat_name(str(entry.get("name") or ""), entry.get("namespace"))
+            if name not in self.targets:
+                raise invalid_request(
+                    f"Invalid value for 'tool_choice.tools[{i}]': no tool named '{entry.get('name')}' in 'tools'.",
+                    param=f"tool_choice.tools[{i}]",
+                )
+            names.add(name)
+        out = ChatTools()
+        out.tools = [tool for tool in self.tools if tool["function"]["name"] in names]
+        out.targets = {name: target for name, target in self.targets.items() if name in names}
+        return out
 
     def target(self, chat_function_name: str) -> ToolTarget:
         return self.targets.get(chat_function_name) or ToolTarget(chat_function_name)

@@ -4,7 +4,9 @@ Use it on parsed events (``check_events(list_of_dicts)``) or on a captured SSE b
 (``python -m vllm_responses.conformance capture.sse``). It enforces what openai-python's
 ``responses.stream()`` and Codex CLI rely on (see docs/events.md):
 
-- every event validates against ``openai.types.responses.ResponseStreamEvent``;
+- every event validates against ``openai.types.responses.ResponseStreamEvent`` (strictly,
+  from its JSON: an integer field holding ``1.0`` fails) and against the Open Responses
+  specification's schema (:mod:`.open_responses`, which lists where the two disagree);
 - ``sequence_number`` starts at 0 and rises by 1; ``response.created`` comes first;
 - the response id never changes between lifecycle events;
 - items open and close one after another (no interleaving), ``output_index`` counts up
@@ -25,6 +27,7 @@ import orjson
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter, ValidationError
 
+from .open_responses import event_problems, response_problems
 from .stream import TERMINAL_EVENTS as TERMINAL
 
 _EVENT = TypeAdapter(ResponseStreamEvent)
@@ -53,6 +56,20 @@ def parse_sse(body: str | bytes) -> list[dict[str, Any]]:
 def check_events(events: list[dict[str, Any]]) -> list[str]:
     """Every violation in ``events`` (empty when the stream conforms)."""
     return _Checker().run(events)
+
+
+def check_response(response: dict[str, Any]) -> list[str]:
+    """Every violation in a response object (a JSON body, or a retrieved response)."""
+    problems = [f"open responses: {p}" for p in response_problems(response)]
+    try:
+        Response.model_validate_json(orjson.dumps(response), strict=True)
+    except ValidationError as exc:
+        problems.append(f"does not validate against the openai types: {exc.errors()[0]}")
+    if isinstance(response.get("created_at"), float) or isinstance(response.get("completed_at"), float):
+        problems.append("created_at and completed_at must be integers")
+    if (response.get("completed_at") is not None) != (response.get("status") == "completed"):
+        problems.append(f"completed_at {response.get('completed_at')!r} on a {response.get('status')} response")
+    return problems
 
 
 def assert_conforms(events: list[dict[str, Any]]) -> None:
@@ -89,9 +106,11 @@ class _Checker:
     def check(self, i: int, e: dict[str, Any]) -> None:
         kind = e.get("type")
         try:
-            _EVENT.validate_python(e, strict=False)
+            _EVENT.validate_json(orjson.dumps(e), strict=True)
         except ValidationError as exc:
             self.fail(i, e, f"does not validate against the openai types: {exc.errors()[0]}")
+        for problem in event_problems(e):
+            self.fail(i, e, f"open responses: {problem}")
         if e.get("sequence_number") != i:
             self.fail(i, e, f"sequence_number {e.get('sequence_number')} != {i}")
         if i == 0 and kind != "response.created":
@@ -116,10 +135,8 @@ class _Checker:
             self.response_id = response.get("id")
         elif response.get("id") != self.response_id:
             self.fail(i, e, f"response id changed from {self.response_id} to {response.get('id')}")
-        try:
-            Response.model_validate(response)
-        except ValidationError as exc:
-            self.fail(i, e, f"response does not validate: {exc.errors()[0]}")
+        for problem in check_response(response):
+            self.fail(i, e, f"response: {problem}")
         kind = e["type"]
         if kind not in TERMINAL:
             return

@@ -62,6 +62,17 @@ class Finish:
 
 
 @dataclass(slots=True)
+class Sampling:
+    """The sampling values a generation really uses (the request's, else the model's
+    generation config, else vLLM's defaults): the response reports these."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(slots=True)
 class Started:
     """The engine accepted the request (its checks on submission passed): events may begin."""
 

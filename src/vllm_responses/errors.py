@@ -5,9 +5,12 @@ answers with a traceback or a 500 for something the client did.
 """
 
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from .deltas import Usage
 
 
 class APIError(Exception):
@@ -63,10 +66,11 @@ def context_length_exceeded(message: str) -> APIError:
 class EngineFailure(Exception):
     """Generation failed after the stream started; becomes ``response.failed``."""
 
-    def __init__(self, message: str, code: str = "server_error") -> None:
+    def __init__(self, message: str, code: str = "server_error", usage: "Usage | None" = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.usage = usage  # what was used up to the failure; the failed response reports it
 
 
 def store_unavailable(detail: str) -> APIError:

@@ -8,16 +8,19 @@ A request body is validated against ``openai.types.responses``: top-level fields
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Optional, cast
 
 import orjson
 from openai.types.responses import Response, ResponseInputItem, Tool
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 from pydantic import TypeAdapter, ValidationError
 
+from .deltas import Sampling
 from .errors import APIError, invalid_request
+from .parameters import split_extensions
 
 _PARAMS = TypeAdapter(ResponseCreateParamsBase)
+_KNOWN = frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"}
 _INPUT_ITEMS = TypeAdapter(list[ResponseInputItem])
 _TOOL = TypeAdapter(Tool)
 
@@ -33,6 +36,8 @@ class ResponsesRequest:
     typed input items, ``tools`` the typed tools (echoed in the response; only function,
     custom and namespace tools are offered to the model); ``unsupported_tools`` are tools of
     types the ``openai`` package does not know: accepted, neither offered nor echoed.
+    ``extensions`` holds vLLM's own request extensions (``seed``, ``stop``, ``top_k``, ...,
+    see :mod:`.parameters`) as sent; the engine adapter hands them to vLLM.
     """
 
     params: dict[str, Any]
@@ -41,6 +46,7 @@ class ResponsesRequest:
     input: list[Any]
     tools: list[Any] = field(default_factory=list)
     unsupported_tools: list[dict[str, Any]] = field(default_factory=list)
+    extensions: dict[str, Any] = field(default_factory=dict)
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self.params.get(key)
@@ -99,7 +105,9 @@ def parse_request(body: bytes) -> ResponsesRequest:
     if not isinstance(stream, bool):
         raise invalid_request("Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type")
 
-    params = _validate(_PARAMS, {k: v for k, v in data.items() if k not in _SEPARATE}, "")
+    extensions = split_extensions(data, _KNOWN)
+    # A null top-level field means "not given" (clients write out their defaults as null).
+    params = _validate(_PARAMS, {k: v for k, v in data.items() if k in _KNOWN and k not in _SEPARATE and v is not None}, "")
     params = cast(dict[str, Any], _materialize(params))
     _check_ranges(params)
     _check_state(params)
@@ -109,6 +117,7 @@ def parse_request(body: bytes) -> ResponsesRequest:
         stream=stream,
         input=_parse_input(data.get("input"), chained=bool(params.get("previous_response_id") or params.get("conversation"))),
         **_parse_tools(data.get("tools")),
+        extensions=extensions,
     )
 
 
@@ -191,13 +200,52 @@ def _parse_tools(raw: Any) -> dict[str, list[Any]]:
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise invalid_request(f"Invalid value for 'tools[{i}]': expected an object with a 'type'.", param=f"tools[{i}]")
         try:
-            tools.append(_TOOL.validate_python(tool))
+            tools.append(_with_strict(_TOOL.validate_python(tool)))
         except ValidationError:
             if tool["type"] in ("function", "custom", "namespace"):
                 # Tools we do run must be well-formed; report the precise problem.
                 _validate(_TOOL, tool, f"tools[{i}]")
             unsupported.append(tool)
     return {"tools": tools, "unsupported_tools": unsupported}
+
+
+def _text_format(fmt: dict[str, Any] | None) -> dict[str, Any]:
+    """``text.format`` as the hosted API echoes it: a JSON schema format with its
+    ``description`` (null when not given) and ``strict`` (false when not given)."""
+    if not fmt:
+        return {"type": "text"}
+    if fmt.get("type") == "json_schema":
+        return {"description": None, **fmt, "strict": bool(fmt.get("strict"))}
+    return fmt
+
+
+def _with_strict(tool: Any) -> Any:
+    """A function tool's ``strict``, decided as OpenAI decides it when the client leaves it
+    out: strict when the schema allows it. The engine adapter passes it on to vLLM (which
+    then holds the arguments to the schema) and the response echoes it."""
+    if tool.type == "function" and tool.strict is None:
+        return tool.model_copy(update={"strict": strict_compatible(tool.parameters)})
+    if tool.type == "namespace":
+        return tool.model_copy(update={"tools": [_with_strict(inner) for inner in tool.tools]})
+    return tool
+
+
+def strict_compatible(schema: Any) -> bool:
+    """Whether a JSON schema meets strict mode's rules: every object closed
+    (``additionalProperties: false``) and all its properties required."""
+    if schema is None:
+        return False
+    if isinstance(schema, list):
+        return all(strict_compatible(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    if schema.get("type") == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        if schema.get("additionalProperties") is not False or set(schema.get("required") or []) != set(properties):
+            return False
+    children = [v for key in ("properties", "$defs", "definitions") for v in (schema.get(key) or {}).values()]
+    children += [schema[key] for key in ("items", "anyOf", "oneOf", "allOf") if key in schema]
+    return all(strict_compatible(child) for child in children)
 
 
 def _validate(adapter: TypeAdapter[Any], value: Any, prefix: str) -> Any:
@@ -230,67 +278,88 @@ def _materialize(value: Any) -> Any:
     return value
 
 
+class ResponseObject(Response):
+    """``openai``'s ``Response`` as the hosted API sends it.
+
+    The ``openai`` type declares the timestamps ``float`` (it would write ``1764107796.0``;
+    OpenAI sends integers, and strict clients in other languages insist) and has no
+    ``presence_penalty`` / ``frequency_penalty``, which the hosted API and the Open Responses
+    schema carry. Everything else is the ``openai`` type itself.
+    """
+
+    created_at: int  # type: ignore[assignment]
+    completed_at: Optional[int] = None  # type: ignore[assignment]
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> "ResponseObject":
+        """A stored response (written by any version of this server) back as the object."""
+        data = dict(data)
+        for key in ("created_at", "completed_at"):
+            if isinstance(data.get(key), float):
+                data[key] = int(data[key])
+        return cls.model_validate(data)
+
+
 def dump_json(model: Any) -> str:
-    """Serialize an ``openai`` model exactly as set: fields never set are left out."""
-    return model.model_dump_json(exclude_unset=True, by_alias=True, warnings=False)
+    """Serialize an ``openai`` model exactly as set: fields never set are left out. Nested
+    models serialize as what they are (a :class:`ResponseObject` inside an event keeps its
+    integer timestamps)."""
+    return model.model_dump_json(exclude_unset=True, by_alias=True, warnings=False, serialize_as_any=True)
 
 
 def dump_json_dict(model: Any) -> dict[str, Any]:
     """:func:`dump_json`, as a JSON-ready dict."""
-    return model.model_dump(mode="json", exclude_unset=True, by_alias=True, warnings=False)
+    return model.model_dump(mode="json", exclude_unset=True, by_alias=True, warnings=False, serialize_as_any=True)
 
 
-_RESPONSE_ECHO = (
-    "instructions",
-    "max_output_tokens",
-    "max_tool_calls",
-    "metadata",
-    "previous_response_id",
-    "prompt_cache_key",
-    "reasoning",
-    "safety_identifier",
-    "service_tier",
-    "temperature",
-    "top_logprobs",
-    "top_p",
-    "truncation",
-    "user",
-)
-
-
-def initial_response(request: ResponsesRequest, response_id: str, created_at: float, model: str) -> Response:
-    """The ``Response`` as it stands when generation starts: ``in_progress`` (``queued`` in the
-    background), no output."""
+def initial_response(request: ResponsesRequest, response_id: str, created_at: int, model: str, sampling: Sampling) -> ResponseObject:
+    """The response as it stands when generation starts: ``in_progress`` (``queued`` in the
+    background), no output, and every parameter with the value really used (``sampling``:
+    the request's, else the model's generation config, else vLLM's defaults) or, where the
+    request left it out, the value the hosted API reports."""
     p = request.params
-    fields: dict[str, Any] = {key: p.get(key) for key in _RESPONSE_ECHO}
     text = p.get("text") or {}
-    fields.update(
+    reasoning = p.get("reasoning") or {}
+    fields: dict[str, Any] = dict(
         id=response_id,
         object="response",
         created_at=created_at,
+        completed_at=None,
         model=model,
-        status="in_progress",
+        status="queued" if request.background else "in_progress",
         output=[],
         error=None,
         incomplete_details=None,
+        instructions=p.get("instructions"),
+        previous_response_id=p.get("previous_response_id"),
+        metadata=p.get("metadata") or {},
         parallel_tool_calls=request.get("parallel_tool_calls", True),
         tool_choice=request.get("tool_choice", "auto"),
         tools=request.tools,
-        text={"format": text.get("format") or {"type": "text"}, **({"verbosity": text["verbosity"]} if text.get("verbosity") else {})},
+        text={"format": _text_format(text.get("format")), "verbosity": text.get("verbosity") or "medium"},
+        reasoning={"effort": reasoning.get("effort"), "summary": reasoning.get("summary") or reasoning.get("generate_summary")},
+        truncation=p.get("truncation") or "disabled",
+        service_tier="default",
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        top_logprobs=p.get("top_logprobs") or 0,
+        max_output_tokens=p.get("max_output_tokens"),
+        max_tool_calls=p.get("max_tool_calls"),
+        prompt_cache_key=p.get("prompt_cache_key"),
+        safety_identifier=p.get("safety_identifier"),
+        user=p.get("user"),
         store=request.store,
         background=request.background,
         usage=None,
     )
-    if request.background:
-        fields["status"] = "queued"
     if request.conversation_id:
         fields["conversation"] = {"id": request.conversation_id}
-    if fields["temperature"] is None:
-        fields["temperature"] = 1.0
-    if fields["top_p"] is None:
-        fields["top_p"] = 1.0
-    if fields["metadata"] is None:
-        fields["metadata"] = {}
     # Tools of types the ``openai`` package does not know are accepted but not echoed: a
     # strict client could not parse them back.
-    return Response.model_validate(fields)
+    return ResponseObject.model_validate(fields)
+
+

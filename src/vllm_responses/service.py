@@ -79,7 +79,7 @@ class Run:
                     terminal = stream.fail("The engine stopped without finishing the response.")
             except EngineFailure as exc:
                 logger.warning("response %s failed: %s", stream.response.id, exc.message)
-                terminal = stream.fail(exc.message, exc.code)
+                terminal = stream.fail(exc.message, exc.code, exc.usage)
             except APIError as exc:  # the engine refused it on submission (background runs only)
                 logger.warning("response %s refused by the engine: %s", stream.response.id, exc.message)
                 terminal = stream.fail(exc.message, "invalid_prompt")
@@ -168,7 +168,7 @@ class ResponsesService:
     async def create(self, request: ResponsesRequest) -> "Run | BackgroundRun":
         context = await store_call(self.history.resolve(request))
         prepared = await self.engine.prepare(request, context.model_items)
-        response = initial_response(request, new_id("resp"), int(time.time()), request.model)
+        response = initial_response(request, new_id("resp"), int(time.time()), request.model, prepared.sampling)
         stream = ResponseStream(response, self._options(request), clock=lambda: int(time.time()))
         record = self._record(request, response, context) if request.store else None
         if request.background:

@@ -332,7 +332,7 @@ class ResponseStream:
         self,
         response: Response,
         options: StreamOptions = StreamOptions(),
-        clock: Callable[[], float] | None = None,
+        clock: Callable[[], int] | None = None,
         first_sequence_number: int = 0,
     ) -> None:
         self.response = response
@@ -405,13 +405,13 @@ class ResponseStream:
         events = self._close_open("incomplete" if truncated else "completed")
         r = self.response
         r.usage = _usage(finish.usage)
-        r.completed_at = self._now()
         self.terminated = True
         if truncated:
             r.status = "incomplete"
             r.incomplete_details = IncompleteDetails.model_construct(reason="max_output_tokens")
             return events + [ResponseIncompleteEvent.model_construct(type="response.incomplete", sequence_number=self.seq(), response=r)]
         r.status = "completed"
+        r.completed_at = self._now()  # only a completed response has one (the hosted API's rule)
         return events + [ResponseCompletedEvent.model_construct(type="response.completed", sequence_number=self.seq(), response=r)]
 
     def fail(self, message: str, code: str = "server_error", usage: Usage | None = None) -> list[Event]:
@@ -478,7 +478,7 @@ class ResponseStream:
     def _snapshot(self) -> Response:
         return self.response.model_copy(update={"output": list(self.response.output)})
 
-    def _now(self) -> float | None:
+    def _now(self) -> int | None:
         return self._clock() if self._clock is not None else None
 
 

@@ -18,16 +18,18 @@ from http import HTTPStatus
 from typing import Any
 
 from pydantic import ValidationError
+from vllm import envs
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
 from vllm.exceptions import VLLMValidationError
+from vllm.lora.request import LoRARequest
 from vllm.parser import ParserManager
 
 from .logs import get_logger
 from . import chat
 from .tool_calls import ToolCallMapper
-from .backend import Engine
-from .deltas import Delta, Finish, ReasoningDelta, Started, TextDelta, TokenLogprob, Usage
+from .backend import Engine, Prepared
+from .deltas import Delta, Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, Usage
 from .errors import APIError, EngineFailure, context_length_exceeded, invalid_request, model_not_found
 from .protocol import ResponsesRequest
 
@@ -44,7 +46,7 @@ _PARAMS = {
 
 
 @dataclass
-class _Prepared:
+class _Prepared(Prepared):
     chat_request: Any
     engine_input: Any
     prompt_token_ids: list[int]
@@ -54,6 +56,9 @@ class _Prepared:
     top_logprobs: int
     tools: chat.ChatTools
     parallel_tool_calls: bool
+    include_reasoning: bool
+    engine_request_id: str | None  # the client's own (vLLM's ``request_id`` extension)
+    lora_request: Any = None  # the LoRA adapter the request's ``model`` names; None: the base model
 
 
 class VllmEngine(Engine):
@@ -76,6 +81,9 @@ class VllmEngine(Engine):
             tokenizer=self.tokenizer,
         )
         self.default_sampling = self.model_config.get_diff_sampling_param()
+        # ``--enable-log-requests`` / ``--enable-log-outputs``, as on upstream's routes.
+        self.request_logger = getattr(self.renderer, "request_logger", None)
+        self.log_outputs = bool(getattr(args, "enable_log_outputs", False))
 
     async def prepare(self, request: ResponsesRequest, items: list[Any]) -> _Prepared:
         try:
@@ -84,12 +92,15 @@ class VllmEngine(Engine):
             raise _client_error(exc) from None
 
     async def _prepare(self, request: ResponsesRequest, items: list[Any]) -> _Prepared:
-        if not self.models.is_base_model(request.model):
-            raise model_not_found(request.model)
+        lora_request = await self._adapter(request.model)
+        tool_choice = request.get("tool_choice", "auto")
         tools = chat.chat_tools(request.tools)
+        if isinstance(tool_choice, dict) and tool_choice.get("type") == "allowed_tools":
+            tools = tools.only(tool_choice.get("tools") or [])
+            tool_choice = tool_choice.get("mode") or "auto"
         fields: dict[str, Any] = {
+            **{k: v for k, v in request.extensions.items() if k != "request_id"},
             "model": request.model,
-            "messages": chat.chat_messages(request.get("instructions"), items),
             "stream": True,
             "parallel_tool_calls": request.get("parallel_tool_calls", True),
             "temperature": request.get("temperature"),
@@ -97,7 +108,6 @@ class VllmEngine(Engine):
             "max_completion_tokens": request.get("max_output_tokens"),
             "response_format": chat.chat_response_format(request.get("text")),
         }
-        tool_choice = request.get("tool_choice", "auto")
         if tools.tools and tool_choice != "none":  # "none": the model is not shown the tools at all
             fields["tools"] = tools.tools
             fields["tool_choice"] = chat.chat_tool_choice(tool_choice)
@@ -108,40 +118,26 @@ class VllmEngine(Engine):
         if "message.output_text.logprobs" in request.get("include", []):
             fields["logprobs"] = True
             fields["top_logprobs"] = top_logprobs
-        try:
-            chat_request = ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = str(err["loc"][0]) if err["loc"] else ""
-            raise invalid_request(f"Invalid request: {err['msg']}.", param=_PARAMS.get(field, field) or None) from None
 
-        try:
-            rendered = await self.renderer.render_chat(chat_request)
-        except (APIError, VLLMValidationError):
-            raise
-        except Exception as exc:  # template errors, bad content: the client's input did this
-            raise invalid_request(f"The input could not be rendered with the model's chat template: {exc}", param="input") from None
-        if not isinstance(rendered, tuple):  # vLLM's ErrorResponse
-            raise _from_vllm_error(rendered)
-        _, engine_inputs = rendered
-        engine_input = engine_inputs[0]
-        prompt_token_ids = list(engine_input.get("prompt_token_ids") or [])
-
-        try:
-            max_tokens = get_max_tokens(
-                self.model_config.max_model_len,
-                chat_request.max_completion_tokens,
-                len(prompt_token_ids),
-                self.default_sampling,
-            )
-        except ValueError as exc:
-            raise context_length_exceeded(str(exc)) from None
+        instructions = request.get("instructions")
+        if request.get("truncation") == "auto":
+            rendered = await self._fitting(fields, instructions, items) or await self._truncate(fields, instructions, items)
+        else:
+            rendered = await self._render(fields, instructions, items)
+        chat_request, engine_input, prompt_token_ids = rendered
+        max_tokens = self._room(chat_request, prompt_token_ids)
         if max_tokens <= 0:
             raise context_length_exceeded(
                 f"The input ({len(prompt_token_ids)} tokens) leaves no room for output in the model's "
                 f"context of {self.model_config.max_model_len} tokens."
             )
         sampling_params = chat_request.to_sampling_params(max_tokens, self.default_sampling)
+        used = Sampling(
+            temperature=sampling_params.temperature,
+            top_p=sampling_params.top_p,
+            presence_penalty=sampling_params.presence_penalty,
+            frequency_penalty=sampling_params.frequency_penalty,
+        )
 
         parser = None
         reasoning_kwargs: dict[str, Any] = {}
@@ -154,9 +150,103 @@ class VllmEngine(Engine):
             if parser.reasoning_parser is not None:
                 reasoning_kwargs["reasoning_parser_kwargs"] = {"chat_template_kwargs": template_kwargs}
         return _Prepared(
-            chat_request, engine_input, prompt_token_ids, sampling_params, parser, reasoning_kwargs, top_logprobs,
+            used, chat_request, engine_input, prompt_token_ids, sampling_params, parser, reasoning_kwargs, top_logprobs,
             tools, bool(request.get("parallel_tool_calls", True)),
+            include_reasoning=request.extensions.get("include_reasoning", True) is not False,
+            engine_request_id=request.extensions.get("request_id"),
+            lora_request=lora_request,
         )
+
+    async def _adapter(self, model: str) -> LoRARequest | None:
+        """The LoRA adapter that ``model`` names, or None for the base model, as upstream's routes
+        resolve it (``_check_model`` + ``_maybe_get_adapters``): an adapter of ``--lora-modules`` or
+        ``POST /v1/load_lora_adapter``; a served name of the base model (any name with
+        ``VLLM_SKIP_MODEL_NAME_VALIDATION``); with ``VLLM_ALLOW_RUNTIME_LORA_UPDATING``, an adapter a
+        LoRA resolver plugin finds and loads. Anything else: 404 ``model_not_found``."""
+        if model in self.models.lora_requests:
+            return self.models.lora_requests[model]
+        if envs.VLLM_SKIP_MODEL_NAME_VALIDATION or self.models.is_base_model(model):
+            return None
+        if envs.VLLM_ALLOW_RUNTIME_LORA_UPDATING:
+            resolved = await self.models.resolve_lora(model)
+            if isinstance(resolved, LoRARequest):
+                return resolved
+            if resolved.error.code == HTTPStatus.BAD_REQUEST:  # found by a resolver, but it would not load
+                raise invalid_request(resolved.error.message, param="model")
+        raise model_not_found(model)
+
+    async def _render(self, fields: dict[str, Any], instructions: str | None, items: list[Any]) -> tuple[Any, Any, list[int]]:
+        """The chat request for ``items`` and the prompt the server's template makes of it."""
+        try:
+            chat_request = ChatCompletionRequest.model_validate(
+                {k: v for k, v in fields.items() if v is not None} | {"messages": chat.chat_messages(instructions, items)}
+            )
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = str(err["loc"][0]) if err["loc"] else ""
+            raise invalid_request(f"Invalid request: {err['msg']}.", param=_PARAMS.get(field, field) or None) from None
+        try:
+            rendered = await self.renderer.render_chat(chat_request)
+        except (APIError, VLLMValidationError):
+            raise
+        except Exception as exc:  # template errors, bad content: the client's input did this
+            raise invalid_request(f"The input could not be rendered with the model's chat template: {exc}", param="input") from None
+        if not isinstance(rendered, tuple):  # vLLM's ErrorResponse
+            raise _from_vllm_error(rendered)
+        engine_input = rendered[1][0]
+        return chat_request, engine_input, list(engine_input.get("prompt_token_ids") or [])
+
+    def _room(self, chat_request: Any, prompt_token_ids: list[int]) -> int:
+        """How many tokens the output may have: the request's limit within what the context leaves."""
+        try:
+            return get_max_tokens(
+                self.model_config.max_model_len, chat_request.max_completion_tokens, len(prompt_token_ids), self.default_sampling
+            )
+        except ValueError as exc:
+            raise context_length_exceeded(str(exc)) from None
+
+    async def _fitting(self, fields: dict[str, Any], instructions: str | None, items: list[Any]) -> tuple[Any, Any, list[int]] | None:
+        """:meth:`_render`, or None when the prompt leaves no room for output."""
+        try:
+            rendered = await self._render(fields, instructions, items)
+        except VLLMValidationError as exc:
+            if exc.parameter in ("input_tokens", "input_text"):
+                return None
+            raise
+        return rendered if len(rendered[2]) < self.model_config.max_model_len else None
+
+    async def _truncate(self, fields: dict[str, Any], instructions: str | None, items: list[Any]) -> tuple[Any, Any, list[int]]:
+        """``truncation: "auto"``: drop the fewest oldest items that make the prompt fit.
+
+        Instructions, system/developer messages and the last user message with everything
+        after it are never dropped; a tool call's output goes with its call.
+        """
+        last_user = max((i for i, item in enumerate(items) if _role(item) == "user"), default=len(items))
+        droppable = [i for i in range(last_user) if _role(items[i]) not in ("system", "developer")]
+
+        async def keep(count: int) -> tuple[Any, Any, list[int]] | None:
+            dropped = set(droppable[:count])
+            calls = {getattr(items[i], "call_id", None) for i in dropped if getattr(items[i], "type", None) in ("function_call", "custom_tool_call")}
+            kept = [
+                item for i, item in enumerate(items)
+                if i not in dropped and not (getattr(item, "type", "").endswith("_call_output") and getattr(item, "call_id", None) in calls)
+            ]
+            return await self._fitting(fields, instructions, kept)
+
+        low, high, best = 1, len(droppable), None  # binary search: prompts shrink as items go
+        while low <= high:
+            mid = (low + high) // 2
+            attempt = await keep(mid)
+            if attempt is not None:
+                best, high = attempt, mid - 1
+            else:
+                low = mid + 1
+        if best is None:
+            raise context_length_exceeded(
+                "The input does not fit the model's context even with every older item dropped "
+                f"(context {self.model_config.max_model_len} tokens; instructions and the last user message are kept)."
+            )
+        return best
 
     def _template_kwargs(self, chat_request: Any) -> dict[str, Any]:
         """The chat-template kwargs the renderer used, which the parsers must see too."""
@@ -169,13 +259,27 @@ class VllmEngine(Engine):
             .chat_template_kwargs
         )
 
-    async def generate(self, prepared: _Prepared, request_id: str) -> AsyncIterator[Started | Delta | Finish]:
+    async def generate(self, prepared: Prepared, request_id: str) -> AsyncIterator[Started | Delta | Finish]:
+        assert isinstance(prepared, _Prepared)
         p = prepared
+        request_id = p.engine_request_id or request_id
+        if self.request_logger is not None:
+            self.request_logger.log_inputs(
+                request_id, p.engine_input.get("prompt"), p.prompt_token_ids, None, params=p.sampling_params, lora_request=p.lora_request
+            )
         generated: list[int] = []
+        text: list[str] = []
         cached_tokens = 0
         finish_reason: str | None = None
         calls = ToolCallMapper(p.tools, parallel=p.parallel_tool_calls)
-        results = self.client.generate(p.engine_input, p.sampling_params, request_id, **p.reasoning_kwargs)
+
+        def usage() -> Usage:
+            reasoning_tokens = p.parser.count_reasoning_tokens(generated) if p.parser is not None else 0
+            return Usage(len(p.prompt_token_ids), len(generated), reasoning_tokens, cached_tokens)
+
+        results = self.client.generate(
+            p.engine_input, p.sampling_params, request_id, lora_request=p.lora_request, **p.reasoning_kwargs
+        )
         try:
             try:
                 result = await anext(results, None)
@@ -188,11 +292,13 @@ class VllmEngine(Engine):
                 output = result.outputs[0]
                 token_ids = list(output.token_ids)
                 generated += token_ids
+                if self.log_outputs:
+                    text.append(output.text)
                 finish_reason = output.finish_reason
                 if finish_reason == "error":
-                    raise EngineFailure("The engine failed while generating this response.")
+                    raise EngineFailure("The engine failed while generating this response.", usage=usage())
                 if finish_reason == "abort":  # stopped by someone else (admin, shutdown), not by our client
-                    raise EngineFailure("The generation was aborted by the server.")
+                    raise EngineFailure("The generation was aborted by the server.", usage=usage())
                 for delta in self._deltas(p, calls, output, token_ids, finished=finish_reason is not None):
                     yield delta
                 if finish_reason is not None:
@@ -202,17 +308,17 @@ class VllmEngine(Engine):
             raise
         except Exception as exc:
             logger.exception("generation %s failed", request_id)
-            raise EngineFailure(f"The engine failed while generating this response: {type(exc).__name__}.") from exc
+            raise EngineFailure(f"The engine failed while generating this response: {type(exc).__name__}.", usage=usage()) from exc
         finally:
             if finish_reason is None:
                 await self.client.abort(request_id)
         if finish_reason is None:
-            raise EngineFailure("The engine ended the generation without a finish reason.")
+            raise EngineFailure("The engine ended the generation without a finish reason.", usage=usage())
         for delta in calls.finish():
             yield delta
-        reasoning_tokens = p.parser.count_reasoning_tokens(generated) if p.parser is not None else 0
-        usage = Usage(len(p.prompt_token_ids), len(generated), reasoning_tokens, cached_tokens)
-        yield Finish("length" if finish_reason == "length" else "stop", usage)
+        if self.request_logger is not None and self.log_outputs:
+            self.request_logger.log_outputs(request_id, "".join(text), generated, finish_reason, is_streaming=False)
+        yield Finish("length" if finish_reason == "length" else "stop", usage())
 
     def _deltas(self, p: _Prepared, calls: ToolCallMapper, output: Any, token_ids: list[int], finished: bool) -> list[Delta]:
         if p.parser is None:
@@ -227,7 +333,7 @@ class VllmEngine(Engine):
         if message is None:
             return []
         deltas: list[Delta] = []
-        if message.reasoning:
+        if message.reasoning and p.include_reasoning:
             deltas.append(ReasoningDelta(message.reasoning))
         if message.content:
             deltas.append(TextDelta(message.content, _content_logprobs(self._logprobs(p, output, token_ids), message.content)))
@@ -257,6 +363,10 @@ class VllmEngine(Engine):
                 )
             )
         return result
+
+
+def _role(item: Any) -> str | None:
+    return getattr(item, "role", None) if (getattr(item, "type", None) or "message") == "message" else None
 
 
 def _content_logprobs(logprobs: list[TokenLogprob] | None, content: str) -> list[TokenLogprob] | None:

@@ -6,6 +6,7 @@ from agents import Agent, OpenAIConversationsSession, OpenAIResponsesModel, Runn
 from openai import AsyncOpenAI
 
 from demo_requests import CASES
+from sdk import wire
 from vllm_responses.conformance import assert_conforms
 
 set_tracing_disabled(True)  # no network here; traces would go to OpenAI
@@ -32,7 +33,7 @@ def test_run_streamed_with_function_tool(base_url: str) -> None:
         raw: list[dict] = []
         async for event in result.stream_events():
             if event.type == "raw_response_event":
-                raw.append(event.data.to_dict())
+                raw.append(wire(event.data))
         return result, raw
 
     result, raw = asyncio.run(run())

@@ -7,6 +7,7 @@ import pytest
 from openai import OpenAI
 
 from demo_requests import CASES, check_output
+from sdk import wire
 from vllm_responses.conformance import assert_conforms
 
 
@@ -23,7 +24,7 @@ def test_sdk_version() -> None:
 @pytest.mark.parametrize("scenario", ["default", "no_reasoning", "json", "weather_call", "two_calls", "after_tool"])
 def test_create_stream(client: OpenAI, scenario: str) -> None:
     case = CASES[scenario]
-    events = [e.to_dict() for e in client.responses.create(**case.request(), stream=True)]
+    events = [wire(e) for e in client.responses.create(**case.request(), stream=True)]
     assert_conforms(events)
     assert events[-1]["type"] == "response.completed"
     check_output(case, events[-1]["response"]["output"])

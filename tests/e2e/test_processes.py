@@ -15,7 +15,7 @@ from openai import OpenAI
 
 from demo_requests import CASES, WEATHER_TOOL
 from redis_server import RedisServer
-from sdk import sdk, wait_status
+from sdk import sdk, wait_status, wire
 from server import Server, others_paused, running
 from vllm_responses.conformance import assert_conforms, parse_sse
 from vllm_responses.routes import PROCESS_HEADER
@@ -70,7 +70,7 @@ def test_kill_9_mid_stream_then_restart(tmp_path: Path) -> None:
         for response_id in (background.id, foreground_id):
             failed = wait_status(client, response_id, ("failed",), timeout=45)  # never in_progress forever
             assert failed.error.code == "server_error"
-        events = [e.to_dict() for e in client.responses.retrieve(background.id, stream=True)]
+        events = [wire(e) for e in client.responses.retrieve(background.id, stream=True)]
         assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"
         chained = client.responses.create(model="demo", previous_response_id=done.id, tools=[WEATHER_TOOL],
                                           input=[{"type": "function_call_output", "call_id": done.output[1].call_id, "output": "Sunny"}])
@@ -114,12 +114,12 @@ def test_follow_live_and_cancel_on_the_other_replica(replicas: tuple[Server, Ser
     followed: list[dict] = []
     with b.responses.retrieve(queued.id, stream=True, starting_after=2) as stream:
         for event in stream:
-            followed.append(event.to_dict())
+            followed.append(wire(event))
             if len(followed) == 8:
                 assert b.responses.cancel(queued.id).status == "cancelled"
     assert followed[0]["sequence_number"] == 3
     assert followed[-1]["type"] == "response.incomplete" and followed[-1]["response"]["status"] == "cancelled"
-    everything = [e.to_dict() for e in a.responses.retrieve(queued.id, stream=True)]
+    everything = [wire(e) for e in a.responses.retrieve(queued.id, stream=True)]
     assert everything[3:] == followed
     assert_conforms(everything)
     deadline = time.monotonic() + 10
@@ -189,5 +189,5 @@ def test_a_replica_killed_mid_response_is_noticed_by_the_other(replicas: tuple[S
     server_a.kill()
     failed = wait_status(b, queued.id, ("failed",), timeout=45)
     assert "stopped" in failed.error.message
-    events = [e.to_dict() for e in b.responses.retrieve(queued.id, stream=True)]
+    events = [wire(e) for e in b.responses.retrieve(queued.id, stream=True)]
     assert events[-1]["type"] == "response.failed"

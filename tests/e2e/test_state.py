@@ -13,7 +13,7 @@ import pytest
 from openai import OpenAI
 
 from demo_requests import CASES, WEATHER_TOOL
-from sdk import sdk, wait_status
+from sdk import sdk, wait_status, wire
 from vllm_responses.conformance import assert_conforms
 
 PARIS = "What is the weather in Paris?"
@@ -91,11 +91,11 @@ def test_background_runs_without_a_client_and_replays(client: OpenAI) -> None:
     assert queued.status == "queued" and queued.background
     done = wait_status(client, queued.id, ("completed",))
     assert [o.type for o in done.output] == ["reasoning", "function_call"]
-    events = [e.to_dict() for e in client.responses.retrieve(queued.id, stream=True)]
+    events = [wire(e) for e in client.responses.retrieve(queued.id, stream=True)]
     assert [e["type"] for e in events[:3]] == ["response.created", "response.queued", "response.in_progress"]
     assert_conforms(events)
     for after in (0, 2, 7, len(events) - 2):
-        tail = [e.to_dict() for e in client.responses.retrieve(queued.id, stream=True, starting_after=after)]
+        tail = [wire(e) for e in client.responses.retrieve(queued.id, stream=True, starting_after=after)]
         assert tail == events[after + 1 :]
 
 
@@ -104,7 +104,7 @@ def test_cancel_a_background_response_and_follow_it_live(client: OpenAI, base_ur
     seen: list[dict] = []
     with client.responses.retrieve(queued.id, stream=True) as stream:
         for event in stream:
-            seen.append(event.to_dict())
+            seen.append(wire(event))
             if len([e for e in seen if e["type"] == "response.output_text.delta"]) == 5:
                 cancelled = client.responses.cancel(queued.id)
                 assert cancelled.status == "cancelled"
@@ -112,7 +112,7 @@ def test_cancel_a_background_response_and_follow_it_live(client: OpenAI, base_ur
     assert_conforms(seen)
     assert client.responses.cancel(queued.id).status == "cancelled"  # idempotent
     for after in (3, 10):
-        tail = [e.to_dict() for e in client.responses.retrieve(queued.id, stream=True, starting_after=after)]
+        tail = [wire(e) for e in client.responses.retrieve(queued.id, stream=True, starting_after=after)]
         assert tail == seen[after + 1 :]
     # The engine stopped: nothing is running or waiting for this response any more.
     metrics = httpx.get(f"{base_url}/metrics").text

@@ -7,7 +7,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter, ValidationError
 
 from vllm_responses.conformance import check_events
-from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
+from vllm_responses.deltas import Finish, ReasoningDelta, Sampling, TextDelta, ToolCallDelta, Usage
 from vllm_responses.protocol import initial_response, parse_request
 from vllm_responses.sse import event_json
 from vllm_responses.stream import ResponseStream, StreamOptions
@@ -17,7 +17,7 @@ EVENT = TypeAdapter(ResponseStreamEvent)
 
 def run(deltas, *, summary=False, end=None, fail=None):
     request = parse_request(json.dumps({"model": "demo", "input": "hi"}).encode())
-    stream = ResponseStream(initial_response(request, "resp_1", 1.0, "demo"), StreamOptions(reasoning_summary=summary), clock=lambda: 2.0)
+    stream = ResponseStream(initial_response(request, "resp_1", 1, "demo", Sampling()), StreamOptions(reasoning_summary=summary), clock=lambda: 2)
     events = stream.start()
     for d in deltas:
         events += stream.feed(d)
@@ -144,7 +144,7 @@ def test_delta_event_is_an_openai_model():
     from vllm_responses.stream import DeltaEvent
 
     request = parse_request(json.dumps({"model": "demo", "input": "hi"}).encode())
-    stream = ResponseStream(initial_response(request, "resp_1", 1.0, "demo"))
+    stream = ResponseStream(initial_response(request, "resp_1", 1, "demo", Sampling()))
     stream.start()
     (added, part, delta) = stream.feed(TextDelta("hi"))
     assert isinstance(delta, DeltaEvent)
@@ -154,7 +154,7 @@ def test_delta_event_is_an_openai_model():
 
 def _stream(**options):
     request = parse_request(json.dumps({"model": "demo", "input": "hi", "background": True}).encode())
-    return ResponseStream(initial_response(request, "resp_1", 1, "demo"), StreamOptions(**options), clock=lambda: 2)
+    return ResponseStream(initial_response(request, "resp_1", 1, "demo", Sampling()), StreamOptions(**options), clock=lambda: 2)
 
 
 def _wire(events):
