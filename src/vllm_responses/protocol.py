@@ -6,7 +6,7 @@ A request body is validated against ``openai.types.responses``: top-level fields
 ``openai`` release brings it.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, cast
 
@@ -37,7 +37,9 @@ class ResponsesRequest:
     custom and namespace tools are offered to the model); ``unsupported_tools`` are tools of
     types the ``openai`` package does not know: accepted, neither offered nor echoed.
     ``extensions`` holds vLLM's own request extensions (``seed``, ``stop``, ``top_k``, ...,
-    see :mod:`.parameters`) as sent; the engine adapter hands them to vLLM.
+    see :mod:`.parameters`) as sent; the engine adapter hands them to vLLM. ``headers``:
+    the HTTP headers (lower-case names) vLLM's routes read as request parameters
+    (priority, session, data-parallel rank, trace context).
     """
 
     params: dict[str, Any]
@@ -47,6 +49,7 @@ class ResponsesRequest:
     tools: list[Any] = field(default_factory=list)
     unsupported_tools: list[dict[str, Any]] = field(default_factory=list)
     extensions: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self.params.get(key)
@@ -94,7 +97,7 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def parse_request(body: bytes) -> ResponsesRequest:
+def parse_request(body: bytes, headers: Mapping[str, str] | None = None) -> ResponsesRequest:
     data = parse_json_object(body)
     model = data.get("model")
     if not isinstance(model, str) or not model:
@@ -118,6 +121,7 @@ def parse_request(body: bytes) -> ResponsesRequest:
         input=_parse_input(data.get("input"), chained=bool(params.get("previous_response_id") or params.get("conversation"))),
         **_parse_tools(data.get("tools")),
         extensions=extensions,
+        headers={k.lower(): v for k, v in (headers or {}).items()},
     )
 
 

@@ -75,7 +75,7 @@ def answers_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[...,
 async def create_response(raw: Request) -> Response:
     service = service_of(raw)
     body = await raw.body()
-    request = parse_request(body)
+    request = parse_request(body, headers=raw.headers)
     run = await service.create(request)
     service.capture_request(run.response.id, body)
     if isinstance(run, BackgroundRun):  # its frames are captured by the run itself

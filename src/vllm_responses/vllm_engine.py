@@ -21,9 +21,11 @@ from pydantic import ValidationError
 from vllm import envs
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
+from vllm.entrypoints.generate.base.serving import PRIORITY_HEADER, SESSION_ID_HEADER
 from vllm.exceptions import VLLMValidationError
 from vllm.lora.request import LoRARequest
 from vllm.parser import ParserManager
+from vllm.tracing.utils import contains_trace_headers, extract_trace_headers
 
 from .logs import get_logger
 from . import chat
@@ -58,6 +60,7 @@ class _Prepared(Prepared):
     parallel_tool_calls: bool
     include_reasoning: bool
     engine_request_id: str | None  # the client's own (vLLM's ``request_id`` extension)
+    routing: dict[str, Any]  # priority, session_id, data_parallel_rank, trace_headers
     lora_request: Any = None  # the LoRA adapter the request's ``model`` names; None: the base model
 
 
@@ -121,7 +124,10 @@ class VllmEngine(Engine):
 
         instructions = request.get("instructions")
         if request.get("truncation") == "auto":
-            rendered = await self._fitting(fields, instructions, items) or await self._truncate(fields, instructions, items)
+            # Truncated prompts leave the output its room: max_output_tokens, else a quarter of
+            # the context (at most 4,096 tokens).
+            need = request.get("max_output_tokens") or min(4096, self.model_config.max_model_len // 4)
+            rendered = await self._fitting(fields, instructions, items, need) or await self._truncate(fields, instructions, items, need)
         else:
             rendered = await self._render(fields, instructions, items)
         chat_request, engine_input, prompt_token_ids = rendered
@@ -154,6 +160,7 @@ class VllmEngine(Engine):
             tools, bool(request.get("parallel_tool_calls", True)),
             include_reasoning=request.extensions.get("include_reasoning", True) is not False,
             engine_request_id=request.extensions.get("request_id"),
+            routing=_routing(request),
             lora_request=lora_request,
         )
 
@@ -205,17 +212,17 @@ class VllmEngine(Engine):
         except ValueError as exc:
             raise context_length_exceeded(str(exc)) from None
 
-    async def _fitting(self, fields: dict[str, Any], instructions: str | None, items: list[Any]) -> tuple[Any, Any, list[int]] | None:
-        """:meth:`_render`, or None when the prompt leaves no room for output."""
+    async def _fitting(self, fields: dict[str, Any], instructions: str | None, items: list[Any], need: int) -> tuple[Any, Any, list[int]] | None:
+        """:meth:`_render`, or None when the prompt leaves less than ``need`` tokens for output."""
         try:
             rendered = await self._render(fields, instructions, items)
         except VLLMValidationError as exc:
             if exc.parameter in ("input_tokens", "input_text"):
                 return None
             raise
-        return rendered if len(rendered[2]) < self.model_config.max_model_len else None
+        return rendered if self.model_config.max_model_len - len(rendered[2]) >= need else None
 
-    async def _truncate(self, fields: dict[str, Any], instructions: str | None, items: list[Any]) -> tuple[Any, Any, list[int]]:
+    async def _truncate(self, fields: dict[str, Any], instructions: str | None, items: list[Any], need: int) -> tuple[Any, Any, list[int]]:
         """``truncation: "auto"``: drop the fewest oldest items that make the prompt fit.
 
         Instructions, system/developer messages and the last user message with everything
@@ -229,9 +236,9 @@ class VllmEngine(Engine):
             calls = {getattr(items[i], "call_id", None) for i in dropped if getattr(items[i], "type", None) in ("function_call", "custom_tool_call")}
             kept = [
                 item for i, item in enumerate(items)
-                if i not in dropped and not (getattr(item, "type", "").endswith("_call_output") and getattr(item, "call_id", None) in calls)
+                if i not in dropped and not ((getattr(item, "type", None) or "").endswith("_call_output") and getattr(item, "call_id", None) in calls)
             ]
-            return await self._fitting(fields, instructions, kept)
+            return await self._fitting(fields, instructions, kept, need)
 
         low, high, best = 1, len(droppable), None  # binary search: prompts shrink as items go
         while low <= high:
@@ -244,7 +251,8 @@ class VllmEngine(Engine):
         if best is None:
             raise context_length_exceeded(
                 "The input does not fit the model's context even with every older item dropped "
-                f"(context {self.model_config.max_model_len} tokens; instructions and the last user message are kept)."
+                f"(context {self.model_config.max_model_len} tokens, {need} of them kept for output; instructions and "
+                "the last user message are kept)."
             )
         return best
 
@@ -278,7 +286,7 @@ class VllmEngine(Engine):
             return Usage(len(p.prompt_token_ids), len(generated), reasoning_tokens, cached_tokens)
 
         results = self.client.generate(
-            p.engine_input, p.sampling_params, request_id, lora_request=p.lora_request, **p.reasoning_kwargs
+            p.engine_input, p.sampling_params, request_id, lora_request=p.lora_request, **p.routing, **p.reasoning_kwargs
         )
         try:
             try:
@@ -363,6 +371,31 @@ class VllmEngine(Engine):
                 )
             )
         return result
+
+
+def _routing(request: ResponsesRequest) -> dict[str, Any]:
+    """What vLLM's routes hand the engine beside the sampling parameters, read as they read
+    it: the priority header over the body's ``priority``, the body's ``session_id`` over the
+    header (then ``vllm_xargs``), the data-parallel rank header, the trace context."""
+    headers = request.headers
+    ext = request.extensions
+    session_id = ext.get("session_id") or headers.get(SESSION_ID_HEADER.lower())
+    xargs = ext.get("vllm_xargs") or {}
+    if not session_id and isinstance(xargs.get("session_id"), str):
+        session_id = xargs["session_id"]
+    return {
+        "priority": _int(headers.get(PRIORITY_HEADER.lower()), ext.get("priority", 0)),
+        "session_id": session_id or None,
+        "data_parallel_rank": _int(headers.get("x-data-parallel-rank"), None),
+        "trace_headers": extract_trace_headers(headers) if contains_trace_headers(headers) else None,
+    }
+
+
+def _int(value: str | None, default: Any) -> Any:
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
 
 
 def _role(item: Any) -> str | None:
