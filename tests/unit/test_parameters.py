@@ -129,3 +129,17 @@ async def test_failed_response_carries_the_usage_so_far():
     failed = events[-1]["response"]
     assert failed["status"] == "failed" and failed["completed_at"] is None
     assert (failed["usage"]["input_tokens"], failed["usage"]["output_tokens"]) == (12, 3)
+
+
+def test_docs_table_names_every_parameter():
+    """docs/events.md's table stays true: every field the openai package knows and every
+    class in parameters.py is named there."""
+    from pathlib import Path
+
+    from openai.types.responses.response_create_params import ResponseCreateParamsBase
+
+    docs = (Path(__file__).parents[2] / "docs" / "events.md").read_text()
+    section = docs[docs.index("## Request parameters") : docs.index("## The response object")]
+    names = set(ResponseCreateParamsBase.__annotations__) | set(NO_EFFECT) | set(REFUSED) | set(CHAT_HABITS) | VLLM_EXTENSIONS
+    missing = sorted(name for name in names if f"`{name}`" not in section)
+    assert not missing, f"docs/events.md does not describe: {missing}"
