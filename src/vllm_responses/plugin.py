@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from .logs import get_logger
 from . import conversations, routes
 from .sealing import ReasoningSealer
-from .service import ResponsesService
+from .service import ResponsesService, warm_up
 from .settings import REASONING_KEYS, Settings
 from .store import StoreUnavailable, open_store
 
@@ -58,6 +58,7 @@ class ResponsesPlugin:
             logger.info("responses store: %s", _redact(settings.store_url))
         except StoreUnavailable as exc:
             logger.error("responses store %s is unavailable (%s); requests that need it answer 503 until it is back", _redact(settings.store_url), exc)
+        warm_up()
         service.start()
         state.vllm_responses = service
 

@@ -19,12 +19,13 @@ from openai.types.responses import Response
 from .logs import get_logger
 from .backend import Engine
 from .background import BackgroundRun, BackgroundRuns, Logged, abandon, follow_stored
-from .deltas import Delta, Finish, Started
+from .deltas import Delta, Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, ToolCallDelta, Usage
 from .errors import APIError, EngineFailure, invalid_request, not_found, store_unavailable
 from .history import Context, History
 from .ids import new_id
 from .items import stored_response
-from .protocol import ResponsesRequest, initial_response
+from .protocol import ResponsesRequest, initial_response, parse_request
+from .sse import event_json
 from .sealing import ReasoningSealer
 from .store import Store, StoredResponse, StoreUnavailable
 from .store.base import RUNNING_STATUSES
@@ -302,6 +303,33 @@ class ResponsesService:
         record = await self.record(response_id, with_input=True)
         return record.input_items or []
 
+
+
+def warm_up() -> None:
+    """Build, once, what the first response would otherwise build while its engine runs
+    ahead: the ``openai`` models' validators and each event type's serialization (about
+    half a second here, during which a first stream used to arrive in one lump)."""
+    request = parse_request(
+        b'{"model": "warm-up", "input": "hi", "reasoning": {"summary": "auto"}, "tools": [{"type": "function", "name": "f", '
+        b'"parameters": {}}, {"type": "custom", "name": "c"}], "include": ["message.output_text.logprobs"]}'
+    )
+    stream = ResponseStream(
+        initial_response(request, "resp_warm_up", 0, "warm-up", Sampling()),
+        StreamOptions(reasoning_summary=True, logprobs=True),
+        clock=lambda: 0,
+    )
+    events = stream.start()
+    for delta in (
+        ReasoningDelta("."),
+        TextDelta(".", [TokenLogprob(".", 0.0, [46])]),
+        ToolCallDelta(0, "{}", name="f", call_id="call_f"),
+        ToolCallDelta(1, ".", name="c", call_id="call_c", custom=True),
+    ):
+        events += stream.feed(delta)
+    events += stream.finish(Finish("stop", Usage()))
+    for event in events:
+        event_json(event)
+    stored_response(stream.response)
 
 
 _SPAWNED: set[asyncio.Future[None]] = set()
