@@ -72,6 +72,14 @@ def response_problems(response: dict[str, Any]) -> list[str]:
     return _problems(spec.ResponseResource, _spec_view(response))
 
 
+def error_problems(body: dict[str, Any]) -> list[str]:
+    """Where an HTTP error body (``{"error": {...}}``) departs from the specification's
+    error payload."""
+    if not isinstance(body.get("error"), dict):
+        return ["no `error` object"]
+    return _problems(spec.ErrorPayload, body["error"])
+
+
 def _spec_view(response: dict[str, Any]) -> dict[str, Any]:
     """The response without the OpenAI extensions the specification does not define."""
     view = {

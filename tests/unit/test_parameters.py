@@ -11,6 +11,7 @@ from vllm_responses.chat import chat_tools
 from vllm_responses.conformance import check_events, check_response, parse_sse
 from vllm_responses.deltas import Finish, TextDelta
 from vllm_responses.errors import APIError
+from vllm_responses.open_responses import error_problems
 from vllm_responses.parameters import CHAT_HABITS, NO_EFFECT, REFUSED, VLLM_EXTENSIONS
 from vllm_responses.protocol import parse_request, strict_compatible
 
@@ -23,6 +24,7 @@ def refused(**body) -> APIError:
     with pytest.raises(APIError) as info:
         parse(**body)
     assert info.value.status == 400
+    assert error_problems(json.loads(info.value.json())) == []  # the Open Responses error shape
     return info.value
 
 
