@@ -115,6 +115,14 @@ def test_sampling_values_are_reported_and_bad_extensions_are_400(base_url: str) 
     assert r.status_code == 400 and "max_output_tokens" in r.json()["error"]["message"]
 
 
+def test_stored_responses_are_exact_too(base_url: str) -> None:
+    created = ok(base_url, {"model": "demo", "input": "Hello there", "metadata": {"k": "v"}})
+    retrieved = httpx.get(f"{base_url}/v1/responses/{created['id']}", timeout=30).json()
+    assert check_response(retrieved) == [] and retrieved == created
+    queued = ok(base_url, {"model": "demo", "input": "Hello there", "background": True})
+    assert queued["status"] == "queued" and queued["completed_at"] is None
+
+
 # -- on a server with upstream's other flags ----------------------------------------------------
 @pytest.fixture(scope="module")
 def flagged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
@@ -190,4 +198,5 @@ def test_priority_scheduling(flagged: Server) -> None:
         for f in (block, low, high):
             f.result()
     assert finished == ["high", "low"]
+
 
