@@ -98,6 +98,15 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
 
 
 def parse_request(body: bytes, headers: Mapping[str, str] | None = None) -> ResponsesRequest:
+    try:
+        return _parse_request(body, headers)
+    except RecursionError:
+        raise invalid_request(
+            "The request is nested too deeply to be processed.", code="nested_too_deeply"
+        ) from None
+
+
+def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesRequest:
     data = parse_json_object(body)
     model = data.get("model")
     if not isinstance(model, str) or not model:

@@ -145,3 +145,18 @@ def test_docs_table_names_every_parameter():
     names = set(ResponseCreateParamsBase.__annotations__) | set(NO_EFFECT) | set(REFUSED) | set(CHAT_HABITS) | VLLM_EXTENSIONS
     missing = sorted(name for name in names if f"`{name}`" not in section)
     assert not missing, f"docs/events.md does not describe: {missing}"
+
+
+@pytest.mark.parametrize("where", ["tools", "text", "metadata", "input"])
+def test_deeply_nested_requests_are_a_400_not_a_recursion_error(where):
+    nested = '{"type":"object","properties":{"a":' * 500 + "{}" + "}}" * 500
+    body = {
+        "tools": '{"model":"demo","input":"hi","tools":[{"type":"function","name":"f","parameters":%s}]}',
+        "text": '{"model":"demo","input":"hi","text":{"format":{"type":"json_schema","name":"x","schema":%s}}}',
+        "metadata": '{"model":"demo","input":"hi","metadata":%s}',
+        "input": '{"model":"demo","input":[{"role":"user","content":[{"type":"input_text","text":"x","extra":%s}]}]}',
+    }[where] % nested
+    try:
+        parse_request(body.encode())
+    except APIError as error:
+        assert error.status == 400 and error_problems(json.loads(error.json())) == []
