@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from .errors import invalid_request, not_found
 from .ids import new_id
 from .protocol import parse_items, parse_json_object
-from .routes import answers_errors, include_param, item_list, json_response, list_params, service_of
+from .routes import answers_errors, include_param, item_list, json_response, list_params, read_body, service_of
 from .service import ResponsesService, store_call
 
 router = APIRouter()
@@ -25,7 +25,7 @@ _METADATA_KEYS, _METADATA_KEY_LEN, _METADATA_VALUE_LEN = 16, 64, 512
 
 
 async def _body(raw: Request) -> dict[str, Any]:
-    text = await raw.body()
+    text = await read_body(raw)
     return parse_json_object(text) if text.strip() else {}
 
 

@@ -84,5 +84,13 @@ def store_unavailable(detail: str) -> APIError:
     )
 
 
+def request_too_large(limit: int) -> APIError:
+    return APIError(
+        f"The request body is larger than this server accepts ({limit} bytes).",
+        status=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        code="request_too_large",
+    )
+
+
 def not_found(what: str, ident: str, param: str | None, code: str | None) -> APIError:
     return APIError(f"{what} with id '{ident}' not found.", status=HTTPStatus.NOT_FOUND, param=param, code=code)

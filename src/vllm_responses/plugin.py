@@ -52,6 +52,7 @@ class ResponsesPlugin:
             sealer,
             capture_dir=settings.capture_dir,
             lease_s=settings.lease_s,
+            max_body_bytes=settings.max_body_bytes,
         )
         try:
             await service.store.heartbeat(service.owner, settings.lease_s)

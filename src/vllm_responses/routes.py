@@ -18,7 +18,7 @@ from openai.types.responses import ResponseIncludable
 from .logs import get_logger
 from . import __version__
 from .background import BackgroundRun, Logged
-from .errors import APIError, invalid_request
+from .errors import APIError, invalid_request, request_too_large
 from .items import page
 from .protocol import dump_json, parse_request
 from .service import ResponsesService
@@ -50,6 +50,22 @@ def service_of(request: Request) -> ResponsesService:
     return service
 
 
+async def read_body(raw: Request) -> bytes:
+    """The request body, refused with a 413 as soon as it is known to exceed the limit
+    (by its ``Content-Length``, or while it streams in)."""
+    limit = service_of(raw).max_body_bytes
+    declared = raw.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise request_too_large(limit)
+    chunks, size = [], 0
+    async for chunk in raw.stream():
+        size += len(chunk)
+        if size > limit:
+            raise request_too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def answers_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:
     """Every failure a route meets becomes an OpenAI-shaped error body, never a traceback."""
 
@@ -74,7 +90,7 @@ def answers_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[...,
 @answers_errors
 async def create_response(raw: Request) -> Response:
     service = service_of(raw)
-    body = await raw.body()
+    body = await read_body(raw)
     request = parse_request(body, headers=raw.headers)
     run = await service.create(request)
     service.capture_request(run.response.id, body)

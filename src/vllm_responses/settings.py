@@ -20,6 +20,8 @@ MAX_CONVERSATIONS = "VLLM_RESPONSES_STORE_MAX_CONVERSATIONS"
 REASONING_KEYS = "VLLM_RESPONSES_REASONING_KEYS"
 LEASE = "VLLM_RESPONSES_LEASE_SECONDS"
 CAPTURE_DIR = "VLLM_RESPONSES_CAPTURE_DIR"
+MAX_BODY = "VLLM_RESPONSES_MAX_BODY_BYTES"
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Settings:
     ``lease_s``: a process that has not proved it is alive for this long is dead, and the
     responses it was running are marked failed.
     ``capture_dir``: debugging aid, every stream is also written there.
+    ``max_body_bytes``: larger request bodies are refused (413) before they are read whole.
     """
 
     store_url: str = field(default_factory=default_url)
@@ -38,6 +41,7 @@ class Settings:
     reasoning_keys: tuple[bytes, ...] = ()
     lease_s: float = 10.0
     capture_dir: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -52,6 +56,7 @@ class Settings:
             reasoning_keys=_keys(env.get(REASONING_KEYS, "")),
             lease_s=_number(env, LEASE, 10.0, float, minimum=1.0),
             capture_dir=env.get(CAPTURE_DIR) or None,
+            max_body_bytes=int(_number(env, MAX_BODY, DEFAULT_MAX_BODY, int, minimum=1024)),
         )
 
 

@@ -146,3 +146,25 @@ async def test_capture_writes_every_response(tmp_path):
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_oversized_bodies_are_413_before_being_read_whole():
+    app = make_app(ScriptedEngine(SCRIPT))
+    app.state.vllm_responses.max_body_bytes = 2048
+    transport = httpx.ASGITransport(app=app)
+    big = json.dumps({"model": "demo", "input": "x" * 4096})
+
+    async def chunks():
+        for i in range(0, len(big), 512):
+            yield big[i : i + 512].encode()
+
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for path in ("/v1/responses", "/v1/conversations"):
+            declared = await client.post(path, content=big, headers={"content-type": "application/json"})
+            streamed = await client.post(path, content=chunks(), headers={"content-type": "application/json"})
+            for r in (declared, streamed):
+                assert r.status_code == 413, (path, r.text)
+                assert r.json()["error"]["code"] == "request_too_large"
+        small = await client.post("/v1/responses", json={"model": "demo", "input": "hi"})
+        assert small.status_code == 200
