@@ -133,6 +133,7 @@ class ResponsesService:
         owner: str | None = None,
         capture_dir: str | Path | None = None,
         lease_s: float = 10.0,
+        max_body_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -140,6 +141,7 @@ class ResponsesService:
         self.history = History(store, self.sealer)
         self.owner = owner or new_id("owner")
         self.capture_dir = Path(capture_dir) if capture_dir else None
+        self.max_body_bytes = max_body_bytes
         self.background = BackgroundRuns(self)
         self.keeper = Keeper(self, lease_s)
 
