@@ -7,8 +7,10 @@ a model's template sees a multi-turn tool conversation in its native form.
 
 import json
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
+from . import files
 from .errors import invalid_request
 
 # A custom (freeform) tool is shown to the model as a function taking one string.
@@ -96,46 +98,128 @@ def chat_tools(tools: list[Any]) -> ChatTools:
     return out
 
 
-def _text_of(content: Any) -> str:
+class _FileText:
+    """An ``input_file`` part whose text :func:`inline_files` already extracted."""
+
+    type = "file_text"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _image_part(part: Any, param: str, accepts_images: bool) -> dict[str, Any]:
+    """An ``input_image`` part as the chat ``image_url`` part vLLM's multimodal path loads.
+
+    ``detail`` is accepted and not passed on: the model's own processor decides the resolution.
+    """
+    url = getattr(part, "image_url", None)
+    if not url and getattr(part, "file_id", None):
+        raise invalid_request(
+            "Images by `file_id` are not supported: this server has no Files API. Send the image as `image_url`: "
+            "an http(s) URL or a base64 `data:` URL.",
+            param=f"{param}.file_id",
+            code="unsupported_value",
+        )
+    if not url:
+        raise invalid_request(
+            "An `input_image` part needs an `image_url`: an http(s) URL or a base64 `data:` URL.",
+            param=f"{param}.image_url",
+            code="missing_required_parameter",
+        )
+    if not accepts_images:
+        raise invalid_request(
+            "This model does not accept images: it is a text-only model. Send `input_image` parts to a vision model.",
+            param=param,
+            code="unsupported_value",
+        )
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _content(content: Any, param: str, accepts_images: bool = True) -> str | list[dict[str, Any]]:
+    """Content parts (a message's, or a tool call's output) as chat content.
+
+    Text-only content collapses to a string (every template reads that): text parts joined as
+    they are, a file's text (:mod:`.files`) on lines of its own. With an image the parts stay
+    parts, images as ``image_url`` parts.
+    """
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    parts = []
-    for part in content:
-        text = part.get("text") if isinstance(part, dict) else getattr(part, "text", None)
-        if isinstance(text, str):
-            parts.append(text)
-    return "".join(parts)
-
-
-def _content(content: Any) -> str | list[dict[str, Any]]:
-    """Text-only content collapses to a string (every template reads that); images stay parts."""
-    if isinstance(content, str):
-        return content
     parts: list[dict[str, Any]] = []
+    blocks: list[bool] = []  # per part: a file's text, which goes on lines of its own
     has_image = False
-    for part in content or []:
+    for j, part in enumerate(content):
+        part = _namespace(part)  # a plain dict part, too
         kind = getattr(part, "type", None)
+        where = f"{param}[{j}]"
         if kind in ("input_text", "output_text"):
-            parts.append({"type": "text", "text": part.text})
+            parts.append({"type": "text", "text": getattr(part, "text", None) or ""})
         elif kind == "refusal":
-            parts.append({"type": "text", "text": part.refusal})
+            parts.append({"type": "text", "text": getattr(part, "refusal", None) or ""})
         elif kind == "input_image":
-            url = getattr(part, "image_url", None)
-            if not url:
-                raise invalid_request("Only `image_url` images are supported in input.", param="input", code="unsupported_value")
-            parts.append({"type": "image_url", "image_url": {"url": url}})
+            parts.append(_image_part(part, where, accepts_images))
             has_image = True
+        elif kind == "input_file":
+            parts.append({"type": "text", "text": files.file_block(part, where)})
+        elif kind == _FileText.type:
+            parts.append({"type": "text", "text": part.text})
         else:
-            raise invalid_request(f"Input content of type '{kind}' is not supported.", param="input", code="unsupported_value")
+            raise invalid_request(f"Input content of type '{kind}' is not supported.", param=where, code="unsupported_value")
+        blocks.append(kind in ("input_file", _FileText.type))
     if has_image:
         return parts
-    return "".join(p["text"] for p in parts)
+    text = ""
+    for j, part in enumerate(parts):
+        if j and (blocks[j] or blocks[j - 1]):
+            text += "\n"
+        text += part["text"]
+    return text
 
 
-def chat_messages(instructions: str | None, items: list[Any]) -> list[dict[str, Any]]:
+def has_files(items: list[Any]) -> bool:
+    """Whether any message or tool output among ``items`` holds an ``input_file`` part."""
+    return any(_type(part) == "input_file" for item in items for part in _parts(item))
+
+
+def inline_files(items: list[Any]) -> list[Any]:
+    """``items`` with the text of every ``input_file`` part extracted once (decoding and PDF
+    extraction are CPU work: the engine adapter runs this in a thread, before rendering).
+    Items without files are returned as they are; the others are copies."""
+    out = []
+    for i, item in enumerate(items):
+        field = "output" if (getattr(item, "type", None) or "").endswith("_call_output") else "content"
+        parts = _parts(item)
+        if not any(_type(part) == "input_file" for part in parts):
+            out.append(item)
+            continue
+        replaced = [
+            _FileText(files.file_block(_namespace(part), f"input[{i}].{field}[{j}]")) if _type(part) == "input_file" else part
+            for j, part in enumerate(parts)
+        ]
+        out.append(item.model_copy(update={field: replaced}))
+    return out
+
+
+def _type(part: Any) -> Any:
+    return part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
+
+
+def _namespace(part: Any) -> Any:
+    return SimpleNamespace(**part) if isinstance(part, dict) else part
+
+
+def _parts(item: Any) -> list[Any]:
+    kind = getattr(item, "type", None) or "message"
+    value = getattr(item, "output", None) if kind.endswith("_call_output") else getattr(item, "content", None) if kind == "message" else None
+    return value if isinstance(value, list) else []
+
+
+def chat_messages(instructions: str | None, items: list[Any], accepts_images: bool = True) -> list[dict[str, Any]]:
     """The chat conversation a template renders.
+
+    ``accepts_images``: whether the model takes images (a text-only model answers an
+    ``input_image`` with a 400 naming the part, before anything is loaded).
 
     Reasoning items become the ``reasoning`` of the assistant turn they precede (vLLM hands it
     to the template as ``reasoning`` and ``reasoning_content``), so a template that renders
@@ -174,10 +258,11 @@ def chat_messages(instructions: str | None, items: list[Any]) -> list[dict[str, 
         if kind not in ("function_call", "custom_tool_call") and not (kind == "message" and item.role == "assistant") and reasoning:
             assistant("")  # reasoning that ended its turn without an answer
         if kind == "message":
+            content = _content(item.content, f"input[{i}].content", accepts_images)
             if item.role == "assistant":
-                assistant(_content(item.content))
+                assistant(content)
             else:
-                messages.append({"role": "system" if item.role == "developer" else item.role, "content": _content(item.content)})
+                messages.append({"role": "system" if item.role == "developer" else item.role, "content": content})
         elif kind in ("function_call", "custom_tool_call"):
             if kind == "function_call":
                 arguments = item.arguments
@@ -188,7 +273,9 @@ def chat_messages(instructions: str | None, items: list[Any]) -> list[dict[str, 
                 {"id": item.call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             )
         elif kind in ("function_call_output", "custom_tool_call_output"):
-            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": _text_of(item.output)})
+            # A list output (text, images, files) keeps its parts, as chat tool messages may.
+            content = _content(item.output, f"input[{i}].output", accepts_images)
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
         else:
             raise invalid_request(
                 f"Input items of type '{kind}' are not supported by this server.",

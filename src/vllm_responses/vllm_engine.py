@@ -11,18 +11,21 @@ outputs (``text.format``), ``tool_choice`` enforcement and sampling defaults are
 upstream's.
 """
 
+import asyncio
 from argparse import Namespace
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+from aiohttp import ClientError
+from jinja2 import TemplateError
 from pydantic import ValidationError
 from vllm import envs
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
 from vllm.entrypoints.generate.base.serving import PRIORITY_HEADER, SESSION_ID_HEADER
-from vllm.exceptions import VLLMValidationError
+from vllm.exceptions import VLLMUnprocessableEntityError, VLLMValidationError
 from vllm.lora.request import LoRARequest
 from vllm.parser import ParserManager
 from vllm.tracing.utils import contains_trace_headers, extract_trace_headers
@@ -84,6 +87,9 @@ class VllmEngine(Engine):
             tokenizer=self.tokenizer,
         )
         self.default_sampling = self.model_config.get_diff_sampling_param()
+        # A text-only model answers images with a 400 before anything is loaded (vLLM would fail
+        # deep in its multimodal path).
+        self.accepts_images = bool(getattr(self.model_config, "is_multimodal_model", False))
         # ``--enable-log-requests`` / ``--enable-log-outputs``, as on upstream's routes.
         self.request_logger = getattr(self.renderer, "request_logger", None)
         self.log_outputs = bool(getattr(args, "enable_log_outputs", False))
@@ -96,6 +102,8 @@ class VllmEngine(Engine):
 
     async def _prepare(self, request: ResponsesRequest, items: list[Any]) -> _Prepared:
         lora_request = await self._adapter(request.model)
+        if chat.has_files(items):  # decoding and PDF text extraction: once, off the event loop
+            items = await asyncio.to_thread(chat.inline_files, items)
         tool_choice = request.get("tool_choice", "auto")
         tools = chat.chat_tools(request.tools)
         if isinstance(tool_choice, dict) and tool_choice.get("type") == "allowed_tools":
@@ -184,10 +192,9 @@ class VllmEngine(Engine):
 
     async def _render(self, fields: dict[str, Any], instructions: str | None, items: list[Any]) -> tuple[Any, Any, list[int]]:
         """The chat request for ``items`` and the prompt the server's template makes of it."""
+        messages = chat.chat_messages(instructions, items, accepts_images=self.accepts_images)
         try:
-            chat_request = ChatCompletionRequest.model_validate(
-                {k: v for k, v in fields.items() if v is not None} | {"messages": chat.chat_messages(instructions, items)}
-            )
+            chat_request = ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None} | {"messages": messages})
         except ValidationError as exc:
             err = exc.errors()[0]
             field = str(err["loc"][0]) if err["loc"] else ""
@@ -196,7 +203,11 @@ class VllmEngine(Engine):
             rendered = await self.renderer.render_chat(chat_request)
         except (APIError, VLLMValidationError):
             raise
+        except (VLLMUnprocessableEntityError, ClientError, TimeoutError) as exc:  # an image URL: 4xx, unreachable, too slow
+            raise _image_error(exc, "invalid_image_url") from None
         except Exception as exc:  # template errors, bad content: the client's input did this
+            if _has_images(messages) and not isinstance(exc, TemplateError):  # vLLM's media loading or processing
+                raise _image_error(exc, "invalid_image") from None
             raise invalid_request(f"The input could not be rendered with the model's chat template: {exc}", param="input") from None
         if not isinstance(rendered, tuple):  # vLLM's ErrorResponse
             raise _from_vllm_error(rendered)
@@ -396,6 +407,19 @@ def _int(value: str | None, default: Any) -> Any:
         return int(value) if value is not None else default
     except ValueError:
         return default
+
+
+def _has_images(messages: list[dict[str, Any]]) -> bool:
+    return any(
+        isinstance(part, dict) and part.get("type") == "image_url"
+        for m in messages if isinstance(m.get("content"), list)
+        for part in m["content"]
+    )
+
+
+def _image_error(exc: Exception, code: str) -> APIError:
+    """An image vLLM could not load (fetch or decode), as a 400 the client can act on."""
+    return invalid_request(f"An image in the input could not be loaded: {exc or type(exc).__name__}", param="input", code=code)
 
 
 def _role(item: Any) -> str | None:
