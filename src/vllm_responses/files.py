@@ -32,13 +32,17 @@ MAX_FILE_CHARS = 1_000_000  # the text one file gives the model (~250k tokens of
 MAX_PDF_PAGES = 500
 
 TEXT_EXTENSIONS = frozenset(
-    """
-    txt text md markdown rst adoc org tex log csv tsv json jsonl ndjson yaml yml toml ini cfg conf
-    env properties xml html htm xhtml css scss sass less svg py pyi ipynb js mjs cjs jsx ts tsx
-    java kt kts scala groovy gradle c h cc cpp cxx hpp hh hxx m mm cs fs go rs rb php pl pm lua r
-    jl swift dart ex exs erl hrl hs ml mli clj cljs elm vue svelte sh bash zsh fish ps1 bat cmd sql
-    graphql gql proto thrift diff patch dockerfile makefile cmake mk tf hcl nix bzl vim
-    """.split()
+    {
+        "txt", "text", "md", "markdown", "rst", "adoc", "org", "tex", "log", "csv", "tsv", "json",
+        "jsonl", "ndjson", "yaml", "yml", "toml", "ini", "cfg", "conf", "env", "properties", "xml",
+        "html", "htm", "xhtml", "css", "scss", "sass", "less", "svg", "py", "pyi", "ipynb", "js", "mjs",
+        "cjs", "jsx", "ts", "tsx", "java", "kt", "kts", "scala", "groovy", "gradle", "c", "h", "cc",
+        "cpp", "cxx", "hpp", "hh", "hxx", "m", "mm", "cs", "fs", "go", "rs", "rb", "php", "pl", "pm",
+        "lua", "r", "jl", "swift", "dart", "ex", "exs", "erl", "hrl", "hs", "ml", "mli", "clj", "cljs",
+        "elm", "vue", "svelte", "sh", "bash", "zsh", "fish", "ps1", "bat", "cmd", "sql", "graphql",
+        "gql", "proto", "thrift", "diff", "patch", "dockerfile", "makefile", "cmake", "mk", "tf", "hcl",
+        "nix", "bzl", "vim"
+    }
 )
 # Files whose names alone say they are text.
 TEXT_NAMES = frozenset({"dockerfile", "makefile", "readme", "license", "changelog", "gemfile", "procfile", "notice"})
@@ -124,10 +128,10 @@ def decode_file_data(file_data: str, param: str = "file_data") -> tuple[bytes, s
 def file_kind(filename: str | None, mime: str | None) -> str | None:
     """``"pdf"``, ``"text"`` or None (not supported), from the name and the MIME type."""
     name = PurePosixPath((filename or "").replace("\\", "/")).name.lower()
-    ext = name.rsplit(".", 1)[1] if "." in name.lstrip(".") else ""
+    ext = name.rsplit(".", 1)[1] if "." in name else ""  # ".env" → "env"
     if ext == "pdf" or mime == PDF_MIME_TYPE:
         return "pdf"
-    if ext in TEXT_EXTENSIONS or (not ext and name.lstrip(".") in TEXT_NAMES):
+    if ext in TEXT_EXTENSIONS or name in TEXT_NAMES:
         return "text"
     if mime is not None and (mime.startswith("text/") or mime in TEXT_MIME_TYPES):
         return "text"

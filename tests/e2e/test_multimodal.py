@@ -20,11 +20,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from openai import OpenAI
-
 from media import b64, data_url, pdf_bytes, png_data_url
 from sdk import sdk
 from server import Server, demo_model_dir, others_paused, running
+
 from vllm_responses.conformance import assert_conforms, parse_sse
 from vllm_responses.demo_model import scenarios as sc
 from vllm_responses.demo_model.vision import IMAGE_TOKENS, SERVE_ARGS, build_vision

@@ -6,8 +6,8 @@ import json
 from types import SimpleNamespace
 
 import pytest
-
 from media import b64, data_url, pdf_bytes, png_data_url
+
 from vllm_responses import files
 from vllm_responses.chat import chat_messages, has_files, inline_files
 from vllm_responses.errors import APIError
@@ -82,7 +82,7 @@ def test_file_size_limit(monkeypatch):
         ("report.pdf", None, "pdf"), ("REPORT.PDF", None, "pdf"), (None, "application/pdf", "pdf"), ("x.bin", "application/pdf", "pdf"),
         ("notes.txt", None, "text"), ("README.md", None, "text"), ("data.json", None, "text"), ("table.csv", None, "text"),
         ("main.py", None, "text"), ("lib.rs", None, "text"), ("dir/sub/app.tsx", None, "text"), ("Makefile", None, "text"),
-        ("Dockerfile", None, "text"), (None, "text/markdown", "text"), (None, "application/json", "text"), ("blob", "text/x-c", "text"),
+        ("Dockerfile", None, "text"), (".env", None, "text"), ("LICENSE", None, "text"), (None, "text/markdown", "text"), (None, "application/json", "text"), ("blob", "text/x-c", "text"),
         ("photo.png", None, None), ("doc.docx", None, None), ("a.zip", "application/zip", None), (None, "image/png", None),
         ("noext", None, None), (None, None, None),
     ],
@@ -92,7 +92,7 @@ def test_file_kind(name, mime, kind):
 
 
 def test_text_files():
-    assert files.file_text("a,b\n1,2\n".encode(), "t.csv", None) == "a,b\n1,2\n"
+    assert files.file_text(b"a,b\n1,2\n", "t.csv", None) == "a,b\n1,2\n"
     assert files.file_text("\ufeffé".encode(), "t.txt", None) == "é"  # the BOM goes
     e = error(files.file_text, b"\xff\xfe\x00a", "t.txt", None, "input[0].content[0]")
     assert (e.code, e.param) == ("unsupported_value", "input[0].content[0]") and "UTF-8" in e.message

@@ -10,7 +10,7 @@ input (``input_image`` parts, images in tool outputs) can be tested end to end:
 - the tokenizer gains one special token, ``<image>`` (the id after the last one), and the
   embedding and ``lm_head`` one zero row for it (it is never generated);
 - the vision tower is a CLIP ViT of one layer (hidden 32, two heads, 32×32 pixels in
-  16×16 patches, zeros with unit layer norms) and the projector is zero: every image
+  16×16 patches; zero weights, unit layer norms) and the projector is zero: every image
   becomes :data:`IMAGE_TOKENS` = 4 placeholder tokens (``(32/16)²`` patches, the CLS
   feature dropped by the ``default`` feature strategy) whose features are zero vectors.
   A zero feature has a zero key, so it never wins the scenario-token attention and the
@@ -19,10 +19,18 @@ input (``input_image`` parts, images in tool outputs) can be tested end to end:
   (``usage.input_tokens`` counts them), and the encoder runs on it;
 - processor files: ``preprocessor_config.json`` (``CLIPImageProcessor``: shortest edge
   resized to 32, centre crop 32×32, CLIP's mean/std) and ``processor_config.json``
-  (``LlavaProcessor``: patch 16, ``default`` strategy, one additional (CLS) token).
+  (``LlavaProcessor``: patch 16, ``default`` strategy, one additional (CLS) token);
+- the chat template is the demo template whose ``text_of`` macro also writes ``<image>``
+  for an image part (:func:`vision_template`).
 
-No hub access is needed; the only randomness is none (every weight is 0 or 1), so two
-builds from the same base are byte-identical.
+Serve it with the demo model's flags plus :data:`SERVE_ARGS`: ``--model-impl transformers``
+(vLLM's own Llava module imports torchvision, which the CPU install leaves out; the
+Transformers backend runs transformers' Llava) and ``--chat-template-content-format
+openai`` (the Transformers backend declares no placeholder string, so the template has to
+see the image parts and write ``<image>`` itself).
+
+Nothing is random (every new weight is 0 or 1) and no hub is needed: two builds from the
+same base are byte-identical.
 """
 
 from __future__ import annotations
