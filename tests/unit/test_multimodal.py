@@ -278,8 +278,11 @@ def test_vision_checkpoint(vision):
     config = json.loads((out / "config.json").read_text())
     base_config = json.loads((base / "config.json").read_text())
     assert config["architectures"] == ["LlavaForConditionalGeneration"]
-    assert config["image_token_index"] == result.image_token_id == base_config["vocab_size"]
-    assert config["text_config"]["vocab_size"] == result.vocab_size == base_config["vocab_size"] + 1
+    from tokenizers import Tokenizer
+
+    base_vocab = Tokenizer.from_file(str(base / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    assert config["image_token_index"] == result.image_token_id == base_vocab  # the id after the last one
+    assert config["text_config"]["vocab_size"] == result.vocab_size == max(base_config["vocab_size"], base_vocab + 1)
     assert config["text_config"]["hidden_size"] == base_config["hidden_size"]
 
     # the language model is the demo model's, row for row; the image token's rows are zero
