@@ -189,17 +189,30 @@ def parse_items(raw: list[Any], where: str) -> list[Any]:
 
 
 def _lenient_item(item: Any) -> Any:
-    """Accept assistant messages echoed without the fields only output items carry.
+    """Accept what OpenAI accepts and the ``openai`` types are stricter about.
 
     Clients replay earlier answers as ``{"role": "assistant", "content": [{"type":
-    "output_text", "text": ...}]}``; OpenAI accepts that, so do we.
+    "output_text", "text": ...}]}``, without the fields only output items carry; and an
+    ``input_image`` may leave out ``detail`` (``auto`` by OpenAI's docs), in a message or in a
+    tool output.
     """
-    if not isinstance(item, dict) or item.get("role") != "assistant" or not isinstance(item.get("content"), list):
+    if not isinstance(item, dict):
+        return item
+    for key in ("content", "output"):
+        if isinstance(item.get(key), list):
+            item = {**item, key: [_with_detail(part) for part in item[key]]}
+    if item.get("role") != "assistant" or not isinstance(item.get("content"), list):
         return item
     if not any(isinstance(p, dict) and p.get("type") in ("output_text", "refusal") for p in item["content"]):
         return item
     content = [{"annotations": [], **p} if isinstance(p, dict) and p.get("type") == "output_text" else p for p in item["content"]]
     return {"type": "message", "id": "msg_input", "status": "completed", **item, "content": content}
+
+
+def _with_detail(part: Any) -> Any:
+    if isinstance(part, dict) and part.get("type") == "input_image" and part.get("detail") is None:
+        return {**part, "detail": "auto"}
+    return part
 
 
 def _parse_tools(raw: Any) -> dict[str, list[Any]]:

@@ -160,3 +160,13 @@ def test_deeply_nested_requests_are_a_400_not_a_recursion_error(where):
         parse_request(body.encode())
     except APIError as error:
         assert error.status == 400 and error_problems(json.loads(error.json())) == []
+
+
+def test_input_image_detail_defaults_to_auto():
+    image = {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}
+    request = parse(input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "look"}, image]},
+        {"type": "function_call_output", "call_id": "c", "output": [image]},
+    ])
+    assert request.input[0].content[1].detail == "auto"
+    assert request.input[1].output[0].detail == "auto"
