@@ -340,6 +340,9 @@ class ResponseStream:
         self._clock = clock
         self._seq = first_sequence_number - 1
         self._open: _Item | None = None
+        # Whitespace-only text or reasoning that would open an item: held until text of the
+        # same kind follows (then it leads that item), dropped when anything else follows.
+        self._held: list[TextDelta | ReasoningDelta] = []
         self.terminated = False
 
     # -- helpers used by items ------------------------------------------------------------
@@ -374,19 +377,33 @@ class ResponseStream:
     def feed(self, delta: Delta) -> list[Event]:
         if self.terminated:
             raise RuntimeError("delta after the terminal event")
-        if isinstance(delta, TextDelta):
+        if self._held and type(self._held[0]) is not type(delta):
+            self._held = []
+        if isinstance(delta, (TextDelta, ReasoningDelta)):
             if not delta.text:
                 return []
-            events = self._switch_to(_Message) if not isinstance(self._open, _Message) else []
-            assert isinstance(self._open, _Message)
-            return events + self._open.add(delta)
-        if isinstance(delta, ReasoningDelta):
-            if not delta.text:
+            kind = _Message if isinstance(delta, TextDelta) else _Reasoning
+            if isinstance(self._open, kind):
+                return self._add(delta)
+            # Parsers pass on the whitespace between items (Qwen3's `</think>\n\n<tool_call>`,
+            # a newline after `</tool_call>`): alone it must not open an empty-looking item.
+            if delta.text.isspace():
+                self._held.append(delta)
                 return []
-            events = self._switch_to(_Reasoning) if not isinstance(self._open, _Reasoning) else []
-            assert isinstance(self._open, _Reasoning)
-            return events + self._open.add(delta.text)
+            held, self._held = self._held, []
+            events = self._switch_to(kind)
+            for d in (*held, delta):
+                events += self._add(d)
+            return events
         return self._feed_call(delta)
+
+    def _add(self, delta: TextDelta | ReasoningDelta) -> list[Event]:
+        item = self._open
+        if isinstance(delta, TextDelta):
+            assert isinstance(item, _Message)
+            return item.add(delta)
+        assert isinstance(item, _Reasoning)
+        return item.add(delta.text)
 
     def _feed_call(self, delta: ToolCallDelta) -> list[Event]:
         if isinstance(self._open, _ToolCall) and self._open.index == delta.index:

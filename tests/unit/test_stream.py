@@ -202,3 +202,55 @@ def test_sealed_reasoning_carries_encrypted_content_on_the_done_item():
     assert done["item"]["encrypted_content"] == "sealed:Hmm."
     assert wire[-1]["response"]["output"][0]["encrypted_content"] == "sealed:Hmm."
     assert check_events(wire) == []
+
+
+# -- whitespace between items (real parsers pass it on as content) ----------------------
+
+
+def _items(events):
+    return [(i["type"], i.get("content", [{}])[0].get("text") if i["type"] in ("message", "reasoning") else i.get("arguments"))
+            for i in events[-1]["response"]["output"]]
+
+
+def test_whitespace_between_reasoning_and_a_call_opens_no_message():
+    """Qwen3 + hermes: `</think>\\n\\n<tool_call>` gives content "\\n\\n" before the call."""
+    events = run([ReasoningDelta("Think."), TextDelta("\n\n"), ToolCallDelta(0, name="f", call_id="call_a", arguments="{}")])
+    assert check_events(events) == []
+    assert _items(events) == [("reasoning", "Think."), ("function_call", "{}")]
+    assert "response.output_text.delta" not in types(events)
+
+
+def test_whitespace_after_the_last_call_opens_no_message():
+    events = run([ToolCallDelta(0, name="f", call_id="call_a", arguments="{}"), TextDelta("\n"), TextDelta("\n")])
+    assert check_events(events) == []
+    assert _items(events) == [("function_call", "{}")]
+
+
+def test_whitespace_only_reasoning_opens_no_reasoning_item():
+    """`<think>\\n\\n</think>\\n\\nHi`: no reasoning item, the text keeps its leading newlines."""
+    events = run([ReasoningDelta("\n\n"), TextDelta("\n\n"), TextDelta("Hi")])
+    assert check_events(events) == []
+    assert _items(events) == [("message", "\n\nHi")]
+    assert [e["delta"] for e in events if e["type"] == "response.output_text.delta"] == ["\n\n", "Hi"]
+
+
+def test_whitespace_that_is_part_of_text_stays():
+    events = run([
+        ReasoningDelta("\n"), ReasoningDelta("Think.\n"),
+        TextDelta("I'll check."), TextDelta("\n\n"),
+        ToolCallDelta(0, name="f", call_id="call_a", arguments="{}"),
+        TextDelta(" \n"), TextDelta("Done"), TextDelta("\n"),
+    ])
+    assert check_events(events) == []
+    assert _items(events) == [
+        ("reasoning", "\nThink.\n"), ("message", "I'll check.\n\n"), ("function_call", "{}"), ("message", " \nDone\n"),
+    ]
+
+
+def test_held_whitespace_of_another_kind_is_dropped():
+    events = run([TextDelta("\n"), ReasoningDelta("r"), ReasoningDelta(" "), TextDelta("x")])
+    assert check_events(events) == []
+    assert _items(events) == [("reasoning", "r "), ("message", "x")]
+    events = run([ReasoningDelta("\n"), TextDelta("x"), ReasoningDelta("y")])
+    assert _items(events) == [("message", "x"), ("reasoning", "y")]
+    assert _items(run([TextDelta("\n\n")])) == []
