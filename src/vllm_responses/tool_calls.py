@@ -7,6 +7,7 @@ arrives rather than the ``{"input": ...}`` JSON the model writes.
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .chat import CUSTOM_TOOL_INPUT, ChatTools, ToolTarget
@@ -91,10 +92,20 @@ class CustomInputDecoder:
 @dataclass
 class _CallState:
     index: int
+    position: int  # the n-th call of the turn
     target: ToolTarget | None = None
     call_id: str | None = None
     pending: str = ""
+    raw: str = ""  # every argument fragment the parser sent, as sent
     decoder: CustomInputDecoder | None = None
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 class ToolCallMapper:
@@ -102,13 +113,23 @@ class ToolCallMapper:
 
     Restores each call's real name and namespace, unwraps custom-tool input as it streams,
     and with ``parallel=False`` keeps only the first call of the turn.
+
+    ``complete(position)``, when given, returns the whole arguments of the turn's n-th call as
+    the parser's non-streaming pass reads the output so far (``None``: unknown). Some streaming
+    tool parsers drop argument fragments when one engine step holds several tokens (vLLM's
+    ``deepseek_v3`` sends the name and nothing more); when what streamed is a prefix of the
+    whole, the rest is sent before the call closes.
     """
 
-    def __init__(self, tools: ChatTools, parallel: bool = True) -> None:
+    def __init__(
+        self, tools: ChatTools, parallel: bool = True, complete: Callable[[int], str | None] | None = None
+    ) -> None:
         self.tools = tools
         self.parallel = parallel
+        self.complete = complete
         self._current: _CallState | None = None
         self._first_index: int | None = None
+        self._count = 0
 
     def feed(self, index: int, name: str | None, call_id: str | None, arguments: str) -> list[ToolCallDelta]:
         if self._first_index is None:
@@ -119,8 +140,10 @@ class ToolCallMapper:
         call = self._current
         if call is None or call.index != index:
             out += self.finish()
-            call = self._current = _CallState(index)
+            call = self._current = _CallState(index, self._count)
+            self._count += 1
         call.call_id = call.call_id or call_id
+        call.raw += arguments
         if call.target is None:
             call.pending += arguments
             if not name:
@@ -138,9 +161,21 @@ class ToolCallMapper:
         return out + ([ToolCallDelta(index, arguments)] if arguments else [])
 
     def finish(self) -> list[ToolCallDelta]:
-        """Flush the call in progress (custom input still held back by the decoder)."""
+        """Close the call in progress: arguments the parser did not stream, then custom input
+        still held back by the decoder."""
         call, self._current = self._current, None
-        if call is None or call.decoder is None:
+        if call is None or call.target is None:
             return []
-        rest = call.decoder.finish()
-        return [ToolCallDelta(call.index, rest)] if rest else []
+        out: list[ToolCallDelta] = []
+        whole = self.complete(call.position) if self.complete is not None and not _is_json(call.raw) else None
+        if whole and whole.startswith(call.raw) and _is_json(whole):
+            missing, call.raw = whole[len(call.raw) :], whole
+            if call.decoder is not None:
+                missing = call.decoder.feed(missing)
+            if missing:
+                out.append(ToolCallDelta(call.index, missing))
+        if call.decoder is not None:
+            rest = call.decoder.finish()
+            if rest:
+                out.append(ToolCallDelta(call.index, rest))
+        return out

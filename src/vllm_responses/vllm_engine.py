@@ -13,7 +13,7 @@ upstream's.
 
 import asyncio
 from argparse import Namespace
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -290,7 +290,7 @@ class VllmEngine(Engine):
         text: list[str] = []
         cached_tokens = 0
         finish_reason: str | None = None
-        calls = ToolCallMapper(p.tools, parallel=p.parallel_tool_calls)
+        calls = ToolCallMapper(p.tools, parallel=p.parallel_tool_calls, complete=self._whole_arguments(p, text, generated))
 
         def usage() -> Usage:
             reasoning_tokens = p.parser.count_reasoning_tokens(generated) if p.parser is not None else 0
@@ -311,8 +311,7 @@ class VllmEngine(Engine):
                 output = result.outputs[0]
                 token_ids = list(output.token_ids)
                 generated += token_ids
-                if self.log_outputs:
-                    text.append(output.text)
+                text.append(output.text)
                 finish_reason = output.finish_reason
                 if finish_reason == "error":
                     raise EngineFailure("The engine failed while generating this response.", usage=usage())
@@ -338,6 +337,25 @@ class VllmEngine(Engine):
         if self.request_logger is not None and self.log_outputs:
             self.request_logger.log_outputs(request_id, "".join(text), generated, finish_reason, is_streaming=False)
         yield Finish("length" if finish_reason == "length" else "stop", usage())
+
+    def _whole_arguments(self, p: _Prepared, text: list[str], generated: list[int]) -> Callable[[int], str | None] | None:
+        """For :class:`ToolCallMapper`: the n-th call's arguments as the parser's non-streaming
+        pass (Chat Completions' ``stream: false``) reads the output so far."""
+        if p.parser is None or p.parser.tool_parser is None or not p.chat_request.tools:
+            return None
+
+        def whole(position: int) -> str | None:
+            parser = self.parser_cls(
+                self.tokenizer, p.chat_request.tools, chat_template_kwargs=self._template_kwargs(p.chat_request),
+                model_config=self.model_config,
+            )
+            try:
+                _, _, found = parser.parse("".join(text), p.chat_request, enable_auto_tools=True, model_output_token_ids=generated)
+            except Exception:  # a parser that cannot read a partial output: keep what streamed
+                return None
+            return found[position].arguments if found and position < len(found) else None
+
+        return whole
 
     def _deltas(self, p: _Prepared, calls: ToolCallMapper, output: Any, token_ids: list[int], finished: bool) -> list[Delta]:
         if p.parser is None:

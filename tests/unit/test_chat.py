@@ -126,3 +126,43 @@ def test_text_then_calls_share_a_turn_but_new_reasoning_opens_one():
     assert [m["role"] for m in messages] == ["user", "assistant", "assistant"]
     assert [c["id"] for c in messages[1]["tool_calls"]] == ["c1"]
     assert messages[2]["reasoning"] == "Next." and [c["id"] for c in messages[2]["tool_calls"]] == ["c2"]
+
+
+def _completing_mapper(whole):
+    asked = []
+
+    def complete(position):
+        asked.append(position)
+        return whole[position] if position < len(whole) else None
+
+    r = request(tools=[
+        {"type": "function", "name": "get_weather", "parameters": {"type": "object"}},
+        {"type": "custom", "name": "apply_patch"},
+    ])
+    return ToolCallMapper(chat_tools(r.tools), complete=complete), asked
+
+
+def test_arguments_a_parser_dropped_are_completed_before_the_call_closes():
+    """vLLM's deepseek_v3 parser, fed several tokens per step, sends a call's name and no
+    arguments: what its non-streaming pass reads completes them."""
+    whole = ['{"city": "Paris"}', json.dumps({"input": PATCH})]
+    mapper, asked = _completing_mapper(whole)
+    out = mapper.feed(0, "get_weather", "call_1", "")
+    out += mapper.feed(0, None, None, '{"city"')
+    out += mapper.feed(1, "apply_patch", "call_2", "")  # closes call 0: completed first
+    out += mapper.finish()
+    assert "".join(d.arguments for d in out if d.index == 0) == '{"city": "Paris"}'
+    assert "".join(d.arguments for d in out if d.index == 1) == PATCH  # custom input decoded
+    assert asked == [0, 1]
+
+
+def test_complete_arguments_are_left_alone():
+    mapper, asked = _completing_mapper(['{"city": "Rome"}'])
+    out = mapper.feed(0, "get_weather", None, '{"city": "Paris"}') + mapper.finish()
+    assert "".join(d.arguments for d in out) == '{"city": "Paris"}' and asked == []  # complete JSON: no parse
+    mapper, asked = _completing_mapper(['{"city": "Rome"}'])
+    out = mapper.feed(0, "get_weather", None, '{"city": "Pa') + mapper.finish()
+    assert "".join(d.arguments for d in out) == '{"city": "Pa' and asked == [0]  # not a prefix: kept as streamed
+    mapper, _ = _completing_mapper([])
+    out = mapper.feed(0, "get_weather", None, "") + mapper.finish()
+    assert "".join(d.arguments for d in out) == ""  # nothing better known
