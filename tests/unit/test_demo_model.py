@@ -87,6 +87,9 @@ PROMPTS = {
     "weather_call": [{"role": "user", "content": [{"type": "text", "text": "Weather?"}]}],
     "apply_patch": [{"role": "user", "content": "Write a patch adding hello.txt"}],
     "namespace_call": [{"role": "user", "content": "Who is customer 42?"}],
+    "think_then_call": [{"role": "user", "content": "Forecast for Oslo?"}],
+    "text_then_call": [{"role": "user", "content": "Do I need an umbrella in Bergen?"}],
+    "call_then_newline": [{"role": "user", "content": "Rain in Stockholm tomorrow?"}],
     "endless": [{"role": "user", "content": "Talk forever"}],
     "json": [{"role": "user", "content": "Answer in JSON"}],
     "no_reasoning": [{"role": "user", "content": "Answer with no reasoning"}],
@@ -103,7 +106,7 @@ def _render(tokenizer, messages, tools=None, add_generation_prompt=True):
     )
 
 
-def _render_raw(messages, tools=None, add_generation_prompt=True):
+def _render_raw(messages, tools=None, add_generation_prompt=True, family=None):
     """Render the template like transformers/vLLM do (sandboxed Jinja with
     trim_blocks/lstrip_blocks and a json.dumps ``tojson``), without the input
     validation transformers applies first (which rejects some odd shapes)."""
@@ -116,7 +119,7 @@ def _render_raw(messages, tools=None, add_generation_prompt=True):
     env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(  # noqa: E501
         x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
     )
-    return env.from_string(chat_template()).render(
+    return env.from_string(chat_template(family)).render(
         messages=messages, tools=tools, add_generation_prompt=add_generation_prompt
     )
 
@@ -228,7 +231,8 @@ def test_raw_output_format():
         assert calls == sc.expected_tool_calls(s)
         if s.tool_calls:
             after = text.split(sc.THINK_END, 1)[1]
-            assert after == "\n".join(c.hermes_block() for c in s.tool_calls)
+            calls = "\n".join(c.hermes_block() for c in s.tool_calls)
+            assert after == s.gap + (s.answer or "") + calls + s.trailer
     patch = sc.expected_tool_calls("apply_patch")[0]["arguments"]["input"]
     assert patch == "*** Begin Patch\n*** Add File: hello.txt\n+Hello, world!\n*** End Patch\n"
     assert [c["arguments"]["city"] for c in sc.expected_tool_calls("two_calls")] == [
@@ -683,3 +687,313 @@ def test_loop_scenarios_mirror_template(messages, tools, expected):
     assert {i: s.name for i, s in got.items()} == expected
     rendered = _render_raw(messages, tools, add_generation_prompt=False)
     assert SCENARIO_TOKEN_RE.findall(rendered) == [sc.scenario_token(expected[i]) for i in sorted(expected)]
+
+
+# --------------------------------------------------------------------------
+# Families: other real models' markup, read by their own vLLM parsers
+# --------------------------------------------------------------------------
+
+VARIANTS = [f for f in sc.FAMILIES if f != sc.DEFAULT_FAMILY]
+
+
+_VARIANT_BUILDS: dict[str, demo_build.BuildResult] = {}
+
+
+def _variant_build(family, tmp_path_factory):
+    """Each variant family's checkpoint, built once per test session."""
+    if family.name not in _VARIANT_BUILDS:
+        _VARIANT_BUILDS[family.name] = demo_build.build(tmp_path_factory.mktemp(f"demo_{family.name}"), family)
+    return _VARIANT_BUILDS[family.name]
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def variant(request, tmp_path_factory):
+    """(family, build result, tokenizer, model) for each variant family."""
+    family = sc.family_of(request.param)
+    out = _variant_build(family, tmp_path_factory)
+    tok = transformers.AutoTokenizer.from_pretrained(str(out.outdir))
+    model = transformers.LlamaForCausalLM.from_pretrained(str(out.outdir), dtype=torch.float32)
+    model.eval()
+    return family, out, tok, model
+
+
+def _variant_ids(built, name, n):
+    return _expected_ids(built, name, n)
+
+
+def test_default_family_is_qwen3_hermes():
+    f = sc.family_of(None)
+    assert f is sc.FAMILIES["qwen3"] and f.scenarios == sc.SCENARIO_LIST
+    assert f.parser_args == ("--reasoning-parser", "qwen3", "--tool-call-parser", "hermes", "--enable-auto-tool-choice")
+    assert chat_template() == chat_template("qwen3")
+    for s in sc.SCENARIO_LIST:  # the family-aware API defaults to it
+        assert sc.raw_output(s, 12 if s.endless else None) == sc.raw_output(s, 12 if s.endless else None, "qwen3")
+    with pytest.raises(ValueError):
+        sc.family_of("nope")
+
+
+def test_every_family_names_real_parsers():
+    pytest.importorskip("vllm")
+    from vllm.reasoning import ReasoningParserManager
+    from vllm.tool_parsers import ToolParserManager
+
+    for f in sc.FAMILIES.values():
+        assert ToolParserManager.get_tool_parser(f.tool_parser)
+        if f.reasoning_parser:
+            assert ReasoningParserManager.get_reasoning_parser(f.reasoning_parser)
+        # Each family plays its scenarios in the shared precedence order.
+        order = [s.name for s in sc.SCENARIO_LIST]
+        names = [s.name for s in f.scenarios]
+        assert names == sorted(names, key=order.index) and names[-1] == "default"
+
+
+def test_variant_plays_every_script(variant):
+    """Greedy and sampled (temperature 1) decoding play each scenario's script;
+    the prompt that selects it ends with the family's generation prompt."""
+    family, built, tok, model = variant
+    assert json.loads((built.outdir / "demo_family.json").read_text())["serve_args"] == list(family.parser_args)
+    assert tok.eos_token == family.eos
+    for s in family.scenarios:
+        messages = PROMPTS[s.name]
+        assert sc.select_scenario(messages, ALL_TOOLS, family).name == s.name
+        prompt = _render(tok, messages, tools=ALL_TOOLS)
+        assert prompt.endswith(family.generation_prompt + s.token), s.name
+        prompt_ids = tok.encode(prompt, add_special_tokens=False)
+        assert prompt_ids[-1] == tok.convert_tokens_to_ids(s.token)
+        n = 40 if s.endless else sc.num_output_tokens(s, family) + 5
+        expected = _variant_ids(built, s.name, n)
+        for sample, seed in ((False, 0), (True, 1)):
+            assert _generate(model, prompt_ids, n, sample, seed) == expected, (family.name, s.name, sample)
+        assert tok.decode(expected, skip_special_tokens=True) == sc.raw_output(s, n if s.endless else None, family)
+        if not s.endless:
+            assert expected[-1] == tok.eos_token_id and len(expected) == sc.num_output_tokens(s, family)
+
+
+def test_variant_round_trips_and_markers(variant):
+    """Each script's decoded output encodes back to its ids (phase tokens aside); the
+    family's markers are single tokens (parsers match them by id), special or not as in
+    the real tokenizer."""
+    family, built, tok, _ = variant
+    phased = [s.name for s in family.scenarios if sc.has_phase_tokens(s, family)]
+    assert built.not_round_trip == phased
+    for s in family.scenarios:
+        n = 40 if s.endless else sc.num_output_tokens(s, family)
+        ids = [i for i in _variant_ids(built, s.name, n) if i != tok.eos_token_id]
+        text = sc.raw_output(s, 40 if s.endless else None, family)
+        assert (tok.encode(text, add_special_tokens=False) == ids) == (s.name not in phased), (family.name, s.name)
+    specials = set(tok.all_special_tokens)
+    for t in family.added_tokens:
+        assert len(tok.encode(t, add_special_tokens=False)) == 1 and t not in specials
+        assert tok.decode(tok.encode(t, add_special_tokens=False)) == t
+    for t in family.special_tokens:
+        assert len(tok.encode(t, add_special_tokens=False)) == 1
+        assert tok.decode(tok.encode("x" + t, add_special_tokens=False), skip_special_tokens=True) == "x"
+
+
+def test_variant_template_selects_like_the_mirror(variant):
+    family, _, tok, _ = variant
+    for messages, tools, _ in SELECTION_CASES:
+        want = sc.select_scenario(messages, tools, family)
+        prompt = _render(tok, messages, tools=tools) if messages else _render_raw(messages, tools, family=family)
+        assert prompt.endswith(family.generation_prompt + want.token), (messages, tools)
+        loop = [s.token for _, s in sorted(sc.loop_scenarios(messages, tools, family).items())]
+        assert SCENARIO_TOKEN_RE.findall(prompt) == loop + [want.token]
+    for messages, tools, expected in LOOP_CASES:
+        got = {i: s.name for i, s in sc.loop_scenarios(messages, tools, family).items()}
+        assert got == expected
+    for messages in WEIRD_MESSAGES:
+        for tools in (None, ALL_TOOLS, BARE_TOOLS, [None, {}, {"function": None}]):
+            assert _render_raw(messages, tools, family=family).endswith(sc.select_scenario(messages, tools, family).token)
+
+
+@pytest.mark.parametrize("name", ["weather_call", "exec_command", "apply_patch", "namespace_call", "text_then_call"])
+def test_variant_tool_loop_prompt_extends_previous_step(variant, name):
+    """As for the default family: a tool loop's next prompt is the previous prompt plus
+    the generated tokens (what the parsers returned, sent back as a client does)."""
+    family, built, tok, model = variant
+    if name not in family.by_name:
+        pytest.skip(f"{family.name} does not play {name}")
+    s = family.by_name[name]
+    p1 = _prompt_ids(tok, PROMPTS[name])
+    # Arguments as an object: vLLM parses them before rendering (an XML template needs that).
+    assistant = _assistant_turn(s, content=sc.expected_content(s, family=family), arguments="object")
+    assistant["reasoning"] = sc.expected_reasoning(s, family) if sc.expected_reasoning(s, family).strip() else None
+    p2 = _prompt_ids(tok, PROMPTS[name] + [assistant] + _tool_results(s))
+    script = built.plan.scripts[name]
+    assert p2[: len(p1) + len(script)] == p1 + script
+    assert p2[-1] == _token_id(tok, sc.scenario_token("after_tool"))
+    expected = built.plan.scripts["after_tool"]
+    assert _generate(model, p2, len(expected) + 3, True, 5) == expected
+
+
+def test_variant_docs_list_outputs():
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[2] / "docs" / "demo-model.md"
+    if not doc.is_file():
+        pytest.skip("docs/demo-model.md not present")
+    text = doc.read_text(encoding="utf-8")
+    for name in VARIANTS:
+        f = sc.family_of(name)
+        assert " ".join(f.parser_args) in text, name
+        for s in ("default", "weather_call"):
+            assert json.dumps(sc.raw_output(s, None, f), ensure_ascii=False) in text, (name, s)
+
+
+# --------------------------------------------------------------------------
+# Every family through vLLM's own parsers and our layer (no server)
+# --------------------------------------------------------------------------
+
+RESPONSES_TOOLS = [
+    {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+    {"type": "function", "name": "exec_command", "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+    {"type": "custom", "name": "apply_patch"},
+    {"type": "namespace", "name": "crm", "description": "CRM", "tools": [
+        {"type": "function", "name": "lookup_customer", "parameters": {"type": "object", "properties": {"customer_id": {"type": "string"}}}},
+    ]},
+]
+MARKUP = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<function=", "<parameter=", "｜", '{"name"', "<|")
+
+
+def _through_layer(outdir, family, s, seed):
+    """The script's tokens, in engine steps of 1 token (seed 0) or 1-4 tokens (the engine
+    runs ahead of a slow consumer), through the family's vLLM parser, then our
+    ToolCallMapper and ResponseStream, as VllmEngine.generate/_deltas/_whole_arguments do."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    from vllm_responses.chat import chat_tools
+    from vllm_responses.deltas import Finish, ReasoningDelta, Sampling, TextDelta, Usage
+    from vllm_responses.protocol import initial_response, parse_request
+    from vllm_responses.sse import event_json
+    from vllm_responses.stream import ResponseStream, StreamOptions
+    from vllm_responses.tool_calls import ToolCallMapper
+
+    tok, cls = _vllm_parser(outdir, family)
+    offered = RESPONSES_TOOLS if (s.tool_calls or s.trigger.after_tool) else []
+    body = {"model": "demo", "input": "x", "tools": offered}
+    tools = chat_tools(parse_request(json.dumps(body).encode()).tools or [])
+    fields = {"model": "demo", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    if tools.tools:
+        fields.update(tools=tools.tools, tool_choice="auto")
+    req = ChatCompletionRequest.model_validate(fields)
+    parser = cls(tok, req.tools, chat_template_kwargs={})
+    req = parser.adjust_request(req)
+    prompt = tok.apply_chat_template(req.messages, tools=req.tools and [t.model_dump() for t in req.tools], add_generation_prompt=True, tokenize=True)
+    n = 12 if s.endless else None
+    ids = [p_id for p_id in _expected_ids_of(outdir, s.name, n or 10**6) if p_id != tok.eos_token_id]
+    text: list[str] = []
+
+    def whole(position):
+        _, _, found = cls(tok, req.tools, chat_template_kwargs={}).parse("".join(text), req, enable_auto_tools=True)
+        return found[position].arguments if found and position < len(found) else None
+
+    calls = ToolCallMapper(tools, complete=whole if req.tools else None)
+    stream = ResponseStream(initial_response(parse_request(json.dumps({"model": "demo", "input": "x"}).encode()), "resp_1", 1, "demo", Sampling()), StreamOptions(), clock=lambda: 2)
+    events = stream.start()
+    rng, i, decoded = random.Random(seed), 0, ""
+    while i < len(ids):
+        step = ids[i : i + (rng.randint(1, 4) if seed else 1)]
+        i += len(step)
+        now = tok.decode(ids[:i], skip_special_tokens=req.skip_special_tokens)
+        delta_text, decoded = now[len(decoded):], now
+        text.append(delta_text)
+        message = parser.parse_delta(delta_text=delta_text, delta_token_ids=step, request=req, prompt_token_ids=list(prompt), finished=i >= len(ids))
+        if message is None:
+            continue
+        deltas = [ReasoningDelta(message.reasoning)] if message.reasoning else []
+        deltas += [TextDelta(message.content)] if message.content else []
+        for c in message.tool_calls:
+            fn = c.function
+            deltas += calls.feed(c.index, fn.name if fn else None, c.id, (fn.arguments or "") if fn else "")
+        for d in deltas:
+            events += stream.feed(d)
+    for d in calls.finish():
+        events += stream.feed(d)
+    events += stream.finish(Finish("length" if s.endless else "stop", Usage(len(prompt), len(ids), 0)))
+    return [json.loads(event_json(e)) for e in events]
+
+
+_PARSERS: dict = {}
+
+
+def _vllm_parser(outdir, family):
+    """vLLM's tokenizer for the checkpoint and the parser class its server composes."""
+    from vllm.parser import ParserManager
+    from vllm.tokenizers import get_tokenizer
+
+    key = (str(outdir), family.name)
+    if key not in _PARSERS:
+        tok = get_tokenizer(str(outdir))
+        _PARSERS[key] = tok, ParserManager.get_parser(
+            tool_parser_name=family.tool_parser, reasoning_parser_name=family.reasoning_parser,
+            enable_auto_tools=True, model_name="demo", tokenizer=tok,
+        )
+    return _PARSERS[key]
+
+
+def _expected_ids_of(outdir, name, n):
+    info = json.loads((outdir / "demo_scenarios.json").read_text())[name]
+    ids = list(info["script_ids"])
+    while info["loop_ids"] and len(ids) < n:
+        ids += info["loop_ids"]
+    return ids[:n]
+
+
+def expected_items(s, family):
+    """What the final response's output holds for a scenario: a reasoning item (unless the
+    reasoning is empty or whitespace), a message (text before any call, unless only
+    whitespace), each call (real name, namespace, custom input unwrapped)."""
+    n = 12 if s.endless else None
+    items = []
+    reasoning = sc.expected_reasoning(s, family)
+    if reasoning.strip():
+        items.append(("reasoning", reasoning))
+    content = sc.expected_content(s, n, family)
+    if content and content.strip():
+        items.append(("message", content))
+    for c in sc.expected_tool_calls(s, family):
+        if c["name"] == "apply_patch":
+            items.append(("custom_tool_call", "apply_patch", c["arguments"]["input"]))
+        else:
+            items.append(("function_call", c["name"], c["arguments"]))
+    return items
+
+
+def output_items(output):
+    items = []
+    for it in output:
+        if it["type"] in ("reasoning", "message"):
+            items.append((it["type"], it["content"][0]["text"]))
+        elif it["type"] == "function_call":
+            name = f"{it['namespace']}__{it['name']}" if it.get("namespace") else it["name"]
+            items.append(("function_call", name, json.loads(it["arguments"])))
+        else:
+            items.append((it["type"], it["name"], it.get("input")))
+    return items
+
+
+@pytest.mark.parametrize("family_name", list(sc.FAMILIES))
+def test_parsers_and_layer_read_every_family(family_name, built, tmp_path_factory):
+    """vLLM's parsers for the family, token by token and in multi-token steps: no markup in
+    output text, reasoning as reasoning, tool calls whole with exact arguments (our
+    ToolCallMapper completes what deepseek_v3 drops from a multi-token step), no
+    whitespace-only items, every stream conformant."""
+    pytest.importorskip("vllm")
+    from vllm_responses.conformance import check_events
+
+    family = sc.family_of(family_name)
+    outdir = built.outdir if family.name == sc.DEFAULT_FAMILY else _variant_build(family, tmp_path_factory).outdir
+    for seed in (0, 1, 2, 3):
+        for s in family.scenarios:
+            events = _through_layer(outdir, family, s, seed)
+            assert check_events(events) == [], (family.name, s.name, seed)
+            text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+            assert not [m for m in MARKUP if m in text and m not in (sc.expected_content(s, 12 if s.endless else None, family) or "")], (family.name, s.name, seed, text)
+            got, want = output_items(events[-1]["response"]["output"]), expected_items(s, family)
+            if family.name == "deepseek_r1" and s.name == "text_then_call" and seed:
+                # Upstream: deepseek_v3 drops the text that shares an engine step with
+                # <｜tool▁call▁begin｜>; what remains is a prefix, the call is whole.
+                assert got[1][0] == "message" and want[1][1].startswith(got[1][1])
+                got[1] = want[1]
+            assert got == want, (family.name, s.name, seed)
+

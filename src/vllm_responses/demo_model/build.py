@@ -68,12 +68,19 @@ ENDLESS_CHECK_TOKENS = 40  # tokens of an endless script checked for round trip
 GATE_MARGIN = 20.0  # pre-activation of a pair unit: +20 when firing, <= -20 else
 LOGIT = 48.0  # successor logit (at 4 active residual dims)
 
-SPECIAL_TOKENS: tuple[str, ...] = (
-    sc.ENDOFTEXT,
-    sc.IM_START,
-    sc.IM_END,
-    *(s.token for s in sc.SCENARIO_LIST),
-)
+def special_tokens(family: sc.Family | str | None = None) -> tuple[str, ...]:
+    """The family's special tokens, then its scenario tokens (ids in this order
+    after BPE training's own)."""
+    f = sc.family_of(family)
+    return (*f.special_tokens, *(s.token for s in f.scenarios))
+
+
+def added_tokens(family: sc.Family | str | None = None) -> tuple[str, ...]:
+    """The family's non-special added tokens (markers that stay in the text)."""
+    return sc.family_of(family).added_tokens
+
+
+SPECIAL_TOKENS: tuple[str, ...] = special_tokens()
 
 
 # --------------------------------------------------------------------------
@@ -136,9 +143,10 @@ def corpus_files() -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def corpus() -> list[str]:
-    texts = [_SEED_TEXT, chat_template()]
-    texts += [sc.raw_output(s, 64) for s in sc.SCENARIO_LIST]
+def corpus(family: sc.Family | str | None = None) -> list[str]:
+    f = sc.family_of(family)
+    texts = [_SEED_TEXT, chat_template(f)]
+    texts += [sc.raw_output(s, 64, f) for s in f.scenarios]
     total = sum(map(len, texts))
     for path in corpus_files():
         try:
@@ -152,16 +160,17 @@ def corpus() -> list[str]:
     return texts
 
 
-def script_chunks() -> list[str]:
+def script_chunks(family: sc.Family | str | None = None) -> list[str]:
     """Every distinct text chunk of every script, in order of first use."""
+    f = sc.family_of(family)
     chunks: dict[str, None] = {}
-    for s in sc.SCENARIO_LIST:
-        scr = sc.script(s)
+    for s in f.scenarios:
+        scr = sc.script(s, f)
         chunks.update((p.text, None) for p in scr.prefix + scr.loop if p.kind == "text")
     return list(chunks)
 
 
-def _train_bpe() -> dict:
+def _train_bpe(family: sc.Family | str | None = None) -> dict:
     """Train byte-level BPE on :func:`corpus`; the tokenizer.json data."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from tokenizers import trainers
@@ -174,10 +183,10 @@ def _train_bpe() -> dict:
         vocab_size=VOCAB_SIZE_BPE,
         min_frequency=2,
         show_progress=False,
-        special_tokens=list(SPECIAL_TOKENS) + list(sc.NON_SPECIAL_ADDED_TOKENS),
+        special_tokens=list(special_tokens(family)) + list(added_tokens(family)),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(corpus(), trainer)
+    tok.train_from_iterator(corpus(family), trainer)
     return json.loads(tok.to_str())
 
 
@@ -193,31 +202,32 @@ def _added_token(content: str, token_id: int, special: bool) -> dict:
     }
 
 
-def _assemble(trained: dict, chunks: list[str]) -> Tokenizer:
+def _assemble(trained: dict, chunks: list[str], family: sc.Family | str | None = None) -> Tokenizer:
     """The tokenizer: trained BPE + special and non-special added tokens +
     ``chunks`` as added tokens (raw text, so BPE never produces them;
     the added-token split does) + phase tokens (raw newlines, never produced
     by encoding at all)."""
     from tokenizers import Tokenizer
 
-    if set(chunks) & set(sc.all_phase_texts()):
+    phases = sc.all_phase_texts(family)
+    if set(chunks) & set(phases):
         raise ValueError("a script chunk is spelled like a phase token")
     data = json.loads(json.dumps(trained))
     vocab: dict[str, int] = data["model"]["vocab"]
-    for entry in [*chunks, *sc.all_phase_texts()]:
+    for entry in [*chunks, *phases]:
         if entry not in vocab:
             vocab[entry] = len(vocab)
-    special = set(SPECIAL_TOKENS)
-    added = [*SPECIAL_TOKENS, *sc.NON_SPECIAL_ADDED_TOKENS, *chunks]
+    special = set(special_tokens(family))
+    added = [*special_tokens(family), *added_tokens(family), *chunks]
     data["added_tokens"] = [_added_token(t, vocab[t], t in special) for t in added]
     data["model"]["vocab"] = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
     return Tokenizer.from_str(json.dumps(data, ensure_ascii=False))
 
 
-def chunk_tokens(tokenizer: Tokenizer) -> frozenset[str]:
+def chunk_tokens(tokenizer: Tokenizer, family: sc.Family | str | None = None) -> frozenset[str]:
     """Script chunks that are added tokens of ``tokenizer`` (the others are
     spelled as byte-level BPE entries)."""
-    fixed = set(SPECIAL_TOKENS) | set(sc.NON_SPECIAL_ADDED_TOKENS)
+    fixed = set(special_tokens(family)) | set(added_tokens(family))
     return frozenset(
         t.content for t in tokenizer.get_added_tokens_decoder().values()
         if t.content not in fixed
@@ -236,28 +246,29 @@ def piece_id(p: sc.Piece, tokenizer: Tokenizer, chunks: frozenset[str]) -> int:
     return tid
 
 
-def round_trip_mismatch(tokenizer: Tokenizer, s: sc.Scenario) -> int | None:
+def round_trip_mismatch(tokenizer: Tokenizer, s: sc.Scenario, family: sc.Family | str | None = None) -> int | None:
     """Index of the first script piece (EOS excluded) that
     ``tokenizer.encode(raw_output(s))`` does not give back, or ``None`` when
     encoding and decoding the raw output reproduce the script exactly."""
     n = ENDLESS_CHECK_TOKENS if s.endless else None
-    chunks = chunk_tokens(tokenizer)
-    want = [piece_id(p, tokenizer, chunks) for p in sc.script(s).pieces(n) if p.kind != "eos"]
-    text = sc.raw_output(s, n)
+    chunks = chunk_tokens(tokenizer, family)
+    want = [piece_id(p, tokenizer, chunks) for p in sc.script(s, family).pieces(n) if p.kind != "eos"]
+    text = sc.raw_output(s, n, family)
     got = tokenizer.encode(text, add_special_tokens=False).ids
     if got == want and tokenizer.decode(want, skip_special_tokens=True) == text:
         return None
     return next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
 
 
-def round_trip_scenarios() -> list[sc.Scenario]:
+def round_trip_scenarios(family: sc.Family | str | None = None) -> list[sc.Scenario]:
     """Scenarios whose raw output must encode back to their script: all but
     those with phase tokens (a phase token decodes to a newline that encoding
     spells as the ordinary newline token)."""
-    return [s for s in sc.SCENARIO_LIST if not sc.has_phase_tokens(s)]
+    f = sc.family_of(family)
+    return [s for s in f.scenarios if not sc.has_phase_tokens(s, f)]
 
 
-def build_tokenizer() -> Tokenizer:
+def build_tokenizer(family: sc.Family | str | None = None) -> Tokenizer:
     """Train BPE and add the script chunks it would split as added tokens.
 
     A chunk stays a plain BPE entry when BPE encodes it alone to one token
@@ -268,21 +279,22 @@ def build_tokenizer() -> Tokenizer:
     every round-trip scenario reproduced, or raises."""
     from tokenizers import Tokenizer
 
-    trained = _train_bpe()
+    f = sc.family_of(family)
+    trained = _train_bpe(f)
     base = Tokenizer.from_str(json.dumps(trained))
     added = [
-        c for c in script_chunks()
+        c for c in script_chunks(f)
         if base.encode(c, add_special_tokens=False).ids != [base.token_to_id(byte_level(c))]
     ]
     while True:
-        tok = _assemble(trained, added)
+        tok = _assemble(trained, added, f)
         promoted = False
-        for s in round_trip_scenarios():
-            i = round_trip_mismatch(tok, s)
+        for s in round_trip_scenarios(f):
+            i = round_trip_mismatch(tok, s, f)
             if i is None:
                 continue
             n = ENDLESS_CHECK_TOKENS if s.endless else None
-            piece = [p for p in sc.script(s).pieces(n) if p.kind != "eos"][i]
+            piece = [p for p in sc.script(s, f).pieces(n) if p.kind != "eos"][i]
             if piece.kind != "text" or piece.text in added:
                 raise ValueError(
                     f"scenario {s.name!r}: encoding its raw output does not give back "
@@ -295,16 +307,17 @@ def build_tokenizer() -> Tokenizer:
             return tok
 
 
-def assert_round_trips(tokenizer: Tokenizer) -> list[str]:
+def assert_round_trips(tokenizer: Tokenizer, family: sc.Family | str | None = None) -> list[str]:
     """Raise unless every round-trip scenario's raw output encodes to its
     script; return the names of the scenarios that are not checked (phase
     tokens)."""
-    for s in round_trip_scenarios():
-        i = round_trip_mismatch(tokenizer, s)
+    f = sc.family_of(family)
+    for s in round_trip_scenarios(f):
+        i = round_trip_mismatch(tokenizer, s, f)
         if i is not None:
             raise AssertionError(f"scenario {s.name!r} does not round-trip at piece {i}")
-    checked = {s.name for s in round_trip_scenarios()}
-    return [s.name for s in sc.SCENARIO_LIST if s.name not in checked]
+    checked = {s.name for s in round_trip_scenarios(f)}
+    return [s.name for s in f.scenarios if s.name not in checked]
 
 
 # --------------------------------------------------------------------------
@@ -329,16 +342,17 @@ class Plan:
     loops: dict[str, list[int]] = field(default_factory=dict)
 
 
-def make_plan(tokenizer: Tokenizer) -> Plan:
+def make_plan(tokenizer: Tokenizer, family: sc.Family | str | None = None) -> Plan:
     """Script ids, mode tokens and transitions of every scenario."""
+    f = sc.family_of(family)
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    chunks = chunk_tokens(tokenizer)
+    chunks = chunk_tokens(tokenizer, f)
     plan = Plan(vocab_size=len(vocab))
     succ_sets: dict[int, set[int]] = {}
     modes_of: dict[int, list[int]] = {}
     inputs: dict[int, None] = {}
-    for s in sc.SCENARIO_LIST:
-        scr = sc.script(s)
+    for s in f.scenarios:
+        scr = sc.script(s, f)
         scen_id = vocab[s.token]
         plan.mode_tokens.append(scen_id)
         if s.trigger.after_tool:
@@ -494,10 +508,12 @@ class BuildResult:
     dims: dict[str, int]
     seconds: float
     not_round_trip: list[str] = field(default_factory=list)
+    family: str = sc.DEFAULT_FAMILY
 
 
-def build(outdir: str | os.PathLike[str]) -> BuildResult:
-    """Write the demo checkpoint into ``outdir`` (created if needed)."""
+def build(outdir: str | os.PathLike[str], family: sc.Family | str | None = None) -> BuildResult:
+    """Write the demo checkpoint of ``family`` (default ``qwen3``) into ``outdir``
+    (created if needed)."""
     from safetensors.numpy import save_file
     from tokenizers import Tokenizer
 
@@ -505,15 +521,17 @@ def build(outdir: str | os.PathLike[str]) -> BuildResult:
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tok_json = build_tokenizer().to_str(pretty=True)
+    f = sc.family_of(family)
+    tok_json = build_tokenizer(f).to_str(pretty=True)
     tokenizer = Tokenizer.from_str(tok_json)  # checked as vLLM will load it
-    not_round_trip = assert_round_trips(tokenizer)
+    not_round_trip = assert_round_trips(tokenizer, f)
     vocab = tokenizer.get_vocab(with_added_tokens=True)
-    plan = make_plan(tokenizer)
+    plan = make_plan(tokenizer, f)
     tensors, dims = make_weights(plan)
 
-    eos = vocab[sc.EOS_TOKEN]
-    pad = vocab[sc.ENDOFTEXT]
+    eos = vocab[f.eos]
+    pad = vocab[f.pad]
+    bos = vocab[f.bos] if f.bos else pad
     config = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -534,20 +552,20 @@ def build(outdir: str | os.PathLike[str]) -> BuildResult:
         "mlp_bias": False,
         "tie_word_embeddings": False,
         "vocab_size": dims["vocab_size"],
-        "bos_token_id": pad,
+        "bos_token_id": bos,
         "eos_token_id": eos,
         "pad_token_id": pad,
         "torch_dtype": "float32",
         "dtype": "float32",
         "use_cache": True,
     }
-    generation_config = {"bos_token_id": pad, "eos_token_id": eos, "pad_token_id": pad}
-    template = chat_template()
+    generation_config = {"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
+    template = chat_template(f)
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": None,
-        "eos_token": sc.EOS_TOKEN,
-        "pad_token": sc.ENDOFTEXT,
+        "bos_token": f.bos,
+        "eos_token": f.eos,
+        "pad_token": f.pad,
         "unk_token": None,
         "add_bos_token": False,
         "add_eos_token": False,
@@ -573,13 +591,15 @@ def build(outdir: str | os.PathLike[str]) -> BuildResult:
                 "trigger": s.trigger_description,
                 "script_ids": plan.scripts[s.name],
                 "loop_ids": plan.loops[s.name],
-                "raw_output": sc.raw_output(s, None if not s.endless else 32),
+                "raw_output": sc.raw_output(s, None if not s.endless else 32, f),
                 "round_trip": s.name not in not_round_trip,
             }
-            for s in sc.SCENARIO_LIST
+            for s in f.scenarios
         },
     )
-    return BuildResult(out, plan, dims, time.perf_counter() - t0, not_round_trip)
+    if f.name != sc.DEFAULT_FAMILY:  # the default checkpoint stays as it always was
+        _dump(out / "demo_family.json", {"family": f.name, "title": f.title, "serve_args": list(f.parser_args)})
+    return BuildResult(out, plan, dims, time.perf_counter() - t0, not_round_trip, f.name)
 
 
 def checkpoint_digest(outdir: str | os.PathLike[str]) -> dict[str, str]:

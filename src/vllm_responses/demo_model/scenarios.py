@@ -7,19 +7,27 @@ token by token, under greedy and sampled decoding alike.
 
 Everything the model can say is defined here.  The builder derives the token
 scripts from this module (:func:`script`), the chat template's scenario
-selection is generated from :data:`SCENARIOS` (:mod:`.template`), and tests
+selection is generated from the scenarios (:mod:`.template`), and tests
 can compute the exact expected output with :func:`raw_output`,
 :func:`expected_reasoning`, :func:`expected_content` and
 :func:`expected_tool_calls`.
 
-Raw text emitted by a scenario (``S``)::
+A **family** (:class:`Family`, :data:`FAMILIES`) is the markup of one real
+model family and the vLLM parsers that read it: its special and added tokens,
+its chat template, how a scenario's reasoning, answer and tool calls are
+written out, and the ``--reasoning-parser``/``--tool-call-parser`` flags it is
+served with.  Scenario *content* (:data:`SCENARIO_LIST`) is shared; each
+family plays the scenarios that are real for it.  The default family,
+``qwen3`` (Qwen3 with hermes tool calls), emits for a scenario ``S``::
 
-    <think>{S.reasoning}</think>{S.answer}{S.loop * infinity}
+    <think>{S.reasoning}</think>{S.gap}{S.answer}{S.loop * infinity}
     <tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>   (per call,
                                                   joined by "\\n")
+    {S.trailer}
 
 followed by the end-of-sequence token ``<|im_end|>`` (never emitted by an
-endless scenario).  A scenario either answers or calls tools, never both.
+endless scenario).  Every function taking a scenario takes an optional
+``family`` (a :class:`Family` or its name; default ``qwen3``).
 
 The chat template renders a past assistant turn as exactly these tokens (see
 :func:`loop_scenarios` for the scenario token in front of it), so that the
@@ -31,8 +39,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 # --------------------------------------------------------------------------
 # Token strings
@@ -133,9 +141,14 @@ class Scenario:
 
     ``reasoning`` is the text between ``<think>`` and ``</think>`` (may be
     empty: the model then emits ``<think></think>``).  ``answer`` is the
-    content after ``</think>`` (``None`` for tool-calling scenarios).  When
-    ``endless`` is true the model emits ``answer`` and then repeats ``loop``
-    forever (no EOS).
+    content after ``</think>``; with ``tool_calls`` it is text the model
+    writes before its calls (``None``: none).  When ``endless`` is true the
+    model emits ``answer`` and then repeats ``loop`` forever (no EOS).
+
+    ``gap`` is whitespace between the reasoning and what follows (Qwen3
+    writes ``</think>\\n\\n<tool_call>``); ``trailer`` is whitespace after the
+    last tool call, before EOS.  Families whose real markup always puts
+    whitespace there write their own and ignore ``gap``.
     """
 
     name: str
@@ -145,6 +158,8 @@ class Scenario:
     tool_calls: tuple[ToolCall, ...] = ()
     endless: bool = False
     loop: str = ""
+    gap: str = ""
+    trailer: str = ""
 
     @property
     def token(self) -> str:
@@ -156,8 +171,10 @@ class Scenario:
         return self.trigger.describe()
 
     def __post_init__(self) -> None:
-        if self.answer is not None and self.tool_calls:
-            raise ValueError(f"{self.name}: answer and tool_calls are exclusive")
+        if (self.gap + self.trailer).strip():
+            raise ValueError(f"{self.name}: gap and trailer are whitespace")
+        if self.trailer and not self.tool_calls:
+            raise ValueError(f"{self.name}: a trailer follows tool calls")
         if self.endless != bool(self.loop):
             raise ValueError(f"{self.name}: endless requires a non-empty loop")
         if self.endless and self.tool_calls:
@@ -213,6 +230,29 @@ SCENARIO_LIST: tuple[Scenario, ...] = (
         trigger=Trigger(tool="crm__lookup_customer", keywords=("customer",)),
         reasoning="The user asked about a customer. I will look them up.",
         tool_calls=(_tc("crm__lookup_customer", customer_id="42"),),
+    ),
+    # Real between-item shapes: whitespace or text between the reasoning and a
+    # tool call, whitespace after the last call.
+    Scenario(
+        name="think_then_call",
+        trigger=Trigger(tool="get_weather", keywords=("forecast",)),
+        reasoning="The user wants a forecast. I will call get_weather.",
+        gap="\n\n",
+        tool_calls=(_tc("get_weather", city="Oslo"),),
+    ),
+    Scenario(
+        name="text_then_call",
+        trigger=Trigger(tool="get_weather", keywords=("umbrella",)),
+        reasoning="The user asks about an umbrella.",
+        answer="I'll check the weather in Bergen first.\n\n",
+        tool_calls=(_tc("get_weather", city="Bergen"),),
+    ),
+    Scenario(
+        name="call_then_newline",
+        trigger=Trigger(tool="get_weather", keywords=("tomorrow",)),
+        reasoning="The user asks about tomorrow. I will call get_weather.",
+        tool_calls=(_tc("get_weather", city="Stockholm"),),
+        trailer="\n\n",
     ),
     Scenario(
         name="endless",
@@ -270,18 +310,49 @@ def chunk_text(text: str) -> list[str]:
     return chunks
 
 
+def chunk_words(text: str) -> list[str]:
+    """:func:`chunk_text`, with trailing whitespace kept on the last word
+    (``" answer.\\n"``): a script whose segments all end in a newline then has
+    no lone newline token that would need a different successor each time."""
+    chunks = chunk_text(text)
+    if len(chunks) > 1 and chunks[-1].isspace():
+        chunks[-2:] = [chunks[-2] + chunks[-1]]
+    return chunks
+
+
+_LINE_RE = re.compile(r"\n[^\n]*|[^\n]+")
+
+
+def chunk_lines(text: str) -> list[str]:
+    """One chunk per line, each starting with its newline (XML tool calls,
+    whose parameter values are raw multi-line text); trailing whitespace is
+    kept on the last line."""
+    chunks = _LINE_RE.findall(text)
+    assert "".join(chunks) == text
+    if len(chunks) > 1 and chunks[-1].isspace():
+        chunks[-2:] = [chunks[-2] + chunks[-1]]
+    return chunks
+
+
+#: What a piece of a script is, as the right parser reports it.
+PARTS = ("markup", "reasoning", "content", "call", "trailer")
+
+
 @dataclass(frozen=True)
 class Piece:
     """One token of a script.
 
-    ``kind`` is ``"added"`` (one of :data:`NON_SPECIAL_ADDED_TOKENS`),
-    ``"text"`` (a byte-level vocabulary entry with exactly this text),
-    ``"phase"`` (the invisible mode-switch token that decodes to ``text``)
-    or ``"eos"``.
+    ``kind`` is ``"added"`` (one of the family's added tokens), ``"text"``
+    (a byte-level vocabulary entry with exactly this text), ``"phase"`` (the
+    invisible mode-switch token that decodes to ``text``) or ``"eos"``.
+    ``part`` says what a parser makes of it: ``"markup"`` (nothing),
+    ``"reasoning"``, ``"content"``, ``"call"`` (tool-call markup and
+    arguments) or ``"trailer"`` (whitespace after the calls).
     """
 
     text: str
     kind: str = "text"
+    part: str = "content"
 
     @property
     def decoded(self) -> str:
@@ -298,12 +369,6 @@ def phase_text(k: int) -> str:
     decoder passes their text through unchanged.  Scenario ``two_calls`` uses
     phase token 1, so its calls are separated by a single newline."""
     return TOOL_CALL_SEPARATOR * k
-
-
-def all_phase_texts() -> list[str]:
-    """Texts of every phase token the scenarios use."""
-    n = sum(max(0, len(s.tool_calls) - 1) for s in SCENARIO_LIST)
-    return [phase_text(k) for k in range(1, n + 1)]
 
 
 @dataclass(frozen=True)
@@ -326,81 +391,358 @@ class Script:
         return out
 
 
-def _phase_base(s: Scenario) -> int:
+def _finish(s: Scenario, pieces: list[Piece], eos: str, trailer: list[str]) -> Script:
+    """Close a script: the trailer and EOS, or the endless loop."""
+    if s.endless:
+        return Script(tuple(pieces), tuple(Piece(c) for c in chunk_text(s.loop)))
+    pieces += [Piece(c, "text", "trailer") for c in trailer]
+    pieces.append(Piece(eos, "eos", "markup"))
+    return Script(tuple(pieces))
+
+
+def _calls(s: Scenario, phase0: int, block: Callable[[ToolCall], list[Piece]]) -> list[Piece]:
+    """The tool calls, a phase token (a newline) between two calls."""
+    pieces: list[Piece] = []
+    for i, call in enumerate(s.tool_calls):
+        if i:
+            pieces.append(Piece(phase_text(phase0 + i), "phase", "markup"))
+        pieces += block(call)
+    return pieces
+
+
+def _qwen3_script(s: Scenario, phase0: int) -> Script:
+    """Qwen3 + hermes: ``<think>R</think>{gap}{answer}<tool_call>\\n{json}\\n</tool_call>``."""
+    pieces: list[Piece] = [Piece(THINK_START, "added", "markup")]
+    pieces += [Piece(c, "text", "reasoning") for c in chunk_text(s.reasoning)]
+    pieces.append(Piece(THINK_END, "added", "markup"))
+    pieces += [Piece(c, "text", "content") for c in chunk_text(s.gap + (s.answer or ""))]
+
+    def block(call: ToolCall) -> list[Piece]:
+        return [
+            Piece(TOOL_CALL_START, "added", "call"),
+            *(Piece(c, "text", "call") for c in chunk_text(f"\n{call.hermes_json()}\n")),
+            Piece(TOOL_CALL_END, "added", "call"),
+        ]
+
+    return _finish(s, pieces + _calls(s, phase0, block), IM_END, chunk_text(s.trailer))
+
+
+def _own_trailer(s: Scenario) -> list[str]:
+    """Families that write ``\\n\\n`` before their calls end a scenario that has
+    a trailer with a single ``\\n`` (a token whose successor is EOS)."""
+    return ["\n"] if s.trailer else []
+
+
+def xml_call(call: ToolCall) -> str:
+    """Qwen3-Coder's XML call body (between ``<tool_call>`` and ``</tool_call>``),
+    as its chat template renders it."""
+    params = "".join(
+        f"<parameter={k}>\n{v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)}\n</parameter>\n"
+        for k, v in call.arguments.items()
+    )
+    return f"\n<function={call.name}>\n{params}</function>\n"
+
+
+def _qwen3_coder_script(s: Scenario, phase0: int) -> Script:
+    """Qwen3.5 / Qwen3-Coder: ``<think>\\nR\\n</think>\\n\\n{answer}`` then XML calls
+    ``<tool_call>\\n<function=NAME>\\n<parameter=K>\\nV\\n</parameter>\\n</function>\\n</tool_call>``.
+    Without reasoning the model writes ``<think>\\n\\n</think>\\n\\n``, as Qwen3 does."""
+    reasoning = f"\n{s.reasoning}\n" if s.reasoning else "\n\n"
+    pieces: list[Piece] = [Piece(THINK_START, "added", "markup")]
+    pieces += [Piece(c, "text", "reasoning") for c in chunk_words(reasoning)]
+    pieces.append(Piece(THINK_END, "added", "markup"))
+    pieces += [Piece(c, "text", "content") for c in chunk_words("\n\n" + (s.answer or ""))]
+
+    def block(call: ToolCall) -> list[Piece]:
+        return [
+            Piece(TOOL_CALL_START, "added", "call"),
+            *(Piece(c, "text", "call") for c in chunk_lines(xml_call(call))),
+            Piece(TOOL_CALL_END, "added", "call"),
+        ]
+
+    return _finish(s, pieces + _calls(s, phase0, block), IM_END, _own_trailer(s))
+
+
+LLAMA_BOS = "<|begin_of_text|>"
+LLAMA_EOT = "<|eot_id|>"  # the EOS token
+LLAMA_END_OF_TEXT = "<|end_of_text|>"  # the pad token
+LLAMA_HEADER_START = "<|start_header_id|>"
+LLAMA_HEADER_END = "<|end_header_id|>"
+LLAMA_EOM = "<|eom_id|>"
+LLAMA_PYTHON_TAG = "<|python_tag|>"
+
+
+def llama_json(call: ToolCall) -> str:
+    """A Llama 3.x JSON tool call: ``{"name": ..., "parameters": {...}}``."""
+    return json.dumps({"name": call.name, "parameters": dict(call.arguments)}, ensure_ascii=False)
+
+
+def _llama3_script(s: Scenario, phase0: int) -> Script:
+    """Llama 3.1/3.2 (JSON tool calling): the answer, or the call's JSON alone."""
+    if len(s.tool_calls) > 1 or s.reasoning or s.gap or (s.answer and s.tool_calls):
+        raise ValueError(f"{s.name}: Llama 3 writes one tool call alone, and no reasoning")
+    pieces = [Piece(c, "text", "content") for c in chunk_text(s.answer or "")]
+    pieces += [Piece(c, "text", "call") for call in s.tool_calls for c in chunk_text(llama_json(call))]
+    return _finish(s, pieces, LLAMA_EOT, chunk_text(s.trailer))
+
+
+DS_BOS = "<｜begin▁of▁sentence｜>"
+DS_EOS = "<｜end▁of▁sentence｜>"
+DS_PAD = "<｜▁pad▁｜>"
+DS_USER = "<｜User｜>"
+DS_ASSISTANT = "<｜Assistant｜>"
+DS_CALLS_BEGIN = "<｜tool▁calls▁begin｜>"
+DS_CALLS_END = "<｜tool▁calls▁end｜>"
+DS_CALL_BEGIN = "<｜tool▁call▁begin｜>"
+DS_CALL_END = "<｜tool▁call▁end｜>"
+DS_SEP = "<｜tool▁sep｜>"
+DS_OUTPUTS_BEGIN = "<｜tool▁outputs▁begin｜>"
+DS_OUTPUTS_END = "<｜tool▁outputs▁end｜>"
+DS_OUTPUT_BEGIN = "<｜tool▁output▁begin｜>"
+DS_OUTPUT_END = "<｜tool▁output▁end｜>"
+
+
+def deepseek_call(call: ToolCall) -> str:
+    """The text of a DeepSeek-R1/V3 call between ``<｜tool▁sep｜>`` and ``<｜tool▁call▁end｜>``."""
+    return f"{call.name}\n```json\n{call.arguments_json()}\n```"
+
+
+def _deepseek_r1_script(s: Scenario, phase0: int) -> Script:
+    """DeepSeek-R1: the generation prompt ends with ``<think>\\n``, so the output
+    is ``R\\n</think>\\n\\n{answer}`` then ``<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function
+    <｜tool▁sep｜>NAME\\n```json\\n{args}\\n```<｜tool▁call▁end｜>...<｜tool▁calls▁end｜>``."""
+    pieces = [Piece(c, "text", "reasoning") for c in chunk_words(s.reasoning + "\n")] if s.reasoning else []
+    pieces.append(Piece(THINK_END, "added", "markup"))
+    pieces += [Piece(c, "text", "content") for c in chunk_words("\n\n" + (s.answer or ""))]
+
+    def block(call: ToolCall) -> list[Piece]:
+        return [
+            Piece(DS_CALL_BEGIN, "added", "call"),
+            Piece("function", "text", "call"),
+            Piece(DS_SEP, "added", "call"),
+            *(Piece(c, "text", "call") for c in chunk_text(deepseek_call(call))),
+            Piece(DS_CALL_END, "added", "call"),
+        ]
+
+    if s.tool_calls:
+        pieces.append(Piece(DS_CALLS_BEGIN, "added", "call"))
+        pieces += _calls(s, phase0, block)
+        pieces.append(Piece(DS_CALLS_END, "added", "call"))
+    return _finish(s, pieces, DS_EOS, _own_trailer(s))
+
+
+# --------------------------------------------------------------------------
+# Families
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    """A real model family's markup and the vLLM parsers that read it.
+
+    ``special_tokens`` (skipped when decoding; the scenario tokens follow
+    them) and ``added_tokens`` (not special: their text stays in the output,
+    and parsers match them by id or text) are single tokens, as in the real
+    tokenizer.  ``scenarios`` are the shared scenarios the family plays, in
+    precedence order.  ``generation_prompt`` is what the chat template
+    appends before the scenario token; when it opens the reasoning
+    (DeepSeek-R1's ``<think>\\n``) the output starts with the reasoning itself.
+    """
+
+    name: str
+    title: str
+    reasoning_parser: str | None
+    tool_parser: str
+    special_tokens: tuple[str, ...]
+    added_tokens: tuple[str, ...]
+    eos: str
+    pad: str
+    bos: str | None
+    scenarios: tuple[Scenario, ...]
+    make_script: Callable[[Scenario, int], Script]
+    generation_prompt: str
+
+    @property
+    def parser_args(self) -> tuple[str, ...]:
+        """The vLLM flags that serve this family (besides model, host, port)."""
+        reasoning = ("--reasoning-parser", self.reasoning_parser) if self.reasoning_parser else ()
+        return (*reasoning, "--tool-call-parser", self.tool_parser, "--enable-auto-tool-choice")
+
+    @property
+    def by_name(self) -> dict[str, Scenario]:
+        return {s.name: s for s in self.scenarios}
+
+    def scenario(self, s: Scenario | str) -> Scenario:
+        return self.by_name[s] if isinstance(s, str) else s
+
+
+def _without_reasoning(scenarios: Iterable[Scenario], skip: Iterable[str] = ()) -> tuple[Scenario, ...]:
+    skipped = set(skip)
+    return tuple(replace(s, reasoning="") for s in scenarios if s.name not in skipped)
+
+
+QWEN3 = Family(
+    name="qwen3",
+    title="Qwen3 (hermes JSON tool calls)",
+    reasoning_parser="qwen3",
+    tool_parser="hermes",
+    special_tokens=(ENDOFTEXT, IM_START, IM_END),
+    added_tokens=NON_SPECIAL_ADDED_TOKENS,
+    eos=IM_END,
+    pad=ENDOFTEXT,
+    bos=None,
+    scenarios=SCENARIO_LIST,
+    make_script=_qwen3_script,
+    generation_prompt=f"{IM_START}assistant\n",
+)
+
+QWEN3_CODER = Family(
+    name="qwen3_coder",
+    title="Qwen3.5 / Qwen3-Coder (XML tool calls)",
+    reasoning_parser="qwen3",
+    tool_parser="qwen3_coder",
+    special_tokens=(ENDOFTEXT, IM_START, IM_END),
+    added_tokens=NON_SPECIAL_ADDED_TOKENS,
+    eos=IM_END,
+    pad=ENDOFTEXT,
+    bos=None,
+    scenarios=SCENARIO_LIST,
+    make_script=_qwen3_coder_script,
+    generation_prompt=f"{IM_START}assistant\n",
+)
+
+LLAMA3_JSON = Family(
+    name="llama3_json",
+    title="Llama 3.1/3.2 (JSON tool calls, no reasoning)",
+    reasoning_parser=None,
+    tool_parser="llama3_json",
+    special_tokens=(
+        LLAMA_END_OF_TEXT, LLAMA_BOS, LLAMA_HEADER_START, LLAMA_HEADER_END, LLAMA_EOT, LLAMA_EOM, LLAMA_PYTHON_TAG,
+    ),
+    added_tokens=(),
+    eos=LLAMA_EOT,
+    pad=LLAMA_END_OF_TEXT,
+    bos=LLAMA_BOS,
+    # Llama 3 writes one call and nothing before it (llama3_json only finds a
+    # call that starts the output).
+    scenarios=_without_reasoning(SCENARIO_LIST, skip=("two_calls", "think_then_call", "text_then_call")),
+    make_script=_llama3_script,
+    generation_prompt=f"{LLAMA_HEADER_START}assistant{LLAMA_HEADER_END}\n\n",
+)
+
+DEEPSEEK_R1 = Family(
+    name="deepseek_r1",
+    title="DeepSeek-R1 (<think> forced by the template, DeepSeek-V3 tool calls)",
+    reasoning_parser="deepseek_r1",
+    tool_parser="deepseek_v3",
+    special_tokens=(DS_PAD, DS_BOS, DS_EOS, DS_USER, DS_ASSISTANT),
+    added_tokens=(
+        THINK_START, THINK_END, DS_CALLS_BEGIN, DS_CALLS_END, DS_CALL_BEGIN, DS_CALL_END, DS_SEP,
+        DS_OUTPUTS_BEGIN, DS_OUTPUTS_END, DS_OUTPUT_BEGIN, DS_OUTPUT_END,
+    ),
+    eos=DS_EOS,
+    pad=DS_PAD,
+    bos=DS_BOS,
+    scenarios=SCENARIO_LIST,
+    make_script=_deepseek_r1_script,
+    generation_prompt=f"{DS_ASSISTANT}{THINK_START}\n",
+)
+
+#: Every family by name; the first is the default.
+FAMILIES: dict[str, Family] = {f.name: f for f in (QWEN3, QWEN3_CODER, LLAMA3_JSON, DEEPSEEK_R1)}
+DEFAULT_FAMILY = QWEN3.name
+
+
+def family_of(family: Family | str | None = None) -> Family:
+    """A :class:`Family` from itself, its name, or ``None`` (the default)."""
+    if isinstance(family, Family):
+        return family
+    name = family or DEFAULT_FAMILY
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
+    return FAMILIES[name]
+
+
+def _resolve(s: Scenario | str, family: Family | str | None) -> tuple[Scenario, Family]:
+    f = family_of(family)
+    return f.scenario(s), f
+
+
+def all_phase_texts(family: Family | str | None = None) -> list[str]:
+    """Texts of every phase token the family's scenarios use."""
+    n = sum(max(0, len(s.tool_calls) - 1) for s in family_of(family).scenarios)
+    return [phase_text(k) for k in range(1, n + 1)]
+
+
+def _phase_base(s: Scenario, family: Family) -> int:
     """Phase tokens are numbered globally (in precedence order), so that no
     two scenarios share one: the mode a phase token selects is its own."""
     base = 0
-    for other in SCENARIO_LIST:
+    for other in family.scenarios:
         if other.name == s.name:
             return base
         base += max(0, len(other.tool_calls) - 1)
     raise KeyError(s.name)
 
 
-def script(s: Scenario) -> Script:
+def script(s: Scenario | str, family: Family | str | None = None) -> Script:
     """The token script of a scenario (derived only from its data)."""
-    phase0 = _phase_base(s)
-    pieces: list[Piece] = [Piece(THINK_START, "added")]
-    pieces += [Piece(c) for c in chunk_text(s.reasoning)]
-    pieces.append(Piece(THINK_END, "added"))
-    if s.answer:
-        pieces += [Piece(c) for c in chunk_text(s.answer)]
-    for i, call in enumerate(s.tool_calls):
-        if i:
-            pieces.append(Piece(phase_text(phase0 + i), "phase"))
-        pieces.append(Piece(TOOL_CALL_START, "added"))
-        pieces += [Piece(c) for c in chunk_text(f"\n{call.hermes_json()}\n")]
-        pieces.append(Piece(TOOL_CALL_END, "added"))
-    if s.endless:
-        return Script(tuple(pieces), tuple(Piece(c) for c in chunk_text(s.loop)))
-    pieces.append(Piece(EOS_TOKEN, "eos"))
-    return Script(tuple(pieces))
+    s, f = _resolve(s, family)
+    return f.make_script(s, _phase_base(s, f))
 
 
-def has_phase_tokens(s: Scenario | str) -> bool:
+def has_phase_tokens(s: Scenario | str, family: Family | str | None = None) -> bool:
     """Whether the scenario's script switches mode with a phase token.
 
     Phase tokens decode to a newline that encoding spells differently, so
     such a script cannot come back from ``tokenizer.encode(raw_output(s))``;
     every other script does (the builder asserts it)."""
-    s = SCENARIOS[s] if isinstance(s, str) else s
-    return any(p.kind == "phase" for p in script(s).prefix + script(s).loop)
+    scr = script(s, family)
+    return any(p.kind == "phase" for p in scr.prefix + scr.loop)
 
 
-def raw_output(s: Scenario | str, max_tokens: int | None = None) -> str:
+def raw_output(s: Scenario | str, max_tokens: int | None = None, family: Family | str | None = None) -> str:
     """Exact text vLLM decodes from the scenario's output tokens (EOS
     excluded).  ``max_tokens`` truncates like the sampling parameter (it is
     required for endless scenarios)."""
-    s = SCENARIOS[s] if isinstance(s, str) else s
-    return "".join(p.decoded for p in script(s).pieces(max_tokens))
+    return "".join(p.decoded for p in script(s, family).pieces(max_tokens))
 
 
-def num_output_tokens(s: Scenario | str) -> int:
+def num_output_tokens(s: Scenario | str, family: Family | str | None = None) -> int:
     """Number of tokens a finite scenario emits, EOS included."""
-    s = SCENARIOS[s] if isinstance(s, str) else s
+    s, f = _resolve(s, family)
     if s.endless:
         raise ValueError("endless scenario")
-    return len(script(s).prefix)
+    return len(script(s, f).prefix)
 
 
-def expected_reasoning(s: Scenario | str) -> str:
-    """Reasoning text a ``<think>``-aware parser (vLLM ``qwen3``) extracts."""
-    s = SCENARIOS[s] if isinstance(s, str) else s
-    return s.reasoning
+def _part(s: Scenario | str, part: str, max_tokens: int | None, family: Family | str | None) -> str:
+    return "".join(p.decoded for p in script(s, family).pieces(max_tokens) if p.part == part)
 
 
-def expected_content(s: Scenario | str, max_tokens: int | None = None) -> str | None:
-    """Content after ``</think>`` (``None`` for tool-calling scenarios)."""
-    s = SCENARIOS[s] if isinstance(s, str) else s
+def expected_reasoning(s: Scenario | str, family: Family | str | None = None) -> str:
+    """Reasoning text the family's reasoning parser extracts (vLLM ``qwen3``:
+    exactly ``s.reasoning``; other families keep their newlines)."""
+    s, f = _resolve(s, family)
+    return _part(s, "reasoning", 64 if s.endless else None, f)
+
+
+def expected_content(
+    s: Scenario | str, max_tokens: int | None = None, family: Family | str | None = None
+) -> str | None:
+    """Content the parsers report: the text after the reasoning, before any
+    tool call.  For a tool-calling scenario it is ``None`` unless the model
+    writes text (not only whitespace) before its calls."""
+    s, f = _resolve(s, family)
+    text = _part(s, "content", max_tokens, f)
     if s.tool_calls:
-        return None
-    text = raw_output(s, max_tokens)
-    return text.split(THINK_END, 1)[1] if THINK_END in text else ""
+        return text if text.strip() else None
+    return text
 
 
-def expected_tool_calls(s: Scenario | str) -> list[dict[str, Any]]:
+def expected_tool_calls(s: Scenario | str, family: Family | str | None = None) -> list[dict[str, Any]]:
     """``[{"name": ..., "arguments": {...}}, ...]`` for a scenario."""
-    s = SCENARIOS[s] if isinstance(s, str) else s
+    s, _ = _resolve(s, family)
     return [{"name": c.name, "arguments": dict(c.arguments)} for c in s.tool_calls]
 
 
@@ -466,6 +808,7 @@ def last_user_index(messages: Sequence[Any]) -> int:
 def loop_scenarios(
     messages: Sequence[Any],
     tools: Sequence[Mapping[str, Any]] | None = None,
+    family: Family | str | None = None,
 ) -> dict[int, Scenario]:
     """The scenario token the template puts in front of each assistant
     message of the current tool loop (those after the last ``user`` message),
@@ -478,7 +821,7 @@ def loop_scenarios(
     next prompt a token-for-token extension of the previous one."""
     msgs = list(messages or ())
     return {
-        i: select_scenario(msgs[:i], tools)
+        i: select_scenario(msgs[:i], tools, family)
         for i in range(last_user_index(msgs) + 1, len(msgs))
         if _role(msgs[i]) == "assistant"
     }
@@ -487,6 +830,7 @@ def loop_scenarios(
 def select_scenario(
     messages: Sequence[Mapping[str, Any]],
     tools: Sequence[Mapping[str, Any]] | None = None,
+    family: Family | str | None = None,
 ) -> Scenario:
     """The scenario the chat template selects for this conversation."""
     msgs = [m for m in messages or () if isinstance(m, Mapping)]
@@ -497,7 +841,7 @@ def select_scenario(
             user_text = content_text(m.get("content"))
     user_text = user_text.lower()
     names = set(tool_names(tools))
-    for s in SCENARIO_LIST:
+    for s in family_of(family).scenarios:
         t = s.trigger
         if t.after_tool and last_role != "tool":
             continue
