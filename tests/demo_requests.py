@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from vllm_responses.demo_model.scenarios import SCENARIOS, expected_content, expected_reasoning, expected_tool_calls
+from vllm_responses.demo_model.scenarios import expected_content, expected_reasoning, expected_tool_calls, family_of
 
 WEATHER_TOOL = {
     "type": "function",
@@ -29,6 +29,7 @@ class Case:
     body: dict[str, Any]
     max_output_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    family: str | None = None  # the demo model's family (default: qwen3 + hermes)
 
     def request(self, **overrides: Any) -> dict[str, Any]:
         body = {"model": "demo", **self.body, **overrides}
@@ -38,19 +39,24 @@ class Case:
 
     @property
     def reasoning(self) -> str:
-        return expected_reasoning(self.scenario)
+        """The reasoning item's text; "" when there is none (the parser's reasoning is empty
+        or only whitespace, which opens no item)."""
+        text = expected_reasoning(self.scenario, self.family)
+        return text if text.strip() else ""
 
     @property
     def content(self) -> str | None:
-        return expected_content(self.scenario, self.max_output_tokens)
+        """The message's text: the answer, or text before the calls (``None``: no message)."""
+        text = expected_content(self.scenario, self.max_output_tokens, self.family)
+        return text if text is None or text.strip() or not self.tool_calls else None
 
     @property
     def tool_calls(self) -> list[dict[str, Any]]:
-        return expected_tool_calls(self.scenario)
+        return expected_tool_calls(self.scenario, self.family)
 
     @property
     def incomplete(self) -> bool:
-        return SCENARIOS[self.scenario].endless
+        return family_of(self.family).scenario(self.scenario).endless
 
 
 APPLY_PATCH_TOOL = {
@@ -92,6 +98,10 @@ CASES = {
         Case("after_tool", {"input": AFTER_TOOL_INPUT, "tools": [WEATHER_TOOL]}),
         Case("apply_patch", {"input": "Please apply a patch.", "tools": [APPLY_PATCH_TOOL, {"type": "web_search"}]}),
         Case("namespace_call", {"input": "Who is customer 42?", "tools": [CRM_NAMESPACE, {"type": "tool_search"}]}),
+        # Real between-item shapes: `</think>\n\n<tool_call>`, text before a call, a newline after it.
+        Case("think_then_call", {"input": "Forecast for Oslo?", "tools": [WEATHER_TOOL]}),
+        Case("text_then_call", {"input": "Do I need an umbrella in Bergen?", "tools": [WEATHER_TOOL]}),
+        Case("call_then_newline", {"input": "Rain in Stockholm tomorrow?", "tools": [WEATHER_TOOL]}),
     ]
 }
 
@@ -100,8 +110,10 @@ def check_output(case: Case, output: list[dict[str, Any]]) -> None:
     """The final ``output`` items hold exactly the scenario's script."""
     kinds = [item["type"] for item in output]
     call_kind = "custom_tool_call" if case.scenario == "apply_patch" else "function_call"
-    expected_kinds = (["reasoning"] if case.reasoning else []) + (
-        [call_kind] * len(case.tool_calls) if case.tool_calls else ["message"]
+    expected_kinds = (
+        (["reasoning"] if case.reasoning else [])
+        + (["message"] if case.content is not None else [])
+        + [call_kind] * len(case.tool_calls)
     )
     assert kinds == expected_kinds, (kinds, output)
     if case.reasoning:

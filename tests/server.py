@@ -22,10 +22,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_args() -> list[str]:
-    """The flags `make demo` uses; the Makefile is their one home."""
+def serve_args(family: str | None = None) -> list[str]:
+    """The flags `make demo` uses; the Makefile is their one home. For another demo-model
+    family (``vllm_responses.demo_model.scenarios.FAMILIES``) its parser flags replace the
+    default family's."""
+    from vllm_responses.demo_model.scenarios import family_of
+
     out = subprocess.run(["make", "-s", "-C", str(ROOT), "print-serve-args"], check=True, capture_output=True, text=True)
-    return shlex.split(out.stdout)
+    args = shlex.split(out.stdout)
+    default, wanted = list(family_of(None).parser_args), list(family_of(family).parser_args)
+    if wanted == default:
+        return args
+    at = next((i for i in range(len(args)) if args[i : i + len(default)] == default), None)
+    if at is None:
+        raise RuntimeError(f"the Makefile's SERVE_ARGS lack the default family's parser flags {default}")
+    return args[:at] + wanted + args[at + len(default) :]
 
 
 def demo_model_dir() -> Path:
@@ -42,6 +53,7 @@ class Server:
     ``vllm serve`` instead (through tests/vllm_serve.py, see there why), which is what
     ``--api-server-count`` needs. ``store`` is the plugin's store URL (a SQLite file beside
     the log unless given); ``env`` and ``args`` add to the environment and the flags.
+    ``model`` and ``family``: another demo checkpoint, served with that family's parsers.
     """
 
     def __init__(
@@ -55,6 +67,8 @@ class Server:
         args: list[str] | None = None,
         serve: bool = False,
         port: int | None = None,
+        model: Path | None = None,
+        family: str | None = None,
     ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -71,7 +85,8 @@ class Server:
             full_env["VLLM_RESPONSES_CAPTURE_DIR"] = str(capture_dir)
         full_env.update(env or {})
         launcher = [str(ROOT / "tests" / "vllm_serve.py")] if serve else ["-m", "vllm.entrypoints.openai.api_server", "--model"]
-        cmd = [sys.executable, *launcher, str(demo_model_dir()), *serve_args(), "--port", str(self.port), *(args or [])]
+        model_dir = model or demo_model_dir()
+        cmd = [sys.executable, *launcher, str(model_dir), *serve_args(family), "--port", str(self.port), *(args or [])]
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
         Server.started.add(self)

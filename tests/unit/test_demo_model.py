@@ -732,6 +732,21 @@ def test_default_family_is_qwen3_hermes():
         sc.family_of("nope")
 
 
+def test_makefile_serves_the_default_family():
+    """The Makefile's SERVE_ARGS (the users' command) carry the default family's parser
+    flags, which the e2e harness swaps for a variant's (tests/server.py serve_args)."""
+    import shlex
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if not shutil.which("make"):
+        pytest.skip("no make")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["make", "-s", "-C", str(root), "print-serve-args"], capture_output=True, text=True, check=True)
+    assert " ".join(sc.family_of(None).parser_args) in " ".join(shlex.split(out.stdout))
+
+
 def test_every_family_names_real_parsers():
     pytest.importorskip("vllm")
     from vllm.reasoning import ReasoningParserManager
