@@ -377,25 +377,35 @@ class ResponseStream:
     def feed(self, delta: Delta) -> list[Event]:
         if self.terminated:
             raise RuntimeError("delta after the terminal event")
+        # The hot path: a delta that continues the open item.
+        if isinstance(delta, TextDelta):
+            if isinstance(self._open, _Message) and not self._held:
+                return self._open.add(delta) if delta.text else []
+            return self._feed_text(delta, _Message)
+        if isinstance(delta, ReasoningDelta):
+            if isinstance(self._open, _Reasoning) and not self._held:
+                return self._open.add(delta.text) if delta.text else []
+            return self._feed_text(delta, _Reasoning)
+        self._held = []
+        return self._feed_call(delta)
+
+    def _feed_text(self, delta: TextDelta | ReasoningDelta, kind: type[_Message] | type[_Reasoning]) -> list[Event]:
         if self._held and type(self._held[0]) is not type(delta):
             self._held = []
-        if isinstance(delta, (TextDelta, ReasoningDelta)):
-            if not delta.text:
-                return []
-            kind = _Message if isinstance(delta, TextDelta) else _Reasoning
-            if isinstance(self._open, kind):
-                return self._add(delta)
-            # Parsers pass on the whitespace between items (Qwen3's `</think>\n\n<tool_call>`,
-            # a newline after `</tool_call>`): alone it must not open an empty-looking item.
-            if delta.text.isspace():
-                self._held.append(delta)
-                return []
-            held, self._held = self._held, []
-            events = self._switch_to(kind)
-            for d in (*held, delta):
-                events += self._add(d)
-            return events
-        return self._feed_call(delta)
+        if not delta.text:
+            return []
+        if isinstance(self._open, kind):
+            return self._add(delta)
+        # Parsers pass on the whitespace between items (Qwen3's `</think>\n\n<tool_call>`,
+        # a newline after `</tool_call>`): alone it must not open an empty-looking item.
+        if delta.text.isspace():
+            self._held.append(delta)
+            return []
+        held, self._held = self._held, []
+        events = self._switch_to(kind)
+        for d in (*held, delta):
+            events += self._add(d)
+        return events
 
     def _add(self, delta: TextDelta | ReasoningDelta) -> list[Event]:
         item = self._open
