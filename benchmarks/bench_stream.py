@@ -16,8 +16,8 @@ import time
 import orjson
 from openai.types.responses import ResponseTextDeltaEvent
 
-from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDelta, Usage
-from vllm_responses.protocol import parse_request, initial_response
+from vllm_responses.deltas import Finish, ReasoningDelta, Sampling, TextDelta, ToolCallDelta, Usage
+from vllm_responses.protocol import initial_response, parse_request
 from vllm_responses.sse import frames
 from vllm_responses.stream import ResponseStream, StreamOptions
 
@@ -35,7 +35,7 @@ def synthetic(n: int) -> list:
 
 def run_machine(deltas: list) -> tuple[float, int]:
     request = parse_request(json.dumps({"model": "demo", "input": "hi"}).encode())
-    stream = ResponseStream(initial_response(request, "resp_bench", 0.0, "demo"), StreamOptions(reasoning_summary=True))
+    stream = ResponseStream(initial_response(request, "resp_bench", 0, "demo", Sampling()), StreamOptions(reasoning_summary=True))
     frames(stream.start())
     events = 0
     t0 = time.perf_counter()

@@ -99,6 +99,8 @@ class VllmEngine(Engine):
             return await self._prepare(request, items)
         except VLLMValidationError as exc:
             raise _client_error(exc) from None
+        except RecursionError:  # a schema or content nested deeper than vLLM's code can walk
+            raise invalid_request("The request is nested too deeply to be processed.", code="nested_too_deeply") from None
 
     async def _prepare(self, request: ResponsesRequest, items: list[Any]) -> _Prepared:
         lora_request = await self._adapter(request.model)
