@@ -77,6 +77,12 @@ class ResponsesRequest:
         return conversation or None
 
     @property
+    def reasoning_summary(self) -> str | None:
+        """``reasoning.summary`` (or its deprecated name ``generate_summary``)."""
+        reasoning = self.get("reasoning") or {}
+        return reasoning.get("summary") or reasoning.get("generate_summary")
+
+    @property
     def include(self) -> frozenset[str]:
         return frozenset(self.get("include", ()))
 
@@ -365,7 +371,7 @@ def initial_response(request: ResponsesRequest, response_id: str, created_at: in
         tool_choice=request.get("tool_choice", "auto"),
         tools=request.tools,
         text={"format": _text_format(text.get("format")), "verbosity": text.get("verbosity") or "medium"},
-        reasoning={"effort": reasoning.get("effort"), "summary": reasoning.get("summary") or reasoning.get("generate_summary")},
+        reasoning={"effort": reasoning.get("effort"), "summary": request.reasoning_summary},
         truncation=p.get("truncation") or "disabled",
         service_tier="default",
         temperature=sampling.temperature,

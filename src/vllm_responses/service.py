@@ -199,10 +199,8 @@ class ResponsesService:
         return Run(stream, self.engine.generate(prepared, stream.response.id))
 
     def _options(self, request: ResponsesRequest) -> StreamOptions:
-        reasoning = request.get("reasoning") or {}
-        summary = reasoning.get("summary") or reasoning.get("generate_summary")
         return StreamOptions(
-            reasoning_summary=summary in ("auto", "concise", "detailed"),
+            reasoning_summary=request.reasoning_summary in ("auto", "concise", "detailed"),
             logprobs="message.output_text.logprobs" in request.include,
             seal=self.sealer.seal if request.sealed_reasoning else None,
         )

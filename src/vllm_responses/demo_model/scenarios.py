@@ -596,19 +596,13 @@ QWEN3 = Family(
     generation_prompt=f"{IM_START}assistant\n",
 )
 
-QWEN3_CODER = Family(
+# The same ChatML tokens and reasoning as Qwen3; only the tool-call markup differs.
+QWEN3_CODER = replace(
+    QWEN3,
     name="qwen3_coder",
     title="Qwen3.5 / Qwen3-Coder (XML tool calls)",
-    reasoning_parser="qwen3",
     tool_parser="qwen3_coder",
-    special_tokens=(ENDOFTEXT, IM_START, IM_END),
-    added_tokens=NON_SPECIAL_ADDED_TOKENS,
-    eos=IM_END,
-    pad=ENDOFTEXT,
-    bos=None,
-    scenarios=SCENARIO_LIST,
     make_script=_qwen3_coder_script,
-    generation_prompt=f"{IM_START}assistant\n",
 )
 
 LLAMA3_JSON = Family(
