@@ -7,6 +7,7 @@ sampling parameters decide what comes out.
 """
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -179,23 +180,52 @@ def test_truncation_auto_drops_the_oldest_items(flagged: Server) -> None:
     assert text(r) == text(ok(flagged.base_url, {"model": "demo", "input": "Hello there"}))  # the last user message kept
 
 
+def _waiting(base_url: str) -> float:
+    metrics = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("vllm:num_requests_waiting{"))
+
+
 def test_priority_scheduling(flagged: Server) -> None:
     """One sequence at a time: a later request with a better priority runs before an earlier
-    one. The ``X-Vllm-Priority`` header wins over the body's ``priority``, as on upstream's routes."""
-    blocker = {**ENDLESS, "max_output_tokens": 400}
-    finished: list[str] = []
+    one. The ``X-Vllm-Priority`` header wins over the body's ``priority``, as on upstream's routes.
 
-    def run(name: str, priority: int, delay: float, headers: dict | None = None) -> None:
-        time.sleep(delay)
+    No sleeps decide the order: the blocker streams (so the test sees it running), and each
+    request goes in only once vLLM's ``/metrics`` counts the one before it as waiting.
+    """
+    finished: list[str] = []
+    blocker_done = threading.Event()
+    blocker_running = threading.Event()
+
+    def block() -> None:
+        # The best priority of the three: vLLM preempts a running request for a better one.
+        body = {**ENDLESS, "max_output_tokens": 900, "stream": True, "priority": -100}
+        with httpx.stream("POST", f"{flagged.base_url}/v1/responses", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:") and '"response.output_text.delta"' in line:
+                    blocker_running.set()
+        blocker_done.set()
+
+    def run(name: str, priority: int, headers: dict | None = None) -> None:
         r = create(flagged.base_url, {**ENDLESS, "max_output_tokens": 8, "priority": priority}, headers)
         assert r.status_code == 200, r.text
         finished.append(name)
 
+    def until_waiting(n: int) -> None:
+        deadline = time.monotonic() + 30
+        while _waiting(flagged.base_url) < n:
+            assert not blocker_done.is_set(), "the blocker ended before the others queued: make it longer"
+            assert time.monotonic() < deadline, f"vLLM never counted {n} waiting requests"
+            time.sleep(0.005)
+
     with ThreadPoolExecutor(3) as pool:
-        block = pool.submit(ok, flagged.base_url, blocker)
-        low = pool.submit(run, "low", 10, 0.5)
-        high = pool.submit(run, "high", 20, 1.0, {"X-Vllm-Priority": "-10"})
-        for f in (block, low, high):
+        blocking = pool.submit(block)
+        assert blocker_running.wait(60)
+        low = pool.submit(run, "low", 10)
+        until_waiting(1)
+        high = pool.submit(run, "high", 20, {"X-Vllm-Priority": "-10"})
+        until_waiting(2)
+        assert not blocker_done.is_set()
+        for f in (blocking, low, high):
             f.result()
     assert finished == ["high", "low"]
 
