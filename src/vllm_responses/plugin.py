@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from .logs import get_logger
-from . import conversations, routes
+from . import conversations, openapi, routes
 from .sealing import ReasoningSealer
 from .service import ResponsesService, warm_up
 from .settings import REASONING_KEYS, Settings
@@ -30,6 +30,7 @@ class ResponsesPlugin:
     def attach_router(self, app: FastAPI) -> None:
         app.include_router(routes.router)
         app.include_router(conversations.router)
+        openapi.describe(app)  # our bodies, parameters and answers in /openapi.json, built when first asked
         _on_shutdown(app)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
