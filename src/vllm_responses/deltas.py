@@ -8,6 +8,23 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
 
+def valid_text(text: str) -> str:
+    """``text`` as a string every JSON encoder can write as UTF-8.
+
+    Model output reaches us as Python strings that may hold surrogate code points: a tool
+    parser or the custom-input decoder decoding a JSON ``\\u`` escape the model wrote. orjson
+    and pydantic refuse those (the frame would fail after the stream started), so a lone
+    surrogate becomes U+FFFD, and two that form a pair become the character they encode.
+    NUL and U+FFFD are valid text and stay. Cheap for the common case: callers on the hot
+    path test ``text.isascii()`` first.
+    """
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
 @dataclass(slots=True)
 class ReasoningDelta:
     text: str

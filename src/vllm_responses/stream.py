@@ -11,9 +11,15 @@ Guarantees (checked by :mod:`vllm_responses.conformance`):
   ``done`` carry the same id (and ``call_id``), and the done item equals the item in the
   final response;
 - exactly one terminal event: ``response.completed``, ``response.incomplete`` or
-  ``response.failed`` (the last preceded by an ``error`` event).
+  ``response.failed`` (the last preceded by an ``error`` event);
+- no delta breaks a stream: every string that enters an event goes through
+  :func:`~.deltas.valid_text` here (so every frame serializes, whichever transport writes
+  it), logprobs are finite, and no delta sequence makes the machine raise (see
+  :meth:`ResponseStream.feed` for what it drops); each call's ``call_id`` is unique in the
+  response, as a client sending the output back as input needs.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias, Union
@@ -63,7 +69,7 @@ from openai.types.responses.response_reasoning_summary_part_added_event import P
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 from pydantic import TypeAdapter
 
-from .deltas import Delta, Finish, ReasoningDelta, TextDelta, TokenLogprob, ToolCallDelta, Usage
+from .deltas import Delta, Finish, ReasoningDelta, TextDelta, TokenLogprob, ToolCallDelta, Usage, valid_text
 from .ids import new_id
 from .protocol import dump_json
 
@@ -180,6 +186,8 @@ class _Reasoning(_Item):
         return events
 
     def add(self, text: str) -> list[Event]:
+        if not text.isascii():
+            text = valid_text(text)
         self.chunks.append(text)
         events: list[Event] = [self.text_delta.render(self.s.seq(), text)]
         if self.summary_delta is not None:
@@ -223,9 +231,16 @@ class _Reasoning(_Item):
 
 def _logprob(lp: TokenLogprob) -> Logprob:
     return Logprob.model_construct(
-        token=lp.token, logprob=lp.logprob, bytes=lp.bytes,
-        top_logprobs=[LogprobTopLogprob.model_construct(token=t.token, logprob=t.logprob, bytes=t.bytes) for t in lp.top],
+        token=valid_text(lp.token), logprob=_finite(lp.logprob), bytes=lp.bytes,
+        top_logprobs=[
+            LogprobTopLogprob.model_construct(token=valid_text(t.token), logprob=_finite(t.logprob), bytes=t.bytes) for t in lp.top
+        ],
     )
+
+
+def _finite(logprob: float) -> float:
+    """JSON has no NaN or infinity (pydantic would write ``null``, which no client's type accepts)."""
+    return logprob if math.isfinite(logprob) else -9999.0
 
 
 class _Message(_Item):
@@ -249,15 +264,16 @@ class _Message(_Item):
         ]
 
     def add(self, delta: TextDelta) -> list[Event]:
-        self.chunks.append(delta.text)
+        text = delta.text if delta.text.isascii() else valid_text(delta.text)
+        self.chunks.append(text)
         if not (self.s.options.logprobs and delta.logprobs):
-            return [self.delta.render(self.s.seq(), delta.text)]
+            return [self.delta.render(self.s.seq(), text)]
         logprobs = [_logprob(lp) for lp in delta.logprobs]
         self.logprobs += logprobs
         return [
             ResponseTextDeltaEvent.model_construct(
                 type="response.output_text.delta", sequence_number=self.s.seq(), item_id=self.id,
-                output_index=self.output_index, content_index=0, delta=delta.text, logprobs=logprobs,
+                output_index=self.output_index, content_index=0, delta=text, logprobs=logprobs,
             )
         ]
 
@@ -285,10 +301,10 @@ class _ToolCall(_Item):
     def __init__(self, stream: "ResponseStream", output_index: int, call: ToolCallDelta) -> None:
         super().__init__(stream, output_index, new_id("ctc" if call.custom else "fc"))
         self.index = call.index
-        self.name = call.name or ""
-        self.namespace = call.namespace
+        self.name = valid_text(call.name or "")
+        self.namespace = valid_text(call.namespace) if call.namespace else None
         self.custom = call.custom
-        self.call_id = call.call_id or new_id("call")
+        self.call_id = stream.unique_call_id(call.call_id)
         self.chunks: list[str] = []
         kind = "response.custom_tool_call_input.delta" if self.custom else "response.function_call_arguments.delta"
         event_cls = ResponseCustomToolCallInputDeltaEvent if self.custom else ResponseFunctionCallArgumentsDeltaEvent
@@ -308,6 +324,8 @@ class _ToolCall(_Item):
     def add(self, text: str) -> list[Event]:
         if not text:
             return []
+        if not text.isascii():
+            text = valid_text(text)
         self.chunks.append(text)
         return [self.delta.render(self.s.seq(), text)]
 
@@ -343,12 +361,22 @@ class ResponseStream:
         # Whitespace-only text or reasoning that would open an item: held until text of the
         # same kind follows (then it leads that item), dropped when anything else follows.
         self._held: list[TextDelta | ReasoningDelta] = []
+        self._call_ids: set[str] = set()
         self.terminated = False
 
     # -- helpers used by items ------------------------------------------------------------
     def seq(self) -> int:
         self._seq += 1
         return self._seq
+
+    def unique_call_id(self, call_id: str | None) -> str:
+        """The parser's call id, unless missing or already used in this response (a client
+        sending the output back would have two calls answered by one output): then a new one."""
+        call_id = valid_text(call_id) if call_id else None
+        if not call_id or call_id in self._call_ids:
+            call_id = new_id("call")
+        self._call_ids.add(call_id)
+        return call_id
 
     def item_added(self, output_index: int, item: Any) -> ResponseOutputItemAddedEvent:
         return ResponseOutputItemAddedEvent.model_construct(
@@ -375,6 +403,10 @@ class ResponseStream:
         return events
 
     def feed(self, delta: Delta) -> list[Event]:
+        """The events one delta makes. Empty deltas make none; a tool-call fragment without a
+        name that does not continue the open call (of its index) is dropped: the adapter's
+        :class:`~.tool_calls.ToolCallMapper` names every call it starts, so only a call
+        already closed could be continued that way, and its ``done`` events have gone out."""
         if self.terminated:
             raise RuntimeError("delta after the terminal event")
         # The hot path: a delta that continues the open item.
@@ -419,8 +451,8 @@ class ResponseStream:
         if isinstance(self._open, _ToolCall) and self._open.index == delta.index:
             return self._open.add(delta.arguments)
         # A new call. Its first delta carries the name (ToolCallMapper holds fragments until then).
-        if not delta.name:
-            raise ValueError(f"tool call {delta.index} started without a name")
+        if delta.name is None:
+            return []
         events = self._close_open("completed")
         call = _ToolCall(self, len(self.response.output), delta)
         self._open = call
@@ -446,6 +478,7 @@ class ResponseStream:
         events = self._close_open("incomplete")
         r = self.response
         r.status = "failed"
+        message, code = valid_text(message) or "The response failed.", valid_text(code) or "server_error"
         r.error = ResponseError.model_construct(code=code, message=message)
         r.usage = _usage(usage or Usage())
         self.terminated = True

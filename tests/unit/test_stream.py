@@ -84,10 +84,12 @@ def test_two_function_calls_are_two_items():
     assert [a["arguments"] for a in added] == ["", ""]
 
 
-def test_tool_call_without_name_is_a_bug_not_a_silent_item():
-    # Codex drops calls it cannot name; the mapper guarantees names, the machine insists.
-    with pytest.raises(ValueError):
-        run([ToolCallDelta(0, arguments="{}")])
+def test_fragment_of_no_open_call_is_dropped_not_a_broken_stream():
+    # The mapper names every call it starts (a nameless one as ""); a nameless fragment that
+    # continues no open call could only belong to a call already done: dropped.
+    events = run([ToolCallDelta(0, arguments="{}"), ToolCallDelta(1, name="f", arguments="{}"), TextDelta("t"), ToolCallDelta(1, arguments="x")])
+    assert check_events(events) == []
+    assert [(i["type"], i.get("arguments")) for i in events[-1]["response"]["output"]] == [("function_call", "{}"), ("message", None)]
 
 
 def test_length_ends_incomplete_with_open_item_incomplete():
