@@ -30,6 +30,7 @@ class Context:
 
     model_items: list[Any] = field(default_factory=list)
     input_items: list[JSON] = field(default_factory=list)
+    earlier: list[JSON] = field(default_factory=list)  # what the state brought in, stored shape
 
 
 class History:
@@ -37,17 +38,20 @@ class History:
         self.store = store
         self.sealer = sealer
 
-    async def resolve(self, request: ResponsesRequest) -> Context:
+    async def resolve(self, request: ResponsesRequest, earlier: list[JSON] | None = None) -> Context:
+        """``earlier``: the items ``previous_response_id`` stands for, when the caller already
+        holds them (a WebSocket connection's last turn); otherwise they come from the store."""
         own = await self.own_items(request.input)
-        earlier: list[JSON] = []
-        if request.previous_response_id:
-            earlier = await self.chain(request.previous_response_id)
-        elif request.conversation_id:
-            earlier = await self.conversation_items(request.conversation_id)
+        if earlier is None:
+            earlier = []
+            if request.previous_response_id:
+                earlier = await self.chain(request.previous_response_id)
+            elif request.conversation_id:
+                earlier = await self.conversation_items(request.conversation_id)
         if not earlier:  # the request's typed items are already what the engine needs
             return Context(request_items(request, own), own)
         where = "previous_response_id" if request.previous_response_id else "conversation"
-        return Context(to_model_input(earlier, where) + request_items(request, own), own)
+        return Context(to_model_input(earlier, where) + request_items(request, own), own, earlier)
 
     async def chain(self, response_id: str) -> list[JSON]:
         """Every item of a chain of responses, oldest first, ending with ``response_id``'s output."""

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from .logs import get_logger
-from . import conversations, openapi, routes
+from . import conversations, openapi, routes, websocket
 from .sealing import ReasoningSealer
 from .service import ResponsesService, warm_up
 from .settings import REASONING_KEYS, Settings
@@ -29,6 +29,7 @@ class ResponsesPlugin:
 
     def attach_router(self, app: FastAPI) -> None:
         app.include_router(routes.router)
+        app.include_router(websocket.router)  # GET /v1/responses: WebSocket mode
         app.include_router(conversations.router)
         openapi.describe(app)  # our bodies, parameters and answers in /openapi.json, built when first asked
         _on_shutdown(app)

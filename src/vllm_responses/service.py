@@ -168,8 +168,12 @@ class ResponsesService:
             (self.capture_dir / f"{response_id}.request.json").write_bytes(body)
 
     # -- create ---------------------------------------------------------------------------
-    async def create(self, request: ResponsesRequest) -> "Run | BackgroundRun":
-        context = await store_call(self.history.resolve(request))
+    async def create(self, request: ResponsesRequest, *, context: Context | None = None, generate: bool = True) -> "Run | BackgroundRun":
+        """``context``: already resolved by the caller (a WebSocket turn continuing from its
+        connection's cache). ``generate=False`` (a WebSocket warm-up): everything but the
+        engine run; the response completes with no output."""
+        if context is None:
+            context = await store_call(self.history.resolve(request))
         prepared = await self.engine.prepare(request, context.model_items)
         response = initial_response(request, new_id("resp"), int(time.time()), request.model, prepared.sampling)
         stream = ResponseStream(response, self._options(request), clock=lambda: int(time.time()))
@@ -179,7 +183,7 @@ class ResponsesService:
             await store_call(self.store.create_response(record))
             return self.background.start(stream, prepared, record)
 
-        deltas = self.engine.generate(prepared, response.id)
+        deltas = self.engine.generate(prepared, response.id) if generate else _not_generated()
         # No event before the engine accepts the request, so errors it finds on submission
         # are still plain 4xx answers (chat completions also waits for the first output).
         try:
@@ -341,6 +345,12 @@ def spawn(work: Awaitable[None]) -> "asyncio.Future[None]":
     _SPAWNED.add(future)
     future.add_done_callback(_SPAWNED.discard)
     return future
+
+
+async def _not_generated() -> AsyncIterator[Started | Finish]:
+    """The engine's part of a response created with ``generate: false``: accepted, nothing generated."""
+    yield Started()
+    yield Finish("stop", Usage())
 
 
 async def store_call(call: Awaitable):  # type: ignore[type-arg]

@@ -22,6 +22,10 @@ LEASE = "VLLM_RESPONSES_LEASE_SECONDS"
 CAPTURE_DIR = "VLLM_RESPONSES_CAPTURE_DIR"
 MAX_BODY = "VLLM_RESPONSES_MAX_BODY_BYTES"
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+WS_MAX_SECONDS = "VLLM_RESPONSES_WS_MAX_SECONDS"
+WS_MAX_MESSAGE = "VLLM_RESPONSES_WS_MAX_MESSAGE_BYTES"
+WS_MAX_IN_FLIGHT = "VLLM_RESPONSES_WS_MAX_IN_FLIGHT"
+DEFAULT_WS_MAX_MESSAGE = 16 * 1024 * 1024  # uvicorn's own frame limit (``--ws-max-size``)
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,10 @@ class Settings:
     responses it was running are marked failed.
     ``capture_dir``: debugging aid, every stream is also written there.
     ``max_body_bytes``: larger request bodies are refused (413) before they are read whole.
+    ``ws_max_s``, ``ws_max_message_bytes``, ``ws_max_in_flight``: a WebSocket connection on
+    ``/v1/responses`` lasts at most this long (OpenAI's limit is 60 minutes), takes messages
+    up to this size, and holds at most this many ``response.create`` messages at once (the
+    one running and those queued behind it).
     """
 
     store_url: str = field(default_factory=default_url)
@@ -42,6 +50,9 @@ class Settings:
     lease_s: float = 10.0
     capture_dir: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY
+    ws_max_s: float = 3600.0
+    ws_max_message_bytes: int = DEFAULT_WS_MAX_MESSAGE
+    ws_max_in_flight: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -57,6 +68,9 @@ class Settings:
             lease_s=_number(env, LEASE, 10.0, float, minimum=1.0),
             capture_dir=env.get(CAPTURE_DIR) or None,
             max_body_bytes=int(_number(env, MAX_BODY, DEFAULT_MAX_BODY, int, minimum=1024)),
+            ws_max_s=_number(env, WS_MAX_SECONDS, 3600.0, float, minimum=1.0),
+            ws_max_message_bytes=int(_number(env, WS_MAX_MESSAGE, DEFAULT_WS_MAX_MESSAGE, int, minimum=1024)),
+            ws_max_in_flight=int(_number(env, WS_MAX_IN_FLIGHT, 8, int, minimum=1)),
         )
 
 
