@@ -5,14 +5,15 @@ response again), ``POST /v1/responses/{id}/cancel``, ``GET /v1/responses/{id}/in
 The Conversations API is in :mod:`.conversations`.
 """
 
+import asyncio
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from functools import wraps
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from openai.types.responses import ResponseIncludable
 
 from .logs import get_logger
@@ -20,13 +21,15 @@ from . import __version__
 from .background import BackgroundRun, Logged
 from .errors import APIError, invalid_request, request_too_large
 from .items import page
-from .protocol import dump_json, parse_request
-from .service import ResponsesService
-from .sse import SSE_MEDIA_TYPE, frame_of, frames
+from .protocol import ResponsesRequest, dump_json, parse_request
+from .service import ResponsesService, Run
+from .sse import EventStream, disconnected, frame_of, frames
+from .tasks import settle
 
 logger = get_logger(__name__)
 
 router = APIRouter()
+T = TypeVar("T")
 
 VERSION_HEADER = "x-vllm-responses"
 PROCESS_HEADER = "x-vllm-responses-process"
@@ -89,41 +92,52 @@ def answers_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[...,
 @router.post("/v1/responses")
 @answers_errors
 async def create_response(raw: Request) -> Response:
+    """A client that leaves at any point has its engine request aborted at once: while it
+    waits for the first event or for a JSON answer (``http.disconnect`` is watched beside
+    the work), and mid-stream (:class:`~.sse.EventStream`). A background response goes on."""
     service = service_of(raw)
     body = await read_body(raw)
     request = parse_request(body, headers=raw.headers)
-    run = await service.create(request)
-    service.capture_request(run.response.id, body)
-    if isinstance(run, BackgroundRun):  # its frames are captured by the run itself
+    if request.background:
+        run = await service.create(request)
+        assert isinstance(run, BackgroundRun)
+        service.capture_request(run.response.id, body)  # its frames are captured by the run itself
         if request.stream:
-            return _sse(run.follow())
+            return _sse(run.follow(), service.keepalive_s)
         return json_response(dump_json(run.response))
+    answer = await until_disconnected(raw, _answer(service, request, body))
+    return answer if answer is not None else Response(status_code=499)  # nobody reads it
 
+
+async def _answer(service: ResponsesService, request: ResponsesRequest, body: bytes) -> Response:
+    # A stream waits for the engine's acceptance only so long before it commits to a 200
+    # and keeps its client with comments; a JSON answer has nothing to send meanwhile.
+    run = await service.create(request, patience=service.keepalive_s if request.stream else None)
+    assert isinstance(run, Run)
+    service.capture_request(run.response.id, body)
     capture = service.capture(run.response.id)
+    batches = run.batches()
+    complete = False
     if request.stream:
-        async def body() -> AsyncIterator[bytes]:
+        async def frames_of() -> AsyncGenerator[bytes, None]:
             complete = False
             try:
-                async for batch in run.batches():
+                async for batch in batches:
                     data = frames(batch)
                     if capture is not None:
                         capture.write(data)
                     yield data
                 complete = True
             finally:
+                await batches.aclose()
                 if capture is not None:
                     capture.close(complete)
 
-        return StreamingResponse(body(), media_type=SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
-
-    batches = run.batches()
-    complete = False
+        return EventStream(frames_of(), service.keepalive_s, _SSE_HEADERS)
     try:
         async for batch in batches:
             if capture is not None:
                 capture.write(frames(batch))
-            if await raw.is_disconnected():  # nobody waits for the answer: stop the engine now
-                return Response(status_code=499)
         complete = True
     finally:
         await batches.aclose()
@@ -136,6 +150,18 @@ async def create_response(raw: Request) -> Response:
     return json_response(dump_json(run.response))
 
 
+async def until_disconnected(raw: Request, work: Awaitable[T]) -> T | None:
+    """``work``'s result; ``None`` if the client disconnected first, and then ``work`` was
+    cancelled and has ended (its engine request aborted) before this returns."""
+    task = asyncio.ensure_future(work)
+    leaving = asyncio.ensure_future(disconnected(raw.receive))
+    try:
+        await asyncio.wait((task, leaving), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await settle(leaving, task)  # the task only if the client left (or we were cancelled)
+    return None if task.cancelled() else task.result()
+
+
 @router.get("/v1/responses/{response_id}")
 @answers_errors
 async def retrieve_response(response_id: str, raw: Request) -> Response:
@@ -143,7 +169,7 @@ async def retrieve_response(response_id: str, raw: Request) -> Response:
     include = include_param(raw)
     if _flag(raw, "stream"):
         after = _int(raw, "starting_after", default=-1, minimum=0)
-        return _sse(await service.follow(response_id, after))
+        return _sse(await service.follow(response_id, after), service.keepalive_s)
     record = await service.record(response_id)
     return json_response(_dumps(service.presented(record.response, include)))
 
@@ -219,12 +245,14 @@ def _int(raw: Request, name: str, *, default: int, minimum: int, maximum: int | 
     return value
 
 
-def _sse(batches: AsyncIterator[list[Logged]]) -> StreamingResponse:
-    async def body() -> AsyncIterator[bytes]:
+def _sse(batches: AsyncIterator[list[Logged]], keepalive_s: float | None) -> EventStream:
+    """A background response's events; a follower that leaves stops following, not the response."""
+
+    async def body() -> AsyncGenerator[bytes, None]:
         async for batch in batches:
             yield "".join(frame_of(kind, data) for _, kind, data in batch).encode()
 
-    return StreamingResponse(body(), media_type=SSE_MEDIA_TYPE, headers=_SSE_HEADERS)
+    return EventStream(body(), keepalive_s, _SSE_HEADERS)
 
 
 def _dumps(body: dict) -> bytes:

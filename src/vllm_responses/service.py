@@ -10,7 +10,7 @@ event, so a client that continues at once always finds what it continues from.
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +30,7 @@ from .sealing import ReasoningSealer
 from .store import Store, StoredResponse, StoreUnavailable
 from .store.base import RUNNING_STATUSES
 from .stream import Event, ResponseStream, StreamOptions
+from .tasks import settle, spawn
 from .upkeep import Keeper
 
 logger = get_logger(__name__)
@@ -41,17 +42,29 @@ OnEnd = Callable[[Response], Awaitable[None]]
 class Run:
     """A started response: iterate :meth:`batches` once; ``response`` is final afterwards.
 
-    If the consumer stops early (the client left, a background response was cancelled),
-    the engine request is aborted, the response ends ``cancelled`` (``failed`` with
+    If the consumer stops early (the client left, a background response was cancelled) at
+    any point, the first batch included, the engine request is aborted before
+    :meth:`batches` returns, the response ends ``cancelled`` (``failed`` with
     :attr:`failure` as its message when that is set first, e.g. the server is stopping),
     :attr:`final_events` holds the events that end it and ``on_end`` still runs (in a task
     of its own).
+
+    ``accepting``: the engine has not yet accepted the request (it waits in the queue or
+    prefills); the first events go out once it has, and a refusal ends the response
+    ``failed``.
     """
 
-    def __init__(self, stream: ResponseStream, deltas: AsyncIterator[Started | Delta | Finish], on_end: OnEnd | None = None) -> None:
+    def __init__(
+        self,
+        stream: ResponseStream,
+        deltas: AsyncGenerator[Started | Delta | Finish, None],
+        on_end: OnEnd | None = None,
+        accepting: "asyncio.Future[None] | None" = None,
+    ) -> None:
         self.stream = stream
         self._deltas = deltas
         self._on_end = on_end
+        self._accepting = accepting
         self.final_events: list[Event] = []
         self.ended: asyncio.Future[None] | None = None
         self.failure: str | None = None
@@ -63,10 +76,17 @@ class Run:
     async def batches(self) -> AsyncIterator[list[Event]]:
         """The events, grouped by engine step, so a transport writes once per step."""
         stream, deltas = self.stream, self._deltas
-        yield stream.start()
         terminal: list[Event] | None = None
+        opening: list[Event] = []  # the first events, when a failure comes before they went out
         try:
             try:
+                if self._accepting is not None:
+                    opening = stream.start()
+                    await self._accepting
+                    yield opening
+                    opening = []
+                else:
+                    yield stream.start()
                 async for delta in deltas:
                     if isinstance(delta, Started):
                         continue
@@ -80,22 +100,26 @@ class Run:
                     terminal = stream.fail("The engine stopped without finishing the response.")
             except EngineFailure as exc:
                 logger.warning("response %s failed: %s", stream.response.id, exc.message)
-                terminal = stream.fail(exc.message, exc.code, exc.usage)
-            except APIError as exc:  # the engine refused it on submission (background runs only)
+                terminal = opening + stream.fail(exc.message, exc.code, exc.usage)
+            except APIError as exc:  # the engine refused it on submission (background, or a stream it kept waiting)
                 logger.warning("response %s refused by the engine: %s", stream.response.id, exc.message)
-                terminal = stream.fail(exc.message, "invalid_prompt")
+                terminal = opening + stream.fail(exc.message, "server_error" if exc.status >= 500 else "invalid_prompt")
             except Exception as exc:  # a bug of ours must still end the stream properly
                 logger.exception("response %s failed", stream.response.id)
-                terminal = stream.fail(f"Internal error: {type(exc).__name__}.")
+                terminal = opening + stream.fail(f"Internal error: {type(exc).__name__}.")
         finally:
-            await deltas.aclose()  # aborts the engine request if it is still running
-            if terminal is None:  # the consumer left: nobody will see the rest
+            if terminal is None:  # the consumer left: stop the engine now, nobody will see the rest
+                await settle(self._accepting)
+                await asyncio.shield(spawn(deltas.aclose()))  # aborts the engine request if still running
                 self.final_events = stream.fail(self.failure) if self.failure else stream.cancel()
                 if self._on_end is not None:
                     self.ended = spawn(self._on_end(stream.response))
+            else:
+                await deltas.aclose()
         self.final_events = terminal
-        if self._on_end is not None:
-            await self._on_end(stream.response)
+        if self._on_end is not None:  # kept even if the client leaves now
+            self.ended = spawn(self._on_end(stream.response))
+            await asyncio.shield(self.ended)
         yield terminal
 
 
@@ -122,6 +146,7 @@ class ResponsesService:
     ``<response id>.sse`` (the wire format, for ``python -m vllm_responses.conformance``),
     and the request that made it as ``<response id>.request.json``; the plugin takes it
     from ``VLLM_RESPONSES_CAPTURE_DIR``. Off by default.
+    ``keepalive_s``: the longest silence on an SSE stream (``None``: no keep-alive comments).
     """
 
     def __init__(
@@ -134,6 +159,7 @@ class ResponsesService:
         capture_dir: str | Path | None = None,
         lease_s: float = 10.0,
         max_body_bytes: int = 64 * 1024 * 1024,
+        keepalive_s: float | None = 10.0,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -142,6 +168,7 @@ class ResponsesService:
         self.owner = owner or new_id("owner")
         self.capture_dir = Path(capture_dir) if capture_dir else None
         self.max_body_bytes = max_body_bytes
+        self.keepalive_s = keepalive_s or None
         self.background = BackgroundRuns(self)
         self.keeper = Keeper(self, lease_s)
 
@@ -168,10 +195,20 @@ class ResponsesService:
             (self.capture_dir / f"{response_id}.request.json").write_bytes(body)
 
     # -- create ---------------------------------------------------------------------------
-    async def create(self, request: ResponsesRequest, *, context: Context | None = None, generate: bool = True) -> "Run | BackgroundRun":
-        """``context``: already resolved by the caller (a WebSocket turn continuing from its
+    async def create(
+        self, request: ResponsesRequest, patience: float | None = None, *, context: Context | None = None, generate: bool = True
+    ) -> "Run | BackgroundRun":
+        """Check, resolve and start a response.
+
+        The first event waits for the engine to accept the request, so that what it
+        refuses on submission is still a plain 4xx answer (chat completions also waits for
+        the first output). ``patience``: after this many seconds of waiting (queued, a long
+        prefill) the :class:`Run` comes back anyway, still accepting, so a stream can keep
+        its client with comments meanwhile; ``None`` waits as long as it takes.
+        ``context``: already resolved by the caller (a WebSocket turn continuing from its
         connection's cache). ``generate=False`` (a WebSocket warm-up): everything but the
-        engine run; the response completes with no output."""
+        engine run; the response completes with no output.
+        """
         if context is None:
             context = await store_call(self.history.resolve(request))
         prepared = await self.engine.prepare(request, context.model_items)
@@ -184,18 +221,25 @@ class ResponsesService:
             return self.background.start(stream, prepared, record)
 
         deltas = self.engine.generate(prepared, response.id) if generate else _not_generated()
-        # No event before the engine accepts the request, so errors it finds on submission
-        # are still plain 4xx answers (chat completions also waits for the first output).
+        accepting: asyncio.Future[None] | None = asyncio.ensure_future(self._accept(deltas, record))
         try:
-            first = await anext(deltas, None)
-            if not isinstance(first, Started):
-                raise EngineFailure("The engine did not start the generation.")
-            if record is not None:
-                await store_call(self.store.create_response(record))
-        except BaseException:
-            await deltas.aclose()
+            await asyncio.wait((accepting,), timeout=patience)
+            if accepting.done():
+                accepting.result()  # a refusal is raised here: a plain error answer
+                accepting = None
+        except BaseException:  # refused, or the client left: the engine request ends here
+            await settle(accepting)
+            await asyncio.shield(spawn(deltas.aclose()))
             raise
-        return Run(stream, deltas, on_end=(lambda r: self.persist(r, record)) if record is not None else None)
+        return Run(stream, deltas, on_end=(lambda r: self.persist(r, record)) if record is not None else None, accepting=accepting)
+
+    async def _accept(self, deltas: AsyncIterator[Started | Delta | Finish], record: StoredResponse | None) -> None:
+        """Wait until the engine accepts the request; then store it as ``in_progress``."""
+        first = await anext(deltas, None)
+        if not isinstance(first, Started):
+            raise EngineFailure("The engine did not start the generation.")
+        if record is not None:
+            await store_call(self.store.create_response(record))
 
     def run(self, stream: ResponseStream, prepared: object) -> Run:
         """A :class:`Run` for a background response: the engine's checks on submission
@@ -336,18 +380,7 @@ def warm_up() -> None:
     stored_response(stream.response)
 
 
-_SPAWNED: set[asyncio.Future[None]] = set()
-
-
-def spawn(work: Awaitable[None]) -> "asyncio.Future[None]":
-    """Run ``work`` on its own (outliving a cancelled caller), holding it until it is done."""
-    future = asyncio.ensure_future(work)
-    _SPAWNED.add(future)
-    future.add_done_callback(_SPAWNED.discard)
-    return future
-
-
-async def _not_generated() -> AsyncIterator[Started | Finish]:
+async def _not_generated() -> AsyncGenerator[Started | Finish, None]:
     """The engine's part of a response created with ``generate: false``: accepted, nothing generated."""
     yield Started()
     yield Finish("stop", Usage())

@@ -21,6 +21,7 @@ REASONING_KEYS = "VLLM_RESPONSES_REASONING_KEYS"
 LEASE = "VLLM_RESPONSES_LEASE_SECONDS"
 CAPTURE_DIR = "VLLM_RESPONSES_CAPTURE_DIR"
 MAX_BODY = "VLLM_RESPONSES_MAX_BODY_BYTES"
+KEEPALIVE = "VLLM_RESPONSES_KEEPALIVE_SECONDS"
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 WS_MAX_SECONDS = "VLLM_RESPONSES_WS_MAX_SECONDS"
 WS_MAX_MESSAGE = "VLLM_RESPONSES_WS_MAX_MESSAGE_BYTES"
@@ -42,6 +43,8 @@ class Settings:
     ``/v1/responses`` lasts at most this long (OpenAI's limit is 60 minutes), takes messages
     up to this size, and holds at most this many ``response.create`` messages at once (the
     one running and those queued behind it).
+    ``keepalive_s``: an SSE stream silent this long (queued, a long prefill) gets a comment
+    line, so proxies and clients with idle timeouts keep it; ``0`` switches them off.
     """
 
     store_url: str = field(default_factory=default_url)
@@ -53,6 +56,7 @@ class Settings:
     ws_max_s: float = 3600.0
     ws_max_message_bytes: int = DEFAULT_WS_MAX_MESSAGE
     ws_max_in_flight: int = 8
+    keepalive_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -71,6 +75,7 @@ class Settings:
             ws_max_s=_number(env, WS_MAX_SECONDS, 3600.0, float, minimum=1.0),
             ws_max_message_bytes=int(_number(env, WS_MAX_MESSAGE, DEFAULT_WS_MAX_MESSAGE, int, minimum=1024)),
             ws_max_in_flight=int(_number(env, WS_MAX_IN_FLIGHT, 8, int, minimum=1)),
+            keepalive_s=_number(env, KEEPALIVE, 10.0, float),
         )
 
 

@@ -1,13 +1,26 @@
-"""Wire encoding of events: SSE frames.
+"""Wire encoding of events (SSE frames) and the SSE answer that carries them.
 
 One frame per event: ``event: <type>\\ndata: <one-line json>\\n\\n``. Codex reads only the
-``data:`` line and takes the name from the JSON ``type``; openai-python reads both.
+``data:`` line and takes the name from the JSON ``type``; openai-python reads both. While no
+event is due, a comment line (``: keep-alive``) goes out every ``keepalive_s`` seconds:
+legal SSE that every client skips, but it keeps proxies and clients with idle timeouts from
+cutting a stream that waits in the engine's queue or in a long prefill.
 """
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from .protocol import dump_json
 from .stream import DeltaEvent, Event
+from .tasks import settle, spawn
 
 SSE_MEDIA_TYPE = "text/event-stream"
+KEEPALIVE = b": keep-alive\n\n"
 
 
 def event_json(event: Event) -> str:
@@ -26,3 +39,76 @@ def frame_of(kind: str, data: str) -> str:
 def frames(events: list[Event]) -> bytes:
     """One write for all events of one engine step."""
     return "".join(map(frame, events)).encode()
+
+
+class EventStream(Response):
+    """An SSE answer that never outlives its client and never goes quiet for long.
+
+    ``body`` yields the frames. When the client disconnects, ``body`` is cancelled once and
+    then closed, before this answer returns, so whatever it drives (an engine request) ends
+    at once, not when the garbage collector finds it. Starlette's ``StreamingResponse`` runs
+    its body under an anyio cancel scope that cancels again at every ``await`` (which can
+    cut the body's own cleanup short) and never closes a body stopped while it waited to
+    send; hence this class. ``keepalive_s``: ``None`` or ``0`` sends no comments.
+    """
+
+    media_type = SSE_MEDIA_TYPE
+
+    def __init__(self, body: AsyncGenerator[bytes, None], keepalive_s: float | None, headers: Mapping[str, str]) -> None:
+        self.body_iterator = body
+        self.keepalive_s = keepalive_s or None
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        writer = _Writer(send)
+        streaming = asyncio.ensure_future(self._stream(writer))
+        leaving = asyncio.ensure_future(disconnected(receive))
+        ticking = asyncio.ensure_future(writer.keep_alive(self.keepalive_s)) if self.keepalive_s else None
+        try:
+            await asyncio.wait((streaming, leaving), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await asyncio.shield(spawn(self._close(streaming, leaving, ticking)))
+        if not streaming.cancelled() and streaming.exception() is not None:
+            raise streaming.exception()  # type: ignore[misc]
+
+    async def _stream(self, writer: "_Writer") -> None:
+        async for chunk in self.body_iterator:
+            await writer.write(chunk)
+        await writer.write(b"", more=False)
+
+    async def _close(self, *tasks: "asyncio.Future[Any] | None") -> None:
+        await settle(*tasks)
+        await self.body_iterator.aclose()  # a body stopped while its frame waited to be sent
+
+
+class _Writer:
+    """Sends body chunks and keep-alive comments one at a time, never after the last one."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._lock = asyncio.Lock()
+        self._done = False
+        self.last = time.monotonic()
+
+    async def write(self, data: bytes, more: bool = True) -> None:
+        async with self._lock:
+            if self._done:
+                return
+            await self._send({"type": "http.response.body", "body": data, "more_body": more})
+            self._done = not more
+            self.last = time.monotonic()
+
+    async def keep_alive(self, interval: float) -> None:
+        while not self._done:
+            await asyncio.sleep(max(0.0, self.last + interval - time.monotonic()))
+            if time.monotonic() - self.last >= interval:
+                await self.write(KEEPALIVE)
+
+
+async def disconnected(receive: Receive) -> None:
+    """Returns once the client has gone (ASGI ``http.disconnect``)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
