@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from .logs import get_logger
-from . import auth, conversations, openapi, routes, websocket
+from . import conversations, openapi, routes, websocket
 from .sealing import ReasoningSealer
 from .service import ResponsesService, warm_up
 from .settings import REASONING_KEYS, Settings
@@ -32,7 +32,6 @@ class ResponsesPlugin:
         app.include_router(websocket.router)  # GET /v1/responses: WebSocket mode
         app.include_router(conversations.router)
         openapi.describe(app)  # our bodies, parameters and answers in /openapi.json, built when first asked
-        auth.guard(app, _prefixes(routes.router, conversations.router))  # --api-key answered in OpenAI's shape
         _on_shutdown(app)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
@@ -83,11 +82,6 @@ def _on_shutdown(app: FastAPI) -> None:
                     await service.stop()
 
     app.router.lifespan_context = lifespan
-
-
-def _prefixes(*routers: Any) -> list[str]:
-    """The path families our routers serve (``/v1/responses``, ``/v1/conversations``)."""
-    return sorted({"/".join(route.path.split("/")[:3]) for router in routers for route in router.routes})
 
 
 def _redact(url: str) -> str:
