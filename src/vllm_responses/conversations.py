@@ -17,32 +17,16 @@ from .ids import new_id
 from .protocol import parse_items, parse_json_object
 from .routes import answers_errors, include_param, item_list, json_response, list_params, read_body, service_of
 from .service import ResponsesService, store_call
+from .validation import check_metadata
 
 router = APIRouter()
 
 MAX_ITEMS_PER_CALL = 20
-_METADATA_KEYS, _METADATA_KEY_LEN, _METADATA_VALUE_LEN = 16, 64, 512
 
 
 async def _body(raw: Request) -> dict[str, Any]:
     text = await read_body(raw)
     return parse_json_object(text) if text.strip() else {}
-
-
-def _metadata(value: Any) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise invalid_request("Invalid 'metadata': expected an object of string values.", param="metadata", code="invalid_type")
-    if len(value) > _METADATA_KEYS:
-        raise invalid_request(f"Invalid 'metadata': at most {_METADATA_KEYS} keys.", param="metadata")
-    for key, text in value.items():
-        if len(key) > _METADATA_KEY_LEN or len(text) > _METADATA_VALUE_LEN:
-            raise invalid_request(
-                f"Invalid 'metadata': keys are at most {_METADATA_KEY_LEN} characters, values at most {_METADATA_VALUE_LEN}.",
-                param="metadata",
-            )
-    return value
 
 
 async def _items(service: ResponsesService, value: Any, param: str = "items") -> list[dict[str, Any]]:
@@ -51,7 +35,11 @@ async def _items(service: ResponsesService, value: Any, param: str = "items") ->
     if not isinstance(value, list):
         raise invalid_request(f"Invalid type for '{param}': expected an array of items.", param=param, code="invalid_type")
     if len(value) > MAX_ITEMS_PER_CALL:
-        raise invalid_request(f"Invalid '{param}': at most {MAX_ITEMS_PER_CALL} items can be added at a time.", param=param)
+        raise invalid_request(
+            f"Invalid '{param}': array too long. At most {MAX_ITEMS_PER_CALL} items can be added at a time, but got {len(value)}.",
+            param=param,
+            code="array_above_max_length",
+        )
     return await store_call(service.history.own_items(parse_items(value, param)))
 
 
@@ -66,7 +54,7 @@ async def _conversation(service: ResponsesService, conversation_id: str) -> dict
 @answers_errors
 async def create_conversation(raw: Request) -> Response:
     service, body = service_of(raw), await _body(raw)
-    conversation = {"id": new_id("conv"), "object": "conversation", "created_at": int(time.time()), "metadata": _metadata(body.get("metadata"))}
+    conversation = {"id": new_id("conv"), "object": "conversation", "created_at": int(time.time()), "metadata": check_metadata(body.get("metadata"))}
     await store_call(service.store.create_conversation(conversation, await _items(service, body.get("items"))))
     return json_response(orjson.dumps(conversation))
 
@@ -83,7 +71,7 @@ async def update_conversation(conversation_id: str, raw: Request) -> Response:
     service, body = service_of(raw), await _body(raw)
     if "metadata" not in body:
         raise invalid_request("Missing required parameter: 'metadata'.", param="metadata", code="missing_required_parameter")
-    conversation = {**await _conversation(service, conversation_id), "metadata": _metadata(body["metadata"])}
+    conversation = {**await _conversation(service, conversation_id), "metadata": check_metadata(body["metadata"])}
     if not await store_call(service.store.update_conversation(conversation)):
         raise not_found("Conversation", conversation_id, "conversation_id", "conversation_not_found")
     return json_response(orjson.dumps(conversation))
@@ -117,7 +105,7 @@ async def create_items(conversation_id: str, raw: Request) -> Response:
         raise invalid_request("Missing required parameter: 'items'.", param="items", code="missing_required_parameter")
     items = await _items(service, body["items"])
     if not items:
-        raise invalid_request("Invalid 'items': add at least one item.", param="items")
+        raise invalid_request("Invalid 'items': empty array. Add at least one item.", param="items", code="empty_array")
     if not await store_call(service.store.add_conversation_items(conversation_id, items)):
         raise not_found("Conversation", conversation_id, "conversation_id", "conversation_not_found")
     return json_response(orjson.dumps(item_list(items, False)))

@@ -48,6 +48,7 @@ class History:
                 earlier = await self.chain(request.previous_response_id)
             elif request.conversation_id:
                 earlier = await self.conversation_items(request.conversation_id)
+        check_tool_calls(request.input, earlier + own)
         if not earlier:  # the request's typed items are already what the engine needs
             return Context(request_items(request, own), own)
         where = "previous_response_id" if request.previous_response_id else "conversation"
@@ -115,6 +116,33 @@ class History:
             return stored
         stored["content"] = [{"type": "reasoning_text", "text": text}]
         return stored
+
+
+_CALLS = frozenset({"function_call", "custom_tool_call"})
+_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
+
+
+def check_tool_calls(items: list[Any], context: list[JSON]) -> None:
+    """Tool calls and their outputs must pair up: a call's ``call_id`` is unique among the
+    request's calls, and every output answers a call of the conversation (``context``: all
+    of it, in stored shape). A template given a dangling or ambiguous ``tool_call_id``
+    renders something the model never saw, or fails."""
+    known = {item.get("call_id") for item in context if item.get("type") in _CALLS}
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        kind = getattr(item, "type", None)
+        if kind in _CALLS:
+            if item.call_id in seen:
+                raise invalid_request(
+                    f"Duplicate 'call_id' in input[{i}]: '{item.call_id}' is already the call_id of input[{seen[item.call_id]}].",
+                    param=f"input[{i}].call_id",
+                )
+            seen[item.call_id] = i
+        elif kind in _OUTPUTS and item.call_id not in known:
+            raise invalid_request(
+                f"No tool call found for {kind.removesuffix('_output').replace('_', ' ')} output with call_id '{item.call_id}'.",
+                param=f"input[{i}].call_id",
+            )
 
 
 def request_items(request: ResponsesRequest, own: list[JSON]) -> list[Any]:

@@ -10,14 +10,18 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, cast
 
+import re
+
 import orjson
 from openai.types.responses import Response, ResponseInputItem, Tool
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
 from pydantic import TypeAdapter, ValidationError
 
 from .deltas import Sampling
-from .errors import APIError, invalid_request
+from .chat import chat_name, chat_tools
+from .errors import invalid_request
 from .parameters import split_extensions
+from .validation import check_depth, check_metadata, from_validation_error, nested_too_deeply
 
 _PARAMS = TypeAdapter(ResponseCreateParamsBase)
 _KNOWN = frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"}
@@ -97,9 +101,12 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):
+            raise nested_too_deeply() from None
         raise invalid_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise invalid_request("The request body must be a JSON object.", code="invalid_type")
+    check_depth(data)
     return data
 
 
@@ -107,16 +114,18 @@ def parse_request(body: bytes, headers: Mapping[str, str] | None = None) -> Resp
     try:
         return _parse_request(body, headers)
     except RecursionError:
-        raise invalid_request(
-            "The request is nested too deeply to be processed.", code="nested_too_deeply"
-        ) from None
+        raise nested_too_deeply() from None
 
 
 def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesRequest:
     data = parse_json_object(body)
     model = data.get("model")
-    if not isinstance(model, str) or not model:
+    if model is None:
         raise invalid_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    if not isinstance(model, str):
+        raise invalid_request("Invalid type for 'model': expected a string.", param="model", code="invalid_type")
+    if not model:
+        raise invalid_request("Invalid 'model': empty string. Expected a model name.", param="model", code="empty_string")
     stream = data.get("stream", False)
     if stream is None:
         stream = False
@@ -125,28 +134,35 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesR
 
     extensions = split_extensions(data, _KNOWN)
     # A null top-level field means "not given" (clients write out their defaults as null).
-    params = _validate(_PARAMS, {k: v for k, v in data.items() if k in _KNOWN and k not in _SEPARATE and v is not None}, "")
+    params = _validate(_PARAMS, {k: v for k, v in data.items() if k in _KNOWN and k not in _SEPARATE and v is not None}, "", strict=True)
     params = cast(dict[str, Any], _materialize(params))
     _check_ranges(params)
     _check_state(params)
+    check_metadata(params.get("metadata"))
+    _check_text_format(params.get("text"))
+    tools = _parse_tools(data.get("tools"))
+    _check_tool_choice(params.get("tool_choice"), tools["tools"])
     return ResponsesRequest(
         params=params,
         model=model,
         stream=stream,
         input=_parse_input(data.get("input"), chained=bool(params.get("previous_response_id") or params.get("conversation"))),
-        **_parse_tools(data.get("tools")),
+        **tools,
         extensions=extensions,
         headers={k.lower(): v for k, v in (headers or {}).items()},
     )
 
 
-# The ranges OpenAI documents for numeric parameters: (minimum, maximum), inclusive.
+# The ranges OpenAI documents for numeric parameters: (minimum, maximum), inclusive. Token
+# counts above a 32-bit integer are no model's; below that the engine caps the output at what
+# the context leaves, as vLLM's routes do.
+_INT32_MAX = 2**31 - 1
 _RANGES: dict[str, tuple[float, float | None]] = {
     "temperature": (0, 2),
     "top_p": (0, 1),
-    "max_output_tokens": (1, None),
+    "max_output_tokens": (1, _INT32_MAX),
     "top_logprobs": (0, 20),
-    "max_tool_calls": (1, None),
+    "max_tool_calls": (1, _INT32_MAX),
 }
 
 
@@ -162,7 +178,7 @@ def _check_ranges(params: dict[str, Any]) -> None:
 
 
 def _check_state(params: dict[str, Any]) -> None:
-    """Combinations of the state parameters that cannot mean anything."""
+    """Combinations of the state parameters that cannot mean anything; ids of the wrong kind."""
     if params.get("previous_response_id") and params.get("conversation"):
         raise invalid_request(
             "`previous_response_id` and `conversation` cannot be used together: a conversation already "
@@ -175,6 +191,17 @@ def _check_state(params: dict[str, Any]) -> None:
             raise invalid_request("Background responses must be stored: `background: true` needs `store: true`.", param="background", code="invalid_parameter_combination")
         if params.get("conversation"):
             raise invalid_request("A response in a conversation is stored with it: `conversation` needs `store: true`.", param="store", code="invalid_parameter_combination")
+    for name, value, prefix in (
+        ("previous_response_id", params.get("previous_response_id"), "resp"),
+        ("conversation", _conversation_id(params.get("conversation")), "conv"),
+    ):
+        if value and not value.startswith(prefix):
+            param = name if name != "conversation" or isinstance(params.get("conversation"), str) else "conversation.id"
+            raise invalid_request(f"Invalid '{param}': '{value}'. Expected an ID that begins with '{prefix}'.", param=param)
+
+
+def _conversation_id(conversation: Any) -> Any:
+    return conversation.get("id") if isinstance(conversation, dict) else conversation
 
 
 def _parse_input(raw: Any, chained: bool) -> list[Any]:
@@ -182,6 +209,14 @@ def _parse_input(raw: Any, chained: bool) -> list[Any]:
         if chained:  # a continuation may add nothing (e.g. only new instructions)
             return []
         raise invalid_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    if raw == "":
+        raise invalid_request("Invalid 'input': empty string. Expected a string with minimum length 1.", param="input", code="empty_string")
+    if raw == [] and not chained:
+        raise invalid_request(
+            "Invalid 'input': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+            param="input",
+            code="empty_array",
+        )
     if isinstance(raw, str):
         raw = [{"type": "message", "role": "user", "content": raw}]
     if not isinstance(raw, list):
@@ -191,7 +226,7 @@ def _parse_input(raw: Any, chained: bool) -> list[Any]:
 
 def parse_items(raw: list[Any], where: str) -> list[Any]:
     """Input items (a request's, or stored ones going back to the model) as typed items."""
-    return _validate(_INPUT_ITEMS, [_lenient_item(item) for item in raw], where)
+    return _validate(_INPUT_ITEMS, [_lenient_item(item) for item in raw], where, strict=True)
 
 
 def _lenient_item(item: Any) -> Any:
@@ -229,16 +264,66 @@ def _parse_tools(raw: Any) -> dict[str, list[Any]]:
     tools: list[Any] = []
     unsupported: list[dict[str, Any]] = []
     for i, tool in enumerate(raw):
-        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
-            raise invalid_request(f"Invalid value for 'tools[{i}]': expected an object with a 'type'.", param=f"tools[{i}]")
+        if not isinstance(tool, dict):
+            raise invalid_request(f"Invalid type for 'tools[{i}]': expected an object.", param=f"tools[{i}]", code="invalid_type")
+        if "type" not in tool:
+            raise invalid_request(f"Missing required parameter: 'tools[{i}].type'.", param=f"tools[{i}].type", code="missing_required_parameter")
+        if not isinstance(tool["type"], str):
+            raise invalid_request(f"Invalid type for 'tools[{i}].type': expected a string.", param=f"tools[{i}].type", code="invalid_type")
         try:
-            tools.append(_with_strict(_TOOL.validate_python(tool)))
+            tools.append(_with_strict(_TOOL.validate_python(tool, strict=True)))
         except ValidationError:
             if tool["type"] in ("function", "custom", "namespace"):
                 # Tools we do run must be well-formed; report the precise problem.
-                _validate(_TOOL, tool, f"tools[{i}]")
+                _validate(_TOOL, tool, f"tools[{i}]", strict=True)
             unsupported.append(tool)
     return {"tools": tools, "unsupported_tools": unsupported}
+
+
+# OpenAI's rule for the names of JSON schema formats (and of functions).
+_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]+")
+_SCHEMA_NAME_LEN = 64
+
+
+def _check_text_format(text: dict[str, Any] | None) -> None:
+    fmt = (text or {}).get("format") or {}
+    if fmt.get("type") != "json_schema":
+        return
+    name = fmt.get("name", "")
+    if len(name) > _SCHEMA_NAME_LEN:
+        raise invalid_request(
+            f"Invalid 'text.format.name': string too long. Expected a string with maximum length {_SCHEMA_NAME_LEN}, but got a string with length {len(name)} instead.",
+            param="text.format.name",
+            code="string_above_max_length",
+        )
+    if not _SCHEMA_NAME.fullmatch(name):
+        raise invalid_request(
+            f"Invalid 'text.format.name': '{name}'. Expected a name of letters, digits, underscores and dashes.", param="text.format.name"
+        )
+
+
+def _check_tool_choice(tool_choice: Any, tools: list[Any]) -> None:
+    """A ``tool_choice`` must name tools the model is offered (function and custom tools,
+    also inside namespaces); hosted tools never run here, so choosing one cannot be honoured."""
+    if tool_choice is None or tool_choice in ("auto", "none"):
+        return
+    offered = chat_tools(tools)
+    if tool_choice == "required":
+        if not offered.tools:
+            raise invalid_request(
+                "Invalid 'tool_choice': 'required' needs at least one function or custom tool in 'tools'.", param="tool_choice"
+            )
+        return
+    kind = tool_choice.get("type")
+    if kind == "allowed_tools":
+        offered.only(tool_choice.get("tools") or [])  # refuses entries naming no tool
+    elif kind in ("function", "custom"):
+        if chat_name(tool_choice["name"], tool_choice.get("namespace")) not in offered.targets:
+            raise invalid_request(
+                f"Invalid 'tool_choice.name': no {kind} tool named '{tool_choice['name']}' in 'tools'.", param="tool_choice.name"
+            )
+    else:
+        raise invalid_request(f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value")
 
 
 def _text_format(fmt: dict[str, Any] | None) -> dict[str, Any]:
@@ -280,25 +365,12 @@ def strict_compatible(schema: Any) -> bool:
     return all(strict_compatible(child) for child in children)
 
 
-def _validate(adapter: TypeAdapter[Any], value: Any, prefix: str) -> Any:
+def _validate(adapter: TypeAdapter[Any], value: Any, prefix: str, strict: bool = False) -> Any:
+    """``strict``: JSON types as sent (``"10"`` is not an integer, ``"no"`` not a boolean)."""
     try:
-        return adapter.validate_python(value)
+        return adapter.validate_python(value, strict=strict)
     except ValidationError as exc:
-        raise _validation_error(exc, prefix) from None
-
-
-def _validation_error(exc: ValidationError, prefix: str) -> APIError:
-    # Unions report one error per member; the shortest location is the most useful one.
-    errors = sorted(exc.errors(), key=lambda e: len(e["loc"]))
-    first = errors[0]
-    parts = [prefix] if prefix else []
-    for loc in first["loc"]:
-        if isinstance(loc, int):
-            parts.append(f"[{loc}]")
-        elif not (loc[:1].isupper() or "[" in loc or loc in ("str", "list", "dict", "int", "float", "bool")):
-            parts.append(f".{loc}" if parts else loc)
-    param = "".join(parts) or None
-    return invalid_request(f"Invalid value for '{param}': {first['msg']}." if param else f"Invalid request: {first['msg']}.", param=param)
+        raise from_validation_error(exc, prefix) from None
 
 
 def _materialize(value: Any) -> Any:
