@@ -28,7 +28,7 @@ def to_stored(item: Any) -> JSON:
     kind = data.setdefault("type", "message")
     if kind == "message":
         data = _message(data)
-    data.setdefault("id", new_id(_PREFIX.get(kind, "item")))
+    data["id"] = data.get("id") or new_id(_PREFIX.get(kind, "item"))  # also when sent as null
     if kind in _WITH_STATUS:
         data.setdefault("status", "completed")
     return data

@@ -15,6 +15,7 @@ import re
 import orjson
 from openai.types.responses import Response, ResponseInputItem, Tool
 from openai.types.responses.response_create_params import ResponseCreateParamsBase
+from openai.types.responses.response_input_item import ItemReference
 from pydantic import TypeAdapter, ValidationError
 
 from .deltas import Sampling
@@ -225,8 +226,10 @@ def _parse_input(raw: Any, chained: bool) -> list[Any]:
 
 
 def parse_items(raw: list[Any], where: str) -> list[Any]:
-    """Input items (a request's, or stored ones going back to the model) as typed items."""
-    return _validate(_INPUT_ITEMS, [_lenient_item(item) for item in raw], where, strict=True)
+    """Input items (a request's, or stored ones going back to the model) as typed items.
+    An item reference may leave out its ``type``; it is given one, so that it reads as one."""
+    items = _validate(_INPUT_ITEMS, [_lenient_item(item) for item in raw], where, strict=True)
+    return [item.model_copy(update={"type": "item_reference"}) if isinstance(item, ItemReference) and item.type is None else item for item in items]
 
 
 def _lenient_item(item: Any) -> Any:
