@@ -94,3 +94,21 @@ def request_too_large(limit: int) -> APIError:
 
 def not_found(what: str, ident: str, param: str | None, code: str | None) -> APIError:
     return APIError(f"{what} with id '{ident}' not found.", status=HTTPStatus.NOT_FOUND, param=param, code=code)
+
+
+ENGINE_DEAD = "The inference engine has died; this server cannot generate until it is restarted. Retry later."
+
+
+def engine_dead() -> APIError:
+    """vLLM reports its engine dead (unrecoverable): a 503 that clients retry, as on vLLM's own routes."""
+    return APIError(ENGINE_DEAD, status=HTTPStatus.SERVICE_UNAVAILABLE, type="server_error", code="engine_dead")
+
+
+def invalid_api_key(provided: bool) -> APIError:
+    """A missing or wrong API key on a server started with ``--api-key``: OpenAI's 401."""
+    message = (
+        "Incorrect API key provided."
+        if provided
+        else "You didn't provide an API key. Send it in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY)."
+    )
+    return APIError(message, status=HTTPStatus.UNAUTHORIZED, code="invalid_api_key")

@@ -14,7 +14,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from .logs import get_logger
-from . import conversations, openapi, routes, websocket
+from . import auth, conversations, openapi, routes, token_count, websocket
+from .codex_models import CodexCatalog
 from .sealing import ReasoningSealer
 from .service import ResponsesService, warm_up
 from .settings import REASONING_KEYS, Settings
@@ -30,8 +31,11 @@ class ResponsesPlugin:
     def attach_router(self, app: FastAPI) -> None:
         app.include_router(routes.router)
         app.include_router(websocket.router)  # GET /v1/responses: WebSocket mode
+        app.include_router(token_count.router)  # POST /v1/responses/input_tokens
+        app.add_middleware(CodexCatalog)  # GET /v1/models?client_version=...: Codex's model metadata
         app.include_router(conversations.router)
         openapi.describe(app)  # our bodies, parameters and answers in /openapi.json, built when first asked
+        auth.guard(app, _prefixes(routes.router, websocket.router, conversations.router))  # --api-key answered in OpenAI's shape
         _on_shutdown(app)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
@@ -82,6 +86,11 @@ def _on_shutdown(app: FastAPI) -> None:
                     await service.stop()
 
     app.router.lifespan_context = lifespan
+
+
+def _prefixes(*routers: Any) -> list[str]:
+    """The path families our routers serve (``/v1/responses``, ``/v1/conversations``)."""
+    return sorted({"/".join(route.path.split("/")[:3]) for router in routers for route in router.routes})
 
 
 def _redact(url: str) -> str:

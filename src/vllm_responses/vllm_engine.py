@@ -25,17 +25,19 @@ from vllm import envs
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
 from vllm.entrypoints.generate.base.serving import PRIORITY_HEADER, SESSION_ID_HEADER
+from vllm.entrypoints.launchers.launcher import terminate_if_errored
 from vllm.exceptions import VLLMUnprocessableEntityError, VLLMValidationError
 from vllm.lora.request import LoRARequest
 from vllm.parser import ParserManager
 from vllm.tracing.utils import contains_trace_headers, extract_trace_headers
+from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
 from .logs import get_logger
 from . import chat
 from .tool_calls import ToolCallMapper
 from .backend import Engine, Prepared
 from .deltas import Delta, Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, Usage
-from .errors import APIError, EngineFailure, context_length_exceeded, invalid_request, model_not_found
+from .errors import ENGINE_DEAD, APIError, EngineFailure, context_length_exceeded, engine_dead, invalid_request, model_not_found
 from .protocol import ResponsesRequest
 
 logger = get_logger(__name__)
@@ -93,8 +95,41 @@ class VllmEngine(Engine):
         # ``--enable-log-requests`` / ``--enable-log-outputs``, as on upstream's routes.
         self.request_logger = getattr(self.renderer, "request_logger", None)
         self.log_outputs = bool(getattr(args, "enable_log_outputs", False))
+        # Engine failures, as upstream's routes treat them (``engine_error_handler``).
+        self.state = state  # ``state.server``: the uvicorn server, set by vLLM's launcher
+        self.log_error_stack = bool(getattr(args, "log_error_stack", False))
+        self.death_reported = False
+
+    def _died(self) -> None:
+        """The engine is dead: say so once, and shut the server down as upstream's routes do
+        (``terminate_if_errored``: unless ``VLLM_KEEP_ALIVE_ON_ENGINE_DEATH``, the uvicorn
+        server exits once in-flight requests have ended, so an orchestrator restarts it).
+        vLLM's own watchdog does the same within 5 s; this only makes it immediate."""
+        if not self.death_reported:
+            self.death_reported = True
+            logger.error(
+                "the vLLM engine is dead: Responses requests answer 503 engine_dead%s",
+                " (VLLM_KEEP_ALIVE_ON_ENGINE_DEATH: the server stays up)" if envs.VLLM_KEEP_ALIVE_ON_ENGINE_DEATH else "; the server shuts down",
+            )
+        server = getattr(self.state, "server", None)
+        if server is not None:
+            terminate_if_errored(server, self.client)
+
+    def _generate_failed(self, request_id: str, exc: BaseException) -> None:
+        """One request's generation failed in vLLM (``EngineGenerateError``, recoverable): one
+        line, the stack only with ``--log-error-stack``, as upstream's routes log it."""
+        cause = exc.__cause__ or exc
+        if self.log_error_stack:
+            logger.exception("generation %s failed", request_id)
+        else:
+            logger.error("generation %s failed: %s: %s", request_id, type(cause).__name__, cause)
+        if self.client.errored:
+            self._died()
 
     async def prepare(self, request: ResponsesRequest, items: list[Any]) -> _Prepared:
+        if self.client.errored:  # before anything is stored (a background response would end failed at once)
+            self._died()
+            raise engine_dead()
         try:
             return await self._prepare(request, items)
         except VLLMValidationError as exc:
@@ -301,11 +336,13 @@ class VllmEngine(Engine):
         results = self.client.generate(
             p.engine_input, p.sampling_params, request_id, lora_request=p.lora_request, **p.routing, **p.reasoning_kwargs
         )
+        started = False
         try:
             try:
                 result = await anext(results, None)
             except VLLMValidationError as exc:  # the engine checks some parameters on submission
                 raise _client_error(exc) from None
+            started = True
             yield Started()
             while result is not None:
                 if result.num_cached_tokens:
@@ -326,11 +363,21 @@ class VllmEngine(Engine):
                 result = await anext(results, None)
         except (EngineFailure, APIError):
             raise
+        except EngineDeadError:
+            self._died()
+            if not started:
+                raise engine_dead() from None
+            raise EngineFailure(ENGINE_DEAD, usage=usage()) from None
+        except EngineGenerateError as exc:
+            self._generate_failed(request_id, exc)
+            if not started:
+                raise APIError("The engine could not start this generation.", status=500, type="server_error", code="server_error") from None
+            raise EngineFailure("The engine failed while generating this response.", usage=usage()) from None
         except Exception as exc:
             logger.exception("generation %s failed", request_id)
             raise EngineFailure(f"The engine failed while generating this response: {type(exc).__name__}.", usage=usage()) from exc
         finally:
-            if finish_reason is None:
+            if finish_reason is None and not self.client.errored:  # a dead engine has nothing to abort
                 await self.client.abort(request_id)
         if finish_reason is None:
             raise EngineFailure("The engine ended the generation without a finish reason.", usage=usage())

@@ -1,0 +1,133 @@
+"""``--api-key`` (issue 9.5), on a server of its own: every route of ours (WebSocket mode
+included) answers a missing or wrong key with OpenAI's 401 and the right key with its normal
+answer; vLLM's own routes stay guarded as vLLM guards them."""
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from server import Server, others_paused, running
+from vllm_responses import conversations, routes, websocket
+
+KEY = "sk-test-key"
+MISSING = {
+    "message": "You didn't provide an API key. Send it in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY).",
+    "type": "invalid_request_error",
+    "param": None,
+    "code": "invalid_api_key",
+}
+WRONG = {**MISSING, "message": "Incorrect API key provided."}
+RIGHT = {"Authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("auth")
+    with others_paused(), running(plugin=True, log_path=base / "server.log", args=["--api-key", KEY]) as srv:
+        yield srv
+
+
+def client(server: Server, key: str = KEY) -> OpenAI:
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, _strict_response_validation=True)
+
+
+def cases(server: Server) -> list[tuple[str, str, str, dict]]:
+    """(method, route template, path, request kwargs): every route of ours on real objects, in
+    an order where each right-key request finds what it needs (cancel before the resumed
+    stream, deletes last)."""
+    sdk = client(server)
+    stored = sdk.responses.create(model="demo", input="Hello there!")
+    doomed = sdk.responses.create(model="demo", input="Hello there!")
+    running_bg = sdk.responses.create(model="demo", input="Count forever.", max_output_tokens=3000, background=True)
+    conv = sdk.conversations.create(items=[{"type": "message", "role": "user", "content": "Remember 7."}])
+    item = sdk.conversations.items.list(conv.id).data[0]
+    doomed_conv = sdk.conversations.create()
+    rid, cid = "/v1/responses/{response_id}", "/v1/conversations/{conversation_id}"
+    return [
+        ("POST", "/v1/responses", "/v1/responses", {"json": {"model": "demo", "input": "Hello there!"}}),
+        ("GET", "/v1/responses", "/v1/responses", {}),  # WebSocket mode's URL without an upgrade: 426
+        ("GET", rid, f"/v1/responses/{stored.id}", {}),
+        ("GET", rid + "/input_items", f"/v1/responses/{stored.id}/input_items", {}),
+        ("POST", rid + "/cancel", f"/v1/responses/{running_bg.id}/cancel", {}),
+        ("GET", rid + "?stream=true", f"/v1/responses/{running_bg.id}", {"params": {"stream": "true"}}),
+        ("DELETE", rid, f"/v1/responses/{doomed.id}", {}),
+        ("POST", "/v1/conversations", "/v1/conversations", {"json": {}}),
+        ("GET", cid, f"/v1/conversations/{conv.id}", {}),
+        ("POST", cid, f"/v1/conversations/{conv.id}", {"json": {"metadata": {"k": "v"}}}),
+        ("GET", cid + "/items", f"/v1/conversations/{conv.id}/items", {}),
+        ("POST", cid + "/items", f"/v1/conversations/{conv.id}/items", {"json": {"items": [{"type": "message", "role": "user", "content": "More."}]}}),
+        ("GET", cid + "/items/{item_id}", f"/v1/conversations/{conv.id}/items/{item.id}", {}),
+        ("DELETE", cid + "/items/{item_id}", f"/v1/conversations/{conv.id}/items/{item.id}", {}),
+        ("DELETE", cid, f"/v1/conversations/{doomed_conv.id}", {}),
+    ]
+
+
+def test_every_route_of_ours_requires_the_key(server: Server) -> None:
+    table = cases(server)
+    ours = {(m, r.path) for router in (routes.router, websocket.router, conversations.router) for r in router.routes for m in getattr(r, "methods", ())}
+    assert {(m, t.split("?")[0]) for m, t, _, _ in table} == ours, "a route of ours is missing from this table"
+    http = httpx.Client(base_url=server.base_url, timeout=60)
+    for method, template, path, kw in table:
+        for headers, body in (({}, MISSING), ({"Authorization": "Bearer sk-wrong"}, WRONG), ({"Authorization": KEY}, MISSING)):
+            r = http.request(method, path, headers=headers, **kw)
+            assert (r.status_code, r.json()) == (401, {"error": body}), (method, template, headers)
+            assert r.headers["www-authenticate"] == "Bearer"
+    for method, template, path, kw in table:
+        r = http.request(method, path, headers=RIGHT, **kw)
+        assert r.status_code == (426 if (method, path) == ("GET", "/v1/responses") else 200), (method, template, r.text)
+        if template.endswith("?stream=true"):
+            assert r.headers["content-type"].startswith("text/event-stream") and b"event: response.incomplete" in r.content
+        else:
+            assert "error" not in r.json()
+
+
+def test_the_sdk_with_a_wrong_key_raises_authentication_error(server: Server) -> None:
+    wrong = client(server, "sk-wrong")
+    for call in (
+        lambda: wrong.responses.create(model="demo", input="Hello there!"),
+        lambda: wrong.responses.retrieve("resp_123"),
+        lambda: wrong.conversations.create(),
+    ):
+        with pytest.raises(openai.AuthenticationError) as raised:
+            call()
+        assert raised.value.status_code == 401
+        assert "Incorrect API key provided." in str(raised.value)
+        assert raised.value.code == "invalid_api_key" and raised.value.body == WRONG
+    assert client(server).responses.create(model="demo", input="Hello there!").status == "completed"
+
+
+def test_vllms_own_routes_stay_guarded_as_vllm_guards_them(server: Server) -> None:
+    r = httpx.get(f"{server.base_url}/v1/models", timeout=30)
+    assert (r.status_code, r.json()) == (401, {"error": "Unauthorized"})
+    assert httpx.get(f"{server.base_url}/v1/models", headers=RIGHT, timeout=30).status_code == 200
+    r = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": "demo", "messages": []}, headers={"Authorization": "Bearer sk-wrong"})
+    assert r.status_code == 401
+    assert httpx.get(f"{server.base_url}/health", timeout=30).status_code == 200  # unguarded, as in vLLM
+
+
+def test_websocket_mode_requires_the_key(server: Server) -> None:
+    url = server.base_url.replace("http://", "ws://") + "/v1/responses"
+
+    async def turn(headers: dict[str, str]) -> list[str]:
+        async with connect(url, additional_headers=headers) as ws:
+            await ws.send(json.dumps({"type": "response.create", "model": "demo", "input": "Hello there!"}))
+            types: list[str] = []
+            while not types or types[-1] not in ("response.completed", "response.failed", "error"):
+                types.append(json.loads(await ws.recv())["type"])
+            return types
+
+    for headers, body in (({}, MISSING), ({"Authorization": "Bearer sk-wrong"}, WRONG)):
+        with pytest.raises(InvalidStatus) as raised:
+            asyncio.run(turn(headers))
+        response = raised.value.response
+        assert (response.status_code, json.loads(response.body)) == (401, {"error": body})
+    assert asyncio.run(turn(RIGHT))[-1] == "response.completed"

@@ -1,0 +1,153 @@
+"""Engine death (issue 9.4), on servers of their own: ``kill -9`` of vLLM's EngineCore process
+while a stream and a background response run. The stream ends with one ``response.failed``,
+the background response ends ``failed`` in the store, new requests answer 503 ``engine_dead``
+in OpenAI's shape, and the server exits by itself (unless ``VLLM_KEEP_ALIVE_ON_ENGINE_DEATH``),
+logging the death once and no traceback of ours."""
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import psutil
+import pytest
+
+from sdk import sdk, wait_status
+from server import Server, others_paused, running
+from vllm_responses.conformance import check_events, parse_sse
+from vllm_responses.errors import ENGINE_DEAD
+from vllm_responses.store import open_store
+from vllm_responses.stream import TERMINAL_EVENTS
+
+FOREVER = {"model": "demo", "input": "Count forever.", "max_output_tokens": 3000}
+DEAD_BODY = {"error": {"message": ENGINE_DEAD, "type": "server_error", "param": None, "code": "engine_dead"}}
+DEATH_LINE = "the vLLM engine is dead"
+OUR_MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "src" / "vllm_responses").glob("*.py"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def quiet() -> Iterator[None]:
+    """The e2e session's own server idles while this module runs two more on 2 cores."""
+    with others_paused():
+        yield
+
+
+class Stream(threading.Thread):
+    """A streaming create read as raw SSE, in a thread, so the engine can die under it."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(daemon=True)
+        self.base_url = base_url
+        self.raw = b""
+        self.deltas = 0
+
+    def run(self) -> None:
+        with httpx.stream("POST", f"{self.base_url}/v1/responses", json={**FOREVER, "stream": True}, timeout=120) as r:
+            assert r.status_code == 200, r.read()
+            for chunk in r.iter_bytes():
+                self.raw += chunk
+                self.deltas = self.raw.count(b"event: response.output_text.delta")
+
+    def events(self) -> list[dict]:
+        return parse_sse(self.raw)
+
+
+def running_requests(server: Server) -> float:
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    return sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", metrics, re.M))
+
+
+def engine_core(server: Server) -> psutil.Process:
+    cores = [p for p in psutil.Process(server.proc.pid).children(recursive=True) if "EngineCore" in p.name()]
+    assert len(cores) == 1, [p.name() for p in psutil.Process(server.proc.pid).children(recursive=True)]
+    return cores[0]
+
+
+def kill_engine_mid_work(server: Server) -> tuple[str, Stream]:
+    """A background response and a stream running in the engine, then ``kill -9`` of the
+    engine; returns the background response's id and the stream (read to its end)."""
+    client = sdk(server.base_url)
+    background = client.responses.create(**FOREVER, background=True)
+    stream = Stream(server.base_url)
+    stream.start()
+    deadline = time.monotonic() + 120
+    while not (stream.deltas >= 3 and running_requests(server) == 2):
+        assert time.monotonic() < deadline, f"not both running: {stream.deltas} deltas, {running_requests(server)} running"
+        time.sleep(0.1)
+    engine_core(server).kill()
+    stream.join(60)
+    assert not stream.is_alive(), "the stream did not end after the engine died"
+    return background.id, stream
+
+
+def assert_failed_by_death(stream: Stream) -> None:
+    events = stream.events()
+    assert check_events(events) == []
+    terminal = [e for e in events if e["type"] in TERMINAL_EVENTS]
+    assert [e["type"] for e in terminal] == ["response.failed"]
+    assert terminal[0]["response"]["error"] == {"code": "server_error", "message": ENGINE_DEAD}
+    assert events[-1] is terminal[0]
+
+
+def assert_logged_once(log: str) -> None:
+    assert log.count(DEATH_LINE) == 1, [line for line in log.splitlines() if DEATH_LINE in line]
+    ours = "|".join(OUR_MODULES)
+    assert not re.search(r'File "[^"]*vllm_responses/', log), "a traceback through our code"
+    errors = [line for line in log.splitlines() if re.search(rf"ERROR .*\[({ours})\.py:\d+\]", line)]
+    assert len(errors) == 1 and DEATH_LINE in errors[0], errors
+
+
+def test_keep_alive_answers_503_in_openai_shape(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with running(plugin=True, log_path=log, env={"VLLM_KEEP_ALIVE_ON_ENGINE_DEATH": "1"}) as server:
+        client = sdk(server.base_url)
+        done = client.responses.create(model="demo", input="Hello there!")
+        background_id, stream = kill_engine_mid_work(server)
+        assert_failed_by_death(stream)
+        failed = wait_status(client, background_id, ("failed",))
+        assert failed.error.code == "server_error" and failed.error.message == ENGINE_DEAD
+
+        for body in ({"model": "demo", "input": "hi"}, {"model": "demo", "input": "hi", "stream": True},
+                     {"model": "demo", "input": "hi", "background": True}):
+            r = httpx.post(f"{server.base_url}/v1/responses", json=body, timeout=30)
+            assert (r.status_code, r.json()) == (503, DEAD_BODY), body
+        with pytest.raises(openai.InternalServerError) as raised:
+            client.responses.create(model="demo", input="hi")
+        assert raised.value.status_code == 503 and raised.value.body == DEAD_BODY["error"]
+        assert httpx.get(f"{server.base_url}/health", timeout=10).status_code == 503  # vLLM's own
+        assert client.responses.retrieve(done.id) == done  # the store still answers
+        assert server.proc.poll() is None
+    text = log.read_text(errors="replace")
+    assert "(VLLM_KEEP_ALIVE_ON_ENGINE_DEATH: the server stays up)" in text
+    assert_logged_once(text)
+
+
+def test_the_server_exits_by_itself(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    store = f"sqlite://{tmp_path / 'responses.db'}"
+    with running(plugin=True, log_path=log, store=store) as server:
+        background_id, stream = kill_engine_mid_work(server)
+        assert_failed_by_death(stream)
+        try:  # answered only if the request beats the shutdown
+            r = httpx.post(f"{server.base_url}/v1/responses", json={"model": "demo", "input": "hi"}, timeout=30)
+            assert (r.status_code, r.json()) == (503, DEAD_BODY)
+        except httpx.TransportError:
+            pass
+        server.proc.wait(90)  # exits by itself; a hang fails here
+    assert_logged_once(log.read_text(errors="replace"))
+
+    async def stored() -> dict:
+        s = open_store(store)
+        try:
+            record = await s.get_response(background_id)
+            assert record is not None
+            return record.response
+        finally:
+            await s.close()
+
+    response = asyncio.run(stored())
+    assert response["status"] == "failed" and response["error"] == {"code": "server_error", "message": ENGINE_DEAD}
