@@ -47,3 +47,7 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, prepared: Prepared, request_id: str) -> AsyncIterator[Started | Delta | Finish]:
         """Run the generation prepared by :meth:`prepare` (``request_id`` names it in the engine)."""
+
+    def input_tokens(self, prepared: Prepared) -> int:
+        """The length of the prompt :meth:`prepare` rendered (``POST /v1/responses/input_tokens``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not count tokens")

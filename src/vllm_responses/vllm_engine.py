@@ -89,6 +89,7 @@ class VllmEngine(Engine):
             tokenizer=self.tokenizer,
         )
         self.default_sampling = self.model_config.get_diff_sampling_param()
+        self.reasoning = bool(reasoning_parser)  # the model thinks, and its reasoning is parsed out
         # A text-only model answers images with a 400 before anything is loaded (vLLM would fail
         # deep in its multimodal path).
         self.accepts_images = bool(getattr(self.model_config, "is_multimodal_model", False))
@@ -136,6 +137,10 @@ class VllmEngine(Engine):
             raise _client_error(exc) from None
         except RecursionError:  # a schema or content nested deeper than vLLM's code can walk
             raise invalid_request("The request is nested too deeply to be processed.", code="nested_too_deeply") from None
+
+    def input_tokens(self, prepared: Prepared) -> int:
+        assert isinstance(prepared, _Prepared)
+        return len(prepared.prompt_token_ids)
 
     async def _prepare(self, request: ResponsesRequest, items: list[Any]) -> _Prepared:
         lora_request = await self._adapter(request.model)
