@@ -71,8 +71,9 @@ class EventStream(Response):
             await asyncio.wait((streaming, leaving), return_when=asyncio.FIRST_COMPLETED)
         finally:
             await asyncio.shield(spawn(self._close(streaming, leaving, ticking)))
-        if not streaming.cancelled() and streaming.exception() is not None:
-            raise streaming.exception()  # type: ignore[misc]
+        failure = None if streaming.cancelled() else streaming.exception()
+        if failure is not None and not isinstance(failure, OSError):  # OSError: the client left (ASGI 2.4 servers)
+            raise failure
 
     async def _stream(self, writer: "_Writer") -> None:
         async for chunk in self.body_iterator:
