@@ -3,7 +3,10 @@ the ``ResponseItem`` / ``ConversationItem`` shapes (every item with an ``id`` an
 ``status``), and stored items back into typed input items for the model.
 """
 
+import typing
 from typing import Any
+
+from openai.types.conversations import ConversationItem
 
 from .ids import new_id
 from .protocol import dump_json_dict, parse_items
@@ -18,8 +21,20 @@ _PREFIX = {
     "custom_tool_call_output": "ctco",
     "reasoning": "rs",
 }
-# Item types whose listed shape carries a ``status``.
-_WITH_STATUS = frozenset({"message", "function_call", "function_call_output", "custom_tool_call", "reasoning"})
+
+
+def _status_required() -> frozenset[str]:
+    """The item types whose listed shape (``openai``'s ``ConversationItem``) requires a ``status``."""
+    members = typing.get_args(typing.get_args(ConversationItem)[0])
+    return frozenset(
+        typing.get_args(m.model_fields["type"].annotation)[0]
+        for m in members
+        if "status" in m.model_fields and m.model_fields["status"].is_required()
+    )
+
+
+# Item types whose listed shape carries a ``status`` (sent as null or left out: ``completed``).
+_WITH_STATUS = frozenset({"message", "function_call", "function_call_output", "custom_tool_call", "reasoning"}) | _status_required()
 
 
 def to_stored(item: Any) -> JSON:
@@ -29,8 +44,8 @@ def to_stored(item: Any) -> JSON:
     if kind == "message":
         data = _message(data)
     data["id"] = data.get("id") or new_id(_PREFIX.get(kind, "item"))  # also when sent as null
-    if kind in _WITH_STATUS:
-        data.setdefault("status", "completed")
+    if kind in _WITH_STATUS and data.get("status") is None:
+        data["status"] = "completed"
     return data
 
 
