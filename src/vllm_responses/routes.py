@@ -19,7 +19,7 @@ from openai.types.responses import ResponseIncludable
 from .logs import get_logger
 from . import __version__
 from .background import BackgroundRun, Logged
-from .errors import APIError, invalid_request, request_too_large
+from .errors import ENGINE_DEAD, APIError, engine_dead, invalid_request, request_too_large
 from .items import page
 from .protocol import ResponsesRequest, dump_json, parse_request
 from .service import ResponsesService, Run
@@ -146,6 +146,8 @@ async def _answer(service: ResponsesService, request: ResponsesRequest, body: by
     if run.response.status == "failed":
         error = run.response.error
         message = error.message if error else "The response failed."
+        if message == ENGINE_DEAD:  # the engine died under it: 503, as for every create after
+            raise engine_dead()
         raise APIError(message, status=500, type="server_error", code="server_error")
     return json_response(dump_json(run.response))
 
