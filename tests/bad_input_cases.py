@@ -124,6 +124,9 @@ CASES: list[Case] = [
     _c("reasoning_summary_int", **create({"reasoning": {"summary": 1}}, 400, "reasoning.summary", "invalid_type")),
     _c("temperature_string", **create({"temperature": "hot"}, 400, "temperature", "invalid_type", e2e=True)),
     _c("temperature_list", **create({"temperature": [1]}, 400, "temperature", "invalid_type")),
+    _c("temperature_bool", **create({"temperature": True}, 400, "temperature", "invalid_type")),
+    _c("max_output_tokens_bool", **create({"max_output_tokens": True}, 400, "max_output_tokens", "invalid_type")),
+    _c("stream_with_bad_input_is_json", **create({"stream": True, "temperature": 5}, 400, "temperature", "decimal_above_max_value")),
     _c("top_p_string", **create({"top_p": "all"}, 400, "top_p", "invalid_type")),
     _c("max_output_tokens_string", **create({"max_output_tokens": "10"}, 400, "max_output_tokens", "invalid_type")),
     _c("max_output_tokens_float", **create({"max_output_tokens": 10.5}, 400, "max_output_tokens", "invalid_type")),
@@ -158,11 +161,17 @@ CASES: list[Case] = [
     _c("unknown_parameter", **create({"frobnicate": 1}, 400, "frobnicate", "unknown_parameter", e2e=True)),
     _c("chat_habit_parameter", **create({"max_tokens": 5}, 400, "max_tokens", "unsupported_parameter")),
     _c("refused_parameter", **create({"prompt": {"id": "pmpt_1"}}, 400, "prompt", "unsupported_parameter")),
-    _c("extension_wrong_type", **create({"top_k": "many"}, 400, "top_k", "invalid_type", e2e=True, engine=True)),
+    # vLLM's extensions are validated by vLLM (its ChatCompletionRequest): always invalid_value.
+    _c("extension_wrong_type", **create({"top_k": "many"}, 400, "top_k", "invalid_value", e2e=True, engine=True)),
+    _c("extension_stop_int", **create({"stop": 5}, 400, "stop", "invalid_value", e2e=True, engine=True)),
+    _c("extension_seed_beyond_int64", **create({"seed": 2**70}, 400, "seed", "invalid_value", e2e=True, engine=True)),
+    _c("extension_logit_bias_not_token_ids", **create({"logit_bias": {"abc": 1}}, 400, "logit_bias", "invalid_value", e2e=True, engine=True)),
     # -- ranges --------------------------------------------------------------------------------
     _c("max_output_tokens_negative", **create({"max_output_tokens": -1}, 400, "max_output_tokens", "integer_below_min_value", e2e=True)),
     _c("max_output_tokens_zero", **create({"max_output_tokens": 0}, 400, "max_output_tokens", "integer_below_min_value")),
     _c("max_output_tokens_huge", **create({"max_output_tokens": 10**12}, 400, "max_output_tokens", "integer_above_max_value", e2e=True)),
+    # Above the model's context (131,072 tokens for the demo model): vLLM's own check.
+    _c("max_output_tokens_above_context", **create({"max_output_tokens": 1_000_000}, 400, "max_output_tokens", "invalid_value", e2e=True, engine=True)),
     _c("max_output_tokens_beyond_int64", **create({"max_output_tokens": 10**30}, 400, "max_output_tokens", "integer_above_max_value")),
     _c("temperature_negative", **create({"temperature": -0.5}, 400, "temperature", "decimal_below_min_value")),
     _c("temperature_above_two", **create({"temperature": 2.5}, 400, "temperature", "decimal_above_max_value", e2e=True)),
@@ -193,6 +202,8 @@ CASES: list[Case] = [
     _c("function_call_arguments_object", **create({"input": [{**CALL, "arguments": {"city": "x"}}]}, 400, "input[0].arguments", "invalid_type")),
     _c("function_call_output_missing_output", **create({"input": [CALL, {k: v for k, v in OUTPUT.items() if k != "output"}]}, 400, "input[1].output", "missing_required_parameter")),
     _c("function_call_output_output_int", **create({"input": [CALL, {**OUTPUT, "output": 5}]}, 400, "input[1].output", "invalid_type")),
+    _c("item_type_not_run_here", **create({"input": [{"type": "local_shell_call_output", "id": "lsh_1", "output": "x"}]}, 400, "input[0]", "unsupported_value", e2e=True, engine=True)),
+    _c("image_for_text_only_model", **create({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}]}, 400, "input[0].content[0]", "unsupported_value", e2e=True, engine=True)),
     _c("item_reference_missing_id", **create({"input": [{"type": "item_reference"}]}, 400, "input[0].id", "missing_required_parameter")),
     _c("item_reference_unknown", **create({"input": [{"type": "item_reference", "id": "msg_missing"}]}, 404, "input[0]", "item_not_found")),
     _c("duplicate_call_ids", **create({"input": [USER, CALL, {**CALL, "arguments": '{"city": "x"}'}, OUTPUT]}, 400, "input[2].call_id", "invalid_value")),
@@ -202,6 +213,8 @@ CASES: list[Case] = [
     _c("tool_choice_names_missing_function", **create({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "launch"}}, 400, "tool_choice.name", "invalid_value", e2e=True)),
     _c("tool_choice_function_without_tools", **create({"tool_choice": {"type": "function", "name": "get_weather"}}, 400, "tool_choice.name", "invalid_value")),
     _c("tool_choice_allowed_unknown_tool", **create({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "launch"}]}}, 400, "tool_choice.tools[0]", "invalid_value")),
+    _c("tool_choice_allowed_namespace_int", **create({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "get_weather", "namespace": 5}]}}, 400, "tool_choice.tools[0].namespace", "invalid_type")),
+    _c("tool_choice_allowed_name_list", **create({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": ["get_weather"]}]}}, 400, "tool_choice.tools[0].name", "invalid_type")),
     _c("tool_choice_required_without_tools", **create({"tool_choice": "required"}, 400, "tool_choice", "invalid_value")),
     _c("tool_choice_hosted_type", **create({"tools": [WEATHER], "tool_choice": {"type": "web_search_preview"}}, 400, "tool_choice", "unsupported_value")),
     # -- text.format JSON schema ------------------------------------------------------------------------
@@ -210,6 +223,10 @@ CASES: list[Case] = [
     _c("schema_missing_name", **create({"text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}}, 400, "text.format.name", "missing_required_parameter", e2e=True)),
     _c("schema_bad_name_characters", **create({"text": {"format": {"type": "json_schema", "name": "my schema!", "schema": {"type": "object"}}}}, 400, "text.format.name", "invalid_value")),
     _c("schema_name_too_long", **create({"text": {"format": {"type": "json_schema", "name": "n" * 65, "schema": {"type": "object"}}}}, 400, "text.format.name", "string_above_max_length")),
+    # The grammar compiler's verdict on the schema itself (vLLM names no param).
+    _c("schema_properties_not_object", **create({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object", "properties": "x"}}}}, 400, None, "invalid_value", e2e=True, engine=True)),
+    _c("schema_unknown_type", **create({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "wat"}}}}, 400, None, "invalid_value", e2e=True, engine=True)),
+    _c("schema_dangling_ref", **create({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"$ref": "#/$defs/missing"}}}}, 400, None, "invalid_value", engine=True)),
     # -- deeply nested JSON anywhere ------------------------------------------------------------------
     _c("nested_schema", **create({"text": {"format": {"type": "json_schema", "name": "x", "schema": deep_schema(500)}}}, 400, "text", "nested_too_deeply", e2e=True)),
     _c("nested_tool_parameters", **create({"tools": [{**WEATHER, "parameters": deep_schema(300)}]}, 400, "tools", "nested_too_deeply")),
@@ -220,8 +237,9 @@ CASES: list[Case] = [
     _c("body_too_large", **create({"input": "x" * 100_000}, 413, None, "request_too_large")),
     _c("conversation_body_too_large", body={"metadata": {"k": "x" * 100_000}}, status=413, param=None, code="request_too_large", path="/v1/conversations"),
     # -- context length ------------------------------------------------------------------------------------
-    _c("context_overflow", **create({"input": "hello " * 40_000}, 400, "input", "context_length_exceeded", e2e=True, engine=True)),
-    _c("long_single_word_overflow", **create({"input": "x" * 400_000}, 400, "input", "context_length_exceeded", e2e=True, engine=True)),
+    # (the demo model's context is 131,072 tokens: these are ~150,000 and ~160,000)
+    _c("context_overflow", **create({"input": "hello " * 150_000}, 400, "input", "context_length_exceeded", e2e=True, engine=True)),
+    _c("long_single_word_overflow", **create({"input": "x" * 640_000}, 400, "input", "context_length_exceeded", e2e=True, engine=True)),
     # -- bad ids on every route --------------------------------------------------------------------------
     _c("get_missing_response", body=None, method="GET", path="/v1/responses/resp_missing", status=404, param="response_id", code="response_not_found", e2e=True),
     _c("get_garbage_id", body=None, method="GET", path="/v1/responses/%00%FF..x", status=404, param="response_id", code="response_not_found"),
@@ -258,11 +276,12 @@ CASES: list[Case] = [
     _c("conversation_items_empty", body={"items": []}, path="/v1/conversations/conv_missing/items", status=400, param="items", code="empty_array"),
 ]
 
-# Hostile but valid: each must be answered normally (200, a completed response).
+# Hostile but valid: each must be answered normally (200, a completed or incomplete response).
 ACCEPTED: list[Case] = [
     _c("nul_escape_in_text", **create({"input": "a\u0000b"}, 200, None, None, e2e=True)),
+    _c("nul_escape_in_instructions", **create({"instructions": "be\u0000nice", "max_output_tokens": 16}, 200, None, None, e2e=True)),
+    _c("call_arguments_not_json", **create({"input": [USER, {**CALL, "arguments": "{not json"}, OUTPUT], "tools": [WEATHER]}, 200, None, None, e2e=True)),
     _c("long_single_word", **create({"input": "x" * 20_000}, 200, None, None, e2e=True)),
-    _c("max_output_tokens_above_context", **create({"max_output_tokens": 1_000_000}, 200, None, None, e2e=True)),
     _c("null_fields_mean_defaults", **create({"temperature": None, "tools": None, "metadata": None, "stream": None}, 200, None, None)),
     _c("metadata_at_the_limits", **create({"metadata": {f"{i:02d}" + "k" * 62: "v" * 512 for i in range(16)}}, 200, None, None)),
     _c("call_and_output", **create({"input": [USER, CALL, OUTPUT]}, 200, None, None)),

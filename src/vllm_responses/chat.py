@@ -69,7 +69,12 @@ class ChatTools:
         for i, entry in enumerate(allowed):
             if entry.get("type") not in ("function", "custom"):
                 continue
-            name = chat_name(str(entry.get("name") or ""), entry.get("namespace"))
+            for key in ("name", "namespace"):
+                if not isinstance(entry.get(key, ""), (str, type(None))):
+                    raise invalid_request(
+                        f"Invalid type for 'tool_choice.tools[{i}].{key}': expected a string.", param=f"tool_choice.tools[{i}].{key}", code="invalid_type"
+                    )
+            name = chat_name(entry.get("name") or "", entry.get("namespace"))
             if name not in self.targets:
                 raise invalid_request(
                     f"Invalid value for 'tool_choice.tools[{i}]': no tool named '{entry.get('name')}' in 'tools'.",

@@ -155,8 +155,7 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesR
 
 
 # The ranges OpenAI documents for numeric parameters: (minimum, maximum), inclusive. Token
-# counts above a 32-bit integer are no model's; below that the engine caps the output at what
-# the context leaves, as vLLM's routes do.
+# counts above a 32-bit integer are no model's (below that, vLLM holds them to the context).
 _INT32_MAX = 2**31 - 1
 _RANGES: dict[str, tuple[float, float | None]] = {
     "temperature": (0, 2),

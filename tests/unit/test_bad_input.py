@@ -58,7 +58,7 @@ async def test_bad_input_gets_its_openai_error(app, case):
 async def test_hostile_but_valid_input_is_answered(app, case):
     r = await send(app, case)
     assert r.status_code == 200, r.text
-    assert r.json()["status"] == "completed"
+    assert r.json()["status"] in ("completed", "incomplete")
 
 
 @pytest.mark.anyio
