@@ -36,6 +36,18 @@ def quiet() -> Iterator[None]:
         yield
 
 
+class Waiting(threading.Thread):
+    """A non-streaming create, waiting for its answer while the engine dies."""
+
+    def __init__(self, base_url: str) -> None:
+        super().__init__(daemon=True)
+        self.base_url = base_url
+        self.answer: httpx.Response | None = None
+
+    def run(self) -> None:
+        self.answer = httpx.post(f"{self.base_url}/v1/responses", json=FOREVER, timeout=120)
+
+
 class Stream(threading.Thread):
     """A streaming create read as raw SSE, in a thread, so the engine can die under it."""
 
@@ -68,19 +80,23 @@ def engine_core(server: Server) -> psutil.Process:
 
 
 def kill_engine_mid_work(server: Server) -> tuple[str, Stream]:
-    """A background response and a stream running in the engine, then ``kill -9`` of the
-    engine; returns the background response's id and the stream (read to its end)."""
+    """A background response, a stream and a non-streaming request running in the engine,
+    then ``kill -9`` of the engine: the non-streaming one answers 503 ``engine_dead``; returns
+    the background response's id and the stream (read to its end)."""
     client = sdk(server.base_url)
     background = client.responses.create(**FOREVER, background=True)
-    stream = Stream(server.base_url)
+    stream, waiting = Stream(server.base_url), Waiting(server.base_url)
     stream.start()
+    waiting.start()
     deadline = time.monotonic() + 120
-    while not (stream.deltas >= 3 and running_requests(server) == 2):
-        assert time.monotonic() < deadline, f"not both running: {stream.deltas} deltas, {running_requests(server)} running"
+    while not (stream.deltas >= 3 and running_requests(server) == 3):
+        assert time.monotonic() < deadline, f"not all running: {stream.deltas} deltas, {running_requests(server)} running"
         time.sleep(0.1)
     engine_core(server).kill()
     stream.join(60)
+    waiting.join(60)
     assert not stream.is_alive(), "the stream did not end after the engine died"
+    assert waiting.answer is not None and (waiting.answer.status_code, waiting.answer.json()) == (503, DEAD_BODY)
     return background.id, stream
 
 
