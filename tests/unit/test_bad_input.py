@@ -91,3 +91,26 @@ async def test_server_still_serves_after_the_matrix(app):
         r = await client.post("/v1/responses", json=NORMAL)
     assert r.status_code == 200, r.text
     assert r.json()["output"][0]["content"][0]["text"] == "ok"
+
+
+@pytest.mark.anyio
+async def test_bad_ids_under_existing_parents(app):
+    """Ids that need a parent to exist first: a conversation's missing item, and the
+    background-only routes of a response that is not a background one."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        conversation = (await client.post("/v1/conversations", json={"items": [{"role": "user", "content": "hi"}]})).json()["id"]
+        response = (await client.post("/v1/responses", json=NORMAL)).json()["id"]
+        answers = {
+            "get item": await client.get(f"/v1/conversations/{conversation}/items/msg_missing"),
+            "delete item": await client.delete(f"/v1/conversations/{conversation}/items/msg_missing"),
+            "cancel": await client.post(f"/v1/responses/{response}/cancel"),
+            "stream again": await client.get(f"/v1/responses/{response}?stream=true"),
+        }
+    got = {name: (r.status_code, r.json()["error"]["param"], r.json()["error"]["code"]) for name, r in answers.items()}
+    assert got == {
+        "get item": (404, "item_id", "item_not_found"),
+        "delete item": (404, "item_id", "item_not_found"),
+        "cancel": (400, "response_id", "not_cancellable"),
+        "stream again": (400, "stream", "not_streamable"),
+    }
