@@ -41,6 +41,13 @@ def annotate(document: dict[str, Any]) -> None:
             target = document.get("paths", {}).get(path, {}).get(method)
             if target is not None:  # e.g. the render-only server has none of our routes
                 target.update(operation)
+    for methods in document.get("paths", {}).values():  # links name operations by (path, method)
+        for operation in methods.values():
+            for answer in operation.get("responses", {}).values():
+                for link in answer.get("links", {}).values():
+                    if "x-operation" in link:
+                        path, method = link.pop("x-operation")
+                        link["operationId"] = document["paths"][path][method]["operationId"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -169,6 +176,19 @@ _BAD, _MISSING, _LARGE = _error("Invalid request."), _error("No such object."), 
 _UNAVAILABLE = _error("The store or the engine is unavailable; retry later.")
 
 
+def _links(targets: dict[str, tuple[str, ...]], **parameters: str) -> dict[str, Any]:
+    """OpenAPI links from an answer to the operations that take what it returns (schemathesis's
+    stateful phase follows them: create, then retrieve, list, cancel, delete)."""
+    return {
+        f"{method}{path}".replace("/", "_").replace("{", "").replace("}", ""): {
+            "x-operation": [path, method],
+            "parameters": {name: value for name, value in parameters.items() if "{" + name + "}" in path},
+        }
+        for path, methods in targets.items()
+        for method in methods
+    }
+
+
 def operations() -> dict[str, dict[str, dict[str, Any]]]:
     """``path → method → operation fields`` of every route of ours."""
     response_id, conversation_id, item_id = _path("response_id"), _path("conversation_id"), _path("item_id")
@@ -177,13 +197,29 @@ def operations() -> dict[str, dict[str, dict[str, Any]]]:
     streamed["description"] = "The response object, or its events as server-sent events (`stream`)."
     errors = {"400": _BAD, "404": _MISSING, "503": _UNAVAILABLE}
     conversation = _json("The conversation.", "Conversation")
+    by_response = {
+        "/v1/responses/{response_id}": ("get", "delete"),
+        "/v1/responses/{response_id}/cancel": ("post",),
+        "/v1/responses/{response_id}/input_items": ("get",),
+    }
+    by_conversation = {
+        "/v1/conversations/{conversation_id}": ("get", "post", "delete"),
+        "/v1/conversations/{conversation_id}/items": ("get", "post"),
+    }
+    by_item = {"/v1/conversations/{conversation_id}/items/{item_id}": ("get", "delete")}
+    created = {**streamed, "links": _links(by_response, response_id="$response.body#/id")}
+    created_conversation = {**conversation, "links": _links(by_conversation, conversation_id="$response.body#/id")}
+    items = {
+        "200": _json("The items.", "ConversationItemList")
+        | {"links": _links(by_item, conversation_id="$request.path.conversation_id", item_id="$response.body#/data/0/id")}
+    }
     return {
         "/v1/responses": {
             "post": {
                 "summary": "Create a model response",
                 "requestBody": _body("ResponseCreateParams"),
                 "responses": {
-                    "200": streamed,
+                    "200": created,
                     **errors,
                     "413": _LARGE,
                     "500": _error("Generation failed (the response is stored as failed)."),
@@ -225,7 +261,7 @@ def operations() -> dict[str, dict[str, dict[str, Any]]]:
             "post": {
                 "summary": "Create a conversation",
                 "requestBody": _body("ConversationCreateParams", required=False),
-                "responses": {"200": conversation, **errors, "413": _LARGE},
+                "responses": {"200": created_conversation, **errors, "413": _LARGE},
             }
         },
         "/v1/conversations/{conversation_id}": {
@@ -246,13 +282,13 @@ def operations() -> dict[str, dict[str, dict[str, Any]]]:
             "get": {
                 "summary": "List a conversation's items",
                 "parameters": [conversation_id, _include(), *_listing()],
-                "responses": {"200": _json("The items.", "ConversationItemList"), **errors},
+                "responses": {**items, **errors},
             },
             "post": {
                 "summary": "Add items to a conversation",
                 "parameters": [conversation_id, _include()],
                 "requestBody": _body("ConversationItemCreateParams"),
-                "responses": {"200": _json("The items added.", "ConversationItemList"), **errors, "413": _LARGE},
+                "responses": {**items, **errors, "413": _LARGE},
             },
         },
         "/v1/conversations/{conversation_id}/items/{item_id}": {
