@@ -86,27 +86,40 @@ class EventStream(Response):
 
 
 class _Writer:
-    """Sends body chunks and keep-alive comments one at a time, never after the last one."""
+    """Sends the body's chunks and, between them, keep-alive comments: one send at a time,
+    none after the last chunk. (Plain flags, not a lock: this runs once per engine step.)"""
 
     def __init__(self, send: Send) -> None:
         self._send = send
-        self._lock = asyncio.Lock()
+        self._sending = False  # a chunk is being sent (to a slow client, maybe)
+        self._comment: asyncio.Future[None] | None = None  # a comment is being sent
         self._done = False
         self.last = time.monotonic()
 
     async def write(self, data: bytes, more: bool = True) -> None:
-        async with self._lock:
-            if self._done:
-                return
+        if self._comment is not None:
+            await self._comment
+        self._sending = True
+        try:
             await self._send({"type": "http.response.body", "body": data, "more_body": more})
-            self._done = not more
-            self.last = time.monotonic()
+        finally:
+            self._sending = False
+        self._done = not more
+        self.last = time.monotonic()
 
     async def keep_alive(self, interval: float) -> None:
         while not self._done:
             await asyncio.sleep(max(0.0, self.last + interval - time.monotonic()))
-            if time.monotonic() - self.last >= interval:
-                await self.write(KEEPALIVE)
+            if self._sending or self._done or time.monotonic() - self.last < interval:
+                continue
+            self._comment = comment = asyncio.get_running_loop().create_future()
+            try:
+                await self._send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+                self.last = time.monotonic()
+            finally:
+                self._comment = None
+                if not comment.done():
+                    comment.set_result(None)
 
 
 async def disconnected(receive: Receive) -> None:
