@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +38,7 @@ from vllm_responses.protocol import dump_json, initial_response, parse_request
 from vllm_responses.service import Run
 from vllm_responses.sse import event_json, frames
 from vllm_responses.stream import TERMINAL_EVENTS, ResponseStream, StreamOptions
-from vllm_responses.tool_calls import ToolCallMapper
+from vllm_responses.tool_calls import CustomInputDecoder, ToolCallMapper
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 PROFILE = settings(
@@ -304,3 +305,31 @@ def test_run_ends_every_stream(deltas, last, leave_after):
     run, events = asyncio.run(consume())
     assert_ends_well(run.stream, events)
     assert closed == [True]
+
+
+# -- the decoder's decisions, one by one ------------------------------------------------------
+@pytest.mark.parametrize(
+    "written, received",
+    [
+        (r'{"input": "a\n\t\"q\" \/ \u00e9"}', 'a\n\t"q" / é'),  # JSON as JSON decodes it
+        (r'{"input": "grep \d+ C:\users\me"}', r"grep \d+ C:\users\me"),  # a backslash not doubled: as written
+        (r'{"input": "\uZZZZ \u12G"}', r"\uZZZZ \u12G"),  # an invalid \u escape: as written
+        (r'{"input": "a\ud800b\udc00c"}', "a\ufffdb\ufffdc"),  # lone surrogate escapes: U+FFFD
+        (r'{"input": "\ud83d\ude00"}', "😀"),  # a pair: its character
+        (r'{"input": "\ud83d\u0041"}', "\ufffdA"),  # a high surrogate before no low one
+        ('{"input": "nul \\u0000 \x00 \ufffd"}', "nul \x00 \x00 \ufffd"),  # NUL and U+FFFD stay
+        (r'{"input": "cut \u12', r"cut \u12"),  # cut by the token limit: the end as written
+        (r'{"input": "cut \ud83d', "cut \ufffd"),
+        ('{"input": "cut \\', "cut \\"),
+        ('{"other": 1, "input": "x"}', "x"),  # the shape, keys in another order
+        ('"just a string"', "just a string"),
+        ("*** Begin Patch\n*** End Patch", "*** Begin Patch\n*** End Patch"),  # not JSON: the raw text
+        ('{"input": 5}', '{"input": 5}'),
+        ("raw \udc80 byte", "raw \ufffd byte"),  # a byte decoded with surrogateescape
+    ],
+)
+@pytest.mark.parametrize("step", [1, 4, 1000])
+def test_custom_input_decoder(written, received, step):
+    decoder = CustomInputDecoder()
+    out = "".join(decoder.feed(written[i : i + step]) for i in range(0, len(written), step)) + decoder.finish()
+    assert out == received and decoder.streamed == received
