@@ -4,7 +4,9 @@
 import pytest
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi import WebSocket
 from fastapi.testclient import TestClient
+from starlette.testclient import WebSocketDenialResponse
 from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
 
 from vllm_responses import __version__, auth
@@ -23,6 +25,12 @@ def app_with(keys: list[str] | None, root_path: str = "") -> TestClient:
     app = FastAPI(root_path=root_path)
     for path in ("/v1/responses", "/v1/responses/{rid}", "/v1/conversations/{cid}/items", "/v1/models", "/v1/responsesque", "/health"):
         app.add_api_route(path, lambda: JSONResponse({"ok": True}), methods=["GET", "POST"])
+
+    @app.websocket("/v1/responses")
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_json({"ok": True})
+        await websocket.close()
     auth.guard(app, ["/v1/responses", "/v1/conversations"])  # attach_router
     if keys:
         app.add_middleware(AuthenticationMiddleware, tokens=keys)  # vLLM's init_entrypoints_middleware
@@ -77,3 +85,14 @@ def test_gate_sits_right_outside_vllms_and_only_once() -> None:
     app.build_middleware_stack()
     classes = [m.cls for m in app.user_middleware]
     assert classes == [auth.ApiKeyGate, AuthenticationMiddleware]
+
+
+def test_websocket_handshake_answers_openai_401() -> None:
+    client = app_with(KEYS)
+    for headers, body in (({}, MISSING), ({"Authorization": "Bearer sk-wrong"}, WRONG)):
+        with pytest.raises(WebSocketDenialResponse) as raised:
+            with client.websocket_connect("/v1/responses", headers=headers):
+                pass
+        assert (raised.value.status_code, raised.value.json()) == (401, {"error": body})
+    with client.websocket_connect("/v1/responses", headers={"Authorization": "Bearer sk-first"}) as ws:
+        assert ws.receive_json() == {"ok": True}
