@@ -210,8 +210,8 @@ CASES: list[Case] = [
     _c("output_without_call", **create({"input": [USER, OUTPUT]}, 400, "input[1].call_id", "invalid_value", e2e=True)),
     _c("custom_output_without_call", **create({"input": [USER, {"type": "custom_tool_call_output", "call_id": "call_9", "output": "x"}]}, 400, "input[1].call_id", "invalid_value")),
     # -- tool_choice against the tools offered --------------------------------------------------------
-    _c("tool_choice_names_missing_function", **create({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "launch"}}, 400, "tool_choice.name", "invalid_value", e2e=True)),
-    _c("tool_choice_function_without_tools", **create({"tool_choice": {"type": "function", "name": "get_weather"}}, 400, "tool_choice.name", "invalid_value")),
+    _c("tool_choice_names_missing_function", **create({"tools": [WEATHER], "tool_choice": {"type": "function", "name": "launch"}}, 400, "tool_choice", "invalid_value", e2e=True)),
+    _c("tool_choice_function_without_tools", **create({"tool_choice": {"type": "function", "name": "get_weather"}}, 400, "tool_choice", "invalid_value")),
     _c("tool_choice_allowed_unknown_tool", **create({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "launch"}]}}, 400, "tool_choice.tools[0]", "invalid_value")),
     _c("tool_choice_allowed_namespace_int", **create({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "get_weather", "namespace": 5}]}}, 400, "tool_choice.tools[0].namespace", "invalid_type")),
     _c("tool_choice_allowed_name_list", **create({"tools": [WEATHER], "tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": ["get_weather"]}]}}, 400, "tool_choice.tools[0].name", "invalid_type")),

@@ -322,7 +322,7 @@ def _check_tool_choice(tool_choice: Any, tools: list[Any]) -> None:
     elif kind in ("function", "custom"):
         if chat_name(tool_choice["name"], tool_choice.get("namespace")) not in offered.targets:
             raise invalid_request(
-                f"Invalid 'tool_choice.name': no {kind} tool named '{tool_choice['name']}' in 'tools'.", param="tool_choice.name"
+                f"Invalid 'tool_choice': no {kind} tool named '{tool_choice['name']}' in 'tools'.", param="tool_choice"
             )
     else:
         raise invalid_request(f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value")
