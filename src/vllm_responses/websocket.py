@@ -144,11 +144,11 @@ class Connection:
         continued: str | None = None
         try:
             body = _create_body(text)
+            continued = body.get("previous_response_id") if isinstance(body.get("previous_response_id"), str) else None
             generate = body.pop("generate", True)
             if not isinstance(generate, bool):
                 raise invalid_request("Invalid type for 'generate': expected a boolean.", param="generate", code="invalid_type")
             request = parse_request(orjson.dumps(body), headers=self.ws.headers)
-            continued = request.previous_response_id
             earlier = self.last.items if self.last is not None and continued == self.last.response_id else None
             context = await store_call(self.service.history.resolve(request, earlier))
             run = await self.service.create(request, context=context, generate=generate)

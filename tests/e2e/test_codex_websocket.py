@@ -1,0 +1,124 @@
+"""Codex CLI over WebSocket mode (``supports_websockets = true``), and the model catalog it
+fetches from ``/v1/models`` (its provider authenticates by command, which makes Codex ask)."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import httpx
+from codex_cli_bin import bundled_codex_path
+
+from demo_requests import CASES
+from server import Server
+
+METADATA_WARNING = "Model metadata for"
+
+
+def codex_home(tmp_path: Path, base_url: str) -> Path:
+    home = tmp_path / "codex-home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(
+        f"""
+model = "demo"
+model_provider = "local"
+
+[model_providers.local]
+name = "local vLLM"
+base_url = "{base_url}/v1"
+wire_api = "responses"
+supports_websockets = true
+stream_max_retries = 0
+request_max_retries = 0
+
+[model_providers.local.auth]
+command = "echo"
+args = ["unused"]
+"""
+    )
+    return home
+
+
+def run_codex(tmp_path: Path, base_url: str, prompt: str, *extra: str) -> tuple[subprocess.CompletedProcess, str, str]:
+    """``codex exec --json``: the process, its last message and its thread id."""
+    home = codex_home(tmp_path, base_url)
+    out = tmp_path / "last-message.txt"
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    env = {**os.environ, "CODEX_HOME": str(home), "NO_COLOR": "1"}
+    command = [str(bundled_codex_path()), "exec", "--skip-git-repo-check", "--ephemeral", "--json", "-o", str(out), *extra, prompt]
+    proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    assert METADATA_WARNING not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    thread_id = next(e["thread_id"] for e in events if e.get("type") == "thread.started")
+    return proc, out.read_text() if out.exists() else "", thread_id
+
+
+def socket_requests(server: Server, thread_id: str) -> list[dict]:
+    """The messages Codex sent in one thread, as the server captured them, in order."""
+    assert server.capture_dir is not None, "needs the server's capture dir"
+    found = []
+    for path in sorted(server.capture_dir.glob("*.request.json"), key=lambda p: p.stat().st_mtime_ns):
+        body = json.loads(path.read_text())
+        if body.get("prompt_cache_key") == thread_id:
+            body["_id"] = path.name.removesuffix(".request.json")
+            found.append(body)
+    return found
+
+
+def check_over_the_socket(requests: list[dict], turns: int) -> None:
+    """Every request came as a `response.create` message (the HTTP route never sees that
+    field): Codex's `generate: false` warm-up first, then each step continuing from the last."""
+    assert requests and all(r["type"] == "response.create" for r in requests), requests
+    assert requests[0]["generate"] is False and "previous_response_id" not in requests[0]
+    assert len(requests) == 1 + turns
+    for before, after in zip(requests, requests[1:]):
+        assert after["previous_response_id"] == before["_id"]
+
+
+def test_codex_single_turn_over_websocket(tmp_path: Path, server: Server) -> None:
+    _, last, thread_id = run_codex(tmp_path, server.base_url, "Hello there!")
+    assert last.strip() == CASES["default"].content
+    check_over_the_socket(socket_requests(server, thread_id), turns=1)
+
+
+def test_codex_exec_command_loop_over_websocket(tmp_path: Path, server: Server) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "marker-file.txt").write_text("x")
+    proc, last, thread_id = run_codex(tmp_path, server.base_url, "Please list files in this folder.", "--dangerously-bypass-approvals-and-sandbox")
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    commands = [e["item"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "command_execution"]
+    assert commands and "marker-file.txt" in commands[0]["aggregated_output"]
+    assert last.strip() == CASES["after_tool"].content
+    requests = socket_requests(server, thread_id)
+    check_over_the_socket(requests, turns=2)
+    # Continuing, Codex sends only what is new: the call's output, not the history.
+    assert [i["type"] for i in requests[2]["input"]] == ["function_call_output"]
+
+
+def test_codex_freeform_apply_patch_over_websocket(tmp_path: Path, server: Server) -> None:
+    """The catalog offers the freeform (grammar) apply_patch for every served model, `demo` too."""
+    _, last, thread_id = run_codex(tmp_path, server.base_url, "Please apply a patch.", "--dangerously-bypass-approvals-and-sandbox")
+    assert (tmp_path / "work" / "hello.txt").read_text() == "Hello, world!\n"
+    assert last.strip() == CASES["after_tool"].content
+    requests = socket_requests(server, thread_id)
+    check_over_the_socket(requests, turns=2)
+    assert any(t["type"] == "custom" and t["name"] == "apply_patch" for t in requests[1]["tools"])
+
+
+def test_model_catalog_for_codex_and_models_unchanged_for_others(base_url: str) -> None:
+    plain = httpx.get(f"{base_url}/v1/models", timeout=30).json()
+    assert set(plain) == {"object", "data"} and plain["object"] == "list"
+    codex = httpx.get(f"{base_url}/v1/models", params={"client_version": "0.163.0"}, timeout=30).json()
+    cards = lambda listing: [(c["id"], c["root"], c["parent"], c["max_model_len"]) for c in listing["data"]]  # `created` is per call
+    assert codex["object"] == "list" and cards(codex) == cards(plain)
+    by_slug = {m["slug"]: m for m in codex["models"]}
+    assert set(by_slug) == {card["id"] for card in plain["data"]} >= {"demo", "gpt-5.5"}
+    for card in plain["data"]:
+        model = by_slug[card["id"]]
+        assert model["context_window"] == card["max_model_len"] == model["max_context_window"]
+        assert model["supports_reasoning_summaries"] is True  # served with --reasoning-parser qwen3
+        assert model["apply_patch_tool_type"] == "freeform" and model["supports_parallel_tool_calls"] is True
+        assert model["input_modalities"] == ["text"]  # the demo model reads no images
