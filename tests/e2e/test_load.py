@@ -1,0 +1,264 @@
+"""Load on a server of its own: 256 concurrent streams, and a client that stops reading.
+
+Every one of 256 concurrent streams ends with exactly one terminal event, passes the
+conformance checker and carries its own request's answer (its scenario's script, its
+metadata, its id; the same response is then retrieved from the store). A client that
+reads nothing of a long stream holds back only its own stream: the server stops producing
+its frames once the socket buffers are full (Starlette awaits each ``send``, uvicorn's flow
+control pauses it, and :class:`~vllm_responses.service.Run` pulls deltas from the engine only
+as frames leave), its memory stays put, and other streams complete meanwhile.
+"""
+
+import asyncio
+import json
+import re
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from demo_requests import CASES, Case, check_output
+from server import Server, others_paused, running
+from vllm_responses.conformance import check_events, parse_sse
+from vllm_responses.stream import TERMINAL_EVENTS
+
+STREAMS = 256
+# The endless scenario cut at different lengths: same scenario, answers told apart by length.
+ENDLESS_LENGTHS = range(3, 16)
+SLOW_TOKENS = 3000  # the slow reader's stream: ~2 KB of frames a token with 20 top logprobs
+OTHERS = 32  # streams that must complete while the slow reader is stalled
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Our own server (the session's is paused: 2 cores), capturing every stream it sends."""
+    base = tmp_path_factory.mktemp("load")
+    with others_paused(), running(plugin=True, log_path=base / "server.log", capture_dir=base / "streams") as srv:
+        yield srv
+
+
+def case_for(n: int) -> Case:
+    """The n-th request's case: every scenario in turn, endless ones at several lengths."""
+    cases = list(CASES.values())
+    case = cases[n % len(cases)]
+    if case.scenario == "endless":
+        case = replace(case, max_output_tokens=ENDLESS_LENGTHS[(n // len(cases)) % len(ENDLESS_LENGTHS)])
+    return case
+
+
+def request_for(n: int) -> dict:
+    return case_for(n).request(stream=True, metadata={"n": str(n)})
+
+
+def metric(base_url: str, name: str) -> float:
+    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    return sum(float(v) for v in re.findall(rf"^vllm:{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
+
+
+def wait_engine_idle(base_url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while metric(base_url, "num_requests_running") or metric(base_url, "num_requests_waiting"):
+        assert time.monotonic() < deadline, "engine requests still running or waiting"
+        time.sleep(0.2)
+
+
+async def stream_all(base_url: str, numbers: list[int]) -> dict[int, tuple[int, bytes]]:
+    """Each numbered request as a stream, all at once: ``n -> (status, body)``."""
+    limits = httpx.Limits(max_connections=len(numbers), max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=httpx.Timeout(300, pool=300)) as client:
+
+        async def one(n: int) -> tuple[int, bytes]:
+            async with client.stream("POST", "/v1/responses", json=request_for(n)) as r:
+                return r.status_code, await r.aread()
+
+        bodies = await asyncio.gather(*(one(n) for n in numbers))
+    return dict(zip(numbers, bodies))
+
+
+def check_stream(n: int, status: int, body: bytes) -> dict:
+    """The n-th request's stream conforms and answers that request; its final response."""
+    assert status == 200, body[:500]
+    events = parse_sse(body)
+    problems = check_events(events)
+    assert not problems, f"stream {n}: " + "\n".join(problems[:10])
+    terminals = [e for e in events if e["type"] in TERMINAL_EVENTS]
+    assert len(terminals) == 1 and terminals[0] is events[-1], f"stream {n}: {[e['type'] for e in terminals]}"
+    final = events[-1]["response"]
+    assert {e["response"]["id"] for e in events if "response" in e} == {final["id"]}
+    assert final["metadata"] == {"n": str(n)} and events[0]["response"]["metadata"] == {"n": str(n)}
+    case = case_for(n)
+    assert events[-1]["type"] == ("response.incomplete" if case.incomplete else "response.completed"), (n, final["status"])
+    check_output(case, final["output"])
+    return final
+
+
+def test_256_concurrent_streams_each_get_their_own_answer(server: Server) -> None:
+    numbers = list(range(STREAMS))
+    started = time.monotonic()
+    bodies = asyncio.run(stream_all(server.base_url, numbers))
+    wall = time.monotonic() - started
+    print(f"\n{STREAMS} concurrent streams: {wall:.1f} s wall")
+    finals = {n: check_stream(n, *bodies[n]) for n in numbers}
+    assert len({f["id"] for f in finals.values()}) == STREAMS
+
+    async def retrieve_all() -> list[dict]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=120) as client:
+            replies = await asyncio.gather(*(client.get(f"/v1/responses/{finals[n]['id']}") for n in numbers))
+        return [r.json() for r in replies]
+
+    for n, stored in zip(numbers, asyncio.run(retrieve_all())):
+        assert stored == finals[n], f"stored response {n} differs from its stream's"
+    wait_engine_idle(server.base_url)
+
+
+class SlowReader:
+    """A client that sends its request, reads the response head and then nothing: its
+    receive window fills and stays full."""
+
+    def __init__(self, base_url: str, body: dict) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        data = json.dumps(body).encode()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((host, int(port)))
+        head = f"POST /v1/responses HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        self.sock.sendall(head.encode() + data)
+        self.received = self.sock.recv(1024)
+        assert self.received.startswith(b"HTTP/1.1 200"), self.received
+
+    def read_rest(self) -> bytes:
+        """Everything to the end of the chunked body, then the SSE body."""
+        self.sock.settimeout(120)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        chunks, tail = [self.received], self.received
+        while not tail.endswith(b"\r\n0\r\n\r\n"):
+            chunk = self.sock.recv(1 << 20)
+            assert chunk, "the server closed the stream before its last chunk"
+            chunks.append(chunk)
+            tail = (tail + chunk)[-16:]
+        self.sock.close()
+        return _dechunk(b"".join(chunks).split(b"\r\n\r\n", 1)[1])
+
+
+def _dechunk(data: bytes) -> bytes:
+    out, at = [], 0
+    while True:
+        end = data.index(b"\r\n", at)
+        size = int(data[at:end], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[end + 2 : end + 2 + size])
+        at = end + 4 + size
+
+
+class Memory:
+    """RSS of the API server process and of its whole process tree (engine included),
+    sampled in a thread: ``peak`` is the highest the API process reached."""
+
+    def __init__(self, pid: int) -> None:
+        self.api = psutil.Process(pid)
+        self.peak = self.api_rss()
+
+    def api_rss(self) -> int:
+        return self.api.memory_info().rss
+
+    def tree_rss(self) -> int:
+        return sum(p.memory_info().rss for p in [self.api, *self.api.children(recursive=True)])
+
+    async def sample(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            self.peak = max(self.peak, self.api_rss())
+            await asyncio.sleep(0.05)
+
+
+def test_a_stalled_reader_holds_back_only_its_own_stream(server: Server) -> None:
+    assert server.capture_dir is not None
+    memory = Memory(server.proc.pid)
+    before, tree_before = memory.api_rss(), memory.tree_rss()
+    tokens_before = metric(server.base_url, "generation_tokens_total")
+    slow = SlowReader(server.base_url, {"model": "demo", "input": "Count forever.", "max_output_tokens": SLOW_TOKENS, "stream": True,
+                                        "include": ["message.output_text.logprobs"], "top_logprobs": 20, "metadata": {"n": "slow"}})
+    capture = _capture_of(server.capture_dir, "slow")
+
+    # The engine generates the whole response (it does not wait for the client), while the
+    # frames the server produced for it stop growing: it holds them back, it does not buffer.
+    produced = []
+    deadline = time.monotonic() + 300
+    while metric(server.base_url, "num_requests_running"):
+        assert time.monotonic() < deadline, "the slow reader's engine request never finished"
+        produced.append(capture.stat().st_size)
+        time.sleep(0.5)
+    generated = metric(server.base_url, "generation_tokens_total") - tokens_before
+    held = capture.stat().st_size
+    time.sleep(2)
+    assert capture.stat().st_size == held, "the server went on producing frames nobody reads"
+    after_engine = memory.api_rss()
+
+    # Other streams are served meanwhile, and memory does not grow with what the engine made.
+    async def others() -> tuple[dict[int, tuple[int, bytes]], float]:
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(memory.sample(stop))
+        started = time.monotonic()
+        bodies = await stream_all(server.base_url, list(range(OTHERS)))
+        stop.set()
+        await sampler
+        return bodies, time.monotonic() - started
+
+    bodies, others_wall = asyncio.run(others())
+    for n, (status, body) in bodies.items():
+        check_stream(n, status, body)
+    stalled_end = memory.api_rss()
+    assert capture.stat().st_size == held
+
+    body = slow.read_rest()
+    events = parse_sse(body)
+    problems = check_events(_without_logprobs(events))
+    assert not problems, "\n".join(problems[:10])
+    assert [e["type"] for e in events if e["type"] in TERMINAL_EVENTS] == ["response.incomplete"]
+    assert events[-1]["response"]["metadata"] == {"n": "slow"}
+    total = len(body)
+    after = memory.api_rss()
+    mib = 1 << 20
+    print(
+        f"\nslow reader: engine generated {generated:.0f} tokens; server produced {held / mib:.1f} MiB of the stream's "
+        f"{total / mib:.1f} MiB while it was stalled; {OTHERS} other streams took {others_wall:.1f} s meanwhile\n"
+        f"API RSS MiB: before {before / mib:.0f}, engine done {after_engine / mib:.0f}, peak while stalled "
+        f"{max(memory.peak, stalled_end) / mib:.0f}, stalled end {stalled_end / mib:.0f}, after drain {after / mib:.0f}; "
+        f"tree before {tree_before / mib:.0f}, after {memory.tree_rss() / mib:.0f}"
+    )
+    assert held < total / 4, f"produced {held} of {total} bytes for a client that read none"
+    # Memory while stalled stays within a fixed margin of where it started, far below what
+    # the stream would cost if it were buffered (its frames alone are `total` bytes).
+    assert max(memory.peak, stalled_end) - before < min(total / 2, 64 * mib)
+    wait_engine_idle(server.base_url)
+
+
+def _without_logprobs(events: list[dict]) -> list[dict]:
+    """The events with their logprobs emptied: the checker validates every event against a
+    union of ~50 types, which takes minutes for 20 top logprobs a token repeated in the
+    ``done`` events; the logprobs themselves are checked in test_parity.py."""
+
+    def strip(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: [] if k == "logprobs" else strip(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return [strip(e) for e in events]  # type: ignore[misc]
+
+
+def _capture_of(directory: Path, tag: str, timeout: float = 60) -> Path:
+    """The capture file of the stream whose request carries metadata ``n == tag``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for request in directory.glob("*.request.json"):
+            if json.loads(request.read_bytes()).get("metadata", {}).get("n") == tag:
+                return request.with_name(request.name.removesuffix(".request.json") + ".sse")
+        time.sleep(0.1)
+    raise AssertionError(f"no captured request with metadata n={tag}")
