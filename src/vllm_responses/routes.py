@@ -133,7 +133,7 @@ async def _answer(service: ResponsesService, request: ResponsesRequest, body: by
                 if capture is not None:
                     capture.close(complete)
 
-        return EventStream(frames_of(), service.keepalive_s, _SSE_HEADERS)
+        return EventStream(frames_of(), service.keepalive_s, _SSE_HEADERS, on_close=run.close)
     try:
         async for batch in batches:
             if capture is not None:

@@ -65,6 +65,7 @@ class Run:
         self._deltas = deltas
         self._on_end = on_end
         self._accepting = accepting
+        self._read = False
         self.final_events: list[Event] = []
         self.ended: asyncio.Future[None] | None = None
         self.failure: str | None = None
@@ -75,6 +76,7 @@ class Run:
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         """The events, grouped by engine step, so a transport writes once per step."""
+        self._read = True
         stream, deltas = self.stream, self._deltas
         terminal: list[Event] | None = None
         opening: list[Event] = []  # the first events, when a failure comes before they went out
@@ -108,19 +110,34 @@ class Run:
                 logger.exception("response %s failed", stream.response.id)
                 terminal = opening + stream.fail(f"Internal error: {type(exc).__name__}.")
         finally:
-            if terminal is None:  # the consumer left: stop the engine now, nobody will see the rest
-                await settle(self._accepting)
-                await asyncio.shield(spawn(deltas.aclose()))  # aborts the engine request if still running
-                self.final_events = stream.fail(self.failure) if self.failure else stream.cancel()
-                if self._on_end is not None:
-                    self.ended = spawn(self._on_end(stream.response))
+            if terminal is None:  # the consumer left
+                await self._stop()
             else:
                 await deltas.aclose()
         self.final_events = terminal
-        if self._on_end is not None:  # kept even if the client leaves now
+        if self._on_end is not None and self._accepted():  # kept even if the client leaves now
             self.ended = spawn(self._on_end(stream.response))
             await asyncio.shield(self.ended)
         yield terminal
+
+    async def close(self) -> None:
+        """For a transport that may never read :meth:`batches` (its client left first)."""
+        if not self._read:
+            self._read = True
+            await self._stop()
+
+    async def _stop(self) -> None:
+        """Stop the engine now (nobody will see the rest) and end the response."""
+        await settle(self._accepting)
+        await asyncio.shield(spawn(self._deltas.aclose()))  # aborts the engine request if still running
+        self.final_events = self.stream.fail(self.failure) if self.failure else self.stream.cancel()
+        if self._on_end is not None and self._accepted():
+            self.ended = spawn(self._on_end(self.stream.response))
+
+    def _accepted(self) -> bool:
+        """Whether the engine accepted the request (and so a stored one was stored)."""
+        a = self._accepting
+        return a is None or (a.done() and not a.cancelled() and a.exception() is None)
 
 
 class Capture:

@@ -9,7 +9,7 @@ cutting a stream that waits in the engine's queue or in a long prefill.
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.responses import Response
@@ -50,24 +50,33 @@ class EventStream(Response):
     its body under an anyio cancel scope that cancels again at every ``await`` (which can
     cut the body's own cleanup short) and never closes a body stopped while it waited to
     send; hence this class. ``keepalive_s``: ``None`` or ``0`` sends no comments.
+    ``on_close``: awaited last, for what ``body`` would have stopped had it ever started.
     """
 
     media_type = SSE_MEDIA_TYPE
 
-    def __init__(self, body: AsyncGenerator[bytes, None], keepalive_s: float | None, headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        body: AsyncGenerator[bytes, None],
+        keepalive_s: float | None,
+        headers: Mapping[str, str],
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.body_iterator = body
         self.keepalive_s = keepalive_s or None
+        self.on_close = on_close
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        writer = _Writer(send)
-        streaming = asyncio.ensure_future(self._stream(writer))
-        leaving = asyncio.ensure_future(disconnected(receive))
-        ticking = asyncio.ensure_future(writer.keep_alive(self.keepalive_s)) if self.keepalive_s else None
+        streaming = leaving = ticking = None
         try:
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            writer = _Writer(send)
+            streaming = asyncio.ensure_future(self._stream(writer))
+            leaving = asyncio.ensure_future(disconnected(receive))
+            ticking = asyncio.ensure_future(writer.keep_alive(self.keepalive_s)) if self.keepalive_s else None
             await asyncio.wait((streaming, leaving), return_when=asyncio.FIRST_COMPLETED)
         finally:
             await asyncio.shield(spawn(self._close(streaming, leaving, ticking)))
@@ -83,6 +92,8 @@ class EventStream(Response):
     async def _close(self, *tasks: "asyncio.Future[Any] | None") -> None:
         await settle(*tasks)
         await self.body_iterator.aclose()  # a body stopped while its frame waited to be sent
+        if self.on_close is not None:
+            await self.on_close()
 
 
 class _Writer:

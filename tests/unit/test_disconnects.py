@@ -90,6 +90,7 @@ class Exchange:
         self.reading = asyncio.Event()
         self.reading.set()
         self.left_at = 0.0
+        self.raise_when_gone = False
         self._body: bytes | None = data
         self._changed = asyncio.Event()
         scope = {
@@ -108,6 +109,8 @@ class Exchange:
         return {"type": "http.disconnect"}
 
     async def _send(self, message: dict) -> None:
+        if self.gone.is_set() and self.raise_when_gone:  # as ASGI 2.4 servers tell that the client has left
+            raise OSError("client disconnected")
         self.messages.append(message)
         self._changed.set()
         if message["type"] == "http.response.body":
@@ -198,6 +201,34 @@ async def test_stream_left_by_a_client_that_stopped_reading():
     await exchange.until(lambda: len(exchange.messages) > sent)  # the next frame now waits in send
     await exchange.leave()
     assert_aborted_at_once(engine, exchange)
+
+
+@pytest.mark.anyio
+async def test_stream_left_before_its_answer_started_is_stopped_unread():
+    """The client left after the handler returned its stream, before a byte of it went out:
+    the stream's body never ran, and the engine request is still aborted. (Never accepted
+    by the engine, the response was never stored.)"""
+    engine = Engine(WORDS, start_delay=60)
+    app = make_app(engine, keepalive_s=0.05)
+    service = app.state.vllm_responses
+    create = service.create
+    exchange: Exchange | None = None
+
+    async def create_then_leave(*args: Any, **kw: Any) -> Any:
+        run = await create(*args, **kw)
+        exchange.raise_when_gone = True
+        exchange.gone.set()
+        exchange.left_at = time.monotonic()
+        return run
+
+    service.create = create_then_leave
+    exchange = Exchange(app, STREAM)
+    with pytest.raises(OSError):
+        await asyncio.wait_for(exchange.task, 10)
+    assert exchange.status is None
+    assert_aborted_at_once(engine, exchange)
+    (response_id,) = engine.aborted
+    assert await service.store.get_response(response_id) is None
 
 
 @pytest.mark.anyio
