@@ -33,6 +33,7 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import Response
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from . import __version__
 from .errors import APIError, invalid_request, request_too_large
 from .history import Context
 from .items import stored_response
@@ -43,7 +44,6 @@ from .service import ResponsesService, Run, store_call
 from .settings import Settings
 from .sse import event_json, frames
 from .store.base import JSON
-from . import __version__
 
 logger = get_logger(__name__)
 

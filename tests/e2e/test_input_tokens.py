@@ -3,10 +3,9 @@
 
 import httpx
 import pytest
+from demo_requests import APPLY_PATCH_TOOL, CASES, WEATHER_TOOL
 from openai import NotFoundError, OpenAI
 from openai.types.responses import InputTokenCountResponse
-
-from demo_requests import APPLY_PATCH_TOOL, CASES, WEATHER_TOOL
 
 BODIES = {
     "string input": CASES["default"].request(),

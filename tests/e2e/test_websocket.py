@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from demo_requests import CASES, WEATHER_TOOL
+from server import ExternalServer, Server, running
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from demo_requests import AFTER_TOOL_INPUT, CASES, WEATHER_TOOL
-from server import ExternalServer, Server, running
 from vllm_responses.conformance import check_events, parse_sse
 
 MAX_SECONDS = 30
@@ -107,7 +107,7 @@ def http_usage(server: Server, body: dict[str, Any]) -> int:
 
 def metric(server: Server, name: str) -> float:
     text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(rf"^vllm:{name}\{{[^}}]*\}} (\S+)$", text, re.M))
+    return sum(float(v) for v in re.findall(rf"^vllm:{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE))
 
 
 # -- HTTP unchanged ---------------------------------------------------------------------------

@@ -6,10 +6,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from fakes import ScriptedEngine, usage
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from fakes import ScriptedEngine, usage
 from vllm_responses.codex_models import CodexCatalog
 from vllm_responses.conformance import check_events
 from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta
@@ -75,7 +75,7 @@ def test_plain_get_is_426() -> None:
 
 
 class _Engine:
-    class model_config:  # noqa: N801 - the attribute VllmEngine has
+    class model_config:
         max_model_len = 4096
 
     reasoning = True
