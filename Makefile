@@ -14,7 +14,7 @@ SERVE_ARGS := --served-model-name demo gpt-5.5 --dtype float32 \
 	--reasoning-parser qwen3 --tool-call-parser hermes --enable-auto-tool-choice \
 	--host 127.0.0.1
 
-.PHONY: install model redis demo test unit bench bench-memory print-serve-args clean
+.PHONY: install model redis demo test unit bench bench-memory fuzz print-serve-args clean
 
 install: $(VENV)/.installed
 
@@ -56,6 +56,11 @@ bench: install model
 bench-memory: install model
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench_memory.py
+
+# Schemathesis against a real server, our routes only, for FUZZ_SECONDS: docs/operations.md#fuzzing.
+FUZZ_SECONDS ?= 600
+fuzz: install model
+	$(PY) tests/fuzz_cli.py --seconds $(FUZZ_SECONDS)
 
 print-serve-args:
 	@echo $(SERVE_ARGS)
