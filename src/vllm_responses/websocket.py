@@ -76,7 +76,7 @@ class Connection:
         self.service = service
         self.settings = settings
         self.deadline = time.monotonic() + settings.ws_max_s
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
         self.in_flight = 0
         self.last: _Turn | None = None
         self.send_lock = asyncio.Lock()
