@@ -250,7 +250,7 @@ async def responses_socket(ws: WebSocket) -> None:
         logger.info("websocket %s: closed", id(ws))
 
 
-@router.get("/v1/responses")
+@router.get("/v1/responses", include_in_schema=False)  # a WebSocket endpoint; OpenAPI has no words for it
 async def responses_without_upgrade(raw: Request) -> Response:
     """``GET /v1/responses`` is the WebSocket endpoint: without the upgrade, 426."""
     response = error_response(
