@@ -341,9 +341,11 @@ def _text_format(fmt: dict[str, Any] | None) -> dict[str, Any]:
 def _with_strict(tool: Any) -> Any:
     """A function tool's ``strict``, decided as OpenAI decides it when the client leaves it
     out: strict when the schema allows it. The engine adapter passes it on to vLLM (which
-    then holds the arguments to the schema) and the response echoes it."""
-    if tool.type == "function" and tool.strict is None:
-        return tool.model_copy(update={"strict": strict_compatible(tool.parameters)})
+    then holds the arguments to the schema) and the response echoes it, with ``description``
+    and ``parameters`` as null when not given (the Open Responses schema requires them)."""
+    if tool.type == "function":
+        strict = strict_compatible(tool.parameters) if tool.strict is None else tool.strict
+        return tool.model_copy(update={"strict": strict, "description": tool.description, "parameters": tool.parameters})
     if tool.type == "namespace":
         return tool.model_copy(update={"tools": [_with_strict(inner) for inner in tool.tools]})
     return tool

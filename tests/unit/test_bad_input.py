@@ -10,6 +10,7 @@ from bad_input_cases import ACCEPTED, CASES, NORMAL, Case
 from fakes import ScriptedEngine, usage
 from fastapi import FastAPI
 
+from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.deltas import Finish, TextDelta
 from vllm_responses.plugin import ResponsesPlugin
 from vllm_responses.service import ResponsesService
@@ -114,3 +115,15 @@ async def test_bad_ids_under_existing_parents(app):
         "cancel": (400, "response_id", "not_cancellable"),
         "stream again": (400, "stream", "not_streamable"),
     }
+
+
+@pytest.mark.anyio
+async def test_minimal_function_tool_is_echoed_conformant(app):
+    """A function tool with only a name (as hostile-but-valid clients send) is echoed with
+    ``description`` and ``parameters`` null, as the Open Responses schema requires."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.post("/v1/responses", json={**NORMAL, "stream": True, "tools": [{"type": "function", "name": "f"}]})
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    assert events[-1]["response"]["tools"] == [{"type": "function", "name": "f", "description": None, "parameters": None, "strict": False}]
