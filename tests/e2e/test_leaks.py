@@ -23,6 +23,7 @@ import pytest
 
 from sdk import sdk
 from server import Server, others_paused, running
+from test_codex_cli import run_codex
 
 KEEPALIVE_S = 1.0
 ENDLESS = {"model": "demo", "input": "Count forever.", "max_output_tokens": 3000}
@@ -134,6 +135,28 @@ def test_queued_clients_that_leave_are_aborted_and_keep_alives_reach_clients(srv
     reader.join(60)
     assert not reader.is_alive()
     assert events[0] == "response.created" and events[-1] in ("response.completed", "response.incomplete"), events
+    blockers[1].leave()
+    until(lambda: gauges(srv) == (0, 0), 30, "nothing left running")
+
+
+def test_codex_reads_a_stream_that_waited_with_keep_alives(srv: Server, tmp_path: Path) -> None:
+    """Codex (SSE, no stream retries) waits in vLLM's queue long enough for several comments,
+    then gets its answer."""
+    blockers = [Client(srv, BLOCKER) for _ in range(2)]
+    for blocker in blockers:
+        assert blocker.read_until(b"response.output_text.delta")
+        blocker.drain()
+    done: dict[str, object] = {}
+    codex = threading.Thread(target=lambda: done.update(result=run_codex(tmp_path, srv.base_url, "Hello there!")))
+    codex.start()
+    until(lambda: gauges(srv)[1] == 1, 120, "Codex's request waiting")
+    time.sleep(3.5 * KEEPALIVE_S)  # the stream commits after 1 s, then a comment every second
+    assert gauges(srv) == (2, 1)
+    blockers[0].leave()
+    codex.join(300)
+    proc, last = done["result"]  # type: ignore[misc]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert last.strip() == "Hello! This is the demo model."
     blockers[1].leave()
     until(lambda: gauges(srv) == (0, 0), 30, "nothing left running")
 
