@@ -219,8 +219,11 @@ async def follow_stored(service: "ResponsesService", response_id: str, after: in
 async def abandon(store: Store, record: StoredResponse) -> StoredResponse:
     """End a response whose owner died: ``failed``, and its stream gets its terminal events."""
     events = await store.read_events(record.id) if record.background else []
-    last = events[-1][0] if events else (1 if record.background else -1)
-    stream = ResponseStream(ResponseObject.of(record.response), first_sequence_number=last + 1)
+    response = ResponseObject.of(record.response)
+    if events:  # its stream goes on where it was cut: the open item is closed, output as streamed
+        stream = ResponseStream.resumed(response, [orjson.loads(data) for _, data in events])
+    else:
+        stream = ResponseStream(response, first_sequence_number=2 if record.background else 0)
     terminal = stream.fail("The server running this response stopped before it finished.")
     data = stored_response(stream.response)
     if await store.finish_response(data):

@@ -515,6 +515,28 @@ class ResponseStream:
             ]
         return [ResponseIncompleteEvent.model_construct(type="response.incomplete", sequence_number=self.seq(), response=r)]
 
+    @classmethod
+    def resumed(cls, response: Response, logged: list[dict[str, Any]]) -> "ResponseStream":
+        """The state machine as the stream it logged (``logged``: its events as JSON objects,
+        in order) left it: the items done so far in ``response.output``, the open one open
+        again with what streamed into it, so that ending the stream (a response whose owner
+        died mid-stream) closes that item as it would have been closed."""
+        summary = any(e.get("type") == "response.reasoning_summary_part.added" for e in logged)
+        stream = cls(response, StreamOptions(reasoning_summary=summary), first_sequence_number=logged[-1]["sequence_number"] + 1 if logged else 0)
+        response.output = []
+        for e in logged:
+            kind, item = e.get("type"), stream._open
+            if kind == "response.output_item.added":
+                stream._open = _reopened(stream, e["output_index"], e["item"])
+            elif kind == "response.output_item.done":
+                stream._open = None
+                response.output.append(_EVENT_ADAPTER.validate_python(e).item)
+            elif item is not None and kind in _CONTINUING:
+                item.chunks.append(e["delta"])
+                if isinstance(item, _Message) and e.get("logprobs"):
+                    item.logprobs += [Logprob.model_validate(lp) for lp in e["logprobs"]]
+        return stream
+
     # -- internals ------------------------------------------------------------------------
     def _switch_to(self, kind: type[_Reasoning] | type[_Message]) -> list[Event]:
         events = self._close_open("completed")
@@ -540,6 +562,28 @@ class ResponseStream:
 
     def _now(self) -> int | None:
         return self._clock() if self._clock is not None else None
+
+
+# The delta events that add to the open item's text (summary deltas mirror the reasoning's).
+_CONTINUING = frozenset({
+    "response.reasoning_text.delta", "response.output_text.delta",
+    "response.function_call_arguments.delta", "response.custom_tool_call_input.delta",
+})
+
+
+def _reopened(stream: ResponseStream, output_index: int, item: dict[str, Any]) -> _Item:
+    """The open item an ``output_item.added`` event announced, for :meth:`ResponseStream.resumed`."""
+    kind = item.get("type")
+    opened: _Item
+    if kind == "reasoning":
+        opened = _Reasoning(stream, output_index)
+    elif kind == "message":
+        opened = _Message(stream, output_index)
+    else:
+        call = ToolCallDelta(0, name=item.get("name", ""), call_id=item.get("call_id"), namespace=item.get("namespace"), custom=kind == "custom_tool_call")
+        opened = _ToolCall(stream, output_index, call)
+    opened.id = item["id"]  # the logged id (its delta templates are never used again)
+    return opened
 
 
 def _usage(u: Usage) -> ResponseUsage:
