@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from sdk import sdk
 from server import Server, others_paused, running
 from test_codex_cli import run_codex
@@ -45,7 +44,7 @@ def gauges(server: Server) -> tuple[float, float]:
     text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
 
     def total(name: str) -> float:
-        return sum(float(v) for v in re.findall(rf"^vllm:{name}\{{[^}}]*\}} (\S+)$", text, re.M))
+        return sum(float(v) for v in re.findall(rf"^vllm:{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE))
 
     return total("num_requests_running"), total("num_requests_waiting")
 

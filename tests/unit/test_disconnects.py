@@ -17,10 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import ScriptedEngine, usage
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
-from fakes import ScriptedEngine, usage
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.deltas import Finish, Started, TextDelta
 from vllm_responses.errors import APIError
@@ -132,7 +132,7 @@ class Exchange:
             self._changed.clear()
             try:
                 await asyncio.wait_for(self._changed.wait(), 0.05)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def leave(self) -> None:
