@@ -4,9 +4,9 @@ Every one of 256 concurrent streams ends with exactly one terminal event, passes
 conformance checker and carries its own request's answer (its scenario's script, its
 metadata, its id; the same response is then retrieved from the store). A client that
 reads nothing of a long stream holds back only its own stream: the server stops producing
-its frames once the socket buffers are full (Starlette awaits each ``send``, uvicorn's flow
-control pauses it, and :class:`~vllm_responses.service.Run` pulls deltas from the engine only
-as frames leave), its memory stays put, and other streams complete meanwhile.
+its frames once the socket buffers are full (:class:`~vllm_responses.sse.EventStream` awaits
+each ``send``, uvicorn's flow control pauses it, and :class:`~vllm_responses.service.Run` pulls
+deltas from the engine only as frames leave), its memory stays put, and other streams complete meanwhile.
 """
 
 import asyncio

@@ -1,7 +1,7 @@
 """A client that stops reading holds back its own stream: nothing of ours buffers its events.
 
-Starlette's StreamingResponse awaits each ``send``; uvicorn's ``send`` waits (flow control)
-while the socket's write buffer is above its high-water mark. Here ``send`` blocks as it
+The SSE answer (:class:`~vllm_responses.sse.EventStream`) awaits each ``send``; uvicorn's
+``send`` waits (flow control) while the socket's write buffer is above its high-water mark. Here ``send`` blocks as it
 would then, and the engine must be asked for no more than the frames already sent (plus the
 step in hand): :class:`~vllm_responses.service.Run` pulls deltas only as frames leave. The
 real-server version is tests/e2e/test_load.py.
