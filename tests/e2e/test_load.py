@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
 from demo_requests import CASES, Case, check_output
 from server import Server, others_paused, running
+
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.stream import TERMINAL_EVENTS
 
@@ -57,7 +57,7 @@ def request_for(n: int) -> dict:
 
 def metric(base_url: str, name: str) -> float:
     text = httpx.get(f"{base_url}/metrics", timeout=30).text
-    return sum(float(v) for v in re.findall(rf"^vllm:{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.M))
+    return sum(float(v) for v in re.findall(rf"^vllm:{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE))
 
 
 def wait_engine_idle(base_url: str, timeout: float = 60) -> None:

@@ -11,7 +11,13 @@ import pytest
 
 from vllm_responses.background import abandon
 from vllm_responses.conformance import check_events
-from vllm_responses.deltas import ReasoningDelta, Sampling, TextDelta, TokenLogprob, ToolCallDelta
+from vllm_responses.deltas import (
+    ReasoningDelta,
+    Sampling,
+    TextDelta,
+    TokenLogprob,
+    ToolCallDelta,
+)
 from vllm_responses.items import stored_response
 from vllm_responses.protocol import initial_response, parse_request
 from vllm_responses.sse import event_json

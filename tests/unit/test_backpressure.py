@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import ScriptedEngine
 from fastapi import FastAPI
 
-from fakes import ScriptedEngine
 from vllm_responses.deltas import Started, TextDelta
 from vllm_responses.plugin import ResponsesPlugin
 from vllm_responses.service import ResponsesService
