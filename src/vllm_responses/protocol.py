@@ -157,7 +157,7 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesR
 # The ranges OpenAI documents for numeric parameters: (minimum, maximum), inclusive. Token
 # counts above a 32-bit integer are no model's (below that, vLLM holds them to the context).
 _INT32_MAX = 2**31 - 1
-_RANGES: dict[str, tuple[float, float | None]] = {
+RANGES: dict[str, tuple[float, float | None]] = {
     "temperature": (0, 2),
     "top_p": (0, 1),
     "max_output_tokens": (1, _INT32_MAX),
@@ -167,7 +167,7 @@ _RANGES: dict[str, tuple[float, float | None]] = {
 
 
 def _check_ranges(params: dict[str, Any]) -> None:
-    for name, (low, high) in _RANGES.items():
+    for name, (low, high) in RANGES.items():
         value = params.get(name)
         if value is None:
             continue
