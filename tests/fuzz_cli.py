@@ -7,6 +7,7 @@ that the server logged no traceback. Exit status: the CLI's, or 1 for a tracebac
 """
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,7 @@ def main() -> int:
             "--report", "junit", "--report-dir", str(report),
         ]  # fmt: skip
         print(" ".join(cmd), flush=True)
-        code = subprocess.run(cmd).returncode
+        code = subprocess.run(cmd, env={**os.environ, "SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("fuzz_hooks.py"))}).returncode
     log = (base / "server.log").read_text(errors="replace")
     tracebacks = log.count("Traceback")
     print(f"server log: {base / 'server.log'} ({tracebacks} tracebacks); report: {report}")

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from .parameters import CHAT_HABITS, NO_EFFECT, REFUSED, VLLM_EXTENSIONS
+from .protocol import RANGES
 
 PREFIX = "responses."
 _JSON = "application/json"
@@ -116,17 +117,22 @@ def _resolved(schema: dict[str, Any], defs: dict[str, dict[str, Any]]) -> dict[s
 
 
 def _create_body(schema: dict[str, Any]) -> None:
-    """``ResponseCreateParamsBase`` as :mod:`.protocol` reads it: ``model`` required,
-    ``stream`` beside it, the names of :mod:`.parameters` described, nothing else."""
+    """``ResponseCreateParamsBase`` as :mod:`.protocol` reads it: ``model`` and ``input``
+    required, ``stream`` beside it, the ranges it checks, the names of :mod:`.parameters`
+    described (refused ones null), nothing else."""
     properties = schema["properties"]
     properties["stream"] = {"anyOf": [{"type": "boolean"}, {"type": "null"}], "default": False}
     for name, why in NO_EFFECT.items():
         properties.setdefault(name, {})["description"] = f"Accepted without effect: {why}."
     for name, why in REFUSED.items():
-        properties.setdefault(name, {})["description"] = f"Only null, false or empty is accepted: {why}."
+        properties[name] = {"type": "null", "description": f"Refused (null, false or empty asks for nothing and is accepted): {why}."}
+    for name, (low, high) in RANGES.items():
+        properties[name] = {"anyOf": [{"type": "number", "minimum": low, **({"maximum": high} if high is not None else {})}, {"type": "null"}]}
+        if name in ("max_output_tokens", "max_tool_calls", "top_logprobs"):
+            properties[name]["anyOf"][0]["type"] = "integer"
     for name in sorted(VLLM_EXTENSIONS):
         properties.setdefault(name, {"description": "vLLM's extension, validated and applied by vLLM as on its chat route."})
-    schema["required"] = ["model"]
+    schema["required"] = ["model", "input"]  # `input` may be left out only when continuing (previous_response_id, conversation)
     schema["additionalProperties"] = False
     schema["description"] = (
         "The Responses API's create body (the openai package's ResponseCreateParams) with vLLM's extensions. "

@@ -16,6 +16,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
+import fuzz_hooks  # noqa: F401 - registers the hooks
 from server import running
 
 OUR_PATHS = r"^/v1/(responses|conversations)"
@@ -63,7 +64,7 @@ def test_openapi_describes_our_routes(api_schema: schemathesis.BaseSchema) -> No
     create = document["paths"]["/v1/responses"]["post"]
     assert create["requestBody"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/responses.ResponseCreateParams"}
     body = document["components"]["schemas"]["responses.ResponseCreateParams"]
-    assert body["required"] == ["model"] and {"input", "stream", "seed", "top_k"} <= set(body["properties"])
+    assert body["required"] == ["model", "input"] and {"input", "stream", "seed", "top_k"} <= set(body["properties"])
     assert set(create["responses"]) == {"200", "400", "404", "413", "500", "503"}
     listing = document["paths"]["/v1/conversations/{conversation_id}/items"]["get"]
     assert [p["name"] for p in listing["parameters"]] == ["conversation_id", "include", "limit", "order", "after"]

@@ -44,7 +44,9 @@ def test_create_body(document: dict[str, Any]) -> None:
     create = document["paths"]["/v1/responses"]["post"]
     assert create["requestBody"] == {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/responses.ResponseCreateParams"}}}}
     body = document["components"]["schemas"]["responses.ResponseCreateParams"]
-    assert body["required"] == ["model"] and body["additionalProperties"] is False
+    assert body["required"] == ["model", "input"] and body["additionalProperties"] is False
+    assert body["properties"]["temperature"]["anyOf"][0] == {"type": "number", "minimum": 0, "maximum": 2}
+    assert body["properties"]["prompt"]["type"] == "null"  # refused
     assert {"model", "input", "tools", "stream", "max_output_tokens"} | VLLM_EXTENSIONS | set(NO_EFFECT) | set(REFUSED) <= set(body["properties"])
     assert "max_tokens" not in body["properties"]  # a chat habit: answered 400
 
