@@ -61,6 +61,7 @@ def schemas() -> dict[str, dict[str, Any]]:
     from openai.types.conversations.conversation_create_params import ConversationCreateParams
     from openai.types.conversations.conversation_update_params import ConversationUpdateParams
     from openai.types.conversations.item_create_params import ItemCreateParams
+    from openai.types.responses import ResponseInputItem
     from openai.types.responses.response_create_params import ResponseCreateParamsBase
     from openai.types.responses.response_item_list import ResponseItemList
     from openai.types.shared.error_object import ErrorObject
@@ -82,6 +83,7 @@ def schemas() -> dict[str, dict[str, Any]]:
         "ConversationItem": ConversationItem,
         "ConversationItemList": ConversationItemList,
         "ErrorObject": ErrorObject,
+        "ResponseInputItem": ResponseInputItem,
     }
     inputs: list[tuple[str, Any, TypeAdapter[Any]]] = [(name, "validation", TypeAdapter(t)) for name, t in bodies.items()]
     inputs += [(name, "serialization", TypeAdapter(t)) for name, t in answers.items()]
@@ -94,6 +96,16 @@ def schemas() -> dict[str, dict[str, Any]]:
     for name in ("ResponseItemList", "ConversationItemList"):  # an empty list has no first or last id
         for key in ("first_id", "last_id"):
             out[PREFIX + name]["properties"][key] = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    # Items are listed in openai's output shapes where this server has them (messages, calls,
+    # reasoning); an item of another type is kept as it was sent, with an id (items.to_stored).
+    out[PREFIX + "KeptInputItem"] = {
+        "allOf": [_ref("ResponseInputItem"), {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}],
+        "description": "An input item of a type this server does not produce, listed as it was sent, with an id.",
+    }
+    out[PREFIX + "ConversationItem"] = {"anyOf": [out[PREFIX + "ConversationItem"], _ref("KeptInputItem")]}
+    for name in ("ResponseItemList", "ConversationItemList"):
+        data = out[PREFIX + name]["properties"]["data"]
+        data["items"] = {"anyOf": [data["items"], _ref("KeptInputItem")]}
     out[PREFIX + "Error"] = {
         "type": "object",
         "properties": {"error": _ref("ErrorObject")},

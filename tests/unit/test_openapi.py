@@ -126,14 +126,25 @@ async def test_item_reference_without_type(path: str) -> None:
 @pytest.mark.anyio
 async def test_items_sent_with_null_id_and_status(document: dict[str, Any]) -> None:
     """An item with ``id: null`` was stored without an id (500, NOT NULL); a ``shell_call`` with
-    ``status: null`` was listed without the status openai's ConversationItem requires."""
+    ``status: null`` was listed without the status openai's ConversationItem requires; items
+    of types without an output shape there broke the published item schema."""
     app = make_app()
     items = [
         {"type": "function_call", "id": None, "call_id": "c1", "name": "f", "arguments": "{}"},
         {"type": "shell_call", "id": None, "call_id": "c2", "status": None, "action": {"commands": []}, "environment": {"type": "local"}},
+        {"type": "tool_search_call", "id": None, "arguments": None, "call_id": None, "execution": None, "status": None},
+        {"type": "compaction_trigger"},  # no output shape in openai's ConversationItem: listed as sent
     ]
     created = await _call(app, "POST", "/v1/conversations", {"items": items})
     assert created.status_code == 200
     listed = (await _call(app, "GET", f"/v1/conversations/{created.json()['id']}/items?order=asc")).json()
-    assert [(i["type"], i["id"][:3], i["status"]) for i in listed["data"]] == [("function_call", "fc_", "completed"), ("shell_call", "ite", "completed")]
+    assert [(i["type"], i["id"][:3], i.get("status")) for i in listed["data"]] == [
+        ("function_call", "fc_", "completed"),
+        ("shell_call", "ite", "completed"),
+        ("tool_search_call", "ite", "completed"),
+        ("compaction_trigger", "ite", None),
+    ]
     _validator(document, "ConversationItemList").validate(listed)
+    for item in listed["data"]:
+        one = await _call(app, "GET", f"/v1/conversations/{created.json()['id']}/items/{item['id']}")
+        _validator(document, "ConversationItem").validate(one.json())
