@@ -42,6 +42,8 @@ from .protocol import ResponsesRequest
 
 logger = get_logger(__name__)
 
+WATCH_INTERVAL_S = 1.0  # how often the engine client's liveness is checked (see VllmEngine._watch)
+
 # vLLM's chat-request parameter names → the Responses names a client knows.
 _PARAMS = {
     "max_tokens": "max_output_tokens",
@@ -100,6 +102,7 @@ class VllmEngine(Engine):
         self.state = state  # ``state.server``: the uvicorn server, set by vLLM's launcher
         self.log_error_stack = bool(getattr(args, "log_error_stack", False))
         self.death_reported = False
+        self.watch: asyncio.Task[None] | None = None
 
     def _died(self) -> None:
         """The engine is dead: say so once, and shut the server down as upstream's routes do
@@ -115,6 +118,19 @@ class VllmEngine(Engine):
         server = getattr(self.state, "server", None)
         if server is not None:
             terminate_if_errored(server, self.client)
+
+    async def _watch(self) -> None:
+        """End the requests in flight once the engine client is errored, even where vLLM does
+        not: an API process of ``--api-server-count > 1`` does not watch the engine itself; when
+        its parent sees the engine die it stops that process's engine client (its output handler
+        cancelled, no error reaches the requests), and streams would hang until the parent kills
+        the process, cut without a terminal event. This hands them ``EngineDeadError`` as vLLM's
+        output handler does when it fails itself (vLLM's ``errored`` is its ``/health``'s "dead")."""
+        while not self.client.errored:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+        processor = getattr(self.client, "output_processor", None)  # AsyncLLM's; other clients end their requests themselves
+        if processor is not None:
+            processor.propagate_error(EngineDeadError())
 
     def _generate_failed(self, request_id: str, exc: BaseException) -> None:
         """One request's generation failed in vLLM (``EngineGenerateError``, recoverable): one
@@ -338,6 +354,8 @@ class VllmEngine(Engine):
             reasoning_tokens = p.parser.count_reasoning_tokens(generated) if p.parser is not None else 0
             return Usage(len(p.prompt_token_ids), len(generated), reasoning_tokens, cached_tokens)
 
+        if self.watch is None:
+            self.watch = asyncio.ensure_future(self._watch())
         results = self.client.generate(
             p.engine_input, p.sampling_params, request_id, lora_request=p.lora_request, **p.routing, **p.reasoning_kwargs
         )

@@ -167,3 +167,26 @@ def test_the_server_exits_by_itself(tmp_path: Path) -> None:
 
     response = asyncio.run(stored())
     assert response["status"] == "failed" and response["error"] == {"code": "server_error", "message": ENGINE_DEAD}
+
+
+def test_api_server_count_2_streams_end_failed_and_the_server_exits(tmp_path: Path) -> None:
+    """With ``--api-server-count 2`` the parent process notices the death and stops the API
+    processes, whose engine clients never hand the error to their requests: the streams of
+    both processes still end with one ``response.failed`` before the server exits."""
+    log = tmp_path / "server.log"
+    with running(plugin=True, log_path=log, serve=True, args=["--api-server-count", "2"]) as server:
+        streams = [Stream(server.base_url) for _ in range(4)]  # connections spread over both processes
+        for stream in streams:
+            stream.start()
+        deadline = time.monotonic() + 120
+        while not (min(s.deltas for s in streams) >= 3 and running_requests(server) == 4):
+            assert time.monotonic() < deadline, f"not all running: {[s.deltas for s in streams]}"
+            time.sleep(0.1)
+        engine_core(server).kill()
+        for stream in streams:
+            stream.join(60)
+            assert not stream.is_alive(), "a stream did not end after the engine died"
+            assert_failed_by_death(stream)
+        server.proc.wait(90)
+    text = log.read_text(errors="replace")
+    assert not re.search(r'File "[^"]*vllm_responses/', text), "a traceback through our code"
