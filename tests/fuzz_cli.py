@@ -2,8 +2,9 @@
 
 Starts the users' command (as tests/server.py does, with ``--max-model-len`` so that every
 generation stays short), runs every schemathesis phase (examples, coverage, fuzzing, and the
-stateful phase that follows the schema's links) until ``--seconds`` are spent, then checks
-that the server logged no traceback. Exit status: the CLI's, or 1 for a traceback.
+stateful phase that follows the schema's links) until ``--seconds`` are spent, with the hooks
+of fuzz_hooks.py and the configuration in fuzz.toml, then checks that the server logged no
+traceback. Exit status: the CLI's, or 1 for a traceback.
 """
 
 import argparse
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from server import running
 
+HERE = Path(__file__).resolve().parent
 CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance"
 
 
@@ -28,7 +30,8 @@ def main() -> int:
     report = args.report_dir or base / "report"
     with running(plugin=True, log_path=base / "server.log", args=["--max-model-len", "512"]) as srv:
         cmd = [
-            str(Path(sys.executable).with_name("schemathesis")), "run", f"{srv.base_url}/openapi.json",
+            str(Path(sys.executable).with_name("schemathesis")), "--config-file", str(HERE / "fuzz.toml"),
+            "run", f"{srv.base_url}/openapi.json",
             "--include-path-regex", r"^/v1/(responses|conversations)",
             "--checks", CHECKS,
             "--phases", "examples,coverage,fuzzing,stateful",
@@ -40,7 +43,7 @@ def main() -> int:
             "--report", "junit", "--report-dir", str(report),
         ]  # fmt: skip
         print(" ".join(cmd), flush=True)
-        code = subprocess.run(cmd, env={**os.environ, "SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("fuzz_hooks.py"))}).returncode
+        code = subprocess.run(cmd, env={**os.environ, "SCHEMATHESIS_HOOKS": str(HERE / "fuzz_hooks.py")}).returncode
     log = (base / "server.log").read_text(errors="replace")
     tracebacks = log.count("Traceback")
     print(f"server log: {base / 'server.log'} ({tracebacks} tracebacks); report: {report}")
