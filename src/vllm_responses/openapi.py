@@ -57,9 +57,18 @@ def _ref(name: str) -> dict[str, str]:
 
 def schemas() -> dict[str, dict[str, Any]]:
     """Every component our operations refer to, named ``responses.<Name>``."""
-    from openai.types.conversations import Conversation, ConversationDeletedResource, ConversationItem, ConversationItemList
-    from openai.types.conversations.conversation_create_params import ConversationCreateParams
-    from openai.types.conversations.conversation_update_params import ConversationUpdateParams
+    from openai.types.conversations import (
+        Conversation,
+        ConversationDeletedResource,
+        ConversationItem,
+        ConversationItemList,
+    )
+    from openai.types.conversations.conversation_create_params import (
+        ConversationCreateParams,
+    )
+    from openai.types.conversations.conversation_update_params import (
+        ConversationUpdateParams,
+    )
     from openai.types.conversations.item_create_params import ItemCreateParams
     from openai.types.responses import ResponseInputItem
     from openai.types.responses.response_create_params import ResponseCreateParamsBase

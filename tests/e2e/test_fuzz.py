@@ -8,15 +8,17 @@ JSON answer holds to the schema the server publishes. The server gets ``--max-mo
 
 from collections.abc import Iterator
 
+import fuzz_hooks  # noqa: F401 - registers the hooks
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
-from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
-
-import fuzz_hooks  # noqa: F401 - registers the hooks
+from schemathesis.specs.openapi.checks import (
+    response_schema_conformance,
+    status_code_conformance,
+)
 from server import running
 
 OUR_PATHS = r"^/v1/(responses|conversations)"

@@ -9,10 +9,9 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+from fakes import ScriptedEngine, usage
 from fastapi import FastAPI
 
-from fakes import ScriptedEngine, usage
-from vllm_responses import openapi
 from vllm_responses.deltas import Finish, TextDelta
 from vllm_responses.parameters import NO_EFFECT, REFUSED, VLLM_EXTENSIONS
 from vllm_responses.plugin import ResponsesPlugin
