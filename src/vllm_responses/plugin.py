@@ -13,9 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from .logs import get_logger
 from . import auth, conversations, openapi, routes, token_count, websocket
 from .codex_models import CodexCatalog
+from .logs import get_logger
 from .sealing import ReasoningSealer
 from .service import ResponsesService, warm_up
 from .settings import REASONING_KEYS, Settings

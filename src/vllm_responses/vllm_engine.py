@@ -22,23 +22,40 @@ from aiohttp import ClientError
 from jinja2 import TemplateError
 from pydantic import ValidationError
 from vllm import envs
-from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
-from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
 from vllm.entrypoints.generate.base.serving import PRIORITY_HEADER, SESSION_ID_HEADER
 from vllm.entrypoints.launchers.launcher import terminate_if_errored
+from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
 from vllm.exceptions import VLLMUnprocessableEntityError, VLLMValidationError
 from vllm.lora.request import LoRARequest
 from vllm.parser import ParserManager
 from vllm.tracing.utils import contains_trace_headers, extract_trace_headers
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
-from .logs import get_logger
 from . import chat
-from .tool_calls import ToolCallMapper
 from .backend import Engine, Prepared
-from .deltas import Delta, Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, Usage
-from .errors import ENGINE_DEAD, APIError, EngineFailure, context_length_exceeded, engine_dead, invalid_request, model_not_found
+from .deltas import (
+    Delta,
+    Finish,
+    ReasoningDelta,
+    Sampling,
+    Started,
+    TextDelta,
+    TokenLogprob,
+    Usage,
+)
+from .errors import (
+    ENGINE_DEAD,
+    APIError,
+    EngineFailure,
+    context_length_exceeded,
+    engine_dead,
+    invalid_request,
+    model_not_found,
+)
+from .logs import get_logger
 from .protocol import ResponsesRequest
+from .tool_calls import ToolCallMapper
 
 logger = get_logger(__name__)
 

@@ -5,17 +5,15 @@ answer; vLLM's own routes stay guarded as vLLM guards them."""
 import asyncio
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from openai import OpenAI
-
+from server import Server, others_paused, running
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from server import Server, others_paused, running
 from vllm_responses import conversations, routes, websocket
 
 KEY = "sk-test-key"

@@ -15,9 +15,9 @@ import httpx
 import openai
 import psutil
 import pytest
-
 from sdk import sdk, wait_status
 from server import Server, others_paused, running
+
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.errors import ENGINE_DEAD
 from vllm_responses.store import open_store
@@ -70,7 +70,7 @@ class Stream(threading.Thread):
 
 def running_requests(server: Server) -> float:
     metrics = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", metrics, re.M))
+    return sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", metrics, re.MULTILINE))
 
 
 def engine_core(server: Server) -> psutil.Process:

@@ -2,9 +2,8 @@
 ``build_app`` orders them: routes (and our plugin's ``attach_router``) first, middleware after."""
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
 from fastapi.responses import JSONResponse
-from fastapi import WebSocket
 from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
@@ -90,9 +89,8 @@ def test_gate_sits_right_outside_vllms_and_only_once() -> None:
 def test_websocket_handshake_answers_openai_401() -> None:
     client = app_with(KEYS)
     for headers, body in (({}, MISSING), ({"Authorization": "Bearer sk-wrong"}, WRONG)):
-        with pytest.raises(WebSocketDenialResponse) as raised:
-            with client.websocket_connect("/v1/responses", headers=headers):
-                pass
+        with pytest.raises(WebSocketDenialResponse) as raised, client.websocket_connect("/v1/responses", headers=headers):
+            pass
         assert (raised.value.status_code, raised.value.json()) == (401, {"error": body})
     with client.websocket_connect("/v1/responses", headers={"Authorization": "Bearer sk-first"}) as ws:
         assert ws.receive_json() == {"ok": True}
