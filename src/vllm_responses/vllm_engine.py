@@ -449,19 +449,28 @@ class VllmEngine(Engine):
     def _deltas(self, p: _Prepared, calls: ToolCallMapper, output: Any, token_ids: list[int], finished: bool) -> list[Delta]:
         if p.parser is None:
             return [TextDelta(output.text, self._logprobs(p, output, token_ids))] if output.text else []
-        message = p.parser.parse_delta(
-            delta_text=output.text,
-            delta_token_ids=token_ids,
-            request=p.chat_request,
-            prompt_token_ids=p.prompt_token_ids,
-            finished=finished,
-        )
+        try:
+            message = p.parser.parse_delta(
+                delta_text=output.text,
+                delta_token_ids=token_ids,
+                request=p.chat_request,
+                prompt_token_ids=p.prompt_token_ids,
+                finished=finished,
+            )
+        except Exception as exc:  # a parser bug must not fail the response: the rest is plain text
+            logger.warning("the reasoning/tool parser failed (%s: %s); the rest of this response streams as text", type(exc).__name__, exc)
+            p.parser = None
+            return calls.finish() + self._deltas(p, calls, output, token_ids, finished)
         if message is None:
             return []
+        # Reasoning or text after a call closes it first: the arguments the mapper completes
+        # at its close (see ToolCallMapper) must arrive while the call is still open.
         deltas: list[Delta] = []
         if message.reasoning and p.include_reasoning:
+            deltas += calls.finish()
             deltas.append(ReasoningDelta(message.reasoning))
         if message.content:
+            deltas += calls.finish()
             deltas.append(TextDelta(message.content, _content_logprobs(self._logprobs(p, output, token_ids), message.content)))
         for call in message.tool_calls:
             fn = call.function
@@ -481,9 +490,9 @@ class VllmEngine(Engine):
                 TokenLogprob(
                     token=_token_text(chosen, token_id, self.tokenizer),
                     logprob=max(chosen.logprob, -9999.0),
-                    bytes=list(_token_text(chosen, token_id, self.tokenizer).encode()),
+                    bytes=list(_token_text(chosen, token_id, self.tokenizer).encode("utf-8", "replace")),
                     top=[
-                        TokenLogprob(_token_text(lp, tid, self.tokenizer), max(lp.logprob, -9999.0), list(_token_text(lp, tid, self.tokenizer).encode()))
+                        TokenLogprob(_token_text(lp, tid, self.tokenizer), max(lp.logprob, -9999.0), list(_token_text(lp, tid, self.tokenizer).encode("utf-8", "replace")))
                         for tid, lp in top
                     ],
                 )
