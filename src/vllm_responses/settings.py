@@ -1,7 +1,7 @@
 """Every setting of the plugin, read from the environment in one place.
 
 vLLM owns the command line, so the plugin is configured through ``VLLM_RESPONSES_*``
-environment variables (documented in docs/state.md). Bad values fail at start-up with a
+environment variables (documented in docs/operations.md). Bad values fail at start-up with a
 message naming the variable, never later in a request.
 """
 
