@@ -23,7 +23,8 @@ from vllm_responses.errors import ENGINE_DEAD
 from vllm_responses.store import open_store
 from vllm_responses.stream import TERMINAL_EVENTS
 
-FOREVER = {"model": "demo", "input": "Count forever.", "max_output_tokens": 3000}
+# Long enough to be running still when the slowest /metrics read (seconds on a busy machine) sees all three.
+FOREVER = {"model": "demo", "input": "Count forever.", "max_output_tokens": 30000}
 DEAD_BODY = {"error": {"message": ENGINE_DEAD, "type": "server_error", "param": None, "code": "engine_dead"}}
 DEATH_LINE = "the vLLM engine is dead"
 OUR_MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "src" / "vllm_responses").glob("*.py"))

@@ -190,9 +190,11 @@ def test_priority_scheduling(flagged: Server) -> None:
     one. The ``X-Vllm-Priority`` header wins over the body's ``priority``, as on upstream's routes.
 
     No sleeps decide the order: the blocker streams (so the test sees it running), and each
-    request goes in only once vLLM's ``/metrics`` counts the one before it as waiting.
+    request goes in only once vLLM's ``/metrics`` counts the one before it as waiting. The
+    order is read where the engine finishes them (vLLM's output log, ``--enable-log-outputs``),
+    not from when the answers reach their client threads.
     """
-    finished: list[str] = []
+    tag = f"prio-{time.monotonic_ns()}"
     blocker_done = threading.Event()
     blocker_running = threading.Event()
 
@@ -206,9 +208,9 @@ def test_priority_scheduling(flagged: Server) -> None:
         blocker_done.set()
 
     def run(name: str, priority: int, headers: dict | None = None) -> None:
-        r = create(flagged.base_url, {**ENDLESS, "max_output_tokens": 8, "priority": priority}, headers)
+        body = {**ENDLESS, "max_output_tokens": 8, "priority": priority, "request_id": f"{tag}-{name}"}
+        r = create(flagged.base_url, body, headers)
         assert r.status_code == 200, r.text
-        finished.append(name)
 
     def until_waiting(n: int) -> None:
         deadline = time.monotonic() + 30
@@ -227,6 +229,9 @@ def test_priority_scheduling(flagged: Server) -> None:
         assert not blocker_done.is_set()
         for f in (blocking, low, high):
             f.result()
-    assert finished == ["high", "low"]
+    log = flagged.log_path.read_text(errors="replace")
+    finished = [name for name in ("high", "low") if f"Generated response {tag}-{name}" in log]
+    assert finished == ["high", "low"], log[-3000:]
+    assert log.index(f"Generated response {tag}-high") < log.index(f"Generated response {tag}-low")
 
 
