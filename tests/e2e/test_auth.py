@@ -45,7 +45,7 @@ def cases(server: Server) -> list[tuple[str, str, str, dict]]:
     sdk = client(server)
     stored = sdk.responses.create(model="demo", input="Hello there!")
     doomed = sdk.responses.create(model="demo", input="Hello there!")
-    running_bg = sdk.responses.create(model="demo", input="Count forever.", max_output_tokens=3000, background=True)
+    running_bg = sdk.responses.create(model="demo", input="Count forever.", max_output_tokens=30000, background=True)  # still running when its cancel comes, however slow the machine
     conv = sdk.conversations.create(items=[{"type": "message", "role": "user", "content": "Remember 7."}])
     item = sdk.conversations.items.list(conv.id).data[0]
     doomed_conv = sdk.conversations.create()
