@@ -185,8 +185,6 @@ def _waiting(base_url: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("vllm:num_requests_waiting{"))
 
 
-@pytest.mark.xfail(strict=False, reason="flaky on this 2-core machine under the full suite (order or blocker timing); "
-                   "under investigation, see the closing note of stop 15")
 def test_priority_scheduling(flagged: Server) -> None:
     """One sequence at a time: a later request with a better priority runs before an earlier
     one. The ``X-Vllm-Priority`` header wins over the body's ``priority``, as on upstream's routes.
