@@ -62,6 +62,13 @@ class ToolCallDelta:
 
 
 @dataclass(slots=True)
+class CompactionDelta:
+    """A whole ``compaction`` output item: the model's summary, already sealed (:mod:`.compaction`)."""
+
+    encrypted_content: str
+
+
+@dataclass(slots=True)
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
@@ -94,4 +101,4 @@ class Started:
     """The engine accepted the request (its checks on submission passed): events may begin."""
 
 
-Delta: TypeAlias = ReasoningDelta | TextDelta | ToolCallDelta
+Delta: TypeAlias = ReasoningDelta | TextDelta | ToolCallDelta | CompactionDelta

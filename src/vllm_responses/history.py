@@ -10,6 +10,7 @@ gets the model's own earlier thinking back.
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import compaction
 from .errors import invalid_request, not_found
 from .items import sealed_free, to_model_input, to_stored
 from .protocol import ResponsesRequest
@@ -50,9 +51,10 @@ class History:
                 earlier = await self.conversation_items(request.conversation_id)
         check_tool_calls(request.input, earlier + own)
         if not earlier:  # the request's typed items are already what the engine needs
-            return Context(request_items(request, own), own)
+            return Context(compaction.window(request_items(request, own), self.sealer), own)
         where = "previous_response_id" if request.previous_response_id else "conversation"
-        return Context(to_model_input(earlier, where) + request_items(request, own), own, earlier)
+        model_items = compaction.window(to_model_input(earlier, where) + request_items(request, own), self.sealer)
+        return Context(model_items, own, earlier)
 
     async def chain(self, response_id: str) -> list[JSON]:
         """Every item of a chain of responses, oldest first, ending with ``response_id``'s output."""
@@ -98,6 +100,12 @@ class History:
                 opened = self._open(item, i)
                 if opened is not None:
                     out.append(opened)
+            elif kind == "compaction":  # kept sealed; a blob that is not ours is dropped
+                try:
+                    if self.sealer.open(item.encrypted_content, "compaction item") is not None:
+                        out.append(to_stored(item))
+                except BrokenSeal as exc:
+                    raise invalid_request(str(exc), param=f"input[{i}].encrypted_content", code="invalid_encrypted_content") from None
             else:
                 out.append(to_stored(item))
         return out

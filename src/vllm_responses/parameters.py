@@ -39,7 +39,6 @@ NO_EFFECT: dict[str, str] = {
 # asks for nothing and is accepted).
 REFUSED: dict[str, str] = {
     "prompt": "stored prompt templates live on OpenAI's platform; send `instructions` and `input` instead",
-    "context_management": "server-side context compaction is not implemented; use `truncation: \"auto\"`",
     "moderation": "no moderation model runs here",
     "access_programs": "access programs are an OpenAI platform feature",
     "enable_response_messages": "upstream vLLM's debugging output of rendered messages is not offered",

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from . import auth, conversations, openapi, routes, token_count, websocket
+from . import auth, compaction_route, conversations, openapi, routes, token_count, websocket
 from .codex_models import CodexCatalog
 from .logs import get_logger
 from .sealing import ReasoningSealer
@@ -29,6 +29,7 @@ class ResponsesPlugin:
     required_tasks: tuple[str, ...] | None = ("generate",)
 
     def attach_router(self, app: FastAPI) -> None:
+        app.include_router(compaction_route.router)  # POST /v1/responses/compact (before /v1/responses/{id} routes)
         app.include_router(routes.router)
         app.include_router(websocket.router)  # GET /v1/responses: WebSocket mode
         app.include_router(token_count.router)  # POST /v1/responses/input_tokens

@@ -55,7 +55,7 @@ class ReasoningSealer:
         sealed = self._seal_key.encrypt(nonce, text.encode(), header)
         return base64.urlsafe_b64encode(header + nonce + sealed).decode().rstrip("=")
 
-    def open(self, blob: str) -> str | None:
+    def open(self, blob: str, what: str = "reasoning item") -> str | None:
         """The reasoning text; ``None`` when the blob is not ours (logged, to be dropped).
 
         Raises :class:`BrokenSeal` when it carries one of our key ids but fails to authenticate.
@@ -66,11 +66,11 @@ class ReasoningSealer:
             raw = b""
         header = raw[: len(MAGIC) + _KID]
         if len(raw) < len(header) + _NONCE + 16 or not header.startswith(MAGIC):
-            logger.warning("dropped a reasoning item whose encrypted_content was not made by this server")
+            logger.warning("dropped a %s whose encrypted_content was not made by this server", what)
             return None
         key = self._keys.get(header[len(MAGIC) :])
         if key is None:
-            logger.warning("dropped a reasoning item sealed with a key this server does not hold (another server, or a key rotated out)")
+            logger.warning("dropped a %s sealed with a key this server does not hold (another server, or a key rotated out)", what)
             return None
         nonce, sealed = raw[len(header) : len(header) + _NONCE], raw[len(header) + _NONCE :]
         try:

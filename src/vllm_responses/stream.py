@@ -28,6 +28,7 @@ import orjson
 
 from openai.types.responses import (
     Response,
+    ResponseCompactionItem,
     ResponseCompletedEvent,
     ResponseContentPartAddedEvent,
     ResponseContentPartDoneEvent,
@@ -69,7 +70,7 @@ from openai.types.responses.response_reasoning_summary_part_added_event import P
 from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 from pydantic import TypeAdapter
 
-from .deltas import Delta, Finish, ReasoningDelta, TextDelta, TokenLogprob, ToolCallDelta, Usage, valid_text
+from .deltas import CompactionDelta, Delta, Finish, ReasoningDelta, TextDelta, TokenLogprob, ToolCallDelta, Usage, valid_text
 from .ids import new_id
 from .protocol import dump_json
 
@@ -419,6 +420,8 @@ class ResponseStream:
                 return self._open.add(delta.text) if delta.text else []
             return self._feed_text(delta, _Reasoning)
         self._held = []
+        if isinstance(delta, CompactionDelta):
+            return self._compaction(delta)
         return self._feed_call(delta)
 
     def _feed_text(self, delta: TextDelta | ReasoningDelta, kind: type[_Message] | type[_Reasoning]) -> list[Event]:
@@ -457,6 +460,17 @@ class ResponseStream:
         call = _ToolCall(self, len(self.response.output), delta)
         self._open = call
         return events + call.open() + call.add(delta.arguments)
+
+    def _compaction(self, delta: CompactionDelta) -> list[Event]:
+        """A ``compaction`` item arrives whole: ``output_item.added`` and ``done`` carry it alike."""
+        events = self._close_open("completed")
+        idx = len(self.response.output)
+        item = ResponseCompactionItem.model_construct(id=new_id("cmp"), type="compaction", encrypted_content=delta.encrypted_content)
+        self.response.output.append(item)
+        return events + [
+            self.item_added(idx, item),
+            ResponseOutputItemDoneEvent.model_construct(type="response.output_item.done", sequence_number=self.seq(), output_index=idx, item=item),
+        ]
 
     def finish(self, finish: Finish) -> list[Event]:
         """Close the open item and end with ``completed`` or, when cut by the token limit, ``incomplete``."""
