@@ -209,6 +209,8 @@ async def follow_stored(service: "ResponsesService", response_id: str, after: in
             if record.owner != service.owner and (record.owner is None or not await store.alive(record.owner)):
                 await abandon(store, record)
             continue
+        if any(_type(data) in TERMINAL_EVENTS for _, data in await store.read_events(response_id)):
+            return  # ``after`` is at or past its terminal event: nothing more to send
         finished_waits += 1
         if finished_waits >= 2:  # the owner stored the response but not (yet?) its last events
             stream = ResponseStream(ResponseObject.of(record.response), first_sequence_number=after + 1)

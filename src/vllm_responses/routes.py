@@ -191,9 +191,10 @@ async def cancel_response(response_id: str, raw: Request) -> Response:
 @router.get("/v1/responses/{response_id}/input_items")
 @answers_errors
 async def list_input_items(response_id: str, raw: Request) -> Response:
-    include_param(raw)
+    include = include_param(raw)
     limit, order, after = list_params(raw)
-    items = await service_of(raw).input_items(response_id)
+    service = service_of(raw)
+    items = service.presented({"output": await service.input_items(response_id)}, include)["output"]  # sealed reasoning on request
     data, has_more = page(items, after, limit, order)
     return json_response(_dumps(item_list(data, has_more)))
 
