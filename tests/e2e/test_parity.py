@@ -7,16 +7,15 @@ sampling parameters decide what comes out.
 """
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from server import Server, demo_model_dir, others_paused, running
 from tokenizers import Tokenizer
 
-from server import Server, demo_model_dir, others_paused, running
 from vllm_responses.conformance import check_response
 
 ENDLESS = {"model": "demo", "input": "Count forever.", "max_output_tokens": 12}
@@ -86,7 +85,7 @@ def test_repetition_penalty(base_url: str) -> None:
 
 def test_cache_salt_separates_prefix_caches(base_url: str) -> None:
     body = {"model": "demo", "input": "lorem ipsum dolor sit amet " * 60 + "parity", "max_output_tokens": 2}
-    cached = lambda r: r["usage"]["input_tokens_details"]["cached_tokens"]  # noqa: E731
+    cached = lambda r: r["usage"]["input_tokens_details"]["cached_tokens"]
     ok(base_url, body)
     assert cached(ok(base_url, body)) > 0
     salt = f"salt-{time.time_ns()}"
@@ -180,67 +179,50 @@ def test_truncation_auto_drops_the_oldest_items(flagged: Server) -> None:
     assert text(r) == text(ok(flagged.base_url, {"model": "demo", "input": "Hello there"}))  # the last user message kept
 
 
-def _waiting(base_url: str) -> float:
-    metrics = httpx.get(f"{base_url}/metrics", timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("vllm:num_requests_waiting{"))
-
-
 def test_priority_scheduling(flagged: Server) -> None:
     """One sequence at a time: a later request with a better priority runs before an earlier
     one. The ``X-Vllm-Priority`` header wins over the body's ``priority``, as on upstream's routes.
 
-    No sleeps decide the order: the blocker streams (so the test sees it running), and each
-    request goes in only once vLLM's ``/metrics`` counts the one before it as waiting. The
-    order is read where the engine finishes them (vLLM's output log, ``--enable-log-outputs``),
-    not from when the answers reach their client threads.
+    No timing decides the order. Four blockers with the best priority hold the one slot for
+    ~3,600 generated tokens; ``low`` and then ``high`` go in one after the other, each once the
+    server has logged the one before as received (``--enable-log-requests``). Both then wait
+    behind the blockers, and the order is read where the engine finishes them (vLLM's output
+    log, ``--enable-log-outputs``), not from when answers reach their client threads.
     """
-    for _ in range(3):  # a run where the blocker ends before both queued (a slow /metrics read) proves nothing: again
+    for _ in range(3):  # a run where the blockers ended before ``high`` arrived proves nothing: again
         tag = f"prio-{time.monotonic_ns()}"
-        if _priority_run(flagged, tag):
+        log = _priority_run(flagged, tag)
+        # ``high`` arrived before the second-to-last blocker ended: a whole blocker's run of margin.
+        if log.index(f"Received request {tag}-high") < log.index(f"Generated response {tag}-b2"):
             break
     else:
-        pytest.fail("in three runs the blocker always ended before both requests queued")
-    log = flagged.log_path.read_text(errors="replace")
+        pytest.fail("in three runs the blockers always ended before the prioritised request arrived")
     assert log.index(f"Generated response {tag}-high") < log.index(f"Generated response {tag}-low"), log[-3000:]
 
 
-def _priority_run(flagged: Server, tag: str) -> bool:
-    """The blocker, then ``low``, then ``high``; False if the blocker ended before both waited."""
-    blocker_done = threading.Event()
-    blocker_running = threading.Event()
+def _priority_run(flagged: Server, tag: str) -> str:
+    """Blockers b0..b3, then ``low``, then ``high``; the server log once all have answered."""
 
-    def block() -> None:
-        # The best priority of the three: vLLM preempts a running request for a better one.
-        body = {**ENDLESS, "max_output_tokens": 900, "stream": True, "priority": -100}
-        with httpx.stream("POST", f"{flagged.base_url}/v1/responses", json=body, timeout=120) as r:
-            for line in r.iter_lines():
-                if line.startswith("data:") and '"response.output_text.delta"' in line:
-                    blocker_running.set()
-        blocker_done.set()
-
-    def run(name: str, priority: int, headers: dict | None = None) -> None:
-        body = {**ENDLESS, "max_output_tokens": 8, "priority": priority, "request_id": f"{tag}-{name}"}
+    def run(name: str, priority: int, max_output_tokens: int, headers: dict | None = None) -> None:
+        body = {**ENDLESS, "max_output_tokens": max_output_tokens, "priority": priority, "request_id": f"{tag}-{name}"}
         r = create(flagged.base_url, body, headers)
         assert r.status_code == 200, r.text
 
-    def until_waiting(n: int) -> bool:
-        deadline = time.monotonic() + 30
-        while _waiting(flagged.base_url) < n:
-            if blocker_done.is_set():
-                return False
-            assert time.monotonic() < deadline, f"vLLM never counted {n} waiting requests"
-            time.sleep(0.005)
-        return not blocker_done.is_set()
+    def received(name: str) -> None:
+        deadline = time.monotonic() + 60
+        while f"Received request {tag}-{name}" not in flagged.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, f"the server never logged {tag}-{name} as received"
+            time.sleep(0.01)
 
-    with ThreadPoolExecutor(3) as pool:
-        blocking = pool.submit(block)
-        assert blocker_running.wait(60)
-        low = pool.submit(run, "low", 10)
-        conclusive = until_waiting(1)
-        high = pool.submit(run, "high", 20, {"X-Vllm-Priority": "-10"})
-        conclusive = conclusive and until_waiting(2)
-        for f in (blocking, low, high):
+    with ThreadPoolExecutor(6) as pool:
+        futures = []
+        for name, priority, tokens, headers in [
+            *((f"b{i}", -100, 900, None) for i in range(4)),
+            ("low", 10, 8, None),
+            ("high", 20, 8, {"X-Vllm-Priority": "-10"}),
+        ]:
+            futures.append(pool.submit(run, name, priority, tokens, headers))
+            received(name)
+        for f in futures:
             f.result()
-    return conclusive
-
-
+    return flagged.log_path.read_text(errors="replace")
