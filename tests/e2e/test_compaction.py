@@ -5,9 +5,14 @@ default scenario); what the model sees afterwards is proven by token counts: the
 prompt has exactly as many tokens as the documented rendering (the user messages, then the
 summary message) and fewer than the history it replaced."""
 
+import json
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import httpx
+from codex_cli_bin import bundled_codex_path
 from demo_requests import CASES
 from openai import OpenAI
 from openai.types.responses import ResponseOutputItem, ResponseUsage
@@ -134,3 +139,81 @@ def test_bad_compaction_requests(base_url: str) -> None:
             continue
         assert r.status_code == 400, r.text
         assert r.json()["error"]["param"] == param
+
+
+# -- Codex CLI with remote compaction ------------------------------------------------------
+def _codex(tmp_path: Path, base_url: str, prompt: str, *, resume: bool = False) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """``codex exec --json`` with remote compaction on (``capabilities.remote_compaction = "v2"``)
+    and an auto-compact limit far below its first prompt (~9k tokens): after its first model
+    call it compacts through us, mid-turn."""
+    home = tmp_path / "codex-home"
+    home.mkdir(exist_ok=True)
+    (home / "config.toml").write_text(
+        f"""
+model = "demo"
+model_provider = "local"
+model_auto_compact_token_limit = 1000
+
+[model_providers.local]
+name = "local vLLM"
+base_url = "{base_url}/v1"
+env_key = "LOCAL_API_KEY"
+wire_api = "responses"
+stream_max_retries = 0
+request_max_retries = 0
+
+[model_providers.local.capabilities]
+remote_compaction = "v2"
+"""
+    )
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    (work / "marker-file.txt").write_text("x")
+    env = {**os.environ, "CODEX_HOME": str(home), "LOCAL_API_KEY": "unused", "NO_COLOR": "1"}
+    args = ["--skip-git-repo-check", "--json", "--dangerously-bypass-approvals-and-sandbox"]
+    command = [str(bundled_codex_path()), "exec", *args, *(["resume", "--last"] if resume else []), prompt]
+    proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    return proc, [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def _thread(capture_dir: Path, thread_id: str) -> list[tuple[dict, dict]]:
+    """(request body, final response) of every request of one Codex thread, in order."""
+    found = []
+    for path in sorted(capture_dir.glob("*.request.json"), key=lambda p: p.stat().st_mtime_ns):
+        body = json.loads(path.read_text())
+        if body.get("prompt_cache_key") == thread_id:
+            found.append((body, parse_sse(path.with_name(path.name.replace(".request.json", ".sse")).read_bytes())[-1]["response"]))
+    return found
+
+
+def test_codex_compacts_a_session_through_us_and_goes_on_answering(tmp_path: Path, base_url: str, server) -> None:
+    assert server.capture_dir is not None, "needs the server's capture dir (E2E_CAPTURE_DIR in the developer loop)"
+    proc, events = _codex(tmp_path, base_url, "Please list files in this folder.")
+    thread_id = next(e["thread_id"] for e in events if e.get("type") == "thread.started")
+    commands = [e["item"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "command_execution"]
+    assert commands and "marker-file.txt" in commands[0]["aggregated_output"]
+    messages = [e["item"]["text"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "agent_message"]
+    assert messages == [SUMMARY]  # after compaction the summary is the last user text: the default scenario answers
+
+    requests = _thread(server.capture_dir, thread_id)
+    triggers = [i for i, (body, _) in enumerate(requests) if body["input"][-1]["type"] == "compaction_trigger"]
+    assert triggers, [[item["type"] for item in body["input"]] for body, _ in requests]
+    body, compacted = requests[triggers[0]]
+    assert [item["type"] for item in body["input"][-3:]] == ["function_call", "function_call_output", "compaction_trigger"]
+    assert [item["type"] for item in compacted["output"]] == ["compaction"]
+    after, answered = requests[triggers[0] + 1]
+    sent = [item for item in after["input"] if item["type"] == "compaction"]
+    assert [item["encrypted_content"] for item in sent] == [compacted["output"][0]["encrypted_content"]]
+    assert not any(item["type"] in ("function_call", "function_call_output", "reasoning") for item in after["input"])
+    # The prompt held the summary where the compaction was.
+    explicit = [{"role": "user", "content": SUMMARY_PREFIX + SUMMARY} if item["type"] == "compaction" else item for item in after["input"]]
+    assert answered["usage"]["input_tokens"] == count(base_url, {**after, "input": explicit})
+
+    # The session goes on: a resumed turn sends the compaction back and is answered.
+    proc, events = _codex(tmp_path, base_url, "Hello again!", resume=True)
+    messages = [e["item"]["text"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "agent_message"]
+    assert messages == [SUMMARY]
+    later = _thread(server.capture_dir, thread_id)[len(requests):]
+    assert later and all(response["status"] == "completed" for _, response in later)
+    assert any(item["type"] == "compaction" for item in later[-1][0]["input"])
