@@ -260,3 +260,19 @@ async def test_input_items_include_seals_reasoning_on_request(app: App):
     assert app.service.sealer.open(sealed["encrypted_content"]) == "Earlier thought."
     page = await app.sdk.responses.input_items.list(r["id"], order="asc", include=["reasoning.encrypted_content"])
     assert app.service.sealer.open(page.data[1].encrypted_content) == "Earlier thought."
+
+
+async def test_finished_background_runs_leave_memory(app: App, monkeypatch: pytest.MonkeyPatch):
+    """Memory stays bounded: a finished run is kept only KEEP_AFTER_END for followers here."""
+    from vllm_responses import background
+
+    monkeypatch.setattr(background, "KEEP_AFTER_END", 0.2)
+    ids = [(await app.ok(input="hi", background=True))["id"] for _ in range(3)]
+    for _ in range(200):
+        if not app.service.background.runs:
+            break
+        await asyncio.sleep(0.02)
+    assert app.service.background.runs == {}
+    for rid in ids:  # still served, from the store
+        assert (await app.http.get(f"/v1/responses/{rid}")).json()["status"] == "completed"
+        assert parse_sse((await app.http.get(f"/v1/responses/{rid}", params={"stream": "true"})).text)[-1]["type"] == "response.completed"
