@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -198,3 +199,20 @@ async def test_bad_compaction_requests_are_openai_errors(path, body, param, code
     assert 400 <= r.status_code < 500, r.text
     error = r.json()["error"]
     assert (error["param"], error["code"]) == (param, code), error
+
+
+@pytest.mark.anyio
+async def test_background_trigger_compacts():
+    engine = ScriptedEngine(SCRIPT)
+    client, service = make_client(engine)
+    async with client:
+        r = await client.post("/v1/responses", json={"model": "demo", "input": HISTORY + [TRIGGER], "background": True})
+        assert r.status_code == 200, r.text
+        for _ in range(200):
+            body = (await client.get(f"/v1/responses/{r.json()['id']}")).json()
+            if body["status"] not in ("queued", "in_progress"):
+                break
+            await anyio.sleep(0.02)
+    assert body["status"] == "completed", body
+    assert [i["type"] for i in body["output"]] == ["compaction"]
+    assert service.sealer.open(body["output"][0]["encrypted_content"]) == SUMMARY
