@@ -16,13 +16,19 @@ from fakes import ScriptedEngine, usage
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
-from vllm_responses import upkeep
+from vllm_responses import background, upkeep
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from vllm_responses.plugin import ResponsesPlugin
 from vllm_responses.sealing import ReasoningSealer
 from vllm_responses.service import ResponsesService
-from vllm_responses.settings import MAX_AGE, MAX_CONVERSATIONS, MAX_RESPONSES, STORE, Settings
+from vllm_responses.settings import (
+    MAX_AGE,
+    MAX_CONVERSATIONS,
+    MAX_RESPONSES,
+    STORE,
+    Settings,
+)
 from vllm_responses.store import Retention, default_url, open_store
 from vllm_responses.store.redis import RedisStore
 from vllm_responses.store.sqlite import SQLiteStore
@@ -264,8 +270,6 @@ async def test_input_items_include_seals_reasoning_on_request(app: App):
 
 async def test_finished_background_runs_leave_memory(app: App, monkeypatch: pytest.MonkeyPatch):
     """Memory stays bounded: a finished run is kept only KEEP_AFTER_END for followers here."""
-    from vllm_responses import background
-
     monkeypatch.setattr(background, "KEEP_AFTER_END", 0.2)
     ids = [(await app.ok(input="hi", background=True))["id"] for _ in range(3)]
     for _ in range(200):
