@@ -142,7 +142,7 @@ def test_bad_compaction_requests(base_url: str) -> None:
 
 
 # -- Codex CLI with remote compaction ------------------------------------------------------
-def _codex(tmp_path: Path, base_url: str, prompt: str, *, resume: bool = False) -> tuple[subprocess.CompletedProcess, list[dict]]:
+def _codex(tmp_path: Path, base_url: str, prompt: str, *, resume: bool = False) -> list[dict]:
     """``codex exec --json`` with remote compaction on (``capabilities.remote_compaction = "v2"``)
     and an auto-compact limit far below its first prompt (~9k tokens): after its first model
     call it compacts through us, mid-turn."""
@@ -174,7 +174,7 @@ remote_compaction = "v2"
     command = [str(bundled_codex_path()), "exec", *args, *(["resume", "--last"] if resume else []), prompt]
     proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    return proc, [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
 def _thread(capture_dir: Path, thread_id: str) -> list[tuple[dict, dict]]:
@@ -189,7 +189,7 @@ def _thread(capture_dir: Path, thread_id: str) -> list[tuple[dict, dict]]:
 
 def test_codex_compacts_a_session_through_us_and_goes_on_answering(tmp_path: Path, base_url: str, server) -> None:
     assert server.capture_dir is not None, "needs the server's capture dir (E2E_CAPTURE_DIR in the developer loop)"
-    proc, events = _codex(tmp_path, base_url, "Please list files in this folder.")
+    events = _codex(tmp_path, base_url, "Please list files in this folder.")
     thread_id = next(e["thread_id"] for e in events if e.get("type") == "thread.started")
     commands = [e["item"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "command_execution"]
     assert commands and "marker-file.txt" in commands[0]["aggregated_output"]
@@ -211,7 +211,7 @@ def test_codex_compacts_a_session_through_us_and_goes_on_answering(tmp_path: Pat
     assert answered["usage"]["input_tokens"] == count(base_url, {**after, "input": explicit})
 
     # The session goes on: a resumed turn sends the compaction back and is answered.
-    proc, events = _codex(tmp_path, base_url, "Hello again!", resume=True)
+    events = _codex(tmp_path, base_url, "Hello again!", resume=True)
     messages = [e["item"]["text"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "agent_message"]
     assert messages == [SUMMARY]
     later = _thread(server.capture_dir, thread_id)[len(requests):]

@@ -9,13 +9,13 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from fakes import ScriptedEngine, usage
 from fastapi import FastAPI
 from openai.types.responses import ResponseOutputItem
 from openai.types.responses.compacted_response import CompactedResponse
 from openai.types.responses.response_input_message_item import ResponseInputMessageItem
 from pydantic import TypeAdapter
 
-from fakes import ScriptedEngine, usage
 from vllm_responses.compaction import SUMMARY_PREFIX, SUMMARY_PROMPT
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta
@@ -93,7 +93,7 @@ async def test_trigger_streams_exactly_one_compaction_item_with_the_models_seale
 @pytest.mark.anyio
 async def test_compaction_item_sent_back_stands_in_for_the_history_before_it():
     engine = ScriptedEngine(SCRIPT)
-    client, service = make_client(engine)
+    client, _service = make_client(engine)
     async with client:
         r = await client.post("/v1/responses", json={"model": "demo", "input": HISTORY + [TRIGGER]})
         compaction = r.json()["output"][0]
@@ -147,7 +147,7 @@ async def test_compact_endpoint_keeps_user_messages_ends_with_compaction_and_is_
 @pytest.mark.anyio
 async def test_threshold_compacts_before_the_answer_in_the_same_stream():
     engine = CountingEngine(SCRIPT)
-    client, service = make_client(engine)
+    client, _service = make_client(engine)
     body = {"model": "demo", "input": HISTORY, "stream": True, "context_management": [{"type": "compaction", "compact_threshold": 3}]}
     async with client:
         r = await client.post("/v1/responses", json=body)
@@ -165,7 +165,7 @@ async def test_threshold_compacts_before_the_answer_in_the_same_stream():
 @pytest.mark.anyio
 async def test_foreign_compaction_is_dropped_and_altered_one_refused():
     engine = ScriptedEngine(SCRIPT)
-    client, service = make_client(engine)
+    client, _service = make_client(engine)
     foreign = ReasoningSealer().seal("someone else's summary")
     async with client:
         ours = (await client.post("/v1/responses", json={"model": "demo", "input": HISTORY + [TRIGGER]})).json()["output"][0]
