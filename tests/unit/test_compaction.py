@@ -216,3 +216,20 @@ async def test_background_trigger_compacts():
     assert body["status"] == "completed", body
     assert [i["type"] for i in body["output"]] == ["compaction"]
     assert service.sealer.open(body["output"][0]["encrypted_content"]) == SUMMARY
+
+
+@pytest.mark.anyio
+async def test_conversation_keeps_the_compaction_and_renders_from_it():
+    engine = ScriptedEngine(SCRIPT)
+    client, _ = make_client(engine)
+    async with client:
+        conversation = (await client.post("/v1/conversations", json={"items": HISTORY})).json()["id"]
+        r = await client.post("/v1/responses", json={"model": "demo", "conversation": conversation, "input": [TRIGGER]})
+        assert [i["type"] for i in r.json()["output"]] == ["compaction"]
+        r = await client.post("/v1/responses", json={"model": "demo", "conversation": conversation, "input": "third question"})
+        assert r.status_code == 200, r.text
+        listed = (await client.get(f"/v1/conversations/{conversation}/items", params={"order": "asc", "limit": 100})).json()["data"]
+    assert [i["type"] for i in listed][-5:] == ["compaction_trigger", "compaction", "message", "reasoning", "message"]
+    assert texts(engine.contexts[-1]) == [
+        ("user", "first question"), ("user", "second question"), ("user", SUMMARY_PREFIX + SUMMARY), ("user", "third question"),
+    ]
