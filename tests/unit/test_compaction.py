@@ -233,3 +233,28 @@ async def test_conversation_keeps_the_compaction_and_renders_from_it():
     assert texts(engine.contexts[-1]) == [
         ("user", "first question"), ("user", "second question"), ("user", SUMMARY_PREFIX + SUMMARY), ("user", "third question"),
     ]
+
+
+def test_websocket_turn_compacts_and_the_next_continues_from_the_connection():
+    from starlette.testclient import TestClient
+
+    engine = ScriptedEngine(SCRIPT)
+    app = FastAPI()
+    ResponsesPlugin().attach_router(app)
+    app.state.vllm_responses = ResponsesService(engine, SQLiteStore(Path(tempfile.mkdtemp()) / "r.db"))
+
+    def turn(ws: Any, body: dict[str, Any]) -> list[dict[str, Any]]:
+        ws.send_text(json.dumps({"type": "response.create", "model": "demo", "store": False, **body}))
+        events = [json.loads(ws.receive_text())]
+        while events[-1]["type"] not in ("response.completed", "response.failed", "error"):
+            events.append(json.loads(ws.receive_text()))
+        return events
+
+    with TestClient(app).websocket_connect("/v1/responses") as ws:
+        compacted = turn(ws, {"input": HISTORY + [TRIGGER]})
+        assert check_events(compacted) == [] and [i["type"] for i in compacted[-1]["response"]["output"]] == ["compaction"]
+        answered = turn(ws, {"input": "third question", "previous_response_id": compacted[-1]["response"]["id"]})
+        assert answered[-1]["type"] == "response.completed"
+    assert texts(engine.contexts[-1]) == [
+        ("user", "first question"), ("user", "second question"), ("user", SUMMARY_PREFIX + SUMMARY), ("user", "third question"),
+    ]
