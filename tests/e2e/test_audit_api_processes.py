@@ -1,0 +1,80 @@
+"""Issue 7.7 for ``vllm serve --api-server-count 2`` on the embedded default store (SQLite):
+a response created by one API process is retrieved, listed, chained, followed from a given
+``starting_after`` and added to a conversation by the other. tests/e2e/test_processes.py
+covers the same server kind on Redis (retrieve, follow live, cancel); this one adds chaining
+and the SQLite file shared by the processes, which is what users get by default."""
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from demo_requests import CASES, WEATHER_TOOL
+from server import Server, others_paused, running
+
+from vllm_responses.conformance import assert_conforms, parse_sse
+from vllm_responses.routes import PROCESS_HEADER
+
+PARIS = "What is the weather in Paris?"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("api2")
+    store = f"sqlite://{base / 'responses.db'}"
+    with others_paused(), running(plugin=True, log_path=base / "server.log", store=store, serve=True, args=["--api-server-count", "2"]) as srv:
+        yield srv
+
+
+def on(server: Server, method: str, path: str, process: str, same: bool, **kw) -> tuple[httpx.Response, int]:
+    """A request answered by ``process`` (``same``) or by the other one, and how many tries it
+    took: a fresh connection each try (the kernel picks the process); a POST answered by the
+    wrong process has still done its work, which the caller counts."""
+    for tries in range(1, 201):
+        r = httpx.request(method, f"{server.base_url}{path}", headers={"connection": "close"}, timeout=120, **kw)
+        assert r.status_code == 200, r.text
+        if (r.headers[PROCESS_HEADER] == process) == same:
+            return r, tries
+    raise AssertionError(f"no answer from {'the same' if same else 'the other'} API process in 200 tries")
+
+
+def get(server: Server, path: str, process: str, same: bool) -> httpx.Response:
+    return on(server, "GET", path, process, same)[0]
+
+
+def test_state_is_shared_between_the_api_processes(server: Server) -> None:
+    first = httpx.post(f"{server.base_url}/v1/responses", json={"model": "demo", "input": PARIS, "tools": [WEATHER_TOOL]}, timeout=120)
+    assert first.status_code == 200, first.text
+    owner, r1 = first.headers[PROCESS_HEADER], first.json()
+    assert get(server, f"/v1/responses/{r1['id']}", owner, same=False).json() == r1
+    items = get(server, f"/v1/responses/{r1['id']}/input_items", owner, same=False).json()["data"]
+    assert [i["content"][0]["text"] for i in items] == [PARIS]
+
+    # Chained on the other process: it reads the first turn from the shared file.
+    call = r1["output"][1]["call_id"]
+    followup = {"model": "demo", "previous_response_id": r1["id"], "tools": [WEATHER_TOOL],
+                "input": [{"type": "function_call_output", "call_id": call, "output": "Sunny"}]}
+    r2 = on(server, "POST", "/v1/responses", owner, same=False, json=followup)[0].json()
+    assert r2["previous_response_id"] == r1["id"]
+    assert r2["output"][-1]["content"][0]["text"] == CASES["after_tool"].content
+
+    # A background response run by one process, replayed from an offset by the other.
+    created = httpx.post(f"{server.base_url}/v1/responses", json={**CASES["default"].request(), "background": True}, timeout=120)
+    runner, bg = created.headers[PROCESS_HEADER], created.json()["id"]
+    for _ in range(600):
+        if get(server, f"/v1/responses/{bg}", runner, same=False).json()["status"] == "completed":
+            break
+        time.sleep(0.1)
+    everything = parse_sse(get(server, f"/v1/responses/{bg}?stream=true", runner, same=True).text)
+    assert_conforms(everything)
+    tail = parse_sse(get(server, f"/v1/responses/{bg}?stream=true&starting_after=4", runner, same=False).text)
+    assert tail == everything[5:]
+
+    # A conversation made by one process gains a turn through the other.
+    made = httpx.post(f"{server.base_url}/v1/conversations", json={"items": [{"role": "user", "content": "Remember 7."}]}, timeout=60)
+    conv = made.json()["id"]
+    turn = {"model": "demo", "conversation": conv, "input": "Hello there!"}
+    _, turns = on(server, "POST", "/v1/responses", made.headers[PROCESS_HEADER], same=False, json=turn)
+    listed = get(server, f"/v1/conversations/{conv}/items?order=asc&limit=100", made.headers[PROCESS_HEADER], same=True).json()["data"]
+    assert [i["type"] for i in listed] == ["message"] + ["message", "reasoning", "message"] * turns
+
