@@ -98,8 +98,8 @@ def test_every_vllm_variable_named_is_vllms() -> None:
     assert {n for n in named if f'"{n}"' not in envs} == set()
 
 
-# Flags of other tools the guide names (Codex's, argparse's, the demo builder's).
-NOT_VLLM_FLAGS = {"--skip-git-repo-check", "--last", "--help"}
+# Flags of other tools the guide names (Codex's, docker's, argparse's).
+NOT_VLLM_FLAGS = {"--skip-git-repo-check", "--last", "--help", "--gpus"}
 
 
 def test_every_vllm_flag_named_is_one_vllm_has() -> None:
