@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from openai.types.responses import Response
 
+from . import metrics
 from .logs import get_logger
 from .protocol import ResponseObject
 from .items import stored_response
@@ -50,7 +51,9 @@ class BackgroundRun:
         self._failure: str | None = None
         self._stop_requested = self._started = False
         self._publish(stream.queue())
+        self._phase = metrics.BackgroundPhase()  # queued → in_progress → off the gauge when its task ends
         self.task = asyncio.ensure_future(self._main(prepared))
+        self.task.add_done_callback(lambda _: self._phase.to(None))
 
     @property
     def id(self) -> str:
@@ -65,7 +68,9 @@ class BackgroundRun:
         self._started = True
         if self._stop_requested:  # stopped before it began: the engine never saw it
             await self._end(self.stream.fail(self._failure) if self._failure else self.stream.cancel())
+            metrics.response_ended("background", self.response.status, self._phase.created, self.log[-1][0] + 1)
             return
+        self._phase.to("in_progress")
         run = self.service.run(self.stream, prepared)
         batches = run.batches()
         flusher = asyncio.ensure_future(self._flush_periodically())

@@ -12,6 +12,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from . import metrics
 from .logs import get_logger
 from .background import abandon
 from .store import StoreUnavailable
@@ -54,7 +55,7 @@ class Keeper:
             await asyncio.sleep(self.lease_s / 5)
 
     async def _upkeep_loop(self) -> None:
-        next_sweep = next_prune = time.monotonic()
+        next_sweep = next_prune = next_count = time.monotonic()
         while True:
             try:
                 await self.pick_up_cancels()
@@ -65,6 +66,8 @@ class Keeper:
                 if now >= next_prune:
                     next_prune = now + PRUNE_INTERVAL
                     await self.service.store.prune()
+                if now >= next_count:  # the stored-responses gauge
+                    next_count = now + await metrics.count_stored(self.service.store)
             except StoreUnavailable as exc:
                 logger.warning("store unavailable during upkeep: %s", exc)
             except Exception:  # upkeep must outlive any bug in one pass

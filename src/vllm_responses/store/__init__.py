@@ -8,6 +8,7 @@
 import os
 from pathlib import Path
 
+from ..metrics import instrument_store
 from .base import ItemPage, Retention, Store, StoredResponse, StoreUnavailable
 
 __all__ = ["ItemPage", "Retention", "Store", "StoredResponse", "StoreUnavailable", "default_url", "open_store"]
@@ -24,9 +25,9 @@ def open_store(url: str, retention: Retention = Retention()) -> Store:
     if url.startswith("sqlite://"):
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(Path(url.removeprefix("sqlite://")).expanduser(), retention)
+        return instrument_store(SQLiteStore(Path(url.removeprefix("sqlite://")).expanduser(), retention))
     if url.startswith(("redis://", "rediss://", "unix://")):
         from .redis import RedisStore
 
-        return RedisStore(url, retention)
+        return instrument_store(RedisStore(url, retention))
     raise ValueError(f"unknown store URL {url!r}: use sqlite://PATH or redis://HOST:PORT/DB")

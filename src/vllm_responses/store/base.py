@@ -106,6 +106,8 @@ class Store(ABC):
       (input items, events, conversation items). Running responses are never pruned.
     """
 
+    backend = ""  # the metrics' ``backend`` label
+
     def __init__(self, retention: Retention = Retention()) -> None:
         self.retention = retention
 
@@ -187,6 +189,10 @@ class Store(ABC):
     @abstractmethod
     async def running_responses(self) -> list[tuple[str, str | None]]:
         """``(response id, owner)`` of every response still ``queued`` or ``in_progress``."""
+
+    @abstractmethod
+    async def count_responses(self) -> int:
+        """How many responses the store holds, of any status (for the metrics)."""
 
     # -- conversations --------------------------------------------------------------------
     @abstractmethod

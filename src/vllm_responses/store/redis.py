@@ -271,6 +271,8 @@ _UNAVAILABLE_REPLIES = ("MISCONF", "MASTERDOWN", "NOREPLICAS")
 class RedisStore(Store):
     """The store in one Redis database, safe for any number of processes at once."""
 
+    backend = "redis"
+
     def __init__(self, url: str, retention: Retention = Retention(), prefix: str = "vllm-responses:") -> None:
         super().__init__(retention)
         self.prefix = prefix
@@ -420,6 +422,10 @@ class RedisStore(Store):
         with _unavailable():
             running = await self._redis.hgetall(f"{self.prefix}running")
         return [(rid, owner or None) for rid, owner in running.items()]
+
+    async def count_responses(self) -> int:
+        with _unavailable():
+            return await self._redis.zcard(f"{self.prefix}responses")
 
     # -- conversations --------------------------------------------------------------------
     async def create_conversation(self, conversation: JSON, items: list[JSON]) -> None:

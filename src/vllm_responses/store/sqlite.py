@@ -103,6 +103,8 @@ _CHUNK = 500  # ids per IN (...) list or per prune transaction, well under SQLit
 class SQLiteStore(Store):
     """The store in one SQLite file, safe for many threads and processes at once."""
 
+    backend = "sqlite"
+
     def __init__(
         self, path: Path, retention: Retention = Retention(), *, busy_timeout: float = 5.0, threads: int = 4
     ) -> None:
@@ -330,6 +332,9 @@ class SQLiteStore(Store):
     def _running_responses(self, conn: sqlite3.Connection) -> list[tuple[str, str | None]]:
         rows = conn.execute("SELECT id, owner FROM responses WHERE running = 1").fetchall()
         return [(rid, owner) for rid, owner in rows]
+
+    async def count_responses(self) -> int:
+        return await self._run(lambda conn: conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     # -- conversations --------------------------------------------------------------------
     async def create_conversation(self, conversation: JSON, items: list[JSON]) -> None:
