@@ -2,7 +2,10 @@
 a response created by one API process is retrieved, listed, chained, followed from a given
 ``starting_after`` and added to a conversation by the other. tests/e2e/test_processes.py
 covers the same server kind on Redis (retrieve, follow live, cancel); this one adds chaining
-and the SQLite file shared by the processes, which is what users get by default."""
+and the SQLite file shared by the processes, which is what users get by default. The server
+logs requests (``--enable-log-requests``), which shows ``vllm_xargs`` reaching the engine's
+sampling parameters (``extra_args``), as on upstream's routes: its only effect on a server
+without custom logits processors."""
 
 import time
 from collections.abc import Iterator
@@ -22,7 +25,7 @@ PARIS = "What is the weather in Paris?"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("api2")
     store = f"sqlite://{base / 'responses.db'}"
-    with others_paused(), running(plugin=True, log_path=base / "server.log", store=store, serve=True, args=["--api-server-count", "2"]) as srv:
+    with others_paused(), running(plugin=True, log_path=base / "server.log", store=store, serve=True, args=["--api-server-count", "2", "--enable-log-requests"]) as srv:
         yield srv
 
 
@@ -78,3 +81,13 @@ def test_state_is_shared_between_the_api_processes(server: Server) -> None:
     listed = get(server, f"/v1/conversations/{conv}/items?order=asc&limit=100", made.headers[PROCESS_HEADER], same=True).json()["data"]
     assert [i["type"] for i in listed] == ["message"] + ["message", "reasoning", "message"] * turns
 
+
+
+def test_vllm_xargs_reach_the_sampling_parameters(server: Server) -> None:
+    rid = f"audit-xargs-{time.time_ns()}"
+    body = {**CASES["default"].request(), "store": False, "request_id": rid, "vllm_xargs": {"audit_marker": 7, "tags": ["a", 1]}}
+    r = httpx.post(f"{server.base_url}/v1/responses", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    lines = [line for line in server.log_path.read_text(errors="replace").splitlines() if f"Received request {rid}:" in line]
+    assert len(lines) == 1, lines
+    assert "extra_args={'audit_marker': 7, 'tags': ['a', 1]}" in lines[0], lines[0]
