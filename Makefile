@@ -14,7 +14,7 @@ SERVE_ARGS := --served-model-name demo gpt-5.5 --dtype float32 \
 	--reasoning-parser qwen3 --tool-call-parser hermes --enable-auto-tool-choice \
 	--host 127.0.0.1
 
-.PHONY: install model redis demo test unit bench bench-memory fuzz print-serve-args clean
+.PHONY: install model redis demo test unit bench bench-memory fuzz print-serve-args dist docker-lint clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q 'torch==2.13.0+cpu' -e '.[cpu,test]'
+	@# The distribution was called vllm-responses before 0.1.0 (a name taken on PyPI); an old
+	@# editable install beside the new one would register the plugin twice.
+	$(PY) -m pip uninstall -q -y vllm-responses 2>/dev/null || true
+	rm -rf src/vllm_responses.egg-info
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
@@ -52,6 +56,8 @@ bench: install model
 	mkdir -p benchmarks/results
 	$(PY) benchmarks/bench_stream.py --json benchmarks/results/bench_stream.json
 	$(PY) benchmarks/bench_e2e.py
+	$(PY) benchmarks/bench_e2e.py --api-servers 1 2 --concurrency 256 --rounds 3
+	$(PY) benchmarks/bench_long_history.py --json benchmarks/results/bench_long_history.json
 
 bench-memory: install model
 	$(PY) -m pip install -q -e '.[bench]'
@@ -61,6 +67,19 @@ bench-memory: install model
 FUZZ_SECONDS ?= 600
 fuzz: install model
 	$(PY) tests/fuzz_cli.py --seconds $(FUZZ_SECONDS)
+
+# The release artefacts (sdist and wheel) in dist/, checked as PyPI would check them.
+dist: install
+	rm -rf dist
+	$(PY) -m build
+	$(PY) -m twine check --strict dist/*
+
+# docker/: the Dockerfile (hadolint), the install script (shellcheck), compose.yaml and the
+# proxy's config (tests/unit/test_docker_files.py). No Docker daemon is needed.
+docker-lint: install
+	$(VENV)/bin/hadolint docker/Dockerfile
+	$(VENV)/bin/shellcheck docker/install.sh
+	$(PY) -m pytest -q tests/unit/test_docker_files.py
 
 print-serve-args:
 	@echo $(SERVE_ARGS)

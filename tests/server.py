@@ -54,6 +54,7 @@ class Server:
     ``--api-server-count`` needs. ``store`` is the plugin's store URL (a SQLite file beside
     the log unless given); ``env`` and ``args`` add to the environment and the flags.
     ``model`` and ``family``: another demo checkpoint, served with that family's parsers.
+    ``python``: another environment's interpreter (a clean venv with the built wheel).
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class Server:
         port: int | None = None,
         model: Path | None = None,
         family: str | None = None,
+        python: Path | None = None,
     ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -86,7 +88,7 @@ class Server:
         full_env.update(env or {})
         launcher = [str(ROOT / "tests" / "vllm_serve.py")] if serve else ["-m", "vllm.entrypoints.openai.api_server", "--model"]
         model_dir = model or demo_model_dir()
-        cmd = [sys.executable, *launcher, str(model_dir), *serve_args(family), "--port", str(self.port), *(args or [])]
+        cmd = [str(python or sys.executable), *launcher, str(model_dir), *serve_args(family), "--port", str(self.port), *(args or [])]
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
         Server.started.add(self)

@@ -3,7 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 try:
-    __version__ = version("vllm-responses")
+    __version__ = version("vllm-responses-plugin")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0+source"
 
