@@ -18,6 +18,7 @@ from openai.types.responses.response_create_params import ResponseCreateParamsBa
 from openai.types.responses.response_input_item import ItemReference
 from pydantic import TypeAdapter, ValidationError
 
+from . import prompt_cache
 from .deltas import Sampling
 from .chat import chat_name, chat_tools
 from .errors import invalid_request
@@ -227,7 +228,7 @@ def _parse_input(raw: Any, chained: bool) -> list[Any]:
 def parse_items(raw: list[Any], where: str) -> list[Any]:
     """Input items (a request's, or stored ones going back to the model) as typed items.
     An item reference may leave out its ``type``; it is given one, so that it reads as one."""
-    items = _validate(_INPUT_ITEMS, [_lenient_item(item) for item in raw], where, strict=True)
+    items = prompt_cache.ITEMS.validate(raw, lambda batch: _validate(_INPUT_ITEMS, [_lenient_item(item) for item in batch], where, strict=True))
     return [item.model_copy(update={"type": "item_reference"}) if isinstance(item, ItemReference) and item.type is None else item for item in items]
 
 

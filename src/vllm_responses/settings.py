@@ -27,6 +27,7 @@ WS_MAX_SECONDS = "VLLM_RESPONSES_WS_MAX_SECONDS"
 WS_MAX_MESSAGE = "VLLM_RESPONSES_WS_MAX_MESSAGE_BYTES"
 WS_MAX_IN_FLIGHT = "VLLM_RESPONSES_WS_MAX_IN_FLIGHT"
 DEFAULT_WS_MAX_MESSAGE = 16 * 1024 * 1024  # uvicorn's own frame limit (``--ws-max-size``)
+PROMPT_CACHE_MB = "VLLM_RESPONSES_PROMPT_CACHE_MB"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class Settings:
     one running and those queued behind it).
     ``keepalive_s``: an SSE stream silent this long (queued, a long prefill) gets a comment
     line, so proxies and clients with idle timeouts keep it; ``0`` switches them off.
+    ``prompt_cache_bytes``: what each of the API process's two prompt caches (validated input
+    items, tokenized prompt pieces; :mod:`.prompt_cache`) may hold; ``0`` switches them off.
     """
 
     store_url: str = field(default_factory=default_url)
@@ -57,6 +60,7 @@ class Settings:
     ws_max_message_bytes: int = DEFAULT_WS_MAX_MESSAGE
     ws_max_in_flight: int = 8
     keepalive_s: float = 10.0
+    prompt_cache_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -76,6 +80,7 @@ class Settings:
             ws_max_message_bytes=int(_number(env, WS_MAX_MESSAGE, DEFAULT_WS_MAX_MESSAGE, int, minimum=1024)),
             ws_max_in_flight=int(_number(env, WS_MAX_IN_FLIGHT, 8, int, minimum=1)),
             keepalive_s=_number(env, KEEPALIVE, 10.0, float),
+            prompt_cache_bytes=int(_number(env, PROMPT_CACHE_MB, 64, float) * 1024 * 1024),
         )
 
 

@@ -1,0 +1,283 @@
+"""What a long history costs before the engine, paid once per piece instead of every turn.
+
+Codex resends its whole history every turn (≈20k tokens of instructions, then a tool loop
+that grows to 100k+). Without a cache every turn tokenizes the whole rendered prompt and
+validates every input item again, though all but the last few are unchanged. Two caches,
+both exact by construction and bounded in memory, one set per API process:
+
+- :class:`PromptTokenizer`: the rendered prompt is cut at special tokens (``<|im_start|>``,
+  ``<|im_end|>``, ...); each piece between them is tokenized on its own, and a piece seen
+  before costs a dictionary lookup. A Hugging Face fast tokenizer splits its input at added
+  tokens before anything else runs (``AddedVocabulary``, leftmost-longest), then normalizes,
+  pre-tokenizes and runs the model on each part separately, so the pieces' ids, joined with
+  the special tokens' ids, are the whole prompt's ids. Where that could fail the cache is
+  off or the request falls back (see :meth:`PromptTokenizer.refusal`, :meth:`encode`), and a
+  self-check against the real tokenizer runs at start-up. Special-token text inside user
+  content is cut like any other: the full tokenization reads it as the special token too
+  (vLLM's chat route does the same), and the ids must be the same.
+- :class:`LRU` of validated input items (``protocol.parse_items``), keyed by the item's
+  JSON: the same JSON validates to the same item.
+
+Rendering the chat template is not cached: a template sees the whole conversation (where
+the last user message is, whether a turn comes after it, tools), so an earlier message's
+text may change with a later one, and nothing short of rendering tells.
+
+No vLLM import here: ``vllm_engine`` hands vLLM's tokenizer in and installs the cache where
+vLLM tokenizes a rendered prompt.
+"""
+
+import re
+import threading
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+from .errors import APIError
+from .logs import get_logger
+
+logger = get_logger(__name__)
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+_ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its key and value (dict slot, link, objects)
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LRU(Generic[K, V]):
+    """A thread-safe least-recently-used map bounded by bytes and entries (callers say what
+    an entry weighs). Tokenization runs in vLLM's thread pool; validation on the event loop."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int = 1_000_000) -> None:
+        self.max_bytes = max_bytes
+        self.max_entries = max_entries
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._data: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            self._data.move_to_end(key)
+            self.hits += 1
+            return entry[0]
+
+    def put(self, key: K, value: V, weight: int) -> None:
+        weight += _ENTRY_OVERHEAD
+        if weight > self.max_bytes:
+            return  # would evict everything else: not worth keeping
+        with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            self._data[key] = (value, weight)
+            self.bytes += weight
+            while self.bytes > self.max_bytes or len(self._data) > self.max_entries:
+                _, (_, w) = self._data.popitem(last=False)
+                self.bytes -= w
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self.bytes = 0
+
+
+class ValidatedItems:
+    """Input items validated once per distinct JSON.
+
+    ``validate(raw_items)`` is the one validation (``protocol.parse_items``'s); items it has
+    validated before are taken from the cache, the others validated together. Any error is
+    the whole list's, exactly as without the cache (paths name the item's index). The items
+    handed out are shared between requests: code changes an item with ``model_copy``, never
+    in place.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.lru: LRU[bytes, Any] = LRU(max_bytes)
+
+    def validate(self, raw: list[Any], validate: Callable[[list[Any]], list[Any]]) -> list[Any]:
+        if self.lru.max_bytes <= 0 or not raw:
+            return validate(raw)
+        keys = [_json_key(item) for item in raw]
+        out = [self.lru.get(key) if key is not None else None for key in keys]
+        missing = [i for i, item in enumerate(out) if item is None]
+        if not missing:
+            return out
+        if len(missing) == len(raw):
+            fresh = validate(raw)
+        else:
+            try:
+                fresh = validate([raw[i] for i in missing])
+            except APIError:
+                return validate(raw)  # the error as the whole list gives it (an item's index in the path)
+        for i, item in zip(missing, fresh):
+            out[i] = item
+            key = keys[i]
+            if key is not None:
+                self.lru.put(key, item, 2 * len(key))
+        return out
+
+
+def _json_key(item: Any) -> bytes | None:
+    try:
+        return orjson.dumps(item)  # the client's own key order: a client resends what it sent
+    except TypeError:  # not plain JSON (a lone surrogate, an object): validated every time
+        return None
+
+
+ITEMS = ValidatedItems()  # the process's; :func:`protocol.parse_items` goes through it
+
+
+# Probes for the start-up self-check: text on either side of a special token that tokenizers
+# treat specially at a string's start or end (prefix spaces, whitespace runs, bytes of
+# multi-byte characters, digits, what could join the special token's own characters).
+_PROBES = ["", " a", "a ", "  ", "\n\n", " \n", "Hello world", "日本語😀", "123", "\t", "x<|", "|>y"]
+
+
+class PromptTokenizer:
+    """A rendered prompt's token ids, with the pieces between special tokens cached.
+
+    ``tokenize(texts)`` is the tokenizer itself, called as vLLM calls it (``tokenizer(texts,
+    add_special_tokens=False)["input_ids"]`` on a list), so whatever it does to a text it
+    does to each piece. ``refusal`` says why the cache is off for this tokenizer (None: on).
+    """
+
+    def __init__(self, tokenizer: Any, max_bytes: int = DEFAULT_MAX_BYTES, self_check: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.pieces: LRU[str, array] = LRU(max_bytes)
+        self.tokens_reused = 0
+        self.tokens_tokenized = 0
+        self.special: dict[str, int] = {}
+        self.refusal = self._refusal()
+        self._pattern: re.Pattern[str] | None = None
+        if self.refusal is None:
+            self._pattern = re.compile("|".join(re.escape(s) for s in sorted(self.special, key=len, reverse=True)))
+            if self_check:
+                self.refusal = self._self_check()
+        if self.refusal is not None:
+            logger.info("prompt token cache off for this tokenizer: %s", self.refusal)
+
+    @property
+    def enabled(self) -> bool:
+        return self.refusal is None and self.pieces.max_bytes > 0
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        return list(self.tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+    def _refusal(self) -> str | None:
+        """Why cutting at special tokens might not give the tokenizer's ids, or None.
+
+        Cut only at special tokens matched on the raw text (``normalized=False``) that absorb
+        no neighbouring whitespace (``lstrip``/``rstrip``) and that no other added token can
+        overlap or extend: then every occurrence of one is a split the tokenizer makes too,
+        and the text before it is matched the same alone as inside the whole.
+        """
+        if not getattr(self.tokenizer, "is_fast", False):
+            return "not a fast (Rust) tokenizer"
+        if getattr(self.tokenizer, "split_special_tokens", False):
+            return "split_special_tokens is set"
+        added = getattr(self.tokenizer, "added_tokens_decoder", None)
+        if not isinstance(added, dict):
+            return "no added-token table"
+        tokens = [(token_id, token) for token_id, token in added.items() if getattr(token, "content", "")]
+        if any(getattr(t, "single_word", False) for _, t in tokens):
+            return "an added token is single_word (its match depends on the characters around it)"
+        raw = [t.content for _, t in tokens if not getattr(t, "normalized", False)]
+        for token_id, t in tokens:
+            if t.special and not t.normalized and not t.lstrip and not t.rstrip and not _overlapped(t.content, raw):
+                self.special[t.content] = token_id
+        if not self.special:
+            return "no special token to cut at"
+        return None
+
+    def _self_check(self) -> str | None:
+        """Compare whole and cut tokenization on probes around up to 8 special tokens."""
+        specials = sorted(self.special, key=self.special.__getitem__)[:8]
+        texts = [a + s + b for s in specials for a in _PROBES for b in _PROBES]
+        texts += [a + s + b + t + c for s in specials[:3] for t in specials[:3] for a in _PROBES[:5] for b in _PROBES[:5] for c in _PROBES[:5]]
+        try:
+            whole = self.tokenize(texts)
+            cuts = [self.split(text) for text in texts]
+            pieces = list(dict.fromkeys(p for parts in cuts for p in parts if isinstance(p, str)))
+            alone = dict(zip(pieces, self.tokenize(pieces)))
+        except Exception as exc:  # a tokenizer that cannot take a list, or breaks on a probe
+            return f"self-check failed: {type(exc).__name__}: {exc}"
+        for text, w, parts in zip(texts, whole, cuts):
+            cut = [i for p in parts for i in ([p] if isinstance(p, int) else alone[p])]
+            if list(w) != cut:
+                return f"self-check: {text!r} tokenizes to {list(w)} whole but {cut} cut at special tokens"
+        return None
+
+    def split(self, text: str) -> list[str | int]:
+        """The text pieces between special tokens and the special tokens' ids, in order."""
+        assert self._pattern is not None
+        parts: list[str | int] = []
+        at = 0
+        for match in self._pattern.finditer(text):
+            if match.start() > at:
+                parts.append(text[at : match.start()])
+            parts.append(self.special[match.group()])
+            at = match.end()
+        if at < len(text):
+            parts.append(text[at:])
+        return parts
+
+    def encode(self, text: str, encode_kwargs: dict[str, Any]) -> list[int] | None:
+        """``tokenizer(text, **encode_kwargs)["input_ids"]``, or None where the caller must
+        tokenize the whole text itself: the cache is off, or the arguments ask for more than
+        plain ids (special tokens added, offsets), or truncation would cut the result."""
+        if not self.enabled or encode_kwargs.get("add_special_tokens", True) or set(encode_kwargs) - {"add_special_tokens", "truncation", "max_length"}:
+            return None
+        parts = self.split(text)
+        found: dict[str, Any] = {}
+        for part in parts:
+            if isinstance(part, str) and part not in found:
+                hit = self.pieces.get(part)
+                if hit is not None:
+                    found[part] = hit
+        missing = list(dict.fromkeys(p for p in parts if isinstance(p, str) and p not in found))
+        if missing:
+            for piece, piece_ids in zip(missing, self.tokenize(missing)):
+                stored = array("i", piece_ids)
+                found[piece] = stored
+                self.pieces.put(piece, stored, len(piece) + stored.itemsize * len(stored))
+        ids: list[int] = []
+        for part in parts:
+            if isinstance(part, int):
+                ids.append(part)
+            else:
+                ids.extend(found[part])
+        fresh = sum(len(found[p]) for p in missing)
+        self.tokens_tokenized += fresh
+        self.tokens_reused += len(ids) - fresh
+        max_length = encode_kwargs.get("max_length")
+        if encode_kwargs.get("truncation") and max_length is not None and len(ids) > max_length:
+            return None  # the tokenizer's own truncation decides what is kept (an error follows anyway)
+        return ids
+
+
+def _overlapped(special: str, others: list[str]) -> bool:
+    """Whether another token could be matched over part of ``special``: one that starts
+    inside a text ending where ``special`` starts and runs into it, or a longer one
+    starting with it. Leftmost-longest matching would then pick that one, not ``special``."""
+    for other in others:
+        if other == special:
+            continue
+        if other.startswith(special):  # longer, same start: the longest wins
+            return True
+        for k in range(1, len(other)):  # ``other`` starts k characters before ``special``
+            tail = other[k:]
+            if special.startswith(tail) or tail.startswith(special):
+                return True
+    return False
