@@ -112,17 +112,17 @@ for _status in ("queued", "in_progress"):
 def response_ended(transport: str, status: str, started: float, events: int, *, left: bool = False) -> None:
     """Account one response, once, when it ends: its status, duration, events sent, and
     whether its client left. ``started``: ``time.perf_counter()`` at its request."""
-    _RESPONSES[status, transport].inc()
-    _DURATION[transport].observe(time.perf_counter() - started)
+    (_RESPONSES.get((status, transport)) or RESPONSES.labels(status, transport)).inc()
+    (_DURATION.get(transport) or DURATION.labels(transport)).observe(time.perf_counter() - started)
     if events and transport != "json":
-        _EVENTS[transport].inc(events)
+        (_EVENTS.get(transport) or EVENTS.labels(transport)).inc(events)
     if left:
-        _DISCONNECTS[transport].inc()
+        (_DISCONNECTS.get(transport) or CLIENT_DISCONNECTS.labels(transport)).inc()
 
 
 def first_event(transport: str, started: float) -> bool:
     """Observe the time to a response's first event; ``True``, for its ``first_sent``."""
-    _FIRST[transport].observe(time.perf_counter() - started)
+    (_FIRST.get(transport) or TIME_TO_FIRST_EVENT.labels(transport)).observe(time.perf_counter() - started)
     return True
 
 
@@ -143,7 +143,7 @@ def run_ended(run: Any, stopped: bool) -> None:
 def client_left_early(transport: str, exc: BaseException) -> None:
     """A request cancelled while it waited for the engine to accept it: its client left."""
     if isinstance(exc, asyncio.CancelledError):
-        _DISCONNECTS[transport].inc()
+        (_DISCONNECTS.get(transport) or CLIENT_DISCONNECTS.labels(transport)).inc()
 
 
 class BackgroundPhase:
