@@ -444,7 +444,14 @@ def main() -> None:
     p.add_argument("--targets", nargs="+", choices=[t.name for t in TARGETS], help="a subset of the targets (default: all)")
     p.add_argument("--api-servers", type=int, nargs="+", metavar="N",
                    help="instead: ours only, on `vllm serve --api-server-count N` for each N")
-    asyncio.run(main_async(p.parse_args()))
+    p.add_argument("--replot", type=Path, metavar="JSON", help="only draw the PNG (beside it) of a JSON this wrote")
+    args = p.parse_args()
+    if args.replot:
+        rows = json.loads(args.replot.read_text())["medians"]
+        names = list(dict.fromkeys(r["target"] for r in rows))
+        chart(rows, [Target(n, "", "") for n in names], args.replot.with_suffix(".png"))
+        return
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
