@@ -339,6 +339,7 @@ def chart(rows: list[dict], targets: list[Target], path: Path) -> None:
         ax.set_xticks(concs, [str(c) for c in concs])
         ax.set_xlabel("concurrent streams")
         ax.set_title(title)
+        ax.set_ylim(bottom=0)  # differences in proportion, also for a single concurrency
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.tight_layout()
