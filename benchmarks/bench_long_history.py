@@ -103,7 +103,9 @@ CATEGORIES = [
     ("JSON", ("loads (", "dumps (", "json")),
     ("HTTP (uvicorn, starlette)", ("(httptools_impl.py", "(h11_impl.py", "(routing.py", "(responses.py", "(requests.py")),
 ]
-IDLE = ("select (", "wait (", "epoll", "poll (", "sleep (", "_recv (", "recv_multipart", "get (queue.py", "acquire (")
+# Leaves of threads that wait (in C, so py-spy shows the Python frame that called it): the
+# event loop in its selector, pool workers on their queues, locks, sockets.
+IDLE = ("select (", "wait (", "epoll", "poll (", "sleep (", "_recv (", "recv_multipart", "get (queue.py", "acquire (", "_worker (", "Runner.run (")
 
 
 def profile(client: httpx.Client, api: psutil.Process, path: str, body: bytes, requests: int, raw: Path) -> tuple[dict[str, float], float]:

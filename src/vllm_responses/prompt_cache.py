@@ -194,8 +194,9 @@ class PromptTokenizer:
         if any(getattr(t, "single_word", False) for _, t in tokens):
             return "an added token is single_word (its match depends on the characters around it)"
         raw = [t.content for _, t in tokens if not getattr(t, "normalized", False)]
+        suffixes = {o[k:] for o in raw for k in range(1, len(o))}
         for token_id, t in tokens:
-            if t.special and not t.normalized and not t.lstrip and not t.rstrip and not _overlapped(t.content, raw):
+            if t.special and not t.normalized and not t.lstrip and not t.rstrip and not _overlapped(t.content, raw, suffixes):
                 self.special[t.content] = token_id
         if not self.special:
             return "no special token to cut at"
@@ -211,7 +212,7 @@ class PromptTokenizer:
             cuts = [self.split(text) for text in texts]
             pieces = list(dict.fromkeys(p for parts in cuts for p in parts if isinstance(p, str)))
             alone = dict(zip(pieces, self.tokenize(pieces)))
-        except Exception as exc:  # a tokenizer that cannot take a list, or breaks on a probe
+        except Exception as exc:  # noqa: BLE001 - a tokenizer that cannot take a list, or breaks on a probe
             return f"self-check failed: {type(exc).__name__}: {exc}"
         for text, w, parts in zip(texts, whole, cuts):
             cut = [i for p in parts for i in ([p] if isinstance(p, int) else alone[p])]
@@ -267,17 +268,13 @@ class PromptTokenizer:
         return ids
 
 
-def _overlapped(special: str, others: list[str]) -> bool:
-    """Whether another token could be matched over part of ``special``: one that starts
-    inside a text ending where ``special`` starts and runs into it, or a longer one
-    starting with it. Leftmost-longest matching would then pick that one, not ``special``."""
-    for other in others:
-        if other == special:
-            continue
-        if other.startswith(special):  # longer, same start: the longest wins
-            return True
-        for k in range(1, len(other)):  # ``other`` starts k characters before ``special``
-            tail = other[k:]
-            if special.startswith(tail) or tail.startswith(special):
-                return True
-    return False
+def _overlapped(special: str, others: list[str], suffixes: set[str] | None = None) -> bool:
+    """Whether another token could be matched over part of ``special``: a longer one starting
+    with it, one holding it after its first character, or one whose tail is the start of it
+    (``suffixes``: every proper tail of ``others``). Leftmost-longest matching would then
+    pick that one, not ``special``."""
+    if suffixes is None:
+        suffixes = {o[k:] for o in others for k in range(1, len(o))}
+    if any(special[:n] in suffixes for n in range(1, len(special) + 1)):
+        return True
+    return any(other != special and (other.startswith(special) or special in other[1:]) for other in others)
