@@ -2,7 +2,7 @@
 against upstream's own /v1/chat/completions on the same server (the reference of "as
 upstream honours it": our route hands the extensions to the same vLLM request model).
 
-- ``skip_special_tokens``: the server's parsers (the users' ``--reasoning-parser qwen3
+- ``skip_special_tokens``: vLLM's parsers behind the users' flags (``--reasoning-parser qwen3
   --tool-call-parser hermes``) turn it off in their ``adjust_request``, so special tokens
   stay in the text whatever the request says, on both routes; a logit bias that makes the
   model emit the special ``<|im_start|>`` shows it.
