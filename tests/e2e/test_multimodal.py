@@ -8,15 +8,22 @@ On a vision server of its own (``python -m vllm_responses.demo_model.vision``: t
 behind a tiny Llava vision tower, served through vLLM's Transformers backend): an image goes
 through vLLM's multimodal path, where the Llava processor makes it IMAGE_TOKENS placeholder
 tokens, so ``usage.input_tokens`` grows by exactly that (plus the newline the chat template
-puts between parts); images in a tool call's output too. http(s) URLs cannot be fetched on
-this machine, so images travel as data URLs; an unreachable URL is a 400.
+puts between parts); images in a tool call's output too. Images travel as data URLs and as
+http URLs served by a local ``http.server`` (the same image costs the same tokens either way);
+an unreachable URL is a 400. Per-request ``mm_processor_kwargs`` and ``media_io_kwargs`` are
+refused as upstream refuses them without ``--trust-request-mm-kwargs``: the same 400, naming
+the parameter, on our route and on upstream's /v1/chat/completions.
 
 The tests on the text-only server come first: the vision server pauses the session's server
 for the rest of the module (two busy vLLMs on two cores starve each other).
 """
 
+import base64
+import re
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -156,7 +163,8 @@ def test_bad_files_are_400s(base_url: str) -> None:
 def vision(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("vision")
     model = build_vision(base / "model", demo_model_dir()).outdir
-    args = ["--model", str(model), "--served-model-name", "vision", *SERVE_ARGS]
+    # --enable-log-requests: vLLM's request log shows what reaches the engine
+    args = ["--model", str(model), "--served-model-name", "vision", *SERVE_ARGS, "--enable-log-requests"]
     with others_paused(), running(plugin=True, log_path=base / "server.log", args=args) as srv:
         yield srv
 
@@ -214,3 +222,96 @@ def test_images_that_cannot_be_loaded_are_400s(vision: Server) -> None:
         assert "could not be loaded" in message
     # the server is fine afterwards
     assert answer(post(url, user(image(), text(HELLO)), model="vision"))[0] == DEFAULT_TEXT
+
+
+@pytest.fixture(scope="module")
+def image_host() -> Iterator[str]:
+    """The test image at http://127.0.0.1:PORT/cat.png, from a local ``http.server`` thread."""
+    png = base64.b64decode(PNG.split(",", 1)[1])
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/cat.png" else 404)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(png)))
+            self.end_headers()
+            self.wfile.write(png)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/cat.png"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_http_image_url_reaches_the_vision_model(vision: Server, image_host: str) -> None:
+    url = vision.base_url
+    _, _, bare = answer(post(url, user(text(HELLO)), model="vision"))
+    out, items, by_data = answer(post(url, user(image(PNG), text(HELLO)), model="vision"))
+    assert (out, items, by_data) == (DEFAULT_TEXT, ["reasoning", "message"], bare + IMAGE_COST)
+    for stream in (False, True):
+        r = post(url, user(image(image_host), text(HELLO)), model="vision", stream=stream)
+        assert r.status_code == 200, r.text
+        if stream:
+            events = parse_sse(r.content)
+            assert_conforms(events)
+            assert events[-1]["response"]["usage"]["input_tokens"] == by_data
+        else:
+            assert answer(r) == (DEFAULT_TEXT, ["reasoning", "message"], by_data)
+    # in a tool call's output too
+    assert answer(post(url, tool_turn(text("Here is the screen."), image(image_host)), model="vision"))[0] == AFTER_TOOL_TEXT
+
+
+def test_mm_kwargs_are_refused_as_upstream_refuses_them(vision: Server) -> None:
+    """vLLM takes per-request multimodal kwargs only from trusted clients
+    (``--trust-request-mm-kwargs``); without it, a non-empty value is a 400 naming the
+    parameter, on upstream's chat route and on ours alike; an empty one asks for nothing."""
+    url = vision.base_url
+    cases = {
+        "mm_processor_kwargs": {"size": {"shortest_edge": 64}},
+        "media_io_kwargs": {"image": {"image_mode": "L"}},
+    }
+    for name, value in cases.items():
+        chat = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "vision", "max_tokens": 8, name: value,
+            "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG}}, {"type": "text", "text": HELLO}]}],
+        })
+        assert chat.status_code == 400, chat.text
+        upstream = chat.json()["error"]["message"]
+        assert "--trust-request-mm-kwargs" in upstream and name in upstream, upstream
+        for stream in (False, True):
+            message = assert_error(post(url, user(image(), text(HELLO)), model="vision", stream=stream, **{name: value}), name, "invalid_value")
+            assert upstream == f"{message} (parameter={name})"  # upstream appends what we put in `param`
+        out = answer(post(url, user(image(), text(HELLO)), model="vision", **{name: {}}))[0]
+        assert out == DEFAULT_TEXT
+
+
+def logged_params(srv: Server, request_id: str) -> str:
+    """The SamplingParams vLLM logged for a request (``--enable-log-requests``)."""
+    lines = [line for line in srv.log_path.read_text(errors="replace").splitlines() if re.search(rf"Received request (chatcmpl-)?{request_id}:", line)]
+    assert len(lines) == 1, lines
+    found = re.search(r"params: (SamplingParams\(.*\)), lora_request", lines[0])
+    assert found, lines[0]
+    return found.group(1)
+
+
+def test_transfer_params_and_watermarking_reach_the_engine_as_upstream_passes_them(vision: Server) -> None:
+    url = vision.base_url
+    ext = {"kv_transfer_params": {"do_remote_prefill": False, "marker": 1}, "ec_transfer_params": {"ec_marker": 2}, "watermarking": True}
+    stamp = time.time_ns()
+    ours = post(url, user(image(), text(HELLO)), model="vision", request_id=f"ext-ours-{stamp}", max_output_tokens=8, **ext)
+    assert ours.status_code == 200, ours.text
+    theirs = httpx.post(f"{url}/v1/chat/completions", timeout=120, headers={"X-Request-Id": f"ext-chat-{stamp}"}, json={
+        "model": "vision", "max_tokens": 8, "request_id": f"ext-chat-{stamp}", **ext,
+        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG}}, {"type": "text", "text": HELLO}]}],
+    })
+    assert theirs.status_code == 200, theirs.text
+    mine, upstream = logged_params(vision, f"ext-ours-{stamp}"), logged_params(vision, f"ext-chat-{stamp}")
+    wanted = "extra_args={'kv_transfer_params': {'do_remote_prefill': False, 'marker': 1}, 'ec_transfer_params': {'ec_marker': 2}}"
+    for params in (mine, upstream):
+        assert wanted in params and "watermarking=True" in params, params
+    assert mine == upstream  # the same sampling parameters, field for field
