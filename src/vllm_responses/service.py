@@ -16,6 +16,8 @@ from typing import BinaryIO
 
 from openai.types.responses import Response
 
+from . import metrics
+from . import compaction
 from .logs import get_logger
 from .backend import Engine
 from .background import BackgroundRun, BackgroundRuns, Logged, abandon, follow_stored
@@ -51,7 +53,8 @@ class Run:
 
     ``accepting``: the engine has not yet accepted the request (it waits in the queue or
     prefills); the first events go out once it has, and a refusal ends the response
-    ``failed``.
+    ``failed``. ``transport`` and ``started`` (``time.perf_counter()`` at the request) are
+    for the metrics.
     """
 
     def __init__(
@@ -60,7 +63,11 @@ class Run:
         deltas: AsyncGenerator[Started | Delta | Finish, None],
         on_end: OnEnd | None = None,
         accepting: "asyncio.Future[None] | None" = None,
+        transport: str = "sse",
+        started: float | None = None,
     ) -> None:
+        self.transport, self.started = transport, time.perf_counter() if started is None else started
+        self.first_sent = False  # its first events were handed to the transport
         self.stream = stream
         self._deltas = deltas
         self._on_end = on_end
@@ -85,9 +92,11 @@ class Run:
                 if self._accepting is not None:
                     opening = stream.start()
                     await self._accepting
+                    self.first_sent = metrics.first_event(self.transport, self.started)
                     yield opening
                     opening = []
                 else:
+                    self.first_sent = metrics.first_event(self.transport, self.started)
                     yield stream.start()
                 async for delta in deltas:
                     if isinstance(delta, Started):
@@ -115,6 +124,7 @@ class Run:
             else:
                 await deltas.aclose()
         self.final_events = terminal
+        metrics.run_ended(self, stopped=False)
         if self._on_end is not None and self._accepted():  # kept even if the client leaves now
             self.ended = spawn(self._on_end(stream.response))
             await asyncio.shield(self.ended)
@@ -131,6 +141,7 @@ class Run:
         await settle(self._accepting)
         await asyncio.shield(spawn(self._deltas.aclose()))  # aborts the engine request if still running
         self.final_events = self.stream.fail(self.failure) if self.failure else self.stream.cancel()
+        metrics.run_ended(self, stopped=True)
         if self._on_end is not None and self._accepted():
             self.ended = spawn(self._on_end(self.stream.response))
 
@@ -213,7 +224,8 @@ class ResponsesService:
 
     # -- create ---------------------------------------------------------------------------
     async def create(
-        self, request: ResponsesRequest, patience: float | None = None, *, context: Context | None = None, generate: bool = True
+        self, request: ResponsesRequest, patience: float | None = None, *, context: Context | None = None, generate: bool = True,
+        transport: str | None = None,
     ) -> "Run | BackgroundRun":
         """Check, resolve and start a response.
 
@@ -224,11 +236,13 @@ class ResponsesService:
         its client with comments meanwhile; ``None`` waits as long as it takes.
         ``context``: already resolved by the caller (a WebSocket turn continuing from its
         connection's cache). ``generate=False`` (a WebSocket warm-up): everything but the
-        engine run; the response completes with no output.
+        engine run; the response completes with no output. ``transport``: for the metrics
+        (default ``sse`` or ``json``, as ``stream`` says).
         """
+        started, transport = time.perf_counter(), transport or ("sse" if request.stream else "json")
         if context is None:
             context = await store_call(self.history.resolve(request))
-        prepared = await self.engine.prepare(request, context.model_items)
+        prepared = await compaction.plan(self.engine, self.sealer, request, context.model_items)
         response = initial_response(request, new_id("resp"), int(time.time()), request.model, prepared.sampling)
         stream = ResponseStream(response, self._options(request), clock=lambda: int(time.time()))
         record = self._record(request, response, context) if request.store else None
@@ -237,18 +251,20 @@ class ResponsesService:
             await store_call(self.store.create_response(record))
             return self.background.start(stream, prepared, record)
 
-        deltas = self.engine.generate(prepared, response.id) if generate else _not_generated()
+        deltas = compaction.generate(self.engine, prepared, response.id) if generate else _not_generated()
         accepting: asyncio.Future[None] | None = asyncio.ensure_future(self._accept(deltas, record))
         try:
             await asyncio.wait((accepting,), timeout=patience)
             if accepting.done():
                 accepting.result()  # a refusal is raised here: a plain error answer
                 accepting = None
-        except BaseException:  # refused, or the client left: the engine request ends here
+        except BaseException as exc:  # refused, or the client left: the engine request ends here
+            metrics.client_left_early(transport, exc)
             await settle(accepting)
             await asyncio.shield(spawn(deltas.aclose()))
             raise
-        return Run(stream, deltas, on_end=(lambda r: self.persist(r, record)) if record is not None else None, accepting=accepting)
+        on_end = (lambda r: self.persist(r, record)) if record is not None else None
+        return Run(stream, deltas, on_end=on_end, accepting=accepting, transport=transport, started=started)
 
     async def _accept(self, deltas: AsyncIterator[Started | Delta | Finish], record: StoredResponse | None) -> None:
         """Wait until the engine accepts the request; then store it as ``in_progress``."""
@@ -261,7 +277,7 @@ class ResponsesService:
     def run(self, stream: ResponseStream, prepared: object) -> Run:
         """A :class:`Run` for a background response: the engine's checks on submission
         happen inside it (and end it ``failed``); its owner persists it."""
-        return Run(stream, self.engine.generate(prepared, stream.response.id))
+        return Run(stream, compaction.generate(self.engine, prepared, stream.response.id), transport="background")
 
     def _options(self, request: ResponsesRequest) -> StreamOptions:
         return StreamOptions(

@@ -33,7 +33,7 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import Response
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from . import __version__
+from . import __version__, metrics
 from .errors import APIError, invalid_request, request_too_large
 from .history import Context
 from .items import stored_response
@@ -151,7 +151,7 @@ class Connection:
             request = parse_request(orjson.dumps(body), headers=self.ws.headers)
             earlier = self.last.items if self.last is not None and continued == self.last.response_id else None
             context = await store_call(self.service.history.resolve(request, earlier))
-            run = await self.service.create(request, context=context, generate=generate)
+            run = await self.service.create(request, context=context, generate=generate, transport="websocket")
         except APIError as exc:
             self._evict(continued)
             await self.error(exc)
@@ -242,11 +242,13 @@ async def responses_socket(ws: WebSocket) -> None:
         return
     await ws.accept(headers=[(VERSION_HEADER.encode(), __version__.encode())])
     logger.info("websocket %s: connected", id(ws))
+    metrics.WEBSOCKETS.inc()
     try:
         await Connection(ws, service, _settings()).serve()
     except WebSocketDisconnect:
         pass
     finally:
+        metrics.WEBSOCKETS.dec()
         logger.info("websocket %s: closed", id(ws))
 
 
