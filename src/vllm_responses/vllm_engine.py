@@ -12,6 +12,7 @@ upstream's.
 """
 
 import asyncio
+import contextvars
 from argparse import Namespace
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from vllm.parser import ParserManager
 from vllm.tracing.utils import contains_trace_headers, extract_trace_headers
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
-from . import chat
+from . import chat, metrics
 from .backend import Engine, Prepared
 from .deltas import (
     Delta,
@@ -54,7 +55,9 @@ from .errors import (
     model_not_found,
 )
 from .logs import get_logger
+from .prompt_cache import ITEMS, PromptTokenizer
 from .protocol import ResponsesRequest
+from .settings import Settings
 from .tool_calls import ToolCallMapper
 
 logger = get_logger(__name__)
@@ -95,6 +98,11 @@ class VllmEngine(Engine):
         self.models = state.openai_serving_models
         self.model_config = engine_client.model_config
         self.tokenizer = self.renderer.renderer.tokenizer
+        # Long histories: unchanged input items are not validated, the rendered prompt's
+        # unchanged pieces not tokenized again (both bounded: VLLM_RESPONSES_PROMPT_CACHE_MB).
+        cache_bytes = Settings.from_env().prompt_cache_bytes
+        ITEMS.lru.max_bytes = cache_bytes
+        self.prompt_tokens = _prompt_cache(self.renderer.renderer, self.tokenizer, cache_bytes)
         reasoning_parser = getattr(args, "reasoning_parser", None) or getattr(
             getattr(args, "structured_outputs_config", None), "reasoning_parser", None
         )
@@ -275,7 +283,7 @@ class VllmEngine(Engine):
             field = str(err["loc"][0]) if err["loc"] else ""
             raise invalid_request(f"Invalid request: {err['msg']}.", param=_PARAMS.get(field, field) or None) from None
         try:
-            rendered = await self.renderer.render_chat(chat_request)
+            rendered = await self._render_chat(chat_request)
         except (APIError, VLLMValidationError):
             raise
         except (VLLMUnprocessableEntityError, ClientError, TimeoutError) as exc:  # an image URL: 4xx, unreachable, too slow
@@ -288,6 +296,14 @@ class VllmEngine(Engine):
             raise _from_vllm_error(rendered)
         engine_input = rendered[1][0]
         return chat_request, engine_input, list(engine_input.get("prompt_token_ids") or [])
+
+    async def _render_chat(self, chat_request: Any) -> Any:
+        """vLLM's ``render_chat``, its tokenization going through our prompt cache."""
+        token = _PROMPT_CACHE.set(self.prompt_tokens)
+        try:
+            return await self.renderer.render_chat(chat_request)
+        finally:
+            _PROMPT_CACHE.reset(token)
 
     def _room(self, chat_request: Any, prompt_token_ids: list[int]) -> int:
         """How many tokens the output may have: the request's limit within what the context leaves."""
@@ -398,8 +414,8 @@ class VllmEngine(Engine):
                     raise EngineFailure("The generation was aborted by the server.", usage=usage())
                 for delta in self._deltas(p, calls, output, token_ids, finished=finish_reason is not None):
                     yield delta
-                if finish_reason is not None:
-                    break
+                # After the final output this ends vLLM's generator (None): left suspended, it
+                # would be closed later and abort (and log) a request that already finished.
                 result = await anext(results, None)
         except (EngineFailure, APIError):
             raise
@@ -418,6 +434,7 @@ class VllmEngine(Engine):
             raise EngineFailure(f"The engine failed while generating this response: {type(exc).__name__}.", usage=usage()) from exc
         finally:
             if finish_reason is None and not self.client.errored:  # a dead engine has nothing to abort
+                metrics.ENGINE_ABORTS.inc()
                 await self.client.abort(request_id)
         if finish_reason is None:
             raise EngineFailure("The engine ended the generation without a finish reason.", usage=usage())
@@ -498,6 +515,38 @@ class VllmEngine(Engine):
                 )
             )
         return result
+
+
+# The prompt cache of the request being rendered: set only around our ``render_chat``, so
+# upstream's routes, which share the renderer, tokenize exactly as before.
+_PROMPT_CACHE: contextvars.ContextVar[PromptTokenizer | None] = contextvars.ContextVar("vllm_responses_prompt_cache", default=None)
+
+
+def _prompt_cache(renderer: Any, tokenizer: Any, max_bytes: int) -> PromptTokenizer | None:
+    """A :class:`PromptTokenizer` for ``tokenizer``, put where vLLM's renderer tokenizes a
+    rendered prompt (``_tokenize_prompt_async``: in its thread pool, after its length checks,
+    before ``process_for_engine``). None where it is off, or vLLM's renderer has moved on."""
+    if max_bytes <= 0 or tokenizer is None:
+        return None
+    original = getattr(renderer, "_tokenize_prompt_async", None)
+    executor = getattr(renderer, "_executor", None)
+    if original is None or executor is None or not hasattr(renderer, "_build_tokens_prompt") or not hasattr(renderer, "_wants_offsets"):
+        logger.warning("prompt token cache off: this vLLM's renderer does not tokenize where this version expects")
+        return None
+    cache = PromptTokenizer(tokenizer, max_bytes)
+    if not cache.enabled:
+        return None
+
+    async def tokenize(prompt: Any, params: Any) -> Any:
+        active = _PROMPT_CACHE.get()
+        if active is not None and isinstance(prompt.get("prompt"), str) and not renderer._wants_offsets(prompt, params):
+            ids = await asyncio.get_running_loop().run_in_executor(executor, active.encode, prompt["prompt"], params.get_encode_kwargs())
+            if ids is not None:
+                return renderer._build_tokens_prompt(ids, prompt)
+        return await original(prompt, params)
+
+    renderer._tokenize_prompt_async = tokenize
+    return cache
 
 
 def _routing(request: ResponsesRequest) -> dict[str, Any]:

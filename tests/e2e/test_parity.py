@@ -154,6 +154,12 @@ def test_max_logprobs_request_id_header_and_request_logging(flagged: Server) -> 
     assert r.status_code == 200 and r.headers["x-request-id"] == "header-7"
     log = flagged.log_path.read_text(errors="replace")
     assert "Received request parity-request-42" in log and "Generated response parity-request-42" in log
+    # A finished generation is not aborted afterwards (vLLM's generator is run to its end, not
+    # left to be closed later, which aborts and logs "Request ... aborted.").
+    ok(flagged.base_url, {**ENDLESS, "request_id": "parity-request-43"})
+    time.sleep(1)
+    log = flagged.log_path.read_text(errors="replace")
+    assert "Generated response parity-request-43" in log and "parity-request-43 aborted" not in log
 
 
 def test_chat_template_kwargs_reach_the_template(flagged: Server) -> None:
