@@ -58,6 +58,7 @@ bench: install model
 	$(PY) benchmarks/bench_e2e.py
 	$(PY) benchmarks/bench_e2e.py --api-servers 1 2 --concurrency 256 --rounds 3
 	$(PY) benchmarks/bench_long_history.py --json benchmarks/results/bench_long_history.json
+	$(PY) benchmarks/bench_websocket.py --turns 30 --rounds 4 --json benchmarks/results/bench_websocket.json
 
 bench-memory: install model
 	$(PY) -m pip install -q -e '.[bench]'
