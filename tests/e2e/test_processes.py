@@ -25,7 +25,10 @@ PARIS = "What is the weather in Paris?"
 # at full speed (or a second one beside it) can leave an API process unscheduled for seconds,
 # and a lease shorter than that ends responses whose owner is alive.
 LEASE = {"VLLM_RESPONSES_LEASE_SECONDS": "8"}
-FOREVER = 3000  # "Count forever." stops here: ~15 s at full speed, so nothing runs on for long
+# "Count forever." stops here: ~2 min at full speed. Every test cancels or kills it long before;
+# the margin is for a loaded 2-core machine, where a follower on the other replica once got its
+# first live events only after a 3,000-token run (~20 s) had ended, so its cancel came too late.
+FOREVER = 20_000
 
 
 @pytest.fixture(scope="module", autouse=True)
