@@ -22,6 +22,16 @@ EXEC_TOOL = {
     "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}, "required": ["cmd"]},
 }
 
+# Hosted tool types, one of each, as clients send them: accepted, echoed, never offered to the model.
+HOSTED_TOOLS = [
+    {"type": "web_search"},
+    {"type": "file_search", "vector_store_ids": ["vs_1"]},
+    {"type": "mcp", "server_label": "deepwiki", "server_url": "https://mcp.deepwiki.com/mcp"},
+    {"type": "code_interpreter", "container": {"type": "auto"}},
+    {"type": "image_generation"},
+    {"type": "computer_use_preview", "display_width": 1024, "display_height": 768, "environment": "browser"},
+]
+
 
 @dataclass(frozen=True)
 class Case:

@@ -7,16 +7,7 @@ reasoning keys, with the store it uses in the same log."""
 import json
 
 import httpx
-from demo_requests import CASES, EXEC_TOOL, WEATHER_TOOL
-
-HOSTED = [
-    {"type": "web_search"},
-    {"type": "file_search", "vector_store_ids": ["vs_1"]},
-    {"type": "mcp", "server_label": "deepwiki", "server_url": "https://mcp.deepwiki.com/mcp"},
-    {"type": "code_interpreter", "container": {"type": "auto"}},
-    {"type": "image_generation"},
-    {"type": "computer_use_preview", "display_width": 1024, "display_height": 768, "environment": "browser"},
-]
+from demo_requests import CASES, EXEC_TOOL, HOSTED_TOOLS, WEATHER_TOOL
 
 
 def create(base_url: str, **body) -> dict:
@@ -55,10 +46,10 @@ def test_allowed_tools_required_forces_a_call_where_auto_answers(base_url: str) 
 def test_hosted_tools_are_never_offered(base_url: str) -> None:
     weather = CASES["weather_call"].request()
     plain = create(base_url, **weather)
-    with_hosted = create(base_url, **{**weather, "tools": [WEATHER_TOOL, *HOSTED]})
+    with_hosted = create(base_url, **{**weather, "tools": [WEATHER_TOOL, *HOSTED_TOOLS]})
     assert with_hosted["usage"]["input_tokens"] == plain["usage"]["input_tokens"]
     assert calls(with_hosted) == [("get_weather", {"city": "Paris"})]
-    assert [t["type"] for t in with_hosted["tools"]] == ["function", *(t["type"] for t in HOSTED)]
+    assert [t["type"] for t in with_hosted["tools"]] == ["function", *(t["type"] for t in HOSTED_TOOLS)]
 
 
 def test_strict_tools_hold_the_arguments_to_their_schema(base_url: str) -> None:

@@ -9,6 +9,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
+from demo_requests import HOSTED_TOOLS
 from fakes import ScriptedEngine
 from test_routes import SCRIPT, post
 
@@ -18,14 +19,6 @@ from vllm_responses.errors import APIError
 from vllm_responses.protocol import parse_request
 from vllm_responses.vllm_engine import VllmEngine
 
-HOSTED = [
-    {"type": "web_search"},
-    {"type": "file_search", "vector_store_ids": ["vs_1"]},
-    {"type": "mcp", "server_label": "deepwiki", "server_url": "https://mcp.deepwiki.com/mcp"},
-    {"type": "code_interpreter", "container": {"type": "auto"}},
-    {"type": "image_generation"},
-    {"type": "computer_use_preview", "display_width": 1024, "display_height": 768, "environment": "browser"},
-]
 CLOSED = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}
 OPEN = {"type": "object", "properties": {"a": {"type": "string"}}}
 
@@ -34,7 +27,7 @@ def parse(**body):
     return parse_request(json.dumps({"model": "demo", "input": "hi", **body}).encode())
 
 
-@pytest.mark.parametrize("tool", HOSTED, ids=[t["type"] for t in HOSTED])
+@pytest.mark.parametrize("tool", HOSTED_TOOLS, ids=[t["type"] for t in HOSTED_TOOLS])
 def test_hosted_tools_are_accepted_and_never_offered(tool):
     request = parse(tools=[tool, {"type": "function", "name": "f", "parameters": CLOSED}])
     assert [t["function"]["name"] for t in chat_tools(request.tools).tools] == ["f"]
@@ -44,12 +37,12 @@ def test_hosted_tools_are_accepted_and_never_offered(tool):
 @pytest.mark.anyio
 async def test_echoed_tools_carry_the_strict_that_was_used():
     tools = [{"type": "function", "name": "a", "parameters": CLOSED}, {"type": "function", "name": "b", "parameters": OPEN},
-             {"type": "function", "name": "c", "parameters": CLOSED, "strict": False}, *HOSTED]
+             {"type": "function", "name": "c", "parameters": CLOSED, "strict": False}, *HOSTED_TOOLS]
     body = (await post(ScriptedEngine(SCRIPT), {"model": "demo", "input": "hi", "tools": tools})).json()
     assert check_response(body) == []
     functions = [t for t in body["tools"] if t["type"] == "function"]
     assert [(t["name"], t["strict"]) for t in functions] == [("a", True), ("b", False), ("c", False)]
-    assert [t["type"] for t in body["tools"][3:]] == [t["type"] for t in HOSTED]  # echoed as sent
+    assert [t["type"] for t in body["tools"][3:]] == [t["type"] for t in HOSTED_TOOLS]  # echoed as sent
 
 
 # -- truncation: "auto" --------------------------------------------------------------------------
