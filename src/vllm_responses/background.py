@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from openai.types.responses import Response
+from openai.types.responses import Response, ResponseErrorEvent
 
 from . import metrics
 from .logs import get_logger
@@ -195,32 +195,83 @@ class BackgroundRuns:
 async def follow_stored(service: "ResponsesService", response_id: str, after: int = -1) -> AsyncIterator[list[Logged]]:
     """Stored events after ``after``, following new ones (written by another process) to the
     terminal event. Never hangs: a dead owner's response is abandoned, and a finished
-    response whose terminal event never arrived gets it rebuilt from the stored response."""
+    response whose terminal event never arrived gets it rebuilt from the stored response.
+
+    A store that stops answering for a while (a loaded machine, a Redis failover) is waited
+    out, the connection kept open by the transport's keep-alive comments; only after
+    :data:`STORE_PATIENCE` seconds without an answer does the stream end, with an ``error``
+    event rather than a cut connection.
+    """
     store = service.store
     finished_waits = 0
+    patience = _Patience()
     while True:
-        events = await store.wait_events(response_id, after, timeout=1.0)
-        if events:
-            batch = [(seq, _type(data), data) for seq, data in events]
-            after = batch[-1][0]
-            yield batch
-            if any(kind in TERMINAL_EVENTS for _, kind, _ in batch):
+        try:
+            events = await store.wait_events(response_id, after, timeout=1.0)
+            if events:
+                patience.reset()
+                batch = [(seq, _type(data), data) for seq, data in events]
+                after = batch[-1][0]
+                yield batch
+                if any(kind in TERMINAL_EVENTS for _, kind, _ in batch):
+                    return
+                continue
+            record = await store.get_response(response_id)
+            if record is None:
+                return
+            if record.status in RUNNING_STATUSES:
+                if record.owner != service.owner and await service.owners.dead(record.owner):
+                    await abandon(store, record)
+                patience.reset()
+                continue
+            if any(_type(data) in TERMINAL_EVENTS for _, data in await store.read_events(response_id)):
+                return  # ``after`` is at or past its terminal event: nothing more to send
+        except StoreUnavailable as exc:
+            if not await patience.wait(exc):
+                logger.error("follower of %s: the store did not answer for %.0f s (%s); its stream ends", response_id, STORE_PATIENCE, exc)
+                yield [_store_error(after + 1)]
                 return
             continue
-        record = await store.get_response(response_id)
-        if record is None:
-            return
-        if record.status in RUNNING_STATUSES:
-            if record.owner != service.owner and (record.owner is None or not await store.alive(record.owner)):
-                await abandon(store, record)
-            continue
-        if any(_type(data) in TERMINAL_EVENTS for _, data in await store.read_events(response_id)):
-            return  # ``after`` is at or past its terminal event: nothing more to send
+        patience.reset()
         finished_waits += 1
         if finished_waits >= 2:  # the owner stored the response but not (yet?) its last events
             stream = ResponseStream(ResponseObject.of(record.response), first_sequence_number=after + 1)
             yield [(e.sequence_number, e.type, event_json(e)) for e in stream.terminal()]
             return
+
+
+STORE_PATIENCE = 60.0  # seconds a follower waits for a store that stopped answering
+
+
+class _Patience:
+    """How long the store has failed a follower without a break, and the pause between tries."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def reset(self) -> None:
+        self.since = None
+
+    async def wait(self, exc: StoreUnavailable) -> bool:
+        """Pause before the next try; ``False`` once the store has failed for too long."""
+        now = asyncio.get_running_loop().time()
+        if self.since is None:
+            self.since = now
+            logger.warning("a follower lost the store (%s); it waits for it", exc)
+        if now - self.since >= STORE_PATIENCE:
+            return False
+        await asyncio.sleep(0.5)
+        return True
+
+
+def _store_error(sequence_number: int) -> Logged:
+    """The lone ``error`` event of a follower that lost the store: the response itself may
+    still be running, so no ``response.failed`` follows it; a client can follow it again."""
+    event = ResponseErrorEvent.model_construct(
+        type="error", sequence_number=sequence_number, code="store_unavailable", param=None,
+        message="The response store did not answer; follow this response again to resume its stream.",
+    )
+    return (sequence_number, "error", event_json(event))
 
 
 async def abandon(store: Store, record: StoredResponse) -> StoredResponse:

@@ -33,6 +33,7 @@ from .store import Store, StoredResponse, StoreUnavailable
 from .store.base import RUNNING_STATUSES
 from .stream import Event, ResponseStream, StreamOptions
 from .tasks import settle, spawn
+from .owners import OwnerWatch
 from .upkeep import Keeper
 
 logger = get_logger(__name__)
@@ -198,6 +199,7 @@ class ResponsesService:
         self.max_body_bytes = max_body_bytes
         self.keepalive_s = keepalive_s or None
         self.background = BackgroundRuns(self)
+        self.owners = OwnerWatch(store, lease_s)
         self.keeper = Keeper(self, lease_s)
 
     def start(self) -> None:
@@ -318,7 +320,7 @@ class ResponsesService:
         if run is not None and not run.done:  # ours and live: fresher than the store
             record.response = stored_response(run.response)
         elif record.status in RUNNING_STATUSES and record.owner != self.owner:
-            if record.owner is None or not await store_call(self.store.alive(record.owner)):
+            if await store_call(self.owners.dead(record.owner)):
                 record = await store_call(abandon(self.store, record))
         return record
 

@@ -87,11 +87,11 @@ class Keeper:
     async def sweep(self) -> int:
         """End the responses whose owner stopped proving it is alive."""
         store, ended = self.service.store, 0
-        alive: dict[str, bool] = {self.service.owner: True}
+        dead: dict[str | None, bool] = {self.service.owner: False}
         for response_id, owner in await store.running_responses():
-            if owner is not None and owner not in alive:
-                alive[owner] = await store.alive(owner)
-            if owner is None or not alive[owner]:
+            if owner not in dead:
+                dead[owner] = await self.service.owners.dead(owner)
+            if dead[owner]:
                 record = await store.get_response(response_id)
                 if record is not None and record.status in ("queued", "in_progress"):
                     await abandon(store, record)

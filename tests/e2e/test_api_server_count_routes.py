@@ -32,7 +32,7 @@ HISTORY = [
     {"role": "assistant", "content": CASES["default"].content},
     {"role": "user", "content": "Tell me more about yourself."},
 ]
-FOREVER = 3000
+FOREVER = 20_000  # ~2 min at full speed; cancelled long before (3,000 once ended before a stalled machine let the cancel through)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,127 @@
+"""A follower in another process reads a background response from the store; when the store
+stops answering for a while (Redis timing out on a loaded machine, a failover) the follower
+waits it out and goes on where it was, and only a store gone for longer than
+``STORE_PATIENCE`` ends its stream, with an ``error`` event, never a cut connection (which the
+openai SDK reports as "Connection error." and Codex as "stream disconnected")."""
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+
+from vllm_responses import background
+from vllm_responses.background import follow_stored
+from vllm_responses.conformance import check_events
+from vllm_responses.deltas import Finish, Sampling, TextDelta
+from vllm_responses.items import stored_response
+from vllm_responses.owners import OwnerWatch
+from vllm_responses.protocol import initial_response, parse_request
+from vllm_responses.sse import event_json
+from vllm_responses.store import StoredResponse, StoreUnavailable
+from vllm_responses.store.sqlite import SQLiteStore
+from vllm_responses.stream import ResponseStream
+
+from fakes import usage
+
+RID = "resp_followed"
+OWNER = "owner_elsewhere"
+
+
+class FlakyStore:
+    """A real SQLite store whose reads fail while ``down`` (the follower's view of it)."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+        self.down = False
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                self.failures += 1
+                await asyncio.sleep(0.01)
+                raise StoreUnavailable("Redis: Timeout reading from 127.0.0.1:6379")
+            return await method(*args, **kwargs)
+
+        return call
+
+
+def batches() -> tuple[dict, list[list[tuple[int, str]]], dict]:
+    """The owner's response as first stored, its event batches, and the response as finished."""
+    request = parse_request(orjson.dumps({"model": "demo", "input": "hi", "background": True}))
+    stream = ResponseStream(initial_response(request, RID, 1, "demo", Sampling()), clock=lambda: 2)
+    logged = [stream.queue(), stream.start()]
+    stored = stored_response(stream.response)
+    logged += [stream.feed(TextDelta(f"word{i} ")) for i in range(6)]
+    logged.append(stream.finish(Finish("stop", usage())))
+    return stored, [[(e.sequence_number, event_json(e)) for e in batch] for batch in logged], stored_response(stream.response)
+
+
+async def start(tmp_path: Path) -> tuple[SQLiteStore, FlakyStore, list[list[tuple[int, str]]], dict]:
+    store = SQLiteStore(tmp_path / "responses.db")
+    stored, logged, finished = batches()
+    await store.heartbeat(OWNER, 60)
+    await store.create_response(StoredResponse(stored, [], background=True, owner=OWNER))
+    await store.append_events(RID, [e for batch in logged[:3] for e in batch])
+    return store, FlakyStore(store), logged, finished
+
+
+async def collect(flaky: FlakyStore, got: list[dict], first: asyncio.Event) -> None:
+    async for batch in follow_stored(SimpleNamespace(store=flaky, owner="owner_here", owners=OwnerWatch(flaky, 60)), RID, after=-1):  # type: ignore[arg-type]
+        got += [orjson.loads(data) for _, _, data in batch]
+        first.set()
+
+
+@pytest.mark.anyio
+async def test_a_follower_waits_out_a_store_outage_and_goes_on(tmp_path: Path) -> None:
+    store, flaky, logged, finished = await start(tmp_path)
+    try:
+        got: list[dict] = []
+        first = asyncio.Event()
+        follower = asyncio.ensure_future(collect(flaky, got, first))
+        await asyncio.wait_for(first.wait(), 5)
+        flaky.down = True
+        while not flaky.failures:  # a read begun before the outage may still answer
+            await asyncio.sleep(0.05)
+        await store.append_events(RID, [e for batch in logged[3:] for e in batch])  # the owner goes on meanwhile
+        assert await store.finish_response(finished)
+        await asyncio.sleep(2.0)  # several failed tries, and the stream still open
+        assert not follower.done() and flaky.failures >= 3
+        flaky.down = False
+        await asyncio.wait_for(follower, 10)
+        everything = [orjson.loads(data) for _, data in await store.read_events(RID)]
+        assert got == everything and got[-1]["type"] == "response.completed"
+        assert check_events(got) == []
+    finally:
+        await store.close()
+
+
+@pytest.mark.anyio
+async def test_a_store_gone_past_the_patience_ends_the_stream_with_an_error_event(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(background, "STORE_PATIENCE", 1.0)
+    store, flaky, _, _ = await start(tmp_path)
+    try:
+        got: list[dict] = []
+        first = asyncio.Event()
+        follower = asyncio.ensure_future(collect(flaky, got, first))
+        await asyncio.wait_for(first.wait(), 5)
+        seen = len(got)
+        flaky.down = True
+        await asyncio.wait_for(follower, 10)  # ended, not hung
+        assert len(got) == seen + 1
+        error = got[-1]
+        assert error["type"] == "error" and error["code"] == "store_unavailable"
+        assert error["sequence_number"] == got[-2]["sequence_number"] + 1
+        assert "follow this response again" in error["message"]
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
