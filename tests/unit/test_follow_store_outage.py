@@ -71,20 +71,27 @@ async def start(tmp_path: Path) -> tuple[SQLiteStore, FlakyStore, list[list[tupl
     return store, FlakyStore(store), logged, finished
 
 
-async def collect(flaky: FlakyStore, got: list[dict], first: asyncio.Event) -> None:
-    async for batch in follow_stored(SimpleNamespace(store=flaky, owner="owner_here", owners=OwnerWatch(flaky, 60)), RID, after=-1):  # type: ignore[arg-type]
-        got += [orjson.loads(data) for _, _, data in batch]
-        first.set()
+async def following(flaky: FlakyStore) -> tuple[list[dict], "asyncio.Task[None]"]:
+    """A follower in another process (its events land in the list), once it has its first batch."""
+    got: list[dict] = []
+    first = asyncio.Event()
+    service = SimpleNamespace(store=flaky, owner="owner_here", owners=OwnerWatch(flaky, 60))
+
+    async def follow() -> None:
+        async for batch in follow_stored(service, RID, after=-1):  # type: ignore[arg-type]
+            got.extend(orjson.loads(data) for _, _, data in batch)
+            first.set()
+
+    task = asyncio.ensure_future(follow())
+    await asyncio.wait_for(first.wait(), 5)
+    return got, task
 
 
 @pytest.mark.anyio
 async def test_a_follower_waits_out_a_store_outage_and_goes_on(tmp_path: Path) -> None:
     store, flaky, logged, finished = await start(tmp_path)
     try:
-        got: list[dict] = []
-        first = asyncio.Event()
-        follower = asyncio.ensure_future(collect(flaky, got, first))
-        await asyncio.wait_for(first.wait(), 5)
+        got, follower = await following(flaky)
         flaky.down = True
         while not flaky.failures:  # a read begun before the outage may still answer
             await asyncio.sleep(0.05)
@@ -106,10 +113,7 @@ async def test_a_store_gone_past_the_patience_ends_the_stream_with_an_error_even
     monkeypatch.setattr(background, "STORE_PATIENCE", 1.0)
     store, flaky, _, _ = await start(tmp_path)
     try:
-        got: list[dict] = []
-        first = asyncio.Event()
-        follower = asyncio.ensure_future(collect(flaky, got, first))
-        await asyncio.wait_for(first.wait(), 5)
+        got, follower = await following(flaky)
         seen = len(got)
         flaky.down = True
         await asyncio.wait_for(follower, 10)  # ended, not hung
