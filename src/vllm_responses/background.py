@@ -94,9 +94,19 @@ class BackgroundRun:
     async def _end(self, terminal: list[Event]) -> None:
         """Store the final response, then its last events, then let followers finish."""
         self._stop_requested = True  # from here on, a cancel has nothing left to stop
-        await self.service.persist(self.response, self.record)
-        self._publish(terminal)
-        await self._flush()
+        published = False
+
+        async def last_events() -> None:  # after the final response is stored (now, or once the store is back)
+            nonlocal published
+            if not published:
+                published = True
+                self._publish(terminal)
+            await self._flush_all()
+
+        await self.service.persist(self.response, self.record, then=last_events)
+        if not published:  # the store is away: followers here need not wait for it
+            published = True
+            self._publish(terminal)
         self.done = True
         self._changed.set()
         if self._capture is not None:
@@ -134,6 +144,12 @@ class BackgroundRun:
             except StoreUnavailable as exc:  # kept for the next flush (appends are idempotent)
                 self._unflushed = batch + self._unflushed
                 logger.error("background response %s: the store is unavailable (%s); its followers elsewhere lag", self.id, exc)
+
+    async def _flush_all(self) -> None:
+        """Every event so far in the store, or :class:`StoreUnavailable`."""
+        await self._flush()
+        if self._unflushed:
+            raise StoreUnavailable(f"{len(self._unflushed)} events of response {self.id} are not stored yet")
 
     async def _flush_periodically(self) -> None:
         while True:

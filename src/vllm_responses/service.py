@@ -33,6 +33,7 @@ from .store import Store, StoredResponse, StoreUnavailable
 from .store.base import RUNNING_STATUSES
 from .stream import Event, ResponseStream, StreamOptions
 from .tasks import settle, spawn
+from .late_writes import LateWrites
 from .owners import OwnerWatch
 from .upkeep import Keeper
 
@@ -201,6 +202,7 @@ class ResponsesService:
         self.background = BackgroundRuns(self)
         self.owners = OwnerWatch(store, lease_s)
         self.keeper = Keeper(self, lease_s)
+        self.late_writes = LateWrites()
 
     def start(self) -> None:
         """Begin upkeep (heartbeat, cancels from other processes, sweeping, retention)."""
@@ -210,6 +212,7 @@ class ResponsesService:
         """The server is stopping: end what runs here, then release the store."""
         await self.keeper.stop()
         await self.background.shutdown()
+        await self.late_writes.drain(timeout_s=5.0)
         await self.store.close()
 
     def capture(self, response_id: str) -> "Capture | None":
@@ -298,17 +301,39 @@ class ResponsesService:
             owner=self.owner,
         )
 
-    async def persist(self, response: Response, record: StoredResponse) -> None:
-        """Keep a finished response; a conversation gains the turn's input and output."""
+    async def persist(self, response: Response, record: StoredResponse, then: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Keep a finished response; a conversation gains the turn's input and output; then
+        ``then`` (a background response's last events, which must not be seen before the
+        response is final). What the store cannot take now is retried in the background,
+        in the same order (:class:`LateWrites`)."""
         data = stored_response(response)
+        conversation_id = record.conversation_id if response.status in ("completed", "incomplete") else None
+        ours = True
+
+        async def finish() -> None:
+            nonlocal ours
+            ours = await self._finish(data)
+
+        async def add_turn() -> None:
+            if ours and conversation_id:
+                await self.store.add_conversation_items(conversation_id, (record.input_items or []) + data["output"])
+
+        steps = [finish, add_turn] + ([then] if then is not None else [])
         try:
-            if not await self.store.finish_response(data):
-                logger.warning("response %s was finished by someone else (deleted, or its owner presumed dead)", response.id)
-                return
-            if record.conversation_id and response.status in ("completed", "incomplete"):
-                await self.store.add_conversation_items(record.conversation_id, (record.input_items or []) + data["output"])
-        except StoreUnavailable:
-            logger.error("could not store the end of response %s: the store is unavailable", response.id)
+            await _in_order(steps)
+        except StoreUnavailable as exc:
+            logger.error("could not store the end of response %s (%s); retrying until the store answers", response.id, exc)
+            self.late_writes.add(lambda: _in_order(steps), f"the end of response {response.id}")
+
+    async def _finish(self, data: dict) -> bool:
+        """The response's final state; ``False`` when someone else had already ended it."""
+        if await self.store.finish_response(data):
+            return True
+        current = await self.store.get_response(data["id"])
+        if current is not None and current.response == data:  # an earlier try landed
+            return True
+        logger.warning("response %s was finished by someone else (deleted, or its owner presumed dead)", data["id"])
+        return False
 
     # -- stored responses -------------------------------------------------------------------
     async def record(self, response_id: str, *, with_input: bool = False) -> StoredResponse:
@@ -386,6 +411,15 @@ class ResponsesService:
         record = await self.record(response_id, with_input=True)
         return record.input_items or []
 
+
+
+
+async def _in_order(steps: list[Callable[[], Awaitable[None]]]) -> None:
+    """Store writes one after another, each dropped once done: a retry after a failure
+    (:class:`StoreUnavailable`, raised) goes on from the write that failed."""
+    while steps:
+        await steps[0]()
+        steps.pop(0)
 
 
 def warm_up() -> None:
