@@ -14,7 +14,7 @@ SERVE_ARGS := --served-model-name demo gpt-5.5 --dtype float32 \
 	--reasoning-parser qwen3 --tool-call-parser hermes --enable-auto-tool-choice \
 	--host 127.0.0.1
 
-.PHONY: install model redis demo test unit bench bench-memory fuzz print-serve-args dist docker-lint clean
+.PHONY: install model redis demo test unit bench bench-memory profile-api fuzz print-serve-args dist docker-lint clean
 
 install: $(VENV)/.installed
 
@@ -60,6 +60,10 @@ bench: install model
 	$(PY) benchmarks/bench_long_history.py --json benchmarks/results/bench_long_history.json
 	$(PY) benchmarks/bench_websocket.py --turns 30 --rounds 4 --json benchmarks/results/bench_websocket.json
 	$(PY) benchmarks/bench_stall.py --seconds 30 --rounds 3 --json benchmarks/results/bench_stall.json
+
+profile-api: install model
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/profile_api.py --concurrency 64 256
 
 bench-memory: install model
 	$(PY) -m pip install -q -e '.[bench]'
