@@ -29,7 +29,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
 from vllm.exceptions import VLLMUnprocessableEntityError, VLLMValidationError
 from vllm.lora.request import LoRARequest
-from vllm.parser import ParserManager
+from vllm.parser import DelegatingParser, ParserManager
 from vllm.tracing.utils import contains_trace_headers, extract_trace_headers
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
@@ -89,6 +89,7 @@ class _Prepared(Prepared):
     engine_request_id: str | None  # the client's own (vLLM's ``request_id`` extension)
     routing: dict[str, Any]  # priority, session_id, data_parallel_rank, trace_headers
     lora_request: Any = None  # the LoRA adapter the request's ``model`` names; None: the base model
+    text_only: bool = False  # the parser can only hand each delta back as content now (see _text_only)
 
 
 class VllmEngine(Engine):
@@ -466,6 +467,8 @@ class VllmEngine(Engine):
     def _deltas(self, p: _Prepared, calls: ToolCallMapper, output: Any, token_ids: list[int], finished: bool) -> list[Delta]:
         if p.parser is None:
             return [TextDelta(output.text, self._logprobs(p, output, token_ids))] if output.text else []
+        if p.text_only:  # what parse_delta would return, without its per-step join of the whole output
+            return [TextDelta(output.text, _content_logprobs(self._logprobs(p, output, token_ids), output.text))] if output.text else []
         try:
             message = p.parser.parse_delta(
                 delta_text=output.text,
@@ -478,6 +481,7 @@ class VllmEngine(Engine):
             logger.warning("the reasoning/tool parser failed (%s: %s); the rest of this response streams as text", type(exc).__name__, exc)
             p.parser = None
             return calls.finish() + self._deltas(p, calls, output, token_ids, finished)
+        p.text_only = _text_only(p.parser, p.chat_request)
         if message is None:
             return []
         # Reasoning or text after a call closes it first: the arguments the mapper completes
@@ -547,6 +551,35 @@ def _prompt_cache(renderer: Any, tokenizer: Any, max_bytes: int) -> PromptTokeni
 
     renderer._tokenize_prompt_async = tokenize
     return cache
+
+
+def _text_only(parser: Any, chat_request: Any) -> bool:
+    """Whether vLLM's parser can, from now on, only return each delta's text as content:
+    vLLM's own ``DelegatingParser``, reasoning over, and no tool call possible (no tool
+    parser, or a string-based one under ``tool_choice`` ``none``, its phase begun). Then its
+    ``parse_delta`` re-joins the whole output so far on every step (quadratic in the output's
+    length) to hand the delta back unchanged, and its end of generation adds nothing (an
+    engine-based reasoning parser is not flushed once reasoning ended): the adapter skips it.
+    Anything unexpected (another parser class, a vLLM that renamed these attributes) keeps it."""
+    cls = type(parser)
+    if any(getattr(cls, name, None) is not getattr(DelegatingParser, name) for name in _DELEGATING):
+        return False
+    state = getattr(parser, "_stream_state", None)
+    if state is None or getattr(state, "reasoning_ended", False) is not True:
+        return False
+    tools = getattr(parser, "_tool_parser", False)
+    if tools is None:
+        return True
+    return (
+        tools is not False
+        and getattr(tools, "engine_based_streaming", True) is False
+        and getattr(state, "tool_call_text_started", False) is True
+        and chat_request.tool_choice == "none"
+    )
+
+
+# What _text_only relies on DelegatingParser doing (a subclass overriding one of them is kept).
+_DELEGATING = ("parse_delta", "finalize_generation", "_extract_tool_calls_streaming", "_flush_engine_parsers")
 
 
 def _routing(request: ResponsesRequest) -> dict[str, Any]:
