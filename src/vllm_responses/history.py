@@ -63,7 +63,9 @@ class History:
         while current is not None:
             record = await self.store.get_response(current, with_input=True)
             if record is None:
-                raise not_found("Previous response", current, "previous_response_id", "previous_response_not_found")
+                # 400, as OpenAI answers it (clients look for 400 + this code to resend the whole input)
+                raise invalid_request(f"Previous response with id '{current}' not found.", param="previous_response_id",
+                                      code="previous_response_not_found")
             if record.status in RUNNING_STATUSES:
                 raise invalid_request(
                     f"Previous response with id '{current}' is still {record.status.replace('_', ' ')}; "

@@ -74,7 +74,7 @@ def test_retrieve_delete_and_input_items(client: OpenAI) -> None:
                  lambda: client.responses.input_items.list(created.id)):
         with pytest.raises(openai.NotFoundError):
             call()
-    with pytest.raises(openai.NotFoundError) as err:
+    with pytest.raises(openai.BadRequestError) as err:  # a 400, as OpenAI answers it
         client.responses.create(model="demo", previous_response_id=created.id, input="x")
     assert err.value.body["code"] == "previous_response_not_found" and err.value.body["param"] == "previous_response_id"
 

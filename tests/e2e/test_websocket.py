@@ -172,7 +172,7 @@ def test_store_false_continues_from_the_connection_then_not_after_reconnect(ws_s
     history = [{"type": "message", "role": "user", "content": first_body["input"]}] + first["output"]
     full = history + [{"type": "function_call_output", "call_id": call["call_id"], "output": "Sunny, 22 C"}]
     assert second["usage"]["input_tokens"] == http_usage(ws_server, {"model": "demo", "tools": [WEATHER_TOOL], "input": full})
-    error_of(again, 404, "previous_response_not_found", "previous_response_id")
+    error_of(again, 400, "previous_response_not_found", "previous_response_id")
 
 
 def test_stored_responses_continue_from_the_store_on_another_connection(ws_server: Server) -> None:
@@ -201,9 +201,9 @@ def test_unknown_previous_response_and_a_failed_continuation_evicts(ws_server: S
         return unknown, first, failed, evicted
 
     unknown, _, failed, evicted = run(go())
-    error_of(unknown, 404, "previous_response_not_found", "previous_response_id")
+    error_of(unknown, 400, "previous_response_not_found", "previous_response_id")
     error_of(failed, 400, "decimal_above_max_value", "temperature")
-    error_of(evicted, 404, "previous_response_not_found", "previous_response_id")
+    error_of(evicted, 400, "previous_response_not_found", "previous_response_id")
 
 
 def test_generate_false_prepares_a_turn_to_continue_from(ws_server: Server) -> None:

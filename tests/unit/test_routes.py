@@ -75,7 +75,7 @@ async def test_json_equals_completed_response():
         ({"model": "demo", "input": [{"type": "message", "role": "wizard", "content": "x"}]}, 400, None, "invalid_value"),
         ({"model": "demo", "input": "hi", "tools": [{"type": "function"}]}, 400, "tools[0].name", "missing_required_parameter"),
         ({"model": "nope", "input": "hi"}, 404, "model", "model_not_found"),
-        ({"model": "demo", "input": "hi", "previous_response_id": "resp_1"}, 404, "previous_response_id", "previous_response_not_found"),
+        ({"model": "demo", "input": "hi", "previous_response_id": "resp_1"}, 400, "previous_response_id", "previous_response_not_found"),
         ({"model": "demo", "input": "hi", "conversation": "conv_1"}, 404, "conversation", "conversation_not_found"),
         ({"model": "demo", "input": "hi", "conversation": {"id": "conv_1"}}, 404, "conversation", "conversation_not_found"),
         ({"model": "demo", "input": "hi", "background": True, "store": False}, 400, "background", "invalid_parameter_combination"),

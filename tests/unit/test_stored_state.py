@@ -89,15 +89,15 @@ async def test_chaining_brings_every_earlier_item_but_not_instructions(client: C
 
 
 @pytest.mark.anyio
-async def test_missing_or_deleted_previous_response_is_404(client: Client):
+async def test_missing_or_deleted_previous_response_is_400_as_openai_answers(client: Client):
     r = await client.create(previous_response_id="resp_nope", input="x")
-    assert r.status_code == 404
+    assert r.status_code == 400
     assert r.json()["error"] == {"message": "Previous response with id 'resp_nope' not found.", "type": "invalid_request_error", "param": "previous_response_id", "code": "previous_response_not_found"}
     r1 = await client.ok(input="hi")
     deleted = await client.http.delete(f"/v1/responses/{r1['id']}")
     assert deleted.json() == {"id": r1["id"], "object": "response", "deleted": True}
     assert (await client.http.delete(f"/v1/responses/{r1['id']}")).status_code == 404
-    assert (await client.create(previous_response_id=r1["id"], input="x")).status_code == 404
+    assert (await client.create(previous_response_id=r1["id"], input="x")).status_code == 400
 
 
 @pytest.mark.anyio

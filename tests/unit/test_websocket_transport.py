@@ -53,7 +53,7 @@ def test_failed_continuation_evicts_and_errors_keep_the_connection() -> None:
         failed = turn(ws, {"model": "nope", "input": "x", "store": False, "previous_response_id": rid})
         assert failed == [{"type": "error", "status": 404, "error": {"message": "The model `nope` does not exist.", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}]
         evicted = turn(ws, {"model": "demo", "input": "x", "store": False, "previous_response_id": rid})
-        assert evicted[0]["status"] == 404 and evicted[0]["error"]["code"] == "previous_response_not_found"
+        assert evicted[0]["status"] == 400 and evicted[0]["error"]["code"] == "previous_response_not_found"
         ws.send_text(json.dumps({"type": "session.update"}))
         assert json.loads(ws.receive_text())["error"]["code"] == "invalid_event"
         assert turn(ws, {"model": "demo", "input": "hi"})[-1]["type"] == "response.completed"
