@@ -37,7 +37,7 @@ from websockets.asyncio.client import ClientConnection, connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from long_history import TOOLS, _instructions, _output, _sources, codex_items
+from long_history import TOOLS, codex_items, instructions_text, source_files, tool_output
 from server import Server  # the test suite's launcher: the users' command
 
 TERMINAL = {"response.completed", "response.incomplete", "response.failed", "error"}
@@ -72,8 +72,8 @@ class Session:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
-        self.sources = _sources()
-        self.instructions = _instructions(random.Random(seed + 1_000_003), 60_000)
+        self.sources = source_files()
+        self.instructions = instructions_text(random.Random(seed + 1_000_003), 60_000)
         self.history: list[dict[str, Any]] = []
         self.new: list[dict[str, Any]] = codex_items(0, seed)
         self.previous_id: str | None = None
@@ -93,7 +93,7 @@ class Session:
         self.history += [*self.new, *response["output"]]
         self.previous_id = response["id"]
         self.new = [
-            {"type": "function_call_output", "call_id": item["call_id"], "output": _output(self.rng, self.sources, self.rng.randint(1_250, 3_750))}
+            {"type": "function_call_output", "call_id": item["call_id"], "output": tool_output(self.rng, self.sources, self.rng.randint(1_250, 3_750))}
             for item in response["output"] if item["type"] == "function_call"
         ]
         self.new.append({"type": "message", "role": "user", "content": [{"type": "input_text", "text": NEXT}]})

@@ -53,13 +53,13 @@ TOOLS: list[dict[str, Any]] = [
 ]
 
 
-def _sources() -> list[Path]:
+def source_files() -> list[Path]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(stdlib.glob("*.py"))  # fixed text: the same history on every run
     return [f for f in files if 2_000 < f.stat().st_size < 200_000]
 
 
-def _instructions(rng: random.Random, chars: int) -> str:
+def instructions_text(rng: random.Random, chars: int) -> str:
     """Markdown-ish guidance, about ``chars`` characters (≈ 20k tokens at 60 KB)."""
     out: list[str] = []
     size = 0
@@ -76,7 +76,7 @@ def _instructions(rng: random.Random, chars: int) -> str:
     return "\n".join(out)
 
 
-def _output(rng: random.Random, sources: list[Path], chars: int) -> str:
+def tool_output(rng: random.Random, sources: list[Path], chars: int) -> str:
     path = rng.choice(sources)
     text = path.read_text(encoding="utf-8", errors="replace")
     start = rng.randrange(max(1, len(text) - chars))
@@ -86,7 +86,7 @@ def _output(rng: random.Random, sources: list[Path], chars: int) -> str:
 def codex_items(turns: int, seed: int = 0, output_chars: int = 2_500) -> list[dict[str, Any]]:
     """The input of turn ``turns``: the opening messages, then ``turns`` tool-loop steps."""
     rng = random.Random(seed)
-    sources = _sources()
+    sources = source_files()
     items: list[dict[str, Any]] = [
         {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "<permissions instructions>\nFilesystem sandboxing: workspace-write. Approvals: on-request.\n</permissions instructions>"}]},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "<environment_context>\n  <cwd>/work/repo</cwd>\n  <shell>bash</shell>\n</environment_context>"}]},
@@ -99,7 +99,7 @@ def codex_items(turns: int, seed: int = 0, output_chars: int = 2_500) -> list[di
             items.append({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Progress: " + " ".join(rng.choices(_WORDS, k=30))}]})
         cmd = rng.choice(["sed -n 1,200p {}", "rg -n 'def ' {}", "cat {}", "git diff -- {}"]).format(rng.choice(sources).name)
         items.append({"type": "function_call", "name": "exec_command", "call_id": call_id, "arguments": f'{{"cmd":"{cmd}","workdir":"/work/repo","yield_time_ms":10000}}'})
-        items.append({"type": "function_call_output", "call_id": call_id, "output": _output(rng, sources, rng.randint(output_chars // 2, output_chars * 3 // 2))})
+        items.append({"type": "function_call_output", "call_id": call_id, "output": tool_output(rng, sources, rng.randint(output_chars // 2, output_chars * 3 // 2))})
     return items
 
 
@@ -108,7 +108,7 @@ def codex_body(turns: int, seed: int = 0, instructions_chars: int = 60_000, **fi
     rng = random.Random(seed + 1_000_003)
     return {
         "model": "demo",
-        "instructions": _instructions(rng, instructions_chars),
+        "instructions": instructions_text(rng, instructions_chars),
         "input": codex_items(turns, seed),
         "tools": TOOLS,
         "tool_choice": "auto",

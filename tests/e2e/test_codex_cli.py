@@ -1,49 +1,24 @@
 """Codex CLI (``openai-codex-cli-bin``) running ``codex exec`` against the real server."""
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import httpx
-from codex_cli_bin import bundled_codex_path
-
+from codex import codex_home, exec_codex
 from demo_requests import CASES
+
 from vllm_responses.conformance import parse_sse
-
-
-def codex_home(tmp_path: Path, base_url: str) -> Path:
-    home = tmp_path / "codex-home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        f"""
-model = "demo"
-model_provider = "local"
-
-[model_providers.local]
-name = "local vLLM"
-base_url = "{base_url}/v1"
-env_key = "LOCAL_API_KEY"
-wire_api = "responses"
-stream_max_retries = 0
-request_max_retries = 0
-"""
-    )
-    return home
 
 
 def run_codex(tmp_path: Path, base_url: str, prompt: str, *extra: str, ephemeral: bool = True, resume: bool = False) -> tuple[subprocess.CompletedProcess, str]:
     home = tmp_path / "codex-home"
-    if not home.exists():
+    if not home.exists():  # a resumed session keeps what Codex wrote to its home
         codex_home(tmp_path, base_url)
     out = tmp_path / "last-message.txt"
     out.unlink(missing_ok=True)
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    env = {**os.environ, "CODEX_HOME": str(home), "LOCAL_API_KEY": "unused", "NO_COLOR": "1"}
     args = ["--skip-git-repo-check", *(["--ephemeral"] if ephemeral else []), "-o", str(out), *extra]
-    command = [str(bundled_codex_path()), "exec", *args, *(["resume", "--last"] if resume else []), prompt]
-    proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    proc = exec_codex(home, tmp_path / "work", args, prompt, resume=resume)
     return proc, out.read_text() if out.exists() else ""
 
 

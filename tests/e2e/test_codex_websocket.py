@@ -2,52 +2,23 @@
 fetches from ``/v1/models`` (its provider authenticates by command, which makes Codex ask)."""
 
 import json
-import os
 import subprocess
 from itertools import pairwise
 from pathlib import Path
 
 import httpx
-from codex_cli_bin import bundled_codex_path
+from codex import codex_home, exec_codex
 from demo_requests import CASES
 from server import Server
 
 METADATA_WARNING = "Model metadata for"
 
 
-def codex_home(tmp_path: Path, base_url: str) -> Path:
-    home = tmp_path / "codex-home"
-    home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text(
-        f"""
-model = "demo"
-model_provider = "local"
-
-[model_providers.local]
-name = "local vLLM"
-base_url = "{base_url}/v1"
-wire_api = "responses"
-supports_websockets = true
-stream_max_retries = 0
-request_max_retries = 0
-
-[model_providers.local.auth]
-command = "echo"
-args = ["unused"]
-"""
-    )
-    return home
-
-
 def run_codex(tmp_path: Path, base_url: str, prompt: str, *extra: str) -> tuple[subprocess.CompletedProcess, str, str]:
     """``codex exec --json``: the process, its last message and its thread id."""
-    home = codex_home(tmp_path, base_url)
+    home = codex_home(tmp_path, base_url, websockets=True)
     out = tmp_path / "last-message.txt"
-    work = tmp_path / "work"
-    work.mkdir(exist_ok=True)
-    env = {**os.environ, "CODEX_HOME": str(home), "NO_COLOR": "1"}
-    command = [str(bundled_codex_path()), "exec", "--skip-git-repo-check", "--ephemeral", "--json", "-o", str(out), *extra, prompt]
-    proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
+    proc = exec_codex(home, tmp_path / "work", ["--skip-git-repo-check", "--ephemeral", "--json", "-o", str(out), *extra], prompt)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     assert METADATA_WARNING not in proc.stderr + proc.stdout, proc.stderr[-3000:]
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

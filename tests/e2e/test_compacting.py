@@ -6,13 +6,11 @@ prompt has exactly as many tokens as the documented rendering (the user messages
 summary message) and fewer than the history it replaced."""
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
-from codex_cli_bin import bundled_codex_path
+from codex import codex_home, exec_codex
 from demo_requests import CASES
 from openai import OpenAI
 from openai.types.responses import ResponseOutputItem, ResponseUsage
@@ -146,33 +144,12 @@ def _codex(tmp_path: Path, base_url: str, prompt: str, *, resume: bool = False) 
     """``codex exec --json`` with remote compaction on (``capabilities.remote_compaction = "v2"``)
     and an auto-compact limit far below its first prompt (~9k tokens): after its first model
     call it compacts through us, mid-turn."""
-    home = tmp_path / "codex-home"
-    home.mkdir(exist_ok=True)
-    (home / "config.toml").write_text(
-        f"""
-model = "demo"
-model_provider = "local"
-model_auto_compact_token_limit = 1000
-
-[model_providers.local]
-name = "local vLLM"
-base_url = "{base_url}/v1"
-env_key = "LOCAL_API_KEY"
-wire_api = "responses"
-stream_max_retries = 0
-request_max_retries = 0
-
-[model_providers.local.capabilities]
-remote_compaction = "v2"
-"""
-    )
+    home = codex_home(tmp_path, base_url, auto_compact_limit=1000, remote_compaction=True)
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     (work / "marker-file.txt").write_text("x")
-    env = {**os.environ, "CODEX_HOME": str(home), "LOCAL_API_KEY": "unused", "NO_COLOR": "1"}
     args = ["--skip-git-repo-check", "--json", "--dangerously-bypass-approvals-and-sandbox"]
-    command = [str(bundled_codex_path()), "exec", *args, *(["resume", "--last"] if resume else []), prompt]
-    proc = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
+    proc = exec_codex(home, work, args, prompt, resume=resume)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
