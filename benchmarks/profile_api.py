@@ -51,6 +51,8 @@ def categorize(raw: Path) -> dict[str, float]:
     counts: collections.Counter[str] = collections.Counter()
     for line in raw.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
+        if not n.isdigit():  # a blank or cut line
+            continue
         frames = stack.split(";")
         name = next((name for name, match in CATEGORIES if match(stack, frames[-1])), "other")  # type: ignore[operator]
         counts[name] += int(n)
@@ -101,7 +103,7 @@ def main() -> None:
     names = [name for name, _ in CATEGORIES] + ["other"]
     print(f"{'':52}" + "".join(f"{c:>24}" for c in columns))
     for name in names:
-        print(f"{name:52}" + "".join(f"{col[name]:>24.1%}" for col in columns.values()))
+        print(f"{name:52}" + "".join(f"{col[name]:>26.1%}" for col in columns.values()))
 
 
 if __name__ == "__main__":
