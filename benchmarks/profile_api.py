@@ -101,7 +101,7 @@ def main() -> None:
             shares, us = profile(plugin, concurrency, args.tokens, args.seconds, args.raw_dir)
             columns[f"{'ours' if plugin else 'upstream'} {concurrency} ({us:.0f} µs/ev)"] = shares
     names = [name for name, _ in CATEGORIES] + ["other"]
-    print(f"{'':52}" + "".join(f"{c:>24}" for c in columns))
+    print(f"{'':52}" + "".join(f"{c:>26}" for c in columns))
     for name in names:
         print(f"{name:52}" + "".join(f"{col[name]:>26.1%}" for col in columns.values()))
 
