@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from openai.types.responses import Response, ResponseErrorEvent
+from openai.types.responses import Response
 
 from . import metrics
 from .logs import get_logger
@@ -21,7 +21,7 @@ from .items import stored_response
 from .sse import event_json, frame_of
 from .store import Store, StoredResponse, StoreUnavailable
 from .store.base import RUNNING_STATUSES
-from .stream import TERMINAL_EVENTS, Event, ResponseStream
+from .stream import TERMINAL_EVENTS, Event, ResponseStream, error_event
 
 if TYPE_CHECKING:
     from .service import ResponsesService
@@ -283,10 +283,7 @@ class _Patience:
 def _store_error(sequence_number: int) -> Logged:
     """The lone ``error`` event of a follower that lost the store: the response itself may
     still be running, so no ``response.failed`` follows it; a client can follow it again."""
-    event = ResponseErrorEvent.model_construct(
-        type="error", sequence_number=sequence_number, code="store_unavailable", param=None,
-        message="The response store did not answer; follow this response again to resume its stream.",
-    )
+    event = error_event(sequence_number, "store_unavailable", "The response store did not answer; follow this response again to resume its stream.")
     return (sequence_number, "error", event_json(event))
 
 

@@ -26,6 +26,8 @@ from .errors import APIError, EngineFailure, invalid_request, not_found, store_u
 from .history import Context, History
 from .ids import new_id
 from .items import stored_response
+from .late_writes import LateWrites
+from .owners import OwnerWatch
 from .protocol import ResponsesRequest, initial_response, parse_request
 from .sse import event_json
 from .sealing import ReasoningSealer
@@ -33,8 +35,6 @@ from .store import Store, StoredResponse, StoreUnavailable
 from .store.base import RUNNING_STATUSES
 from .stream import Event, ResponseStream, StreamOptions
 from .tasks import settle, spawn
-from .late_writes import LateWrites
-from .owners import OwnerWatch
 from .upkeep import Keeper
 
 logger = get_logger(__name__)

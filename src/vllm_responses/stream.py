@@ -344,6 +344,11 @@ class _ToolCall(_Item):
         return [done], self._item(text, status)
 
 
+def error_event(sequence_number: int, code: str, message: str) -> ResponseErrorEvent:
+    """The stream's ``error`` event (its fields at the top level, as openai's type has them)."""
+    return ResponseErrorEvent.model_construct(type="error", sequence_number=sequence_number, code=code, message=message, param=None)
+
+
 class ResponseStream:
     """Turns one generation's deltas into events; see the module docstring for guarantees."""
 
@@ -497,7 +502,7 @@ class ResponseStream:
         r.usage = _usage(usage or Usage())
         self.terminated = True
         return events + [
-            ResponseErrorEvent.model_construct(type="error", sequence_number=self.seq(), code=code, message=message, param=None),
+            error_event(self.seq(), code, message),
             ResponseFailedEvent.model_construct(type="response.failed", sequence_number=self.seq(), response=r),
         ]
 
@@ -524,7 +529,7 @@ class ResponseStream:
         if r.status == "failed":
             error = r.error or ResponseError.model_construct(code="server_error", message="The response failed.")
             return [
-                ResponseErrorEvent.model_construct(type="error", sequence_number=self.seq(), code=error.code, message=error.message, param=None),
+                error_event(self.seq(), error.code, error.message),
                 ResponseFailedEvent.model_construct(type="response.failed", sequence_number=self.seq(), response=r),
             ]
         return [ResponseIncompleteEvent.model_construct(type="response.incomplete", sequence_number=self.seq(), response=r)]

@@ -13,6 +13,7 @@ upstream's.
 
 import asyncio
 import contextvars
+import functools
 from argparse import Namespace
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -561,8 +562,7 @@ def _text_only(parser: Any, chat_request: Any) -> bool:
     length) to hand the delta back unchanged, and its end of generation adds nothing (an
     engine-based reasoning parser is not flushed once reasoning ended): the adapter skips it.
     Anything unexpected (another parser class, a vLLM that renamed these attributes) keeps it."""
-    cls = type(parser)
-    if any(getattr(cls, name, None) is not getattr(DelegatingParser, name) for name in _DELEGATING):
+    if not _plain_delegating(type(parser)):
         return False
     state = getattr(parser, "_stream_state", None)
     if state is None or getattr(state, "reasoning_ended", False) is not True:
@@ -580,6 +580,12 @@ def _text_only(parser: Any, chat_request: Any) -> bool:
 
 # What _text_only relies on DelegatingParser doing (a subclass overriding one of them is kept).
 _DELEGATING = ("parse_delta", "finalize_generation", "_extract_tool_calls_streaming", "_flush_engine_parsers")
+
+
+@functools.cache
+def _plain_delegating(cls: type) -> bool:
+    """Whether a parser class does what _text_only relies on (once per class, not per step)."""
+    return all(getattr(cls, name, None) is getattr(DelegatingParser, name) for name in _DELEGATING)
 
 
 def _routing(request: ResponsesRequest) -> dict[str, Any]:
