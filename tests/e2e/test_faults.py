@@ -10,6 +10,7 @@ stored requests again with no restart.
 """
 
 import asyncio
+import signal
 import json
 import sqlite3
 import threading
@@ -326,3 +327,25 @@ def test_redis_outage_answers_503_serves_store_false_and_recovers_by_itself(tmp_
         with http.stream("GET", f"/v1/responses/{background}", params={"stream": "true"}) as r:
             assert events_of(r.read())[-1]["type"] == "response.completed"
         assert http.get(f"/v1/responses/{stored['id']}").status_code == 404  # Redis kept nothing across its restart
+
+
+def test_a_response_that_ends_while_redis_hangs_is_stored_once_it_answers(tmp_path: Path) -> None:
+    """Redis frozen (SIGSTOP: a hung server, or this VM's multi-second stalls) while a stream
+    ends: the client still gets its terminal event, and once Redis answers again the stored
+    response is the final one, not ``in_progress`` for as long as the server lives."""
+    with RedisServer() as redis, running(plugin=True, log_path=tmp_path / "server.log", store=redis.url, env=LEASE) as srv:
+        http = httpx.Client(base_url=srv.base_url, timeout=120)
+        assert redis.proc is not None
+        with http.stream("POST", "/v1/responses", json={**FOREVER, "max_output_tokens": 200, "stream": True}) as live:
+            lines = live.iter_lines()
+            seen = [next(lines) for _ in range(12)]
+            redis.proc.send_signal(signal.SIGSTOP)
+            try:
+                seen += list(lines)  # the end waits out one store timeout (10 s), then goes on
+            finally:
+                redis.proc.send_signal(signal.SIGCONT)
+        events = events_of("\n".join(seen).encode() + b"\n\n")
+        final = events[-1]["response"]
+        assert events[-1]["type"] == "response.incomplete"
+        wait_for("the late write", lambda: ok(http.get(f"/v1/responses/{final['id']}")) == final, timeout=60, every=0.5)
+        assert "once the store answered again" in srv.log_path.read_text()
