@@ -560,6 +560,102 @@ async def test_sqlite_locked_past_busy_timeout_is_unavailable(tmp_path: Path):
         await store.close()
 
 
+async def test_sqlite_group_commit_batches_writes_each_with_its_own_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Writes that wait beside each other share one transaction, and each caller still gets
+    its own answer: here half the finishes find their response already ended (False)."""
+    store = SQLiteStore(tmp_path / "responses.db")
+    sizes: list[int] = []
+    commit_batch = store._commit_batch
+
+    def counted(group, batch):  # type: ignore[no-untyped-def]
+        sizes.append(len(batch))
+        commit_batch(group, batch)
+
+    monkeypatch.setattr(store, "_commit_batch", counted)
+    try:
+        await asyncio.gather(*(store.create_response(record(f"resp_{n}", inputs=[item(f"in_{n}")])) for n in range(100)))
+        await asyncio.gather(*(store.finish_response(response(f"resp_{n}", "cancelled")) for n in range(0, 100, 2)))
+        done = await asyncio.gather(*(
+            store.finish_response(response(f"resp_{n}", "completed", output=[item(f"out_{n}")])) for n in range(100)
+        ))
+        assert done == [n % 2 == 1 for n in range(100)]
+        assert max(sizes) > 1 and sum(sizes) == 250 and len(sizes) < 250
+        for n in range(100):
+            got = await store.get_response(f"resp_{n}", with_input=True)
+            assert got is not None and got.input_items == [item(f"in_{n}")]
+            assert got.status == ("completed" if n % 2 else "cancelled")
+        assert len(await store.get_items([f"out_{n}" for n in range(100)])) == 50
+    finally:
+        await store.close()
+
+
+async def test_sqlite_group_commit_a_failing_write_leaves_the_others(tmp_path: Path):
+    store = SQLiteStore(tmp_path / "responses.db")
+
+    def fails(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO owners VALUES ('half-written', 0)")
+        raise ValueError("a bug in one write")
+
+    try:
+        results = await asyncio.gather(
+            store.create_response(record("resp_1")), store._commit(fails), store.create_response(record("resp_2")),
+            return_exceptions=True,
+        )
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], ValueError)
+        assert await store.get_response("resp_1") is not None and await store.get_response("resp_2") is not None
+        assert not await store.alive("half-written")  # its own savepoint was rolled back
+        with closing(sqlite3.connect(tmp_path / "responses.db")) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM owners").fetchone()[0] == 0
+    finally:
+        await store.close()
+
+
+async def test_sqlite_group_commit_when_the_file_is_locked_every_write_says_so(tmp_path: Path):
+    path = tmp_path / "responses.db"
+    store = SQLiteStore(path, busy_timeout=0.2)
+    try:
+        await store.create_response(record("resp_0"))
+        other = sqlite3.connect(path, isolation_level=None)  # another process's writer, holding on
+        other.execute("BEGIN IMMEDIATE")
+        results = await asyncio.gather(
+            *(store.create_response(record(f"resp_{n}")) for n in range(1, 6)),
+            store.finish_response(response("resp_0", "completed")),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        other.execute("ROLLBACK")
+        other.close()
+        await asyncio.gather(*(store.create_response(record(f"resp_{n}")) for n in range(1, 6)))
+        assert await store.finish_response(response("resp_0", "completed")) is True
+        assert all([await store.get_response(f"resp_{n}") for n in range(6)])
+    finally:
+        await store.close()
+
+
+async def test_sqlite_group_commit_a_cancelled_caller_leaves_the_others_their_answers(tmp_path: Path):
+    """Cancelling a caller does not undo its write (as with any thread-pool call): it lands,
+    and the writes beside it are answered."""
+    store = SQLiteStore(tmp_path / "responses.db")
+    try:
+        await store.create_response(record("resp_0"))  # the file exists: the next batch is quick
+        first = asyncio.ensure_future(store.create_response(record("resp_1")))
+        cancelled = asyncio.ensure_future(store.create_response(record("resp_2")))
+        last = asyncio.ensure_future(store.finish_response(response("resp_0", "completed")))
+        await asyncio.sleep(0)  # all three are waiting for a transaction
+        cancelled.cancel()
+        assert await first is None and await last is True
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        for _ in range(100):  # its batch may still be committing
+            if await store.get_response("resp_2") is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert await store.get_response("resp_2") is not None
+    finally:
+        await store.close()
+
+
 async def test_sqlite_prune_gives_space_back(tmp_path: Path):
     path = tmp_path / "responses.db"
     store = SQLiteStore(path, Retention(max_age_s=60, max_responses=None, max_conversations=None))

@@ -12,12 +12,18 @@ Why these settings:
   reading, so two processes cannot both see "running" and both finish a response.
 - sqlite3 calls block, so they run on a small dedicated thread pool, each thread with its
   own connection; the event loop only awaits them.
+- The writes every response makes (created, finished; a background response's events; a
+  conversation's new turn) are group-committed: those that arrive while one transaction
+  runs go together into the next, each in its own savepoint. Under load a process then pays
+  one transaction, one thread hop and one wake-up of the event loop for many writes, and
+  its writes never queue for the file's lock behind each other.
 """
 
 import asyncio
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -98,6 +104,28 @@ _UNAVAILABLE = frozenset(
     }
 )
 _CHUNK = 500  # ids per IN (...) list or per prune transaction, well under SQLite's limits
+_BATCH = 256  # writes per group commit at most, so that one transaction stays short
+
+_Waiting = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+class _Group:
+    """One event loop's writes waiting for a group commit; ``busy`` while a batch runs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: list[_Waiting] = []
+        self.busy = False
+
+
+def _deliver(batch: list[_Waiting], results: list[tuple[bool, Any]]) -> None:
+    for (_, _, done), (ok, value) in zip(batch, results):
+        if done.done():  # its caller was cancelled; the write happened all the same
+            continue
+        if ok:
+            done.set_result(value)
+        else:
+            done.set_exception(value)
 
 
 class SQLiteStore(Store):
@@ -118,6 +146,7 @@ class SQLiteStore(Store):
         self._connections: list[sqlite3.Connection] = []
         self._schema_ready = False
         self._closed = False
+        self._groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Group] = weakref.WeakKeyDictionary()
 
     # -- plumbing -------------------------------------------------------------------------
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -128,13 +157,74 @@ class SQLiteStore(Store):
         """Runs on a pool thread; turns "the file cannot be used" into StoreUnavailable."""
         try:
             return fn(self._connection(), *args)
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OSError) as e:
+            raise self._unavailable(e) from e
+
+    def _unavailable(self, e: BaseException) -> BaseException:
+        """``e``, or StoreUnavailable when it says the file cannot be used right now."""
+        if isinstance(e, sqlite3.Error):
             code = getattr(e, "sqlite_errorcode", None)
             if code is not None and code & 0xFF in _UNAVAILABLE:
-                raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
-            raise
-        except OSError as e:  # the parent directory cannot be created
-            raise StoreUnavailable(f"SQLite store {self.path}: {e}") from e
+                return StoreUnavailable(f"SQLite store {self.path}: {e}")
+        elif isinstance(e, OSError):  # the parent directory cannot be created
+            return StoreUnavailable(f"SQLite store {self.path}: {e}")
+        return e
+
+    async def _commit(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(conn, *args)`` inside a write transaction, group-committed with the writes
+        that wait beside it (see the module's docstring)."""
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = self._groups[loop] = _Group(loop)
+        done: asyncio.Future[T] = loop.create_future()
+        group.waiting.append((fn, args, done))
+        if not group.busy:
+            self._next_batch(group)
+        return await done
+
+    def _next_batch(self, group: "_Group") -> None:
+        """On the event loop: send what waits as one batch to a pool thread."""
+        batch, group.waiting = group.waiting[:_BATCH], group.waiting[_BATCH:]
+        group.busy = bool(batch)
+        if not batch:
+            return
+        try:
+            self._executor.submit(self._commit_batch, group, batch)
+        except RuntimeError as exc:  # the pool is shut down: the store is closed
+            batch, group.waiting, group.busy = batch + group.waiting, [], False
+            _deliver(batch, [(False, exc)] * len(batch))
+
+    def _commit_batch(self, group: "_Group", batch: list[_Waiting]) -> None:
+        """On a pool thread: the batch in one transaction, each write in a savepoint so that
+        one that fails leaves the others; then its results back to the event loop at once."""
+        results: list[tuple[bool, Any]] = []
+        try:
+            conn = self._connection()
+            with _write(conn):
+                for fn, args, _ in batch:
+                    conn.execute("SAVEPOINT one")
+                    try:
+                        value = fn(conn, *args)
+                    except Exception as e:
+                        if not conn.in_transaction:  # SQLite rolled it all back (I/O error, disk full)
+                            raise
+                        conn.execute("ROLLBACK TO one")
+                        conn.execute("RELEASE one")
+                        results.append((False, self._unavailable(e)))
+                    else:
+                        conn.execute("RELEASE one")
+                        results.append((True, value))
+        except Exception as e:  # noqa: BLE001 - the transaction as a whole (BEGIN, COMMIT): every write fails
+            results = [(False, self._unavailable(e)) for _ in batch]
+        try:
+            group.loop.call_soon_threadsafe(self._batch_done, group, batch, results)
+        except RuntimeError:  # that event loop is closed: nobody waits any more
+            pass
+
+    def _batch_done(self, group: "_Group", batch: list[_Waiting], results: list[tuple[bool, Any]]) -> None:
+        _deliver(batch, results)
+        self._next_batch(group)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -178,39 +268,37 @@ class SQLiteStore(Store):
 
     # -- responses ------------------------------------------------------------------------
     async def create_response(self, record: StoredResponse) -> None:
-        await self._run(self._create_response, record)
+        await self._commit(self._create_response, record)
 
     def _create_response(self, conn: sqlite3.Connection, record: StoredResponse) -> None:
-        with _write(conn):
-            _delete_response_rows(conn, record.id)
-            conn.execute(
-                "INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id, record.created_at, _running(record.response), record.owner,
-                    record.previous_response_id, record.conversation_id, record.background,
-                    orjson.dumps(record.response),
-                ),
-            )
-            _store_items(conn, record.id, INPUT, record.input_items or [])
+        _delete_response_rows(conn, record.id)
+        conn.execute(
+            "INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.id, record.created_at, _running(record.response), record.owner,
+                record.previous_response_id, record.conversation_id, record.background,
+                orjson.dumps(record.response),
+            ),
+        )
+        _store_items(conn, record.id, INPUT, record.input_items or [])
 
     async def finish_response(self, response: JSON) -> bool:
-        return await self._run(self._finish_response, response)
+        return await self._commit(self._finish_response, response)
 
     def _finish_response(self, conn: sqlite3.Connection, response: JSON) -> bool:
-        with _write(conn):
-            cur = conn.execute(
-                "UPDATE responses SET data = ?, running = ?, owner = NULL WHERE id = ? AND running = 1",
-                (orjson.dumps(response), _running(response), response["id"]),
-            )
-            if cur.rowcount == 0:
-                return False
-            conn.execute("DELETE FROM item_index WHERE response_id = ? AND kind = ?", (response["id"], OUTPUT))
-            conn.execute("DELETE FROM response_items WHERE response_id = ? AND kind = ?", (response["id"], OUTPUT))
-            _store_items(conn, response["id"], OUTPUT, response.get("output") or [])
-            return True
+        cur = conn.execute(
+            "UPDATE responses SET data = ?, running = ?, owner = NULL WHERE id = ? AND running = 1",
+            (orjson.dumps(response), _running(response), response["id"]),
+        )
+        if cur.rowcount == 0:
+            return False
+        conn.execute("DELETE FROM item_index WHERE response_id = ? AND kind = ?", (response["id"], OUTPUT))
+        conn.execute("DELETE FROM response_items WHERE response_id = ? AND kind = ?", (response["id"], OUTPUT))
+        _store_items(conn, response["id"], OUTPUT, response.get("output") or [])
+        return True
 
     async def update_running_response(self, response: JSON) -> bool:
-        return await self._run(self._update_running_response, response)
+        return await self._commit(self._update_running_response, response)
 
     def _update_running_response(self, conn: sqlite3.Connection, response: JSON) -> bool:
         # One statement: atomic on its own, the status check and the write cannot be split.
@@ -266,17 +354,16 @@ class SQLiteStore(Store):
 
     # -- background events and cancellation -----------------------------------------------
     async def append_events(self, response_id: str, events: list[tuple[int, str]]) -> None:
-        await self._run(self._append_events, response_id, events)
+        await self._commit(self._append_events, response_id, events)
 
     def _append_events(self, conn: sqlite3.Connection, response_id: str, events: list[tuple[int, str]]) -> None:
-        with _write(conn):
-            # Events of a response that is gone (deleted or pruned while its owner still
-            # runs) are dropped: nothing would ever delete them again.
-            if conn.execute("SELECT 1 FROM responses WHERE id = ?", (response_id,)).fetchone() is None:
-                return
-            conn.executemany(
-                "INSERT OR IGNORE INTO events VALUES (?, ?, ?)", [(response_id, seq, data) for seq, data in events]
-            )
+        # Events of a response that is gone (deleted or pruned while its owner still
+        # runs) are dropped: nothing would ever delete them again.
+        if conn.execute("SELECT 1 FROM responses WHERE id = ?", (response_id,)).fetchone() is None:
+            return
+        conn.executemany(
+            "INSERT OR IGNORE INTO events VALUES (?, ?, ?)", [(response_id, seq, data) for seq, data in events]
+        )
 
     async def read_events(self, response_id: str, after: int = -1, limit: int | None = None) -> list[tuple[int, str]]:
         return await self._run(self._read_events, response_id, after, limit)
@@ -374,15 +461,14 @@ class SQLiteStore(Store):
             return _delete_conversation_rows(conn, conversation_id)
 
     async def add_conversation_items(self, conversation_id: str, items: list[JSON]) -> bool:
-        return await self._run(self._add_items, conversation_id, items)
+        return await self._commit(self._add_items, conversation_id, items)
 
     def _add_items(self, conn: sqlite3.Connection, conversation_id: str, items: list[JSON]) -> bool:
-        with _write(conn):
-            cur = conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conversation_id))
-            if cur.rowcount == 0:
-                return False
-            _add_conversation_items(conn, conversation_id, items)
-            return True
+        cur = conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conversation_id))
+        if cur.rowcount == 0:
+            return False
+        _add_conversation_items(conn, conversation_id, items)
+        return True
 
     async def list_conversation_items(
         self, conversation_id: str, *, after: str | None = None, limit: int | None = None, order: Order = "asc"
