@@ -48,6 +48,7 @@ from long_history import codex_body
 from server import Server  # the test suite's launcher: the users' command
 
 MAX_MODEL_LEN = 49_152
+MODES = ["alone", "warm", "warm-chat", "warm-floor", "cold"]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--cold-turns", type=int, default=56, help="tool-loop steps of the cold request (56: ≈ 55k tokens, beyond the context)")
     parser.add_argument("--rounds", type=int, default=2, help="each mode this often, in rotating order")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the server (e.g. VLLM_RESPONSES_PROMPT_CACHE_MB=0)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES, help="a subset of the modes (alone is always measured)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -142,7 +144,7 @@ def main() -> None:
         server.wait_ready()
         asyncio.run(phase(server.base_url, "alone", args.streams, args.tokens, 5, (args.warm_turns, args.cold_turns)))  # warm-up
         results = []
-        modes = ["alone", "warm", "warm-chat", "warm-floor", "cold"]
+        modes = ["alone", *(m for m in args.modes if m != "alone")]
         for r in range(args.rounds):
             for mode in modes[r % len(modes):] + modes[: r % len(modes)]:
                 result = phase(server.base_url, mode, args.streams, args.tokens, args.seconds, (args.warm_turns, args.cold_turns), seed=1_000 * (r + 1))
