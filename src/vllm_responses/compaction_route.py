@@ -18,7 +18,7 @@ from openai.types.responses.response_input_item import CompactionTrigger
 
 from .errors import ENGINE_DEAD, APIError, engine_dead, invalid_request
 from .items import stored_response
-from .protocol import dump_json_dict, parse_request
+from .protocol import dump_json_dict, parse_request_off_loop
 from .routes import answers_errors, json_response, read_body, service_of
 from .service import Run, store_call
 from .store import StoredResponse
@@ -33,7 +33,7 @@ _NOT_HERE = ("stream", "background", "conversation")
 @answers_errors
 async def compact_response(raw: Request) -> Response:
     service = service_of(raw)
-    request = parse_request(await read_body(raw), headers=raw.headers)
+    request = await parse_request_off_loop(await read_body(raw), headers=raw.headers)
     for name in _NOT_HERE:
         if request.params.get(name) or (name == "stream" and request.stream):
             raise invalid_request(f"`{name}` is not supported by /v1/responses/compact.", param=name, code="unsupported_parameter")

@@ -6,6 +6,7 @@ A request body is validated against ``openai.types.responses``: top-level fields
 ``openai`` release brings it.
 """
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional, cast
@@ -117,6 +118,24 @@ def parse_request(body: bytes, headers: Mapping[str, str] | None = None) -> Resp
         return _parse_request(body, headers)
     except RecursionError:
         raise nested_too_deeply() from None
+
+
+# What makes a request long enough for its work to leave the event loop (worker threads),
+# so that the streams the loop serves meanwhile do not stall: a body of ``OFF_LOOP_BYTES``
+# (≈ 3 ms of parsing and validating on the 2-core test machine, longer than an engine
+# step), a history of ``OFF_LOOP_ITEMS`` items (a Codex tool loop of 50 steps has ≈ 150).
+OFF_LOOP_BYTES = 64 * 1024
+OFF_LOOP_ITEMS = 32
+
+
+async def parse_request_off_loop(body: bytes, headers: Mapping[str, str] | None = None) -> ResponsesRequest:
+    """:func:`parse_request`; a long body (a Codex turn resends its whole history, 100 KB and
+    more) on a worker thread, so that the streams the event loop serves meanwhile go on. Its
+    items are validated in chunks (:class:`~.prompt_cache.ValidatedItems`), between which the
+    GIL passes back to the loop."""
+    if len(body) < OFF_LOOP_BYTES:
+        return parse_request(body, headers)
+    return await asyncio.to_thread(parse_request, body, headers)
 
 
 def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesRequest:

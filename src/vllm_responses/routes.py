@@ -21,7 +21,7 @@ from . import __version__
 from .background import BackgroundRun, Logged
 from .errors import ENGINE_DEAD, APIError, engine_dead, invalid_request, request_too_large
 from .items import page
-from .protocol import ResponsesRequest, dump_json, parse_request
+from .protocol import ResponsesRequest, dump_json, parse_request_off_loop
 from .service import ResponsesService, Run
 from .sse import EventStream, disconnected, frame_of, frames
 from .tasks import settle
@@ -97,7 +97,7 @@ async def create_response(raw: Request) -> Response:
     the work), and mid-stream (:class:`~.sse.EventStream`). A background response goes on."""
     service = service_of(raw)
     body = await read_body(raw)
-    request = parse_request(body, headers=raw.headers)
+    request = await parse_request_off_loop(body, headers=raw.headers)
     if request.background:
         run = await service.create(request)
         assert isinstance(run, BackgroundRun)

@@ -10,7 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from .protocol import parse_request
+from .protocol import parse_request_off_loop
 from .routes import answers_errors, json_response, read_body, service_of
 from .service import store_call
 
@@ -21,7 +21,7 @@ router = APIRouter()
 @answers_errors
 async def count_input_tokens(raw: Request) -> Response:
     service = service_of(raw)
-    request = parse_request(await read_body(raw), headers=raw.headers)
+    request = await parse_request_off_loop(await read_body(raw), headers=raw.headers)
     context = await store_call(service.history.resolve(request))
     prepared = await service.engine.prepare(request, context.model_items)
     # openai.types.responses.InputTokenCountResponse

@@ -57,7 +57,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .prompt_cache import ITEMS, PromptTokenizer
-from .protocol import ResponsesRequest
+from .protocol import OFF_LOOP_ITEMS, ResponsesRequest
 from .settings import Settings
 from .tool_calls import ToolCallMapper
 
@@ -277,13 +277,10 @@ class VllmEngine(Engine):
 
     async def _render(self, fields: dict[str, Any], instructions: str | None, items: list[Any]) -> tuple[Any, Any, list[int]]:
         """The chat request for ``items`` and the prompt the server's template makes of it."""
-        messages = chat.chat_messages(instructions, items, accepts_images=self.accepts_images)
-        try:
-            chat_request = ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None} | {"messages": messages})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = str(err["loc"][0]) if err["loc"] else ""
-            raise invalid_request(f"Invalid request: {err['msg']}.", param=_PARAMS.get(field, field) or None) from None
+        if len(items) < OFF_LOOP_ITEMS:
+            messages, chat_request = self._chat_request(fields, instructions, items)
+        else:  # a long history: the streams on the event loop go on meanwhile
+            messages, chat_request = await asyncio.to_thread(self._chat_request, fields, instructions, items)
         try:
             rendered = await self._render_chat(chat_request)
         except (APIError, VLLMValidationError):
@@ -298,6 +295,16 @@ class VllmEngine(Engine):
             raise _from_vllm_error(rendered)
         engine_input = rendered[1][0]
         return chat_request, engine_input, list(engine_input.get("prompt_token_ids") or [])
+
+    def _chat_request(self, fields: dict[str, Any], instructions: str | None, items: list[Any]) -> tuple[list[Any], Any]:
+        messages = chat.chat_messages(instructions, items, accepts_images=self.accepts_images)
+        try:
+            chat_request = ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None} | {"messages": messages})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = str(err["loc"][0]) if err["loc"] else ""
+            raise invalid_request(f"Invalid request: {err['msg']}.", param=_PARAMS.get(field, field) or None) from None
+        return messages, chat_request
 
     async def _render_chat(self, chat_request: Any) -> Any:
         """vLLM's ``render_chat``, its tokenization going through our prompt cache."""

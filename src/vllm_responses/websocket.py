@@ -38,7 +38,7 @@ from .errors import APIError, invalid_request, request_too_large
 from .history import Context
 from .items import stored_response
 from .logs import get_logger
-from .protocol import parse_request
+from .protocol import parse_request_off_loop
 from .routes import VERSION_HEADER, error_response
 from .service import ResponsesService, Run, store_call
 from .settings import Settings
@@ -148,7 +148,7 @@ class Connection:
             generate = body.pop("generate", True)
             if not isinstance(generate, bool):
                 raise invalid_request("Invalid type for 'generate': expected a boolean.", param="generate", code="invalid_type")
-            request = parse_request(orjson.dumps(body), headers=self.ws.headers)
+            request = await parse_request_off_loop(orjson.dumps(body), headers=self.ws.headers)
             earlier = self.last.items if self.last is not None and continued == self.last.response_id else None
             context = await store_call(self.service.history.resolve(request, earlier))
             run = await self.service.create(request, context=context, generate=generate, transport="websocket")

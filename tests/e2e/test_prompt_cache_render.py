@@ -122,3 +122,31 @@ def test_server_prompt_hits_the_engine_prefix_cache_of_a_chat_completion(base_ur
             # Every full KV block of the prompt was found in the engine's prefix cache, which
             # keys blocks by their token ids (and all before them): the ids are chat's.
             assert usage["input_tokens_details"]["cached_tokens"] >= prompt_tokens - 256
+
+
+def test_a_long_history_is_turned_into_its_chat_request_off_the_event_loop(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """From ``OFF_LOOP_ITEMS`` items on, the items become the chat request on a worker thread
+    (issue 11.2), to the same token ids as a full render; a short one stays on the loop."""
+    import threading
+
+    long = protocol.parse_request(json.dumps(codex_body(20, seed=5, instructions_chars=2_000)).encode())
+    short = protocol.parse_request(json.dumps(codex_body(2, seed=5, instructions_chars=2_000)).encode())
+    assert len(long.input) >= protocol.OFF_LOOP_ITEMS > len(short.input)
+    threads: list[int] = []
+    chat_messages = chat.chat_messages
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return chat_messages(*args, **kwargs)
+
+    monkeypatch.setattr(chat, "chat_messages", recorded)
+
+    async def run() -> int:
+        prepared = await engine.prepare(long, long.input)
+        full = await _without_cache(engine, engine.prepare(long, long.input))
+        assert prepared.prompt_token_ids == full.prompt_token_ids
+        await engine.prepare(short, short.input)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(run())
+    assert threads[0] != loop_thread and threads[1] != loop_thread and threads[2] == loop_thread

@@ -280,3 +280,29 @@ def test_the_same_json_in_another_key_order_or_type_is_another_entry() -> None:
     protocol.parse_items([{"type": "message", "role": "user", "content": "1"}], "input")
     with pytest.raises(APIError):  # strict, as without the cache: 1 is not the string "1"
         protocol.parse_items([{"type": "message", "role": "user", "content": 1}], "input")
+
+
+def test_a_long_history_validated_in_chunks_is_what_one_validation_gives() -> None:
+    """Missing items are validated ``VALIDATE_CHUNK`` at a time (so that, off the event loop,
+    the GIL passes between chunks): the same items, and a bad one is named by its place in
+    the whole list, as one validation names it."""
+    items = codex_items(30)
+    assert len(items) > 3 * protocol.prompt_cache.VALIDATE_CHUNK
+    body = json.dumps({"model": "demo", "input": items}).encode()
+    _fresh_items()
+    chunked = protocol.parse_request(body).input
+    cached = protocol.prompt_cache.ITEMS
+    cached.lru.max_bytes, saved = 0, cached.lru.max_bytes  # one validation of the whole list
+    try:
+        whole = protocol.parse_request(body).input
+    finally:
+        cached.lru.max_bytes = saved
+    assert [i.model_dump() for i in chunked] == [i.model_dump() for i in whole]
+    assert [type(i) for i in chunked] == [type(i) for i in whole]
+
+    bad = [*items[:40], {"type": "function_call_output", "call_id": 7, "output": "x"}, *items[40:]]
+    _fresh_items()
+    with pytest.raises(APIError) as error:
+        protocol.parse_request(json.dumps({"model": "demo", "input": bad}).encode())
+    assert error.value.body()["error"]["param"] == "input[40].call_id"
+
