@@ -1,11 +1,15 @@
-"""The Codex CLI (``openai-codex-cli-bin``) pointed at a server of ours: one config builder
-and one ``codex exec`` runner for every e2e module that drives it."""
+"""The Codex CLI (``openai-codex-cli-bin``) pointed at a server of ours: one config builder,
+one ``codex exec`` runner and one reader of what a Codex thread sent, for every e2e module
+that drives it."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
 
 from codex_cli_bin import bundled_codex_path
+
+from vllm_responses.conformance import parse_sse
 
 
 def codex_home(tmp_path: Path, base_url: str, *, websockets: bool = False, auto_compact_limit: int | None = None,
@@ -41,3 +45,23 @@ def exec_codex(home: Path, work: Path, args: list[str], prompt: str, *, resume: 
     env = {**os.environ, "CODEX_HOME": str(home), "LOCAL_API_KEY": "unused", "NO_COLOR": "1"}
     command = [str(bundled_codex_path()), "exec", *args, *(["resume", "--last"] if resume else []), prompt]
     return subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
+
+
+def thread_requests(capture_dir: Path, thread_id: str) -> list[tuple[str, dict]]:
+    """(response id, request body) of every request one Codex thread sent, in order, as the
+    server captured them (``VLLM_RESPONSES_CAPTURE_DIR``); Codex keys a thread's requests
+    with ``prompt_cache_key``."""
+    found = []
+    for path in sorted(capture_dir.glob("*.request.json"), key=lambda p: p.stat().st_mtime_ns):
+        body = json.loads(path.read_text())
+        if body.get("prompt_cache_key") == thread_id:
+            found.append((path.name.removesuffix(".request.json"), body))
+    return found
+
+
+def thread_answers(capture_dir: Path, thread_id: str) -> list[tuple[dict, dict]]:
+    """(request body, final response) of every request of one Codex thread, in order."""
+    return [
+        (body, parse_sse((capture_dir / f"{response_id}.sse").read_bytes())[-1]["response"])
+        for response_id, body in thread_requests(capture_dir, thread_id)
+    ]

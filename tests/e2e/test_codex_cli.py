@@ -5,10 +5,9 @@ import subprocess
 from pathlib import Path
 
 import httpx
-from codex import codex_home, exec_codex
+from codex import codex_home, exec_codex, thread_answers
 from demo_requests import CASES
 
-from vllm_responses.conformance import parse_sse
 
 
 def run_codex(tmp_path: Path, base_url: str, prompt: str, *extra: str, ephemeral: bool = True, resume: bool = False) -> tuple[subprocess.CompletedProcess, str]:
@@ -65,17 +64,6 @@ def test_codex_applies_a_freeform_patch(tmp_path: Path, base_url: str) -> None:
     assert last.strip() == CASES["after_tool"].content
 
 
-def _codex_requests(capture_dir: Path, thread_id: str) -> list[tuple[dict, dict]]:
-    """(request body, final response) of every request Codex sent in one thread, in order."""
-    found = []
-    for path in sorted(capture_dir.glob("*.request.json"), key=lambda p: p.stat().st_mtime_ns):
-        body = json.loads(path.read_text())
-        if body.get("prompt_cache_key") == thread_id:
-            events = parse_sse(path.with_name(path.name.replace(".request.json", ".sse")).read_bytes())
-            found.append((body, events[-1]["response"]))
-    return found
-
-
 def _input_tokens(base_url: str, body: dict) -> int:
     replay = {**body, "stream": False, "store": False}
     return httpx.post(f"{base_url}/v1/responses", json=replay, timeout=120).raise_for_status().json()["usage"]["input_tokens"]
@@ -97,7 +85,7 @@ def test_codex_multi_turn_resume_carries_its_sealed_reasoning(tmp_path: Path, ba
     assert second.returncode == 0, second.stderr[-3000:] + second.stdout[-3000:]
     assert last2.strip() == CASES["no_reasoning"].content
 
-    requests = _codex_requests(server.capture_dir, thread_id)
+    requests = thread_answers(server.capture_dir, thread_id)
     assert len(requests) == 2
     body, response = requests[1]
     assert body["store"] is False and "reasoning.encrypted_content" in body["include"]
@@ -120,7 +108,7 @@ def test_codex_tool_loop_reuses_the_cache_of_its_reasoning(tmp_path: Path, base_
                            "--dangerously-bypass-approvals-and-sandbox")
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     thread_id = next(e["thread_id"] for e in _json_events(proc.stdout) if e.get("type") == "thread.started")
-    (_, step1), (body, step2) = _codex_requests(server.capture_dir, thread_id)
+    (_, step1), (body, step2) = thread_answers(server.capture_dir, thread_id)
     p1 = step1["usage"]["input_tokens"]
     assert [i["type"] for i in body["input"][-3:]] == ["reasoning", "function_call", "function_call_output"]
     forgotten = _input_tokens(base_url, _without(body, lambda i: None if i.get("type") == "reasoning" else i))

@@ -7,7 +7,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import httpx
-from codex import codex_home, exec_codex
+from codex import codex_home, exec_codex, thread_requests
 from demo_requests import CASES
 from server import Server
 
@@ -27,15 +27,9 @@ def run_codex(tmp_path: Path, base_url: str, prompt: str, *extra: str) -> tuple[
 
 
 def socket_requests(server: Server, thread_id: str) -> list[dict]:
-    """The messages Codex sent in one thread, as the server captured them, in order."""
+    """The messages Codex sent in one thread, in order, each with its response id as ``_id``."""
     assert server.capture_dir is not None, "needs the server's capture dir"
-    found = []
-    for path in sorted(server.capture_dir.glob("*.request.json"), key=lambda p: p.stat().st_mtime_ns):
-        body = json.loads(path.read_text())
-        if body.get("prompt_cache_key") == thread_id:
-            body["_id"] = path.name.removesuffix(".request.json")
-            found.append(body)
-    return found
+    return [{**body, "_id": response_id} for response_id, body in thread_requests(server.capture_dir, thread_id)]
 
 
 def check_over_the_socket(requests: list[dict], turns: int) -> None:

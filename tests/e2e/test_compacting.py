@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from codex import codex_home, exec_codex
+from codex import codex_home, exec_codex, thread_answers
 from demo_requests import CASES
 from openai import OpenAI
 from openai.types.responses import ResponseOutputItem, ResponseUsage
@@ -154,16 +154,6 @@ def _codex(tmp_path: Path, base_url: str, prompt: str, *, resume: bool = False) 
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
 
-def _thread(capture_dir: Path, thread_id: str) -> list[tuple[dict, dict]]:
-    """(request body, final response) of every request of one Codex thread, in order."""
-    found = []
-    for path in sorted(capture_dir.glob("*.request.json"), key=lambda p: p.stat().st_mtime_ns):
-        body = json.loads(path.read_text())
-        if body.get("prompt_cache_key") == thread_id:
-            found.append((body, parse_sse(path.with_name(path.name.replace(".request.json", ".sse")).read_bytes())[-1]["response"]))
-    return found
-
-
 def test_codex_compacts_a_session_through_us_and_goes_on_answering(tmp_path: Path, base_url: str, server) -> None:
     assert server.capture_dir is not None, "needs the server's capture dir (E2E_CAPTURE_DIR in the developer loop)"
     events = _codex(tmp_path, base_url, "Please list files in this folder.")
@@ -173,7 +163,7 @@ def test_codex_compacts_a_session_through_us_and_goes_on_answering(tmp_path: Pat
     messages = [e["item"]["text"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "agent_message"]
     assert messages == [SUMMARY]  # after compaction the summary is the last user text: the default scenario answers
 
-    requests = _thread(server.capture_dir, thread_id)
+    requests = thread_answers(server.capture_dir, thread_id)
     triggers = [i for i, (body, _) in enumerate(requests) if body["input"][-1]["type"] == "compaction_trigger"]
     assert triggers, [[item["type"] for item in body["input"]] for body, _ in requests]
     body, compacted = requests[triggers[0]]
@@ -191,6 +181,6 @@ def test_codex_compacts_a_session_through_us_and_goes_on_answering(tmp_path: Pat
     events = _codex(tmp_path, base_url, "Hello again!", resume=True)
     messages = [e["item"]["text"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "agent_message"]
     assert messages == [SUMMARY]
-    later = _thread(server.capture_dir, thread_id)[len(requests):]
+    later = thread_answers(server.capture_dir, thread_id)[len(requests):]
     assert later and all(response["status"] == "completed" for _, response in later)
     assert any(item["type"] == "compaction" for item in later[-1][0]["input"])
