@@ -7,14 +7,13 @@ items they name, and sealed reasoning (``encrypted_content``) is opened so the c
 gets the model's own earlier thinking back.
 """
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import compaction
 from .errors import invalid_request, not_found
 from .items import sealed_free, to_model_input, to_stored
-from .protocol import OFF_LOOP_ITEMS, ResponsesRequest
+from .protocol import OFF_LOOP_ITEMS, ResponsesRequest, off_loop_if
 from .sealing import BrokenSeal, ReasoningSealer
 from .store import Store
 from .store.base import JSON, RUNNING_STATUSES
@@ -91,9 +90,7 @@ class History:
         request's input, or items added to a conversation)."""
         references = [item.id for item in items if getattr(item, "type", None) == "item_reference"]
         found = await self.store.get_items(references) if references else {}
-        if len(items) < OFF_LOOP_ITEMS:
-            return self._own(items, found)
-        return await asyncio.to_thread(self._own, items, found)  # a long history: the loop streams on
+        return await off_loop_if(len(items) >= OFF_LOOP_ITEMS, self._own, items, found)
 
     def _own(self, items: list[Any], found: dict[str, JSON]) -> list[JSON]:
         out: list[JSON] = []

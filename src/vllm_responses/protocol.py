@@ -7,9 +7,9 @@ A request body is validated against ``openai.types.responses``: top-level fields
 """
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Optional, cast
+from typing import Any, Optional, TypeVar, cast
 
 import re
 
@@ -25,6 +25,8 @@ from .chat import chat_name, chat_tools
 from .errors import invalid_request
 from .parameters import split_extensions
 from .validation import check_depth, check_metadata, from_validation_error, nested_too_deeply
+
+T = TypeVar("T")
 
 _PARAMS = TypeAdapter(ResponseCreateParamsBase)
 _KNOWN = frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"}
@@ -128,14 +130,18 @@ OFF_LOOP_BYTES = 64 * 1024
 OFF_LOOP_ITEMS = 32
 
 
+async def off_loop_if(long: bool, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``: on a worker thread when the request is ``long`` (see above), else right
+    here, where a thread hop would cost more than it saves."""
+    return await asyncio.to_thread(fn, *args) if long else fn(*args)
+
+
 async def parse_request_off_loop(body: bytes, headers: Mapping[str, str] | None = None) -> ResponsesRequest:
     """:func:`parse_request`; a long body (a Codex turn resends its whole history, 100 KB and
     more) on a worker thread, so that the streams the event loop serves meanwhile go on. Its
     items are validated in chunks (:class:`~.prompt_cache.ValidatedItems`), between which the
     GIL passes back to the loop."""
-    if len(body) < OFF_LOOP_BYTES:
-        return parse_request(body, headers)
-    return await asyncio.to_thread(parse_request, body, headers)
+    return await off_loop_if(len(body) >= OFF_LOOP_BYTES, parse_request, body, headers)
 
 
 def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesRequest:

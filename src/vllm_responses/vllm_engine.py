@@ -57,7 +57,7 @@ from .errors import (
 )
 from .logs import get_logger
 from .prompt_cache import ITEMS, PromptTokenizer
-from .protocol import OFF_LOOP_ITEMS, ResponsesRequest
+from .protocol import OFF_LOOP_ITEMS, ResponsesRequest, off_loop_if
 from .settings import Settings
 from .tool_calls import ToolCallMapper
 
@@ -277,10 +277,7 @@ class VllmEngine(Engine):
 
     async def _render(self, fields: dict[str, Any], instructions: str | None, items: list[Any]) -> tuple[Any, Any, list[int]]:
         """The chat request for ``items`` and the prompt the server's template makes of it."""
-        if len(items) < OFF_LOOP_ITEMS:
-            messages, chat_request = self._chat_request(fields, instructions, items)
-        else:  # a long history: the streams on the event loop go on meanwhile
-            messages, chat_request = await asyncio.to_thread(self._chat_request, fields, instructions, items)
+        messages, chat_request = await off_loop_if(len(items) >= OFF_LOOP_ITEMS, self._chat_request, fields, instructions, items)
         try:
             rendered = await self._render_chat(chat_request)
         except (APIError, VLLMValidationError):

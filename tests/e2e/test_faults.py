@@ -10,8 +10,8 @@ stored requests again with no restart.
 """
 
 import asyncio
-import signal
 import json
+import signal
 import sqlite3
 import threading
 import time

@@ -9,6 +9,8 @@ installed is tested in tests/e2e/test_prompt_cache_render.py.
 import json
 import random
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -237,6 +239,16 @@ def _fresh_items() -> None:
     protocol.prompt_cache.ITEMS.lru.clear()
 
 
+@contextmanager
+def _item_cache_off() -> Iterator[None]:
+    lru = protocol.prompt_cache.ITEMS.lru
+    lru.max_bytes, saved = 0, lru.max_bytes
+    try:
+        yield
+    finally:
+        lru.max_bytes = saved
+
+
 def test_validated_items_are_those_a_full_validation_gives() -> None:
     _fresh_items()
     cached = protocol.prompt_cache.ITEMS
@@ -244,11 +256,8 @@ def test_validated_items_are_those_a_full_validation_gives() -> None:
         body = json.dumps(codex_body(turns, instructions_chars=100)).encode()
         hits = cached.lru.hits
         got = protocol.parse_request(body).input
-        cached.lru.max_bytes, saved = 0, cached.lru.max_bytes  # the same request validated without the cache
-        try:
+        with _item_cache_off():  # the same request validated without the cache
             expected = protocol.parse_request(body).input
-        finally:
-            cached.lru.max_bytes = saved
         assert [i.model_dump() for i in got] == [i.model_dump() for i in expected]
         assert [type(i) for i in got] == [type(i) for i in expected]
         if turns > 3:
@@ -291,12 +300,8 @@ def test_a_long_history_validated_in_chunks_is_what_one_validation_gives() -> No
     body = json.dumps({"model": "demo", "input": items}).encode()
     _fresh_items()
     chunked = protocol.parse_request(body).input
-    cached = protocol.prompt_cache.ITEMS
-    cached.lru.max_bytes, saved = 0, cached.lru.max_bytes  # one validation of the whole list
-    try:
+    with _item_cache_off():  # one validation of the whole list
         whole = protocol.parse_request(body).input
-    finally:
-        cached.lru.max_bytes = saved
     assert [i.model_dump() for i in chunked] == [i.model_dump() for i in whole]
     assert [type(i) for i in chunked] == [type(i) for i in whole]
 

@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -543,18 +543,26 @@ async def test_sqlite_unusable_file_is_unavailable(tmp_path: Path):
     await store.close()
 
 
+@contextmanager
+def _write_lock_held(path: Path) -> Iterator[None]:
+    """Another process's writer holding the file's write lock meanwhile."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+
+
 async def test_sqlite_locked_past_busy_timeout_is_unavailable(tmp_path: Path):
     path = tmp_path / "responses.db"
     store = SQLiteStore(path, busy_timeout=0.2)
     try:
         await store.create_response(record("resp_1"))
-        other = sqlite3.connect(path, isolation_level=None)  # another process's writer, holding on
-        other.execute("BEGIN IMMEDIATE")
-        with pytest.raises(StoreUnavailable):
-            await store.finish_response(response("resp_1", "completed"))
-        assert (await store.get_response("resp_1")).status == "in_progress"  # readers go on in WAL
-        other.execute("ROLLBACK")
-        other.close()
+        with _write_lock_held(path):
+            with pytest.raises(StoreUnavailable):
+                await store.finish_response(response("resp_1", "completed"))
+            assert (await store.get_response("resp_1")).status == "in_progress"  # readers go on in WAL
         assert await store.finish_response(response("resp_1", "completed")) is True
     finally:
         await store.close()
@@ -616,16 +624,13 @@ async def test_sqlite_group_commit_when_the_file_is_locked_every_write_says_so(t
     store = SQLiteStore(path, busy_timeout=0.2)
     try:
         await store.create_response(record("resp_0"))
-        other = sqlite3.connect(path, isolation_level=None)  # another process's writer, holding on
-        other.execute("BEGIN IMMEDIATE")
-        results = await asyncio.gather(
-            *(store.create_response(record(f"resp_{n}")) for n in range(1, 6)),
-            store.finish_response(response("resp_0", "completed")),
-            return_exceptions=True,
-        )
+        with _write_lock_held(path):
+            results = await asyncio.gather(
+                *(store.create_response(record(f"resp_{n}")) for n in range(1, 6)),
+                store.finish_response(response("resp_0", "completed")),
+                return_exceptions=True,
+            )
         assert all(isinstance(r, StoreUnavailable) for r in results), results
-        other.execute("ROLLBACK")
-        other.close()
         await asyncio.gather(*(store.create_response(record(f"resp_{n}")) for n in range(1, 6)))
         assert await store.finish_response(response("resp_0", "completed")) is True
         assert all([await store.get_response(f"resp_{n}") for n in range(6)])
