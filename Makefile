@@ -57,6 +57,8 @@ bench: install model
 	$(PY) benchmarks/bench_stream.py --json benchmarks/results/bench_stream.json
 	$(PY) benchmarks/bench_e2e.py
 	$(PY) benchmarks/bench_e2e.py --api-servers 1 2 --concurrency 256 --rounds 3
+	$(PY) benchmarks/bench_e2e.py --concurrency 64 256 --rounds 3 --stem bench_e2e_floor \
+		--targets "upstream /v1/responses" "ours /v1/responses" "ours store:false" "floor: engine to SSE"
 	$(PY) benchmarks/bench_long_history.py --json benchmarks/results/bench_long_history.json
 	$(PY) benchmarks/bench_websocket.py --turns 30 --rounds 4 --json benchmarks/results/bench_websocket.json
 	$(PY) benchmarks/bench_stall.py --seconds 30 --rounds 3 --json benchmarks/results/bench_stall.json

@@ -17,6 +17,13 @@ writes ``bench_e2e_api_servers.{json,png}``:
 
     python benchmarks/bench_e2e.py --api-servers 1 2 --concurrency 256 --rounds 2
 
+The ``floor: engine to SSE`` target (only when named in ``--targets``) is a route with no
+Responses layer at all (``floor_route.py``), served beside ours: what any route costs the
+API process on this server, the lower bound of issue 11.3's ratio:
+
+    python benchmarks/bench_e2e.py --concurrency 64 256 --rounds 3 --stem bench_e2e_floor \
+        --targets "upstream /v1/responses" "ours /v1/responses" "ours store:false" "floor: engine to SSE"
+
 Every request uses the demo model's never-ending scenario cut by the token limit, so each
 generates exactly ``--tokens`` tokens. Per target and concurrency it reports output
 tokens/s, events/s, time to first event p50/p99, inter-event gap p50/p99, server CPU
@@ -46,6 +53,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+import floor_route  # beside this file
 from server import Server, free_port  # the test suite's launcher: the users' command
 
 PROMPT = "Count forever."
@@ -57,6 +65,7 @@ class Target:
     path: str
     server: str  # a key of the servers dict: "upstream", "ours", "agentic" (or "ours-N" with --api-servers)
     extra: dict = field(default_factory=dict)  # added to the body
+    default: bool = True  # measured when --targets is not given
 
     def body(self, tokens: int) -> dict:
         if self.path == "/v1/chat/completions":
@@ -74,6 +83,8 @@ TARGETS = [
     Target("ours store:false", "/v1/responses", "ours", {"store": False}),
     Target("chat/completions", "/v1/chat/completions", "ours"),
     Target("agentic-api (Rust)", "/v1/responses", "agentic"),  # remote mode, in front of "upstream"
+    # No Responses layer at all: what any route costs (floor_route.py), on the plugin server.
+    Target("floor: engine to SSE", floor_route.PATH, "ours", default=False),
 ]
 
 
@@ -313,6 +324,10 @@ def ratios(rows: list[dict]) -> list[str]:
                 + (f"ours/agentic-api = {ours['tokens_per_s'] / agentic['tokens_per_s']:.2f}x, " if agentic else "")
                 + f"TTFE p50 ours-chat = {ours['ttfe_p50_ms'] - chat['ttfe_p50_ms']:+.1f} ms"
             )
+        if up:  # issue 11.3's figure: the API process's CPU per 1,000 events, against upstream's route
+            lines += [f"c={c}: API CPU per 1k events, {name} / upstream = "
+                      f"{by[name]['api_cpu_ms_per_1k_events'] / up['api_cpu_ms_per_1k_events']:.2f}x"
+                      for name in ("ours /v1/responses", "ours store:false", "floor: engine to SSE") if name in by]
     return lines
 
 
@@ -355,13 +370,18 @@ def plan(args: argparse.Namespace, out: Path, stores: Path) -> tuple[list[Target
                                        store=f"sqlite://{stores / f'api{n}.db'}", args=["--api-server-count", str(n)])
                    for n in args.api_servers}
         return targets, servers
-    targets = [t for t in TARGETS if args.targets is None or t.name in args.targets]
+    targets = [t for t in TARGETS if (t.default if args.targets is None else t.name in args.targets)]
     needed = {t.server for t in targets}
     servers: dict = {}
     if needed & {"upstream", "agentic"}:
         servers["upstream"] = Server(plugin=False, log_path=out / "upstream-server.log")
     if "ours" in needed:
-        servers["ours"] = Server(plugin=True, log_path=out / "ours-server.log", store=f"sqlite://{stores / 'ours.db'}")
+        env = None
+        if any(t.path == floor_route.PATH for t in targets):  # the floor's route beside ours
+            floor_route.install(stores / "floor-plugin")
+            path = [str(stores / "floor-plugin"), str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]
+            env = {"VLLM_PLUGINS": f"responses,{floor_route.NAME}", "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+        servers["ours"] = Server(plugin=True, log_path=out / "ours-server.log", store=f"sqlite://{stores / 'ours.db'}", env=env)
     return targets, servers
 
 
@@ -377,7 +397,7 @@ def cpu_of(name: str, servers: dict) -> Callable[[], tuple[float, float]]:
 async def main_async(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "bench_e2e_api_servers" if args.api_servers else "bench_e2e"
+    stem = args.stem or ("bench_e2e_api_servers" if args.api_servers else "bench_e2e")
     stores = tempfile.TemporaryDirectory(prefix="bench-e2e-")
     targets, servers = plan(args, out, Path(stores.name))
     load_before = os.getloadavg()
@@ -442,7 +462,9 @@ def main() -> None:
     p.add_argument("--waves", type=int, default=3, help="requests per stream slot in one measurement")
     p.add_argument("--min-requests", type=int, default=12)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--targets", nargs="+", choices=[t.name for t in TARGETS], help="a subset of the targets (default: all)")
+    p.add_argument("--targets", nargs="+", choices=[t.name for t in TARGETS],
+                   help=f"the targets (default: all but {', '.join(repr(t.name) for t in TARGETS if not t.default)})")
+    p.add_argument("--stem", help="the results' file name, without .json/.png (default: bench_e2e, or bench_e2e_api_servers)")
     p.add_argument("--api-servers", type=int, nargs="+", metavar="N",
                    help="instead: ours only, on `vllm serve --api-server-count N` for each N")
     p.add_argument("--replot", type=Path, metavar="JSON", help="only draw the PNG (beside it) of a JSON this wrote")

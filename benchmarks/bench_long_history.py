@@ -45,22 +45,27 @@ from server import Server
 from vllm_responses import chat, protocol
 
 
+def chat_body(ours: dict, tokens: int, stream: bool = True) -> dict:
+    """The ``/v1/chat/completions`` body whose prompt is the one our route renders of ``ours``."""
+    request = protocol.parse_request(json.dumps(ours).encode())
+    body = {
+        "model": "demo", "messages": chat.chat_messages(request.get("instructions"), request.input),
+        "tools": chat.chat_tools(request.tools).tools, "tool_choice": "auto", "parallel_tool_calls": False,
+        "reasoning_effort": "medium", "max_completion_tokens": tokens, "stream": stream,
+    }
+    return body | {"stream_options": {"include_usage": True}} if stream else body
+
+
 def bodies(turns: int, tokens: int, base_url: str) -> dict[str, tuple[str, dict]]:
     """The three requests of one turn, carrying the same prompt."""
     ours = codex_body(turns, max_output_tokens=tokens)
-    request = protocol.parse_request(json.dumps(ours).encode())
-    messages = chat.chat_messages(request.get("instructions"), request.input)
-    tools = chat.chat_tools(request.tools).tools
-    chat_body = {
-        "model": "demo", "messages": messages, "tools": tools, "tool_choice": "auto", "parallel_tool_calls": False,
-        "reasoning_effort": "medium", "max_completion_tokens": tokens, "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    r = httpx.post(f"{base_url}/tokenize", json={"model": "demo", "messages": messages, "tools": tools, "add_generation_prompt": True}, timeout=120)
+    chat_ = chat_body(ours, tokens)
+    r = httpx.post(f"{base_url}/tokenize", json={"model": "demo", "messages": chat_["messages"], "tools": chat_["tools"],
+                                                 "add_generation_prompt": True}, timeout=120)
     r.raise_for_status()
     ids = r.json()["tokens"]
     floor = {"model": "demo", "prompt": ids, "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True}}
-    return {"ours": ("/v1/responses", ours), "chat": ("/v1/chat/completions", chat_body), "floor": ("/v1/completions", floor)}
+    return {"ours": ("/v1/responses", ours), "chat": ("/v1/chat/completions", chat_), "floor": ("/v1/completions", floor)}
 
 
 def one(client: httpx.Client, path: str, body: bytes, api: psutil.Process) -> dict:

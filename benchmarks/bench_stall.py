@@ -17,7 +17,10 @@ never-ending scenario cut at ``--tokens``, restarted as it ends). Their inter-ev
   time: nothing cached), longer than the server's context (``--max-model-len 49152``), so
   that the server parses, validates, renders and tokenizes all of it and then answers 400
   ``context_length_exceeded`` — the engine does no extra work at all, and what the streams
-  feel is the API process's.
+  feel is the API process's;
+- ``cold-chat``: the same fresh histories through ``/v1/chat/completions`` (vLLM's own route
+  renders and tokenizes them, and refuses them for length too): the same work done by
+  upstream's code, for comparison.
 
 The issue's target is gap p99 within 1.5x of ``alone`` while long requests arrive. Gaps are
 measured per socket read (events in the same read count as gap 0), as bench_e2e does.
@@ -43,12 +46,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_long_history import bodies
+from bench_long_history import bodies, chat_body
 from long_history import codex_body
 from server import Server  # the test suite's launcher: the users' command
 
 MAX_MODEL_LEN = 49_152
-MODES = ["alone", "warm", "warm-chat", "warm-floor", "cold"]
+MODES = ["alone", "warm", "warm-chat", "warm-floor", "cold", "cold-chat"]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -95,9 +98,11 @@ async def arrivals(session: aiohttp.ClientSession, base_url: str, payloads: list
 
 def long_payloads(base_url: str, mode: str, seconds: float, turns: tuple[int, int], seed: int) -> list[tuple[str, bytes]]:
     """Made before the clock starts (building a history costs the load generator CPU)."""
-    if mode == "cold":
-        count = int(seconds) + 1
-        return [("/v1/responses", json.dumps(codex_body(turns[1], seed=seed + i, max_output_tokens=1, stream=False)).encode()) for i in range(count)]
+    if mode in ("cold", "cold-chat"):
+        histories = [codex_body(turns[1], seed=seed + i, max_output_tokens=1, stream=False) for i in range(int(seconds) + 1)]
+        if mode == "cold-chat":
+            return [("/v1/chat/completions", json.dumps(chat_body(h, 1, stream=False)).encode()) for h in histories]
+        return [("/v1/responses", json.dumps(h).encode()) for h in histories]
     path, body = bodies(turns[0], 1, base_url)[{"warm": "ours", "warm-chat": "chat", "warm-floor": "floor"}[mode]]
     return [(path, json.dumps({**body, "stream": False} if path == "/v1/responses" else body).encode())]
 

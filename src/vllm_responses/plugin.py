@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import auth, compaction_route, conversations, openapi, routes, token_count, websocket
 from .codex_models import CodexCatalog
@@ -36,7 +37,9 @@ class ResponsesPlugin:
         app.add_middleware(CodexCatalog)  # GET /v1/models?client_version=...: Codex's model metadata
         app.include_router(conversations.router)
         openapi.describe(app)  # our bodies, parameters and answers in /openapi.json, built when first asked
-        auth.guard(app, _prefixes(routes.router, websocket.router, conversations.router))  # --api-key answered in OpenAI's shape
+        prefixes = _prefixes(routes.router, websocket.router, conversations.router)
+        auth.guard(app, prefixes)  # --api-key answered in OpenAI's shape
+        app.add_exception_handler(StarletteHTTPException, routes.http_errors(tuple(prefixes)))  # 404, 405 on our paths
         _on_shutdown(app)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:

@@ -13,7 +13,9 @@ from typing import Any, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from openai.types.responses import ResponseIncludable
 
 from .logs import get_logger
@@ -67,6 +69,30 @@ async def read_body(raw: Request) -> bytes:
             raise request_too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def http_errors(prefixes: tuple[str, ...]) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """An exception handler for the router's own refusals (a method a path does not serve,
+    405 with its ``Allow`` header; a path no route serves, 404): OpenAI-shaped on our paths
+    (``prefixes``), FastAPI's ``{"detail": ...}`` elsewhere, as before."""
+
+    async def handler(raw: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        path = raw.url.path
+        if not any(path == p or path.startswith(p + "/") for p in prefixes):
+            return await http_exception_handler(raw, exc)
+        if exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            error = APIError(f"Invalid method for URL ({raw.method} {path}): allowed {allowed}.", status=405, code="method_not_allowed")
+        elif exc.status_code == 404:
+            error = APIError(f"Invalid URL ({raw.method} {path}).", status=404, code="not_found")
+        else:
+            error = APIError(str(exc.detail), status=exc.status_code)
+        response = error_response(error)
+        response.headers.update(exc.headers or {})
+        return response
+
+    return handler
 
 
 def answers_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[..., Awaitable[Response]]:

@@ -168,3 +168,28 @@ async def test_oversized_bodies_are_413_before_being_read_whole():
                 assert r.json()["error"]["code"] == "request_too_large"
         small = await client.post("/v1/responses", json={"model": "demo", "input": "hi"})
         assert small.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_router_refusals_are_openai_errors_on_our_paths_only():
+    """A method a path does not serve (405, with its ``Allow`` header) and a path no route
+    serves (404) get OpenAI's error shape under our prefixes; other paths keep FastAPI's."""
+    app = make_app(ScriptedEngine(SCRIPT))
+
+    @app.get("/v1/other")
+    async def other() -> dict:
+        return {}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        put = await client.put("/v1/responses")
+        missing = await client.get("/v1/responses/resp_1/nothing")
+        theirs_put = await client.put("/v1/other")
+        theirs_missing = await client.get("/v1/nothing")
+    assert put.status_code == 405 and put.headers["allow"] == "POST"
+    assert put.json() == {"error": {"message": "Invalid method for URL (PUT /v1/responses): allowed POST.",
+                                    "type": "invalid_request_error", "param": None, "code": "method_not_allowed"}}
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    assert theirs_put.status_code == 405 and theirs_put.json() == {"detail": "Method Not Allowed"}
+    assert theirs_missing.status_code == 404 and theirs_missing.json() == {"detail": "Not Found"}
