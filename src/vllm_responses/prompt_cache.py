@@ -181,6 +181,13 @@ class PromptTokenizer:
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return list(self.tokenizer(texts, add_special_tokens=False)["input_ids"])
 
+    def tokenize_pieces(self, texts: list[str]) -> list[list[int]]:
+        """One tokenizer call per piece, as vLLM tokenizes a prompt: each runs on one core,
+        the GIL released. A list in one call would run on every core at once (the Rust
+        tokenizer's thread pool) and, for a fresh long history, take them from the event
+        loop and the engine while it lasts (``bench_stall.py``'s ``cold``)."""
+        return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
     def _refusal(self) -> str | None:
         """Why cutting at special tokens might not give the tokenizer's ids, or None.
 
@@ -217,7 +224,7 @@ class PromptTokenizer:
             whole = self.tokenize(texts)
             cuts = [self.split(text) for text in texts]
             pieces = list(dict.fromkeys(p for parts in cuts for p in parts if isinstance(p, str)))
-            alone = dict(zip(pieces, self.tokenize(pieces)))
+            alone = dict(zip(pieces, self.tokenize_pieces(pieces)))
         except Exception as exc:  # noqa: BLE001 - a tokenizer that cannot take a list, or breaks on a probe
             return f"self-check failed: {type(exc).__name__}: {exc}"
         for text, w, parts in zip(texts, whole, cuts):
@@ -243,7 +250,12 @@ class PromptTokenizer:
     def encode(self, text: str, encode_kwargs: dict[str, Any]) -> list[int] | None:
         """``tokenizer(text, **encode_kwargs)["input_ids"]``, or None where the caller must
         tokenize the whole text itself: the cache is off, or the arguments ask for more than
-        plain ids (special tokens added, offsets), or truncation would cut the result."""
+        plain ids (special tokens added, offsets).
+
+        Truncation cuts the ids as the tokenizer does (a single sequence without special
+        tokens: the whole encoding, then ``max_length`` kept from ``truncation_side``). vLLM
+        asks for it on every prompt (``max_length``: the context + 1), so a prompt longer than
+        the context is tokenized once, not once here and again by the tokenizer."""
         if not self.enabled or encode_kwargs.get("add_special_tokens", True) or set(encode_kwargs) - {"add_special_tokens", "truncation", "max_length"}:
             return None
         parts = self.split(text)
@@ -255,7 +267,7 @@ class PromptTokenizer:
                     found[part] = hit
         missing = list(dict.fromkeys(p for p in parts if isinstance(p, str) and p not in found))
         if missing:
-            for piece, piece_ids in zip(missing, self.tokenize(missing)):
+            for piece, piece_ids in zip(missing, self.tokenize_pieces(missing)):
                 stored = array("i", piece_ids)
                 found[piece] = stored
                 self.pieces.put(piece, stored, len(piece) + stored.itemsize * len(stored))
@@ -270,7 +282,12 @@ class PromptTokenizer:
         self.tokens_reused += len(ids) - fresh
         max_length = encode_kwargs.get("max_length")
         if encode_kwargs.get("truncation") and max_length is not None and len(ids) > max_length:
-            return None  # the tokenizer's own truncation decides what is kept (an error follows anyway)
+            side = getattr(self.tokenizer, "truncation_side", "right")
+            if side == "right":
+                return ids[:max_length]
+            if side == "left":
+                return ids[len(ids) - max_length :]
+            return None  # a side we do not know: the tokenizer decides
         return ids
 
 

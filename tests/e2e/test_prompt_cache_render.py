@@ -29,6 +29,10 @@ from vllm_responses import chat, protocol
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
+    yield _engine()
+
+
+def _engine(**engine_args: Any) -> Any:
     from vllm.engine.arg_utils import EngineArgs
     from vllm.entrypoints.openai.models.protocol import BaseModelPath
     from vllm.entrypoints.openai.models.serving import OpenAIModelRegistry
@@ -38,7 +42,7 @@ def engine() -> Iterator[Any]:
     from vllm_responses.vllm_engine import VllmEngine
 
     model = str(demo_model_dir())
-    config = EngineArgs(model=model, served_model_name=["demo"], dtype="float32").create_engine_config()
+    config = EngineArgs(model=model, served_model_name=["demo"], dtype="float32", **engine_args).create_engine_config()
     online = OnlineRenderer(
         model_config=config.model_config, renderer=renderer_from_config(config), request_logger=None, chat_template=None,
         chat_template_content_format="auto", enable_auto_tools=True, tool_parser="hermes", reasoning_parser="qwen3",
@@ -51,7 +55,7 @@ def engine() -> Iterator[Any]:
     args = Namespace(tool_call_parser="hermes", reasoning_parser="qwen3", enable_auto_tool_choice=True)
     engine = VllmEngine(client, state, args)
     assert engine.prompt_tokens is not None and engine.prompt_tokens.enabled
-    yield engine
+    return engine
 
 
 def _bodies(seed: int) -> list[dict[str, Any]]:
@@ -150,3 +154,35 @@ def test_a_long_history_is_turned_into_its_chat_request_off_the_event_loop(engin
 
     loop_thread = asyncio.run(run())
     assert threads[0] != loop_thread and threads[1] != loop_thread and threads[2] == loop_thread
+
+
+def test_a_prompt_longer_than_the_context_is_tokenized_once_and_refused_as_without_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM asks for every prompt cut at the context + 1: the cache cuts its ids as the
+    tokenizer would, so a prompt too long is refused with the same error, and the whole
+    prompt is never handed to the tokenizer (before: the cache gave up, and vLLM tokenized
+    all of it a second time)."""
+    from vllm_responses.errors import APIError
+
+    engine = _engine(max_model_len=2_048)
+    request = protocol.parse_request(json.dumps(codex_body(4, seed=8, instructions_chars=12_000)).encode())
+    longest: list[int] = []
+    tokenizer_type = type(engine.tokenizer)
+    call = tokenizer_type.__call__
+
+    def recorded(self: Any, text: Any, *args: Any, **kwargs: Any) -> Any:
+        longest.append(max(map(len, text)) if isinstance(text, list) else len(text))
+        return call(self, text, *args, **kwargs)
+
+    async def refusal() -> APIError:
+        with pytest.raises(APIError) as caught:
+            await engine.prepare(request, request.input)
+        return caught.value
+
+    monkeypatch.setattr(tokenizer_type, "__call__", recorded)
+    full = asyncio.run(_without_cache(engine, refusal()))
+    prompt_chars = max(longest)  # without the cache, vLLM tokenizes the whole prompt
+    longest.clear()
+    cached = asyncio.run(refusal())
+    assert longest and max(longest) < prompt_chars  # with it, only the pieces between special tokens
+    assert (cached.status, cached.code, cached.param) == (full.status, full.code, full.param) == (400, "context_length_exceeded", "input")
+    assert cached.message == full.message

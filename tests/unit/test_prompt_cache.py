@@ -144,11 +144,45 @@ def test_random_strings_around_special_tokens(tokenizer: Any, cache: PromptToken
         assert cache.encode(text, KWARGS) == whole(tokenizer, text), text
 
 
-def test_truncation_and_other_arguments_fall_back(tokenizer: Any, cache: PromptTokenizer) -> None:
-    text = render(tokenizer, codex_body(1, instructions_chars=2_000))
+def test_truncation_cuts_as_the_tokenizer_does(tokenizer: Any, cache: PromptTokenizer) -> None:
+    """vLLM asks every prompt to be cut at the context + 1, so that a longer one fails its
+    length check: the cached ids are cut as the tokenizer cuts its own, on either side."""
+    text = render(tokenizer, codex_body(3, instructions_chars=2_000))
     n = len(whole(tokenizer, text))
     assert cache.encode(text, {**KWARGS, "max_length": n}) == whole(tokenizer, text)
-    assert cache.encode(text, {**KWARGS, "max_length": n - 1}) is None  # the tokenizer's truncation decides
+    for side in ("right", "left"):
+        tokenizer.truncation_side = side
+        try:
+            for max_length in (n - 1, n // 2, 7, 1, 0):
+                kwargs = {**KWARGS, "max_length": max_length}
+                expected = list(tokenizer(text, **kwargs)["input_ids"])
+                assert len(expected) == max_length
+                assert cache.encode(text, kwargs) == expected, (side, max_length)
+        finally:
+            tokenizer.truncation_side = "right"
+    assert cache.pieces.hits > 0  # the later cuts came from the cache
+
+
+def test_fresh_pieces_are_tokenized_one_per_call(tokenizer: Any, cache: PromptTokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list in one call would run on every core at once (the Rust tokenizer's thread pool)
+    and take them from the event loop and the engine for a fresh long history."""
+    text = render(tokenizer, codex_body(6, seed=4, instructions_chars=2_000))
+    arguments: list[Any] = []
+    call = type(tokenizer).__call__
+
+    def recorded(self: Any, text: Any, *args: Any, **kwargs: Any) -> Any:
+        arguments.append(text)
+        return call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", recorded)
+    ids = cache.encode(text, KWARGS)
+    monkeypatch.undo()
+    assert ids == whole(tokenizer, text)
+    assert len(arguments) > 10 and all(isinstance(a, str) for a in arguments)
+
+
+def test_other_arguments_fall_back(tokenizer: Any, cache: PromptTokenizer) -> None:
+    text = render(tokenizer, codex_body(1, instructions_chars=2_000))
     assert cache.encode(text, {**KWARGS, "add_special_tokens": True}) is None
     assert cache.encode(text, {**KWARGS, "return_offsets_mapping": True}) is None
 
