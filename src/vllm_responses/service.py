@@ -390,11 +390,20 @@ class ResponsesService:
             return (await self.record(response_id)).response
         await store_call(self.store.request_cancel(response_id))  # its owner polls for this
         deadline = time.monotonic() + wait_s
+        outage: APIError | None = None
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            record = await self.record(response_id)
+            try:
+                record, outage = await self.record(response_id), None
+            except APIError as exc:
+                if exc.code != "store_unavailable":
+                    raise
+                outage = exc  # the request is written: a store hiccup while the owner stops it is waited out
+                continue
             if record.status not in RUNNING_STATUSES:
                 return record.response
+        if outage is not None:  # still down: the status is unknown (a retried cancel is harmless)
+            raise outage
         return record.response
 
     async def follow(self, response_id: str, after: int = -1) -> AsyncIterator[list[Logged]]:

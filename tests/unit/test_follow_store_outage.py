@@ -16,15 +16,17 @@ from vllm_responses import background
 from vllm_responses.background import follow_stored
 from vllm_responses.conformance import check_events
 from vllm_responses.deltas import Finish, Sampling, TextDelta
+from vllm_responses.errors import APIError
 from vllm_responses.items import stored_response
 from vllm_responses.owners import OwnerWatch
 from vllm_responses.protocol import initial_response, parse_request
+from vllm_responses.service import ResponsesService
 from vllm_responses.sse import event_json
 from vllm_responses.store import StoredResponse, StoreUnavailable
 from vllm_responses.store.sqlite import SQLiteStore
 from vllm_responses.stream import ResponseStream
 
-from fakes import usage
+from fakes import ScriptedEngine, usage
 
 RID = "resp_followed"
 OWNER = "owner_elsewhere"
@@ -129,3 +131,44 @@ async def test_a_store_gone_past_the_patience_ends_the_stream_with_an_error_even
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def test_a_cancel_from_another_process_waits_out_a_store_outage(tmp_path: Path) -> None:
+    """The cancel is written, then the store stops answering while the owner (elsewhere)
+    stops the run: the cancel waits, and answers with the cancelled response, not a 503."""
+    async def run() -> tuple[dict, int]:
+        store, flaky, _, finished = await start(tmp_path)
+        service = ResponsesService(ScriptedEngine([]), flaky)  # type: ignore[arg-type]
+
+        async def owner() -> None:
+            while not await store.cancel_requested([RID]):
+                await asyncio.sleep(0.01)
+            flaky.down = True
+            await asyncio.sleep(0.3)
+            assert await store.finish_response({**finished, "status": "cancelled"})
+            await asyncio.sleep(0.2)
+            flaky.down = False
+
+        elsewhere = asyncio.ensure_future(owner())
+        response = await service.cancel(RID, wait_s=5)
+        await elsewhere
+        return response, flaky.failures
+
+    response, failures = asyncio.run(run())
+    assert response["status"] == "cancelled"
+    assert failures > 0  # the outage was met, and waited out
+
+
+def test_a_cancel_answers_503_when_the_store_is_still_down_at_its_deadline(tmp_path: Path) -> None:
+    async def run() -> APIError:
+        _, flaky, _, _ = await start(tmp_path)
+        service = ResponsesService(ScriptedEngine([]), flaky)  # type: ignore[arg-type]
+        cancelling = asyncio.ensure_future(service.cancel(RID, wait_s=0.5))
+        await asyncio.sleep(0.2)
+        flaky.down = True
+        with pytest.raises(APIError) as caught:
+            await cancelling
+        return caught.value
+
+    error = asyncio.run(run())
+    assert (error.status, error.code) == (503, "store_unavailable")
