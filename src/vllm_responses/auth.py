@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import __version__
 from .errors import invalid_api_key
+from .paths import under
 
 # The class vLLM adds for ``--api-key`` (vllm.entrypoints.serve.middleware.authenticate), found by
 # name so that this module imports nothing from vLLM.
@@ -41,9 +42,6 @@ class ApiKeyGate:
         self.digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
         self.paths = tuple(paths)
 
-    def _ours(self, scope: Scope) -> bool:
-        path = scope["path"].removeprefix(scope.get("root_path", ""))
-        return any(path == p or path.startswith(p + "/") for p in self.paths)
 
     def _key(self, headers: Headers) -> str | None:
         scheme, _, key = (headers.get("authorization") or "").partition(" ")
@@ -57,7 +55,7 @@ class ApiKeyGate:
         return match
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket") and scope.get("method") != "OPTIONS" and self._ours(scope):
+        if scope["type"] in ("http", "websocket") and scope.get("method") != "OPTIONS" and under(scope, self.paths):
             key = self._key(Headers(scope=scope))
             if not key or not self._valid(key):
                 if scope["type"] == "websocket" and "websocket.http.response" not in scope.get("extensions", {}):

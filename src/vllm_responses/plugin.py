@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import auth, compaction_route, conversations, openapi, routes, token_count, websocket
 from .codex_models import CodexCatalog
 from .logs import get_logger
+from .paths import families
 from .sealing import ReasoningSealer
 from .service import ResponsesService, warm_up
 from .settings import REASONING_KEYS, Settings
@@ -37,9 +38,9 @@ class ResponsesPlugin:
         app.add_middleware(CodexCatalog)  # GET /v1/models?client_version=...: Codex's model metadata
         app.include_router(conversations.router)
         openapi.describe(app)  # our bodies, parameters and answers in /openapi.json, built when first asked
-        prefixes = _prefixes(routes.router, websocket.router, conversations.router)
-        auth.guard(app, prefixes)  # --api-key answered in OpenAI's shape
-        app.add_exception_handler(StarletteHTTPException, routes.http_errors(tuple(prefixes)))  # 404, 405 on our paths
+        ours = families(routes.router, websocket.router, conversations.router)
+        auth.guard(app, ours)  # --api-key answered in OpenAI's shape
+        app.add_exception_handler(StarletteHTTPException, routes.http_errors(ours))  # 404, 405 on our paths
         _on_shutdown(app)
 
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
@@ -90,11 +91,6 @@ def _on_shutdown(app: FastAPI) -> None:
                     await service.stop()
 
     app.router.lifespan_context = lifespan
-
-
-def _prefixes(*routers: Any) -> list[str]:
-    """The path families our routers serve (``/v1/responses``, ``/v1/conversations``)."""
-    return sorted({"/".join(route.path.split("/")[:3]) for router in routers for route in router.routes})
 
 
 def _redact(url: str) -> str:

@@ -23,6 +23,7 @@ from . import __version__
 from .background import BackgroundRun, Logged
 from .errors import ENGINE_DEAD, APIError, engine_dead, invalid_request, request_too_large
 from .items import page
+from .paths import under
 from .protocol import ResponsesRequest, dump_json, parse_request_off_loop
 from .service import ResponsesService, Run
 from .sse import EventStream, disconnected, frame_of, frames
@@ -78,9 +79,9 @@ def http_errors(prefixes: tuple[str, ...]) -> Callable[[Request, Exception], Awa
 
     async def handler(raw: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        path = raw.url.path
-        if not any(path == p or path.startswith(p + "/") for p in prefixes):
+        if not under(raw.scope, prefixes):
             return await http_exception_handler(raw, exc)
+        path = raw.url.path
         if exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
             error = APIError(f"Invalid method for URL ({raw.method} {path}): allowed {allowed}.", status=405, code="method_not_allowed")
