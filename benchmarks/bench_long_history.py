@@ -59,13 +59,13 @@ def chat_body(ours: dict, tokens: int, stream: bool = True) -> dict:
 def bodies(turns: int, tokens: int, base_url: str) -> dict[str, tuple[str, dict]]:
     """The three requests of one turn, carrying the same prompt."""
     ours = codex_body(turns, max_output_tokens=tokens)
-    chat_ = chat_body(ours, tokens)
-    r = httpx.post(f"{base_url}/tokenize", json={"model": "demo", "messages": chat_["messages"], "tools": chat_["tools"],
+    chat_completion = chat_body(ours, tokens)
+    r = httpx.post(f"{base_url}/tokenize", json={"model": "demo", "messages": chat_completion["messages"], "tools": chat_completion["tools"],
                                                  "add_generation_prompt": True}, timeout=120)
     r.raise_for_status()
     ids = r.json()["tokens"]
     floor = {"model": "demo", "prompt": ids, "max_tokens": tokens, "stream": True, "stream_options": {"include_usage": True}}
-    return {"ours": ("/v1/responses", ours), "chat": ("/v1/chat/completions", chat_), "floor": ("/v1/completions", floor)}
+    return {"ours": ("/v1/responses", ours), "chat": ("/v1/chat/completions", chat_completion), "floor": ("/v1/completions", floor)}
 
 
 def one(client: httpx.Client, path: str, body: bytes, api: psutil.Process) -> dict:

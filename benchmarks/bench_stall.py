@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import os
 import statistics
 import sys
@@ -165,7 +166,8 @@ def main() -> None:
         summary = {}
         for mode in modes:
             # A phase that measured no gap (the machine froze through it) has no figures to count.
-            runs = [x for x in results if x["mode"] == mode and x["gap_p99_ms"] == x["gap_p99_ms"]] or [x for x in results if x["mode"] == mode]
+            runs = [x for x in results if x["mode"] == mode]
+            runs = [x for x in runs if not math.isnan(x["gap_p99_ms"])] or runs
             summary[mode] = {k: statistics.median(x[k] for x in runs) for k in ("gap_p50_ms", "gap_p99_ms", "gap_max_ms", "events")}
         for mode in modes:
             s = summary[mode]

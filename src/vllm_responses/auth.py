@@ -42,7 +42,6 @@ class ApiKeyGate:
         self.digests = [hashlib.sha256(t.encode()).digest() for t in tokens]
         self.paths = tuple(paths)
 
-
     def _key(self, headers: Headers) -> str | None:
         scheme, _, key = (headers.get("authorization") or "").partition(" ")
         return key if scheme.lower() == "bearer" else None
