@@ -135,9 +135,14 @@ def test_follow_live_and_cancel_on_the_other_replica(replicas: tuple[Server, Ser
 
 
 def _on_process(server: Server, method: str, path: str, process: str, want_same: bool, **kw) -> httpx.Response:
-    """A request answered by ``process`` (or by another process): a fresh connection each try."""
+    """A request answered by ``process`` (or by another process): a fresh connection each try.
+    A 503 (`store_unavailable`, met when this VM freezes past Redis's connect timeout) is
+    retried, as the openai SDK retries it."""
     for _ in range(200):
         r = httpx.request(method, f"{server.base_url}{path}", headers={"connection": "close"}, timeout=60, **kw)
+        if r.status_code == 503:
+            time.sleep(0.5)
+            continue
         if (r.headers[PROCESS_HEADER] == process) == want_same:
             return r
     raise AssertionError(f"no answer from {'the same' if want_same else 'another'} API process in 200 tries")
@@ -161,22 +166,32 @@ def _api_server_count_2(server_b: Server) -> None:
     # Follow live from the other process while it keeps generating, then cancel.
     frames: list[str] = []
     following = threading.Event()
+    failures: list[BaseException | str] = []  # what the follower met: a thread's exception is otherwise lost
 
     def follow() -> None:
-        for _ in range(200):  # a fresh connection until the other process answers
-            with httpx.stream("GET", f"{server_b.base_url}/v1/responses/{response_id}?stream=true",
-                              headers={"connection": "close"}, timeout=60) as r:
-                if r.headers[PROCESS_HEADER] == owner:
-                    continue
-                for line in r.iter_lines():
-                    frames.append(line)
-                    if sum(f.startswith("event: response.output_text.delta") for f in frames) == 5:
-                        following.set()
-                return
+        try:
+            for _ in range(200):  # a fresh connection until the other process answers
+                with httpx.stream("GET", f"{server_b.base_url}/v1/responses/{response_id}?stream=true",
+                                  headers={"connection": "close"}, timeout=60) as r:
+                    if r.status_code == 503:  # `store_unavailable` (a VM freeze): retried, as the openai SDK does
+                        failures.append(f"503: {r.read().decode()}")
+                        time.sleep(0.5)
+                        continue
+                    if r.headers[PROCESS_HEADER] == owner:
+                        continue
+                    for line in r.iter_lines():
+                        frames.append(line)
+                        if sum(f.startswith("event: response.output_text.delta") for f in frames) == 5:
+                            following.set()
+                    return
+        except BaseException as exc:
+            failures.append(exc)
+            raise
 
     follower = threading.Thread(target=follow)
     follower.start()
-    assert following.wait(60), "the other process streamed no live events"
+    assert following.wait(90), (f"the other process streamed no live events: {failures!r}, frames {frames[-12:]}, "
+                                f"owner {owner}\n{server_b.log_tail(80)}")
     cancelled = _on_process(server_b, "POST", f"/v1/responses/{response_id}/cancel", owner, want_same=False)
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
     follower.join(60)
