@@ -25,7 +25,7 @@ PARIS = "What is the weather in Paris?"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("api2")
     store = f"sqlite://{base / 'responses.db'}"
-    with others_paused(), running(plugin=True, log_path=base / "server.log", store=store, serve=True, args=["--api-server-count", "2", "--enable-log-requests"]) as srv:
+    with others_paused(), running(plugin=True, log_path=base / "server.log", store=store, serve=True, args=["--api-server-count", "2", "--enable-log-requests", "--fail-on-environ-validation"]) as srv:
         yield srv
 
 

@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from vllm_responses import conversations, routes, websocket
+from vllm_responses.environment import KEEPALIVE, PROMPT_CACHE_MB
 
 KEY = "sk-test-key"
 MISSING = {
@@ -30,8 +31,17 @@ RIGHT = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("auth")
-    with others_paused(), running(plugin=True, log_path=base / "server.log", args=["--api-key", KEY]) as srv:
+    # --fail-on-environ-validation: vLLM refuses to start on a VLLM_ variable it does not know;
+    # ours are declared to it by our general plugin (environment.py).
+    with others_paused(), running(plugin=True, log_path=base / "server.log", args=["--api-key", KEY, "--fail-on-environ-validation"],
+                                  env={KEEPALIVE: "10", PROMPT_CACHE_MB: "64"}) as srv:
         yield srv
+
+
+def test_vllm_knows_our_settings(server: Server) -> None:
+    """Started under ``--fail-on-environ-validation`` with our variables set, and not one of
+    them reported as unknown (a warning, before the general plugin declared them)."""
+    assert "Unknown vLLM environment variable" not in server.log_path.read_text(errors="replace")
 
 
 def client(server: Server, key: str = KEY) -> OpenAI:

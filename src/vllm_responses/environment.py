@@ -1,0 +1,44 @@
+"""The plugin's environment variables by name, and the vLLM general plugin that declares them.
+
+vLLM checks every ``VLLM_*`` variable against its own registry (``vllm.envs``) while it builds
+the engine config, before any endpoint plugin is loaded: each of ours drew "Unknown vLLM
+environment variable detected" (read by users as "this setting is ignored"), and
+``--fail-on-environ-validation`` refused to start. General plugins (entry point group
+``vllm.general_plugins``, same name ``responses``, so ``VLLM_PLUGINS=responses`` allows both)
+load before that check, in every vLLM process, engine core and workers included: this module
+imports nothing of ours, and ``vllm.envs`` only when called. It is the one place outside the
+engine adapter that touches vLLM, and only its registry of names.
+"""
+
+STORE = "VLLM_RESPONSES_STORE"
+MAX_AGE = "VLLM_RESPONSES_STORE_MAX_AGE"
+MAX_RESPONSES = "VLLM_RESPONSES_STORE_MAX_RESPONSES"
+MAX_CONVERSATIONS = "VLLM_RESPONSES_STORE_MAX_CONVERSATIONS"
+REASONING_KEYS = "VLLM_RESPONSES_REASONING_KEYS"
+LEASE = "VLLM_RESPONSES_LEASE_SECONDS"
+CAPTURE_DIR = "VLLM_RESPONSES_CAPTURE_DIR"
+MAX_BODY = "VLLM_RESPONSES_MAX_BODY_BYTES"
+KEEPALIVE = "VLLM_RESPONSES_KEEPALIVE_SECONDS"
+WS_MAX_SECONDS = "VLLM_RESPONSES_WS_MAX_SECONDS"
+WS_MAX_MESSAGE = "VLLM_RESPONSES_WS_MAX_MESSAGE_BYTES"
+WS_MAX_IN_FLIGHT = "VLLM_RESPONSES_WS_MAX_IN_FLIGHT"
+PROMPT_CACHE_MB = "VLLM_RESPONSES_PROMPT_CACHE_MB"
+
+NAMES = (STORE, MAX_AGE, MAX_RESPONSES, MAX_CONVERSATIONS, REASONING_KEYS, LEASE, CAPTURE_DIR, MAX_BODY, KEEPALIVE,
+         WS_MAX_SECONDS, WS_MAX_MESSAGE, WS_MAX_IN_FLIGHT, PROMPT_CACHE_MB)
+
+
+def declare_to_vllm() -> None:
+    """The general plugin: our names join vLLM's registry, so vLLM's check passes them (a
+    misspelt one is still reported). Their getter answers ``None`` whatever the value: vLLM
+    hashes every registered variable's value into its torch.compile cache key, and a new store
+    URL or reasoning key must not cost a recompilation (nor put a key into a hash input)."""
+    from vllm import envs
+
+    for name in NAMES:
+        envs.environment_variables.setdefault(name, _not_for_vllm)
+
+
+def _not_for_vllm() -> None:
+    return None
+
