@@ -7,18 +7,18 @@ one API process and used by the other: a streamed create, delete, cancel and fol
 SQLite, ``/v1/responses/input_tokens``, ``/v1/responses/compact`` (its compaction item is
 sealed with ``VLLM_RESPONSES_REASONING_KEYS``, which both processes share) and WebSocket
 turns. The kernel spreads fresh connections over the processes; ``on`` retries until the
-wanted one answers.
+wanted one answers (tests/api_processes.py).
 """
 
 import asyncio
 import base64
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from api_processes import Follower, on_process
 from demo_requests import CASES
 from server import Server, others_paused, running
 from websockets.asyncio.client import connect
@@ -45,14 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def on(server: Server, method: str, path: str, process: str, same: bool, status: int = 200, **kw: Any) -> httpx.Response:
-    """A request answered by ``process`` (``same``) or by the other one: a fresh connection
-    each try. Only for requests that may be repeated (reads, counts, cancels)."""
-    for _ in range(200):
-        r = httpx.request(method, f"{server.base_url}{path}", headers={"connection": "close"}, timeout=120, **kw)
-        if (r.headers[PROCESS_HEADER] == process) == same:
-            assert r.status_code == status, r.text
-            return r
-    raise AssertionError(f"no answer from {'the same' if same else 'the other'} API process in 200 tries")
+    return on_process(server, method, path, process, same, status, **kw)[0]
 
 
 def post(server: Server, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -97,29 +90,11 @@ def test_follow_live_and_cancel_from_the_other_process(server: Server) -> None:
     created, owner = post(server, "/v1/responses", {"model": "demo", "input": "Count forever.", "background": True,
                                                     "max_output_tokens": FOREVER})
     rid = created["id"]
-    frames: list[str] = []
-    following = threading.Event()
-
-    def follow() -> None:
-        for _ in range(200):  # a fresh connection until the other process answers
-            with httpx.stream("GET", f"{server.base_url}/v1/responses/{rid}?stream=true&starting_after=1",
-                              headers={"connection": "close"}, timeout=120) as r:
-                if r.headers[PROCESS_HEADER] == owner:
-                    continue
-                for line in r.iter_lines():
-                    frames.append(line)
-                    if sum(f.startswith("event: response.output_text.delta") for f in frames) == 5:
-                        following.set()
-                return
-
-    follower = threading.Thread(target=follow)
-    follower.start()
-    assert following.wait(120), "the other process streamed no live events"
+    follower = Follower(server, rid, owner, query="&starting_after=1")
+    follower.wait_live(120)
     cancelled = on(server, "POST", f"/v1/responses/{rid}/cancel", owner, same=False).json()
     assert cancelled["status"] == "cancelled"
-    follower.join(120)
-    assert not follower.is_alive()
-    events = parse_sse("\n".join(frames) + "\n\n")
+    events = follower.events(120)
     assert events[0]["sequence_number"] == 2
     assert events[-1]["type"] == "response.incomplete" and events[-1]["response"]["status"] == "cancelled"
     assert on(server, "GET", f"/v1/responses/{rid}", owner, same=True).json()["status"] == "cancelled"

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from api_processes import on_process
 from demo_requests import CASES, WEATHER_TOOL
 from server import Server, others_paused, running
 
@@ -29,20 +30,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
 
 
-def on(server: Server, method: str, path: str, process: str, same: bool, **kw) -> tuple[httpx.Response, int]:
-    """A request answered by ``process`` (``same``) or by the other one, and how many tries it
-    took: a fresh connection each try (the kernel picks the process); a POST answered by the
-    wrong process has still done its work, which the caller counts."""
-    for tries in range(1, 201):
-        r = httpx.request(method, f"{server.base_url}{path}", headers={"connection": "close"}, timeout=120, **kw)
-        assert r.status_code == 200, r.text
-        if (r.headers[PROCESS_HEADER] == process) == same:
-            return r, tries
-    raise AssertionError(f"no answer from {'the same' if same else 'the other'} API process in 200 tries")
-
-
 def get(server: Server, path: str, process: str, same: bool) -> httpx.Response:
-    return on(server, "GET", path, process, same)[0]
+    return on_process(server, "GET", path, process, same)[0]
 
 
 def test_state_is_shared_between_the_api_processes(server: Server) -> None:
@@ -57,7 +46,7 @@ def test_state_is_shared_between_the_api_processes(server: Server) -> None:
     call = r1["output"][1]["call_id"]
     followup = {"model": "demo", "previous_response_id": r1["id"], "tools": [WEATHER_TOOL],
                 "input": [{"type": "function_call_output", "call_id": call, "output": "Sunny"}]}
-    r2 = on(server, "POST", "/v1/responses", owner, same=False, json=followup)[0].json()
+    r2 = on_process(server, "POST", "/v1/responses", owner, same=False, json=followup)[0].json()
     assert r2["previous_response_id"] == r1["id"]
     assert r2["output"][-1]["content"][0]["text"] == CASES["after_tool"].content
 
@@ -77,7 +66,7 @@ def test_state_is_shared_between_the_api_processes(server: Server) -> None:
     made = httpx.post(f"{server.base_url}/v1/conversations", json={"items": [{"role": "user", "content": "Remember 7."}]}, timeout=60)
     conv = made.json()["id"]
     turn = {"model": "demo", "conversation": conv, "input": "Hello there!"}
-    _, turns = on(server, "POST", "/v1/responses", made.headers[PROCESS_HEADER], same=False, json=turn)
+    _, turns = on_process(server, "POST", "/v1/responses", made.headers[PROCESS_HEADER], same=False, json=turn)
     listed = get(server, f"/v1/conversations/{conv}/items?order=asc&limit=100", made.headers[PROCESS_HEADER], same=True).json()["data"]
     assert [i["type"] for i in listed] == ["message"] + ["message", "reasoning", "message"] * turns
 

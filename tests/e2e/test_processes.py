@@ -4,20 +4,20 @@ one of them ``vllm serve --api-server-count 2``, where a response created by one
 retrieved, chained, followed live and cancelled by another."""
 
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from openai import OpenAI
-
+from api_processes import Follower, on_process
 from demo_requests import CASES, WEATHER_TOOL
+from openai import OpenAI
 from redis_server import RedisServer
 from sdk import sdk, wait_status, wire
 from server import Server, others_paused, running
-from vllm_responses.conformance import assert_conforms, parse_sse
+
+from vllm_responses.conformance import assert_conforms
 from vllm_responses.routes import PROCESS_HEADER
 
 PARIS = "What is the weather in Paris?"
@@ -134,20 +134,6 @@ def test_follow_live_and_cancel_on_the_other_replica(replicas: tuple[Server, Ser
     assert running_requests(server_a) == 0
 
 
-def _on_process(server: Server, method: str, path: str, process: str, want_same: bool, **kw) -> httpx.Response:
-    """A request answered by ``process`` (or by another process): a fresh connection each try.
-    A 503 (`store_unavailable`, met when this VM freezes past Redis's connect timeout) is
-    retried, as the openai SDK retries it."""
-    for _ in range(200):
-        r = httpx.request(method, f"{server.base_url}{path}", headers={"connection": "close"}, timeout=60, **kw)
-        if r.status_code == 503:
-            time.sleep(0.5)
-            continue
-        if (r.headers[PROCESS_HEADER] == process) == want_same:
-            return r
-    raise AssertionError(f"no answer from {'the same' if want_same else 'another'} API process in 200 tries")
-
-
 def test_api_server_count_2_shares_state_between_its_processes(replicas: tuple[Server, Server]) -> None:
     server_a, server_b = replicas
     server_a.pause(True)  # idle here; its spinning engine would only take CPU from b's processes
@@ -161,42 +147,14 @@ def _api_server_count_2(server_b: Server) -> None:
     created = httpx.post(f"{server_b.base_url}/v1/responses", json={"model": "demo", "input": "Count forever.", "background": True,
                                                                       "max_output_tokens": FOREVER}, timeout=60)
     owner, response_id = created.headers[PROCESS_HEADER], created.json()["id"]
-    live = _on_process(server_b, "GET", f"/v1/responses/{response_id}", owner, want_same=False).json()
+    live = on_process(server_b, "GET", f"/v1/responses/{response_id}", owner, same=False)[0].json()
     assert live["status"] in ("queued", "in_progress")
     # Follow live from the other process while it keeps generating, then cancel.
-    frames: list[str] = []
-    following = threading.Event()
-    failures: list[BaseException | str] = []  # what the follower met: a thread's exception is otherwise lost
-
-    def follow() -> None:
-        try:
-            for _ in range(200):  # a fresh connection until the other process answers
-                with httpx.stream("GET", f"{server_b.base_url}/v1/responses/{response_id}?stream=true",
-                                  headers={"connection": "close"}, timeout=60) as r:
-                    if r.status_code == 503:  # `store_unavailable` (a VM freeze): retried, as the openai SDK does
-                        failures.append(f"503: {r.read().decode()}")
-                        time.sleep(0.5)
-                        continue
-                    if r.headers[PROCESS_HEADER] == owner:
-                        continue
-                    for line in r.iter_lines():
-                        frames.append(line)
-                        if sum(f.startswith("event: response.output_text.delta") for f in frames) == 5:
-                            following.set()
-                    return
-        except BaseException as exc:
-            failures.append(exc)
-            raise
-
-    follower = threading.Thread(target=follow)
-    follower.start()
-    assert following.wait(90), (f"the other process streamed no live events: {failures!r}, frames {frames[-12:]}, "
-                                f"owner {owner}\n{server_b.log_tail(80)}")
-    cancelled = _on_process(server_b, "POST", f"/v1/responses/{response_id}/cancel", owner, want_same=False)
-    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
-    follower.join(60)
-    assert not follower.is_alive()
-    events = parse_sse("\n".join(frames) + "\n\n")
+    follower = Follower(server_b, response_id, owner)
+    follower.wait_live(90)
+    cancelled = on_process(server_b, "POST", f"/v1/responses/{response_id}/cancel", owner, same=False)[0].json()
+    assert cancelled["status"] == "cancelled"
+    events = follower.events(60)
     assert events[-1]["type"] == "response.incomplete" and events[-1]["response"]["status"] == "cancelled"
     assert_conforms(events)
 
