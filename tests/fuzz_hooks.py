@@ -8,10 +8,11 @@ from typing import Any
 import schemathesis
 
 MODEL = os.environ.get("FUZZ_MODEL", "demo")
+CREATE_BODIES = ("/v1/responses", "/v1/responses/compact", "/v1/responses/input_tokens")  # paths whose body is a create body
 
 
 @schemathesis.hook
 def map_body(context: Any, body: Any) -> Any:
-    if context.operation.path == "/v1/responses" and isinstance(body, dict) and isinstance(body.get("model"), str):
+    if context.operation.path in CREATE_BODIES and isinstance(body, dict) and isinstance(body.get("model"), str):
         return {**body, "model": MODEL}
     return body

@@ -62,9 +62,10 @@ class Plan:
 
     async def deltas(self, response_id: str) -> AsyncGenerator[Started | Delta | Finish, None]:
         """The summary pass (its ``Started`` first), one :class:`CompactionDelta`, then the
-        answer's deltas when there is one. Usage adds both passes up."""
+        answer's deltas when there is one. Usage adds both passes up. A summary the token limit
+        cut short ends it there (``length``): nothing sealed, no answer."""
         text: list[str] = []
-        summary_usage = Usage()
+        ended = Finish("stop", Usage())
         inner = self.engine.generate(self.summary, f"{response_id}-compaction")
         try:
             async for delta in inner:
@@ -73,9 +74,13 @@ class Plan:
                 elif isinstance(delta, TextDelta):
                     text.append(delta.text)
                 elif isinstance(delta, Finish):
-                    summary_usage = delta.usage
+                    ended = delta
         finally:
             await inner.aclose()
+        summary_usage = ended.usage
+        if ended.reason == "length":  # sealed, part of a summary would stand in for the whole history
+            yield Finish("length", summary_usage)
+            return
         summary = "".join(text).strip()
         yield CompactionDelta(self.sealer.seal(summary))
         if self.then is None:

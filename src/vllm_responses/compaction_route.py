@@ -29,7 +29,7 @@ router = APIRouter()
 _NOT_HERE = ("stream", "background", "conversation")
 
 
-@router.post("/v1/responses/compact", include_in_schema=False)
+@router.post("/v1/responses/compact")
 @answers_errors
 async def compact_response(raw: Request) -> Response:
     service = service_of(raw)
@@ -52,6 +52,12 @@ async def compact_response(raw: Request) -> Response:
     finally:
         await batches.aclose()
     response = run.response
+    if response.status == "incomplete":  # the request's limits, not the server, cut the summary short
+        raise invalid_request(
+            "The summary was cut short by the token limit: raise `max_output_tokens` or compact a shorter context.",
+            param="max_output_tokens" if request.get("max_output_tokens") else None,
+            code="compaction_incomplete",
+        )
     if response.status != "completed" or not response.output:
         message = response.error.message if response.error else "The compaction failed."
         if message == ENGINE_DEAD:

@@ -70,7 +70,7 @@ def schemas() -> dict[str, dict[str, Any]]:
         ConversationUpdateParams,
     )
     from openai.types.conversations.item_create_params import ItemCreateParams
-    from openai.types.responses import ResponseInputItem
+    from openai.types.responses import CompactedResponse, InputTokenCountResponse, ResponseInputItem
     from openai.types.responses.response_create_params import ResponseCreateParamsBase
     from openai.types.responses.response_item_list import ResponseItemList
     from openai.types.shared.error_object import ErrorObject
@@ -93,6 +93,8 @@ def schemas() -> dict[str, dict[str, Any]]:
         "ConversationItemList": ConversationItemList,
         "ErrorObject": ErrorObject,
         "ResponseInputItem": ResponseInputItem,
+        "CompactedResponse": CompactedResponse,
+        "InputTokenCountResponse": InputTokenCountResponse,
     }
     inputs: list[tuple[str, Any, TypeAdapter[Any]]] = [(name, "validation", TypeAdapter(t)) for name, t in bodies.items()]
     inputs += [(name, "serialization", TypeAdapter(t)) for name, t in answers.items()]
@@ -112,6 +114,9 @@ def schemas() -> dict[str, dict[str, Any]]:
         "description": "An input item of a type this server does not produce, listed as it was sent, with an id.",
     }
     out[PREFIX + "ConversationItem"] = {"anyOf": [out[PREFIX + "ConversationItem"], _ref("KeptInputItem")]}
+    # A compaction's output is the context's user messages (listed shape), then its compaction
+    # item: conversation items, where openai's type says output items (assistant messages only).
+    out[PREFIX + "CompactedResponse"]["properties"]["output"]["items"] = _ref("ConversationItem")
     for name in ("ResponseItemList", "ConversationItemList"):
         data = out[PREFIX + name]["properties"]["data"]
         data["items"] = {"anyOf": [data["items"], _ref("KeptInputItem")]}
@@ -251,6 +256,25 @@ def operations() -> dict[str, dict[str, dict[str, Any]]]:
                     "413": _LARGE,
                     "500": _error("Generation failed (the response is stored as failed)."),
                 },
+            }
+        },
+        "/v1/responses/compact": {
+            "post": {
+                "summary": "Compact a conversation (a create body; `stream`, `background` and `conversation` are refused)",
+                "requestBody": _body("ResponseCreateParams"),
+                "responses": {
+                    "200": _json("The context's user messages, then one compaction item.", "CompactedResponse"),
+                    **errors,
+                    "413": _LARGE,
+                    "500": _error("The summary could not be generated."),
+                },
+            }
+        },
+        "/v1/responses/input_tokens": {
+            "post": {
+                "summary": "Count the input tokens of a create body's prompt (nothing generated or stored)",
+                "requestBody": _body("ResponseCreateParams"),
+                "responses": {"200": _json("The count.", "InputTokenCountResponse"), **errors, "413": _LARGE},
             }
         },
         "/v1/responses/{response_id}": {

@@ -17,7 +17,7 @@ from .service import store_call
 router = APIRouter()
 
 
-@router.post("/v1/responses/input_tokens", include_in_schema=False)  # not yet in openapi.py (see docs/events.md)
+@router.post("/v1/responses/input_tokens")
 @answers_errors
 async def count_input_tokens(raw: Request) -> Response:
     service = service_of(raw)

@@ -202,6 +202,37 @@ async def test_bad_compaction_requests_are_openai_errors(path, body, param, code
 
 
 @pytest.mark.anyio
+async def test_a_summary_cut_short_by_max_output_tokens_is_the_requests_400():
+    """The request's own limit ended the summary: its mistake to fix, not a server error."""
+    client, service = make_client(ScriptedEngine([TextDelta("The user"), Finish("length", usage(10, 16))]))
+    async with client:
+        r = await client.post("/v1/responses/compact", json={"model": "demo", "input": HISTORY, "max_output_tokens": 16})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", "max_output_tokens", "compaction_incomplete")
+    assert "cut short by the token limit" in error["message"]
+    assert await service.store.count_responses() == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("threshold", [False, True])
+async def test_a_summary_cut_short_is_never_sealed(threshold: bool):
+    """On create (trigger or threshold) the response ends ``incomplete`` without a compaction
+    item, and no answer is generated from a partial summary."""
+    engine = CountingEngine([TextDelta("The user"), Finish("length", usage(10, 16))])
+    client, _ = make_client(engine)
+    body = {"model": "demo", "input": HISTORY, "context_management": [{"type": "compaction", "compact_threshold": 1}]} if threshold \
+        else {"model": "demo", "input": [*HISTORY, TRIGGER]}
+    async with client:
+        r = await client.post("/v1/responses", json=body)
+    assert r.status_code == 200, r.text
+    response = r.json()
+    assert (response["status"], response["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
+    assert [item["type"] for item in response["output"]] == []
+    assert len(engine.contexts) == (2 if threshold else 1)  # the prompt counted (threshold), the summary; no answer
+
+
+@pytest.mark.anyio
 async def test_background_trigger_compacts():
     engine = ScriptedEngine(SCRIPT)
     client, service = make_client(engine)

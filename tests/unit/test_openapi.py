@@ -19,11 +19,16 @@ from vllm_responses.service import ResponsesService
 from vllm_responses.store.sqlite import SQLiteStore
 
 
+class CountingEngine(ScriptedEngine):
+    def input_tokens(self, prepared: Any) -> int:
+        return 3
+
+
 def make_app() -> FastAPI:
     app = FastAPI()
     ResponsesPlugin().attach_router(app)
     store = SQLiteStore(Path(tempfile.mkdtemp()) / "responses.db")
-    app.state.vllm_responses = ResponsesService(ScriptedEngine([TextDelta("Hello"), Finish("stop", usage())]), store)
+    app.state.vllm_responses = ResponsesService(CountingEngine([TextDelta("Hello"), Finish("stop", usage())]), store)
     return app
 
 
@@ -66,6 +71,8 @@ def test_create_body(document: dict[str, Any]) -> None:
         ("/v1/conversations/{conversation_id}/items", "post", ["conversation_id", "include"]),
         ("/v1/conversations/{conversation_id}/items/{item_id}", "get", ["conversation_id", "item_id", "include"]),
         ("/v1/conversations/{conversation_id}/items/{item_id}", "delete", ["conversation_id", "item_id"]),
+        ("/v1/responses/compact", "post", []),
+        ("/v1/responses/input_tokens", "post", []),
     ],
 )
 def test_every_route_described(document: dict[str, Any], path: str, method: str, names: list[str]) -> None:
@@ -106,6 +113,12 @@ async def test_answers_hold_to_the_schema(document: dict[str, Any]) -> None:
     _validator(document, "Conversation").validate(conversation)
     empty = await _call(app, "GET", f"/v1/conversations/{conversation['id']}/items")
     _validator(document, "ConversationItemList").validate(empty.json())
+    compacted = await _call(app, "POST", "/v1/responses/compact", {"model": "demo", "input": [{"role": "user", "content": "hi"}]})
+    assert compacted.status_code == 200, compacted.text
+    _validator(document, "CompactedResponse").validate(compacted.json())  # user messages, then the compaction item
+    counted = await _call(app, "POST", "/v1/responses/input_tokens", {"model": "demo", "input": "hi"})
+    assert counted.status_code == 200, counted.text
+    _validator(document, "InputTokenCountResponse").validate(counted.json())
     missing = await _call(app, "GET", "/v1/responses/resp_nope")
     assert missing.status_code == 404
     _validator(document, "Error").validate(missing.json())
