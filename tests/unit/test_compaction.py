@@ -224,11 +224,13 @@ async def test_a_summary_cut_short_is_never_sealed(threshold: bool):
     body = {"model": "demo", "input": HISTORY, "context_management": [{"type": "compaction", "compact_threshold": 1}]} if threshold \
         else {"model": "demo", "input": [*HISTORY, TRIGGER]}
     async with client:
-        r = await client.post("/v1/responses", json=body)
+        r = await client.post("/v1/responses", json={**body, "stream": True})
     assert r.status_code == 200, r.text
-    response = r.json()
-    assert (response["status"], response["incomplete_details"]) == ("incomplete", {"reason": "max_output_tokens"})
-    assert [item["type"] for item in response["output"]] == []
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    assert [e["type"] for e in events] == ["response.created", "response.in_progress", "response.incomplete"]
+    response = events[-1]["response"]
+    assert (response["status"], response["incomplete_details"], response["output"]) == ("incomplete", {"reason": "max_output_tokens"}, [])
     assert len(engine.contexts) == (2 if threshold else 1)  # the prompt counted (threshold), the summary; no answer
 
 
