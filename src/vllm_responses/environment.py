@@ -32,11 +32,19 @@ def declare_to_vllm() -> None:
     """The general plugin: our names join vLLM's registry, so vLLM's check passes them (a
     misspelt one is still reported). Their getter answers ``None`` whatever the value: vLLM
     hashes every registered variable's value into its torch.compile cache key, and a new store
-    URL or reasoning key must not cost a recompilation (nor put a key into a hash input)."""
-    from vllm import envs
+    URL or reasoning key must not cost a recompilation (nor put a key into a hash input).
 
-    for name in NAMES:
-        envs.environment_variables.setdefault(name, _not_for_vllm)
+    Never raises: vLLM calls general plugins unguarded, in every process, whether or not the
+    endpoint plugin is enabled; a vLLM whose registry moved gets its warnings back, nothing
+    worse."""
+    try:
+        from vllm import envs
+
+        registry = envs.environment_variables
+        for name in NAMES:
+            registry.setdefault(name, _not_for_vllm)
+    except Exception:  # noqa: BLE001 - see above
+        pass
 
 
 def _not_for_vllm() -> None:

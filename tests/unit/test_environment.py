@@ -78,3 +78,9 @@ def test_the_general_plugin_is_registered_under_the_endpoint_plugins_name() -> N
     (endpoint,) = [ep for ep in entry_points(group="vllm.endpoint_plugins") if ep.value.startswith("vllm_responses.")]
     assert general.name == endpoint.name == "responses"
     assert general.load() is declare_to_vllm
+
+
+def test_a_vllm_without_the_registry_still_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM calls general plugins unguarded in every process: ours must never raise."""
+    monkeypatch.delattr(envs, "environment_variables")
+    declare_to_vllm()
