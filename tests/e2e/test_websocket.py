@@ -267,7 +267,10 @@ def test_bad_messages_answer_error_frames_and_the_connection_goes_on(ws_server: 
 
 # -- one at a time ------------------------------------------------------------------------------
 def test_turns_run_one_at_a_time_and_in_flight_is_limited(ws_server: Server) -> None:
-    long = {"model": "demo", "input": CASES["endless"].body["input"], "max_output_tokens": 400, "store": False}
+    # Long enough to be still running when the third message is read, even when this client
+    # process goes unscheduled for seconds between its sends (a full CI run once saw 400
+    # tokens end first, and no refusal).
+    long = {"model": "demo", "input": CASES["endless"].body["input"], "max_output_tokens": 2000, "store": False}
 
     async def go() -> list[dict[str, Any]]:
         async with connect(ws_url(ws_server)) as ws:
