@@ -62,8 +62,9 @@ class Plan:
 
     async def deltas(self, response_id: str) -> AsyncGenerator[Started | Delta | Finish, None]:
         """The summary pass (its ``Started`` first), one :class:`CompactionDelta`, then the
-        answer's deltas when there is one. Usage adds both passes up. A summary the token limit
-        cut short ends it there (``length``): nothing sealed, no answer."""
+        answer's deltas when there is one. Usage adds both passes up. A summary the context cut
+        short (``length``: the summary pass has no ``max_output_tokens``) ends it there: nothing
+        sealed, no answer."""
         text: list[str] = []
         ended = Finish("stop", Usage())
         inner = self.engine.generate(self.summary, f"{response_id}-compaction")

@@ -52,10 +52,10 @@ async def compact_response(raw: Request) -> Response:
     finally:
         await batches.aclose()
     response = run.response
-    if response.status == "incomplete":  # the request's limits, not the server, cut the summary short
+    if response.status == "incomplete":  # the context left no room to finish the summary: the input is too long
         raise invalid_request(
-            "The summary was cut short by the token limit: raise `max_output_tokens` or compact a shorter context.",
-            param="max_output_tokens" if request.get("max_output_tokens") else None,
+            "The summary was cut short by the model's context length: compact a shorter context.",
+            param="input",
             code="compaction_incomplete",
         )
     if response.status != "completed" or not response.output:

@@ -202,15 +202,15 @@ async def test_bad_compaction_requests_are_openai_errors(path, body, param, code
 
 
 @pytest.mark.anyio
-async def test_a_summary_cut_short_by_max_output_tokens_is_the_requests_400():
-    """The request's own limit ended the summary: its mistake to fix, not a server error."""
+async def test_a_summary_cut_short_by_the_context_is_the_requests_400():
+    """The context left no room to finish the summary: the input is too long to compact, not a server error."""
     client, service = make_client(ScriptedEngine([TextDelta("The user"), Finish("length", usage(10, 16))]))
     async with client:
-        r = await client.post("/v1/responses/compact", json={"model": "demo", "input": HISTORY, "max_output_tokens": 16})
+        r = await client.post("/v1/responses/compact", json={"model": "demo", "input": HISTORY})
     assert r.status_code == 400, r.text
     error = r.json()["error"]
-    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", "max_output_tokens", "compaction_incomplete")
-    assert "cut short by the token limit" in error["message"]
+    assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", "input", "compaction_incomplete")
+    assert "cut short by the model's context length" in error["message"]
     assert await service.store.count_responses() == 0
 
 
