@@ -1,4 +1,5 @@
-# Two commands on a fresh machine: `make demo` serves the demo model, `make test` runs the suite.
+# Two commands on a fresh machine: `make demo` serves the demo model, `make test` runs the fast
+# tier (unit tests, then end-to-end on one shared server); `make test-all` adds tests/slow/.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ SERVE_ARGS := --served-model-name demo gpt-5.5 --dtype float32 \
 	--reasoning-parser qwen3 --tool-call-parser hermes --enable-auto-tool-choice \
 	--host 127.0.0.1
 
-.PHONY: install model redis demo test unit bench bench-memory profile-api fuzz print-serve-args dist docker-lint clean
+.PHONY: install model redis demo test test-all unit bench bench-memory profile-api fuzz print-serve-args dist docker-lint clean
 
 install: $(VENV)/.installed
 
@@ -44,8 +45,12 @@ redis:
 demo: install model
 	$(SERVE_ENV) $(PY) -m vllm.entrypoints.openai.api_server --model $(MODEL_DIR) $(SERVE_ARGS) --port $(PORT)
 
+# The tiers: docs/testing.md. Unit tests run first, before any server starts (tests/conftest.py).
 test: install model redis
-	$(PY) -m pytest
+	$(PY) -m pytest tests/unit tests/e2e
+
+test-all: install model redis
+	$(PY) -m pytest tests/unit tests/e2e tests/slow
 
 unit: install redis
 	$(PY) -m pytest tests/unit

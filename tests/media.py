@@ -1,11 +1,17 @@
-"""Small media for multimodal tests: PNG data URLs, text PDFs, base64 file data."""
+"""Small media for multimodal tests (PNG data URLs, text PDFs, base64 file data), the request
+parts that carry them, and their answers read back."""
 
 import base64
 import io
 
+import httpx
+
 from PIL import Image
 from pypdf import PdfWriter
 from pypdf.generic import DictionaryObject, NameObject, StreamObject
+
+from vllm_responses.demo_model import scenarios as sc
+from vllm_responses.demo_model.vision import IMAGE_TOKENS
 
 
 def png_data_url(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30)) -> str:
@@ -46,3 +52,56 @@ def b64(data: bytes | str) -> str:
 
 def data_url(mime: str, data: bytes | str) -> str:
     return f"data:{mime};base64,{b64(data)}"
+
+
+PNG = png_data_url()
+HELLO = "Hello there!"  # the `default` scenario
+DEFAULT_TEXT = sc.expected_content("default")
+NO_REASONING_TEXT = sc.expected_content("no_reasoning")
+AFTER_TOOL_TEXT = sc.expected_content("after_tool")
+# One image in the prompt: its placeholder tokens and the newline between it and the next part.
+IMAGE_COST = IMAGE_TOKENS + 1
+
+
+def post(base_url: str, input: object, **body: object) -> httpx.Response:
+    return httpx.post(f"{base_url}/v1/responses", json={"model": body.pop("model", "demo"), "input": input, "store": False, **body}, timeout=120)
+
+
+def user(*parts: dict) -> list[dict]:
+    return [{"role": "user", "content": list(parts)}]
+
+
+def text(t: str) -> dict:
+    return {"type": "input_text", "text": t}
+
+
+def image(url: str = PNG, detail: str = "auto") -> dict:
+    return {"type": "input_image", "image_url": url, "detail": detail}
+
+
+def file(name: str, data: str) -> dict:
+    return {"type": "input_file", "filename": name, "file_data": data}
+
+
+def tool_turn(*output: dict) -> list[dict]:
+    return [
+        *user(text("Take a screenshot.")),
+        {"type": "function_call", "call_id": "call_1", "name": "screenshot", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_1", "output": list(output)},
+    ]
+
+
+def assert_error(r: httpx.Response, param: str, code: str, status: int = 400) -> str:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert (body["error"]["type"], body["error"]["param"], body["error"]["code"]) == ("invalid_request_error", param, code), body
+    return body["error"]["message"]
+
+
+def answer(r: httpx.Response) -> tuple[str, list[str], int]:
+    """The output text, the output item types and the input tokens of a 200."""
+    assert r.status_code == 200, r.text
+    body = r.json()
+    texts = [p["text"] for item in body["output"] if item["type"] == "message" for p in item["content"]]
+    return "".join(texts), [item["type"] for item in body["output"]], body["usage"]["input_tokens"]

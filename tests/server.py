@@ -15,6 +15,13 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The tier rule and the start report. tests/conftest.py sets these around every test: the module
+# running it, and whether it may start servers of its own (only tests/slow/ may: the fast tier
+# shares the session's server). ``STARTS``: (who, seconds until /health), printed after the run.
+current_module = "?"
+may_start = True
+STARTS: list[tuple[str, float]] = []
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -55,6 +62,10 @@ class Server:
     the log unless given); ``env`` and ``args`` add to the environment and the flags.
     ``model`` and ``family``: another demo checkpoint, served with that family's parsers.
     ``python``: another environment's interpreter (a clean venv with the built wheel).
+    ``shared``: the session's server, the users' command exactly. Every other server adds
+    ``--enforce-eager`` (``eager``): it answers /health in ~26 s where a compiled start takes ~31 s
+    with vLLM's compile cache warm and ~57 s cold (docs/testing.md); no test here checks
+    compilation, which the session's server still runs.
     """
 
     def __init__(
@@ -71,7 +82,15 @@ class Server:
         model: Path | None = None,
         family: str | None = None,
         python: Path | None = None,
+        shared: bool = False,
+        eager: bool | None = None,
     ) -> None:
+        if not (shared or may_start):
+            raise RuntimeError(f"{current_module} starts a server of its own: move it to tests/slow/ "
+                               "(the fast tier uses only the session's server, the `server` fixture)")
+        self.owner = "the session's server" if shared else current_module
+        self.began = time.monotonic()
+        self._pauses = 0
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -88,7 +107,8 @@ class Server:
         full_env.update(env or {})
         launcher = [str(ROOT / "tests" / "vllm_serve.py")] if serve else ["-m", "vllm.entrypoints.openai.api_server", "--model"]
         model_dir = model or demo_model_dir()
-        cmd = [str(python or sys.executable), *launcher, str(model_dir), *serve_args(family), "--port", str(self.port), *(args or [])]
+        flags = [*serve_args(family), *(["--enforce-eager"] if (not shared if eager is None else eager) else [])]
+        cmd = [str(python or sys.executable), *launcher, str(model_dir), *flags, "--port", str(self.port), *(args or [])]
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
         Server.started.add(self)
@@ -98,11 +118,12 @@ class Server:
 
     def pause(self, stopped: bool) -> None:
         """SIGSTOP/SIGCONT the whole server (API processes and engine): on 2 cores, an idle
-        vLLM's spinning threads take CPU from the servers a test or benchmark is using."""
-        if self.proc.poll() is None:
+        vLLM's spinning threads take CPU from the servers a test or benchmark is using.
+        Counted: it runs again once every pause has been undone (pauses nest)."""
+        self._pauses += 1 if stopped else -1
+        assert self._pauses >= 0, "a server resumed more often than it was paused"
+        if self.proc.poll() is None and self._pauses == (1 if stopped else 0):
             os.killpg(self.proc.pid, signal.SIGSTOP if stopped else signal.SIGCONT)
-            if not stopped:
-                time.sleep(0.5)
 
     def wait_ready(self, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
@@ -111,6 +132,7 @@ class Server:
                 raise RuntimeError(f"vLLM exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
+                    STARTS.append((self.owner, time.monotonic() - self.began))
                     return
             except httpx.HTTPError:
                 pass
@@ -158,17 +180,22 @@ def others_paused() -> Iterator[None]:
 
 @contextmanager
 def running(**kwargs: object) -> Iterator[Server]:
-    """A started server (see :class:`Server` for the arguments), stopped on exit."""
-    srv = Server(**kwargs)  # type: ignore[arg-type]
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        srv.stop()
+    """A started server (see :class:`Server` for the arguments), stopped on exit. Every server
+    already running (the session's, a module's) is paused meanwhile: two vLLMs on 2 cores
+    starve each other. Servers that must run side by side are built with :class:`Server`."""
+    with others_paused():
+        srv = Server(**kwargs)  # type: ignore[arg-type]
+        try:
+            srv.wait_ready()
+            yield srv
+        finally:
+            srv.stop()
 
 
 class ExternalServer(Server):
     """A server someone else started (``E2E_SERVER_URL``), for a quick developer loop."""
+
+    NO_LOG = Path("/dev/null")  # its log, unless E2E_SERVER_LOG names it
 
     def __init__(self, base_url: str, log_path: Path, capture_dir: Path | None = None) -> None:  # noqa: D107 - no process of ours
         self.base_url = base_url.rstrip("/")

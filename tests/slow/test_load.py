@@ -1,4 +1,5 @@
-"""Load on a server of its own: 256 concurrent streams, and a client that stops reading.
+"""Load on the session's server (in the slow tier for its minutes): 256 concurrent streams, and a
+client that stops reading.
 
 Every one of 256 concurrent streams ends with exactly one terminal event, passes the
 conformance checker and carries its own request's answer (its scenario's script, its
@@ -14,15 +15,13 @@ import json
 import re
 import socket
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import psutil
-import pytest
 from demo_requests import CASES, Case, check_output
-from server import Server, others_paused, running
+from server import Server
 
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.stream import TERMINAL_EVENTS
@@ -32,14 +31,6 @@ STREAMS = 256
 ENDLESS_LENGTHS = range(3, 16)
 SLOW_TOKENS = 3000  # the slow reader's stream: ~2 KB of frames a token with 20 top logprobs
 OTHERS = 32  # streams that must complete while the slow reader is stalled
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Our own server (the session's is paused: 2 cores), capturing every stream it sends."""
-    base = tmp_path_factory.mktemp("load")
-    with others_paused(), running(plugin=True, log_path=base / "server.log", capture_dir=base / "streams") as srv:
-        yield srv
 
 
 def case_for(n: int) -> Case:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server import ROOT, others_paused, running
+from server import ROOT, running
 
 from vllm_responses.routes import VERSION_HEADER
 
@@ -91,7 +91,7 @@ def clean_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def test_clean_venv_serves_a_response_with_the_users_command(clean_venv: Path, tmp_path: Path) -> None:
-    with others_paused(), running(plugin=True, log_path=tmp_path / "server.log", python=clean_venv) as srv:
+    with running(plugin=True, log_path=tmp_path / "server.log", python=clean_venv) as srv:
         r = httpx.post(f"{srv.base_url}/v1/responses", json={"model": "demo", "input": "Hello there!"}, timeout=300)
     assert r.status_code == 200, r.text
     assert r.headers[VERSION_HEADER] == VERSION  # our route, and the installed distribution's version

@@ -16,7 +16,7 @@ import pytest
 from openai import OpenAI
 
 from sdk import sdk
-from server import Server, demo_model_dir, others_paused, running
+from server import Server, demo_model_dir, running
 from vllm_responses.conformance import assert_conforms, parse_sse
 from vllm_responses.demo_model import scenarios as sc
 from vllm_responses.demo_model.lora import build_adapter
@@ -42,7 +42,7 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def lora_server(adapters: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("lora_server") / "server.log"
     args = ["--enable-lora", "--lora-modules", f"demo-lora={adapters['demo-lora']}"]
-    with others_paused(), running(plugin=True, log_path=log, args=args, env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}) as srv:
+    with running(plugin=True, log_path=log, args=args, env={"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1"}) as srv:
         yield srv
 
 

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
-from server import Server, others_paused, running
+from server import Server, running
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -33,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("auth")
     # --fail-on-environ-validation: vLLM refuses to start on a VLLM_ variable it does not know;
     # ours are declared to it by our general plugin (environment.py).
-    with others_paused(), running(plugin=True, log_path=base / "server.log", args=["--api-key", KEY, "--fail-on-environ-validation"],
+    with running(plugin=True, log_path=base / "server.log", args=["--api-key", KEY, "--fail-on-environ-validation"],
                                   env={KEEPALIVE: "10", PROMPT_CACHE_MB: "64"}) as srv:
         yield srv
 

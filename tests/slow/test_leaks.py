@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 from sdk import sdk
-from server import Server, others_paused, running
+from server import Server, running
 from test_codex_cli import run_codex
 
 KEEPALIVE_S = 1.0
@@ -33,7 +33,7 @@ COMMENT = b": keep-alive\n\n"
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("leaks")
-    with others_paused(), running(
+    with running(
         plugin=True, log_path=base / "server.log", args=["--max-num-seqs", "2"], env={"VLLM_RESPONSES_KEEPALIVE_SECONDS": str(KEEPALIVE_S)}
     ) as server:
         yield server

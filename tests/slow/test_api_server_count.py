@@ -1,31 +1,36 @@
-"""Every route of ours on ``vllm serve --api-server-count 2`` sharing its SQLite store (issue 11.4).
+"""Every route of ours on ``vllm serve --api-server-count 2`` sharing its SQLite store, the
+embedded default that users get (issues 7.7 and 11.4); one server for the module.
 
-Already covered elsewhere on such servers: retrieve, input_items, chaining, background
-replay from an offset and conversations on SQLite (test_audit_api_processes.py); retrieve,
-follow live and cancel on Redis (test_processes.py). This module adds, with the state made by
-one API process and used by the other: a streamed create, delete, cancel and follow live on
-SQLite, ``/v1/responses/input_tokens``, ``/v1/responses/compact`` (its compaction item is
-sealed with ``VLLM_RESPONSES_REASONING_KEYS``, which both processes share) and WebSocket
-turns. The kernel spreads fresh connections over the processes; ``on`` retries until the
-wanted one answers (tests/api_processes.py).
+With the state made by one API process and used by the other: retrieve, input_items, chaining,
+background replay from an offset, conversations, a streamed create, delete, cancel and follow
+live, ``/v1/responses/input_tokens``, ``/v1/responses/compact`` (its compaction item is sealed
+with ``VLLM_RESPONSES_REASONING_KEYS``, which both processes share) and WebSocket turns.
+tests/slow/test_processes.py covers such a server on Redis. The kernel spreads fresh
+connections over the processes; ``on`` retries until the wanted one answers
+(tests/api_processes.py). The server logs requests (``--enable-log-requests``), which shows
+``vllm_xargs`` reaching the engine's sampling parameters (``extra_args``), as on upstream's
+routes: its only effect on a server without custom logits processors; and it starts under
+``--fail-on-environ-validation`` with our settings set (vLLM knows their names).
 """
 
 import asyncio
 import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 from api_processes import Follower, on_process
-from demo_requests import CASES
-from server import Server, others_paused, running
+from demo_requests import CASES, WEATHER_TOOL
+from server import Server, running
 from websockets.asyncio.client import connect
 
 from vllm_responses.conformance import assert_conforms, parse_sse
 from vllm_responses.routes import PROCESS_HEADER
 
+PARIS = "What is the weather in Paris?"
 KEYS = {"VLLM_RESPONSES_REASONING_KEYS": base64.b64encode(bytes(range(32))).decode()}
 HISTORY = [
     {"role": "user", "content": "Hello there!"},
@@ -37,11 +42,63 @@ FOREVER = 20_000  # ~2 min at full speed; cancelled long before (3,000 once ende
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    base = tmp_path_factory.mktemp("api2routes")
+    base = tmp_path_factory.mktemp("api2")
     store = f"sqlite://{base / 'responses.db'}"
-    with others_paused(), running(plugin=True, log_path=base / "server.log", store=store, env=KEYS, serve=True,
-                                  args=["--api-server-count", "2"]) as srv:
+    args = ["--api-server-count", "2", "--enable-log-requests", "--fail-on-environ-validation"]
+    with running(plugin=True, log_path=base / "server.log", store=store, env=KEYS, serve=True, args=args) as srv:
         yield srv
+
+
+def get(server: Server, path: str, process: str, same: bool) -> httpx.Response:
+    return on_process(server, "GET", path, process, same)[0]
+
+
+def test_state_is_shared_between_the_api_processes(server: Server) -> None:
+    first = httpx.post(f"{server.base_url}/v1/responses", json={"model": "demo", "input": PARIS, "tools": [WEATHER_TOOL]}, timeout=120)
+    assert first.status_code == 200, first.text
+    owner, r1 = first.headers[PROCESS_HEADER], first.json()
+    assert get(server, f"/v1/responses/{r1['id']}", owner, same=False).json() == r1
+    items = get(server, f"/v1/responses/{r1['id']}/input_items", owner, same=False).json()["data"]
+    assert [i["content"][0]["text"] for i in items] == [PARIS]
+
+    # Chained on the other process: it reads the first turn from the shared file.
+    call = r1["output"][1]["call_id"]
+    followup = {"model": "demo", "previous_response_id": r1["id"], "tools": [WEATHER_TOOL],
+                "input": [{"type": "function_call_output", "call_id": call, "output": "Sunny"}]}
+    r2 = on_process(server, "POST", "/v1/responses", owner, same=False, json=followup)[0].json()
+    assert r2["previous_response_id"] == r1["id"]
+    assert r2["output"][-1]["content"][0]["text"] == CASES["after_tool"].content
+
+    # A background response run by one process, replayed from an offset by the other.
+    created = httpx.post(f"{server.base_url}/v1/responses", json={**CASES["default"].request(), "background": True}, timeout=120)
+    runner, bg = created.headers[PROCESS_HEADER], created.json()["id"]
+    for _ in range(600):
+        if get(server, f"/v1/responses/{bg}", runner, same=False).json()["status"] == "completed":
+            break
+        time.sleep(0.1)
+    everything = parse_sse(get(server, f"/v1/responses/{bg}?stream=true", runner, same=True).text)
+    assert_conforms(everything)
+    tail = parse_sse(get(server, f"/v1/responses/{bg}?stream=true&starting_after=4", runner, same=False).text)
+    assert tail == everything[5:]
+
+    # A conversation made by one process gains a turn through the other.
+    made = httpx.post(f"{server.base_url}/v1/conversations", json={"items": [{"role": "user", "content": "Remember 7."}]}, timeout=60)
+    conv = made.json()["id"]
+    turn = {"model": "demo", "conversation": conv, "input": "Hello there!"}
+    _, turns = on_process(server, "POST", "/v1/responses", made.headers[PROCESS_HEADER], same=False, json=turn)
+    listed = get(server, f"/v1/conversations/{conv}/items?order=asc&limit=100", made.headers[PROCESS_HEADER], same=True).json()["data"]
+    assert [i["type"] for i in listed] == ["message"] + ["message", "reasoning", "message"] * turns
+
+
+
+def test_vllm_xargs_reach_the_sampling_parameters(server: Server) -> None:
+    rid = f"audit-xargs-{time.time_ns()}"
+    body = {**CASES["default"].request(), "store": False, "request_id": rid, "vllm_xargs": {"audit_marker": 7, "tags": ["a", 1]}}
+    r = httpx.post(f"{server.base_url}/v1/responses", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    lines = [line for line in server.log_path.read_text(errors="replace").splitlines() if f"Received request {rid}:" in line]
+    assert len(lines) == 1, lines
+    assert "extra_args={'audit_marker': 7, 'tags': ['a', 1]}" in lines[0], lines[0]
 
 
 def on(server: Server, method: str, path: str, process: str, same: bool, status: int = 200, **kw: Any) -> httpx.Response:
