@@ -1,0 +1,114 @@
+"""Reading a running server from outside, for the end-to-end tests: a wait on a real signal
+with a deadline (never a fixed sleep), vLLM's ``/metrics`` gauges, a raw-socket client that can
+stop reading or leave at any byte, and the requests the server captured
+(``VLLM_RESPONSES_CAPTURE_DIR``). One copy each, for every module that needs them."""
+
+import json
+import re
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+
+def wait_until(what: str, check: Callable[[], T], timeout: float = 60, every: float = 0.1) -> T:
+    """``check()``'s first truthy value, polled every ``every`` s; an AssertionError naming
+    ``what`` once ``timeout`` s have passed without one (a wait never falls through)."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(every)
+    return result
+
+
+def metric(base_url: str, name: str, timeout: float = 30) -> float:
+    """vLLM's ``vllm:NAME`` summed over its labels (``num_requests_running``,
+    ``num_requests_waiting``, ...), as ``/metrics`` shows it now."""
+    text = httpx.get(f"{base_url}/metrics", timeout=timeout).text
+    return sum(float(v) for v in re.findall(rf"^vllm:{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE))
+
+
+def engine_requests(base_url: str) -> tuple[float, float]:
+    """The engine's (running, waiting) request counts."""
+    return metric(base_url, "num_requests_running"), metric(base_url, "num_requests_waiting")
+
+
+def wait_engine_idle(base_url: str, timeout: float = 60) -> None:
+    """Until the engine runs and queues nothing (an aborted request has left it)."""
+    wait_until("the engine idle (no request running or waiting)", lambda: engine_requests(base_url) == (0, 0), timeout, 0.2)
+
+
+class RawClient:
+    """One ``POST`` over a raw socket: the test reads as far as it likes, stops reading (a small
+    receive buffer: ``rcvbuf``) or leaves, at any byte."""
+
+    def __init__(self, base_url: str, body: dict, path: str = "/v1/responses", rcvbuf: int | None = None) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        data = json.dumps(body).encode()
+        self.sock = socket.socket()
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(60)
+        self.sock.connect((host, int(port)))
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        self.sock.sendall(head.encode() + data)
+        self.received = b""
+
+    def read_until(self, *markers: bytes, count: int = 1, timeout: float = 60) -> bool:
+        """Read until one of ``markers`` arrived ``count`` times (True) or the server ended the
+        answer (False); fails after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while all(self.received.count(m) < count for m in markers):
+            assert time.monotonic() < deadline, f"{markers!r} not received: {self.received[-300:]!r}"
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return False
+            self.received += chunk
+        return True
+
+    def read_body(self, timeout: float = 120) -> bytes:
+        """Everything to the end of the chunked answer; its body, de-chunked."""
+        self.sock.settimeout(timeout)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        chunks, tail = [self.received], self.received
+        while not tail.endswith(b"\r\n0\r\n\r\n"):
+            chunk = self.sock.recv(1 << 20)
+            assert chunk, "the server closed the answer before its last chunk"
+            chunks.append(chunk)
+            tail = (tail + chunk)[-16:]
+        self.sock.close()
+        return dechunk(b"".join(chunks).split(b"\r\n\r\n", 1)[1])
+
+    def leave(self) -> None:
+        self.sock.close()
+
+
+def dechunk(data: bytes) -> bytes:
+    """An HTTP/1.1 chunked body's bytes."""
+    out, at = [], 0
+    while True:
+        end = data.index(b"\r\n", at)
+        size = int(data[at:end], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[end + 2 : end + 2 + size])
+        at = end + 4 + size
+
+
+def captured_request(capture_dir: Path, tag: str, timeout: float = 60) -> str:
+    """The id of the response whose captured request carries ``metadata.n == tag`` (written on
+    accept, before the engine runs it); its stream is ``capture_dir / f"{id}.sse"``."""
+
+    def find() -> str | None:
+        for request in capture_dir.glob("*.request.json"):
+            if json.loads(request.read_bytes()).get("metadata", {}).get("n") == tag:
+                return request.name.removesuffix(".request.json")
+        return None
+
+    return wait_until(f"a captured request with metadata n={tag}", find, timeout)
