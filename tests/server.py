@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 current_module = "?"
 may_start = True
 STARTS: list[tuple[str, float]] = []
+BIND = "VLLM_CPU_OMP_THREADS_BIND"
 
 
 def free_port() -> int:
@@ -105,6 +106,9 @@ class Server:
         if capture_dir is not None:
             full_env["VLLM_RESPONSES_CAPTURE_DIR"] = str(capture_dir)
         full_env.update(env or {})
+        if not shared and BIND not in full_env:
+            full_env.update(self._free_core())
+        self.core = full_env.get(BIND, "0")  # vLLM's "auto" binds the engine to core 0 here
         launcher = [str(ROOT / "tests" / "vllm_serve.py")] if serve else ["-m", "vllm.entrypoints.openai.api_server", "--model"]
         model_dir = model or demo_model_dir()
         flags = [*serve_args(family), *(["--enforce-eager"] if (not shared if eager is None else eager) else [])]
@@ -115,6 +119,14 @@ class Server:
 
     # Servers started and not yet stopped, so that idle ones can be paused (see `paused`).
     started: "set[Server]" = set()
+
+    @staticmethod
+    def _free_core() -> dict[str, str]:
+        """Beside a running server, the engine on the other core: two engines bound to core 0
+        (vLLM's default here) start in ~160 s, on cores 0 and 1 in ~88 s (docs/demo-model.md)."""
+        busy = {s.core for s in Server.started if s.proc.poll() is None and not s._pauses}
+        free = next((c for c in ("0", "1") if c not in busy), None)
+        return {BIND: free} if busy and free else {}
 
     def pause(self, stopped: bool) -> None:
         """SIGSTOP/SIGCONT the whole server (API processes and engine): on 2 cores, an idle
