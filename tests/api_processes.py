@@ -4,7 +4,8 @@ The kernel spreads fresh connections over the processes; each answer names its p
 ``x-vllm-responses-process`` header, so a request is sent again, on a fresh connection, until
 the wanted process answers. A 503 (``store_unavailable``: on this 2-core VM a freeze can
 outlast Redis's connect timeout or SQLite's busy timeout) is sent again too, as the openai SDK
-retries it.
+retries it, but only ``UNAVAILABLE`` times per call: more is no freeze but a store the
+processes cannot share (lock contention between them, say), and fails naming the 503s met.
 """
 
 import threading
@@ -18,6 +19,21 @@ from vllm_responses.conformance import parse_sse
 from vllm_responses.routes import PROCESS_HEADER
 
 TRIES = 200
+UNAVAILABLE = 5  # 503s one call retries before it fails
+
+
+class Unavailable:
+    """The 503 answers one call has met; past ``UNAVAILABLE`` of them, a failure naming them."""
+
+    def __init__(self) -> None:
+        self.bodies: list[str] = []
+
+    def retry(self, body: str) -> None:
+        """Count one 503 (then pause before the next try), or fail once there were too many."""
+        self.bodies.append(body)
+        if len(self.bodies) > UNAVAILABLE:
+            raise AssertionError(f"{len(self.bodies)} answers 503, more than the {UNAVAILABLE} a freeze explains: {self.bodies}")
+        time.sleep(0.5)
 
 
 def on_process(server: Server, method: str, path: str, process: str, same: bool, status: int = 200,
@@ -25,11 +41,11 @@ def on_process(server: Server, method: str, path: str, process: str, same: bool,
     """A request answered by ``process`` (``same``) or by another one, and how many tries were
     answered (a 503 is not counted). Only for requests that may be repeated: a POST answered by
     the wrong process has still done its work, which the caller counts."""
-    answered = 0
+    answered, unavailable = 0, Unavailable()
     for _ in range(TRIES):
         r = httpx.request(method, f"{server.base_url}{path}", headers={"connection": "close"}, timeout=120, **kw)
         if r.status_code == 503 and status != 503:
-            time.sleep(0.5)
+            unavailable.retry(r.text)
             continue
         answered += 1
         assert r.status_code == status, r.text
@@ -40,7 +56,8 @@ def on_process(server: Server, method: str, path: str, process: str, same: bool,
 
 class Follower:
     """``GET /v1/responses/{id}?stream=true`` answered by a process other than ``owner``, read
-    in a thread as it streams; ``query`` is added to the URL (``&starting_after=N``)."""
+    in a thread as it streams; ``query`` is added to the URL (``&starting_after=N``). What
+    the thread raised is raised again by :meth:`events`."""
 
     LIVE = 5  # output_text deltas that show it follows a running response
 
@@ -48,38 +65,43 @@ class Follower:
         self.server, self.owner = server, owner
         self.url = f"{server.base_url}/v1/responses/{response_id}?stream=true{query}"
         self.frames: list[str] = []
-        self.met: list[BaseException | str] = []  # what the thread met: its exception is otherwise lost
+        self.unavailable = Unavailable()
+        self.error: BaseException | None = None  # what the thread raised
         self._live = threading.Event()
-        self._thread = threading.Thread(target=self._follow)
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _follow(self) -> None:
+    def _run(self) -> None:
         try:
-            for _ in range(TRIES):
-                with httpx.stream("GET", self.url, headers={"connection": "close"}, timeout=120) as r:
-                    if r.status_code == 503:
-                        self.met.append(f"503: {r.read().decode()}")
-                        time.sleep(0.5)
-                        continue
-                    if r.headers[PROCESS_HEADER] == self.owner:
-                        continue
-                    assert r.status_code == 200, r.read().decode()
-                    for line in r.iter_lines():
-                        self.frames.append(line)
-                        if sum(f.startswith("event: response.output_text.delta") for f in self.frames) == self.LIVE:
-                            self._live.set()
-                    return
-            self.met.append(f"no answer from another API process in {TRIES} tries")
-        except BaseException as exc:
-            self.met.append(exc)
-            raise
+            self._follow()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test by events()
+            self.error = exc
+
+    def _follow(self) -> None:
+        for _ in range(TRIES):
+            with httpx.stream("GET", self.url, headers={"connection": "close"}, timeout=120) as r:
+                if r.status_code == 503:
+                    self.unavailable.retry(r.read().decode())
+                    continue
+                if r.headers[PROCESS_HEADER] == self.owner:
+                    continue
+                assert r.status_code == 200, r.read().decode()
+                for line in r.iter_lines():
+                    self.frames.append(line)
+                    if sum(f.startswith("event: response.output_text.delta") for f in self.frames) == self.LIVE:
+                        self._live.set()
+                return
+        raise AssertionError(f"no answer from another API process in {TRIES} tries")
 
     def wait_live(self, timeout: float) -> None:
-        assert self._live.wait(timeout), (f"the other process streamed no live events: met {self.met!r}, last frames "
-                                          f"{self.frames[-12:]}, owner {self.owner}\n{self.server.log_tail(80)}")
+        assert self._live.wait(timeout), (f"the other process streamed no live events: error {self.error!r}, 503s "
+                                          f"{self.unavailable.bodies}, last frames {self.frames[-12:]}, owner {self.owner}\n"
+                                          f"{self.server.log_tail(80)}")
 
     def events(self, timeout: float) -> list[dict]:
-        """Every event it streamed, once the stream has ended."""
+        """Every event it streamed, once the stream has ended; what the thread raised, raised."""
         self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"the follower's stream did not end: met {self.met!r}"
+        assert not self._thread.is_alive(), f"the follower's stream did not end within {timeout} s: 503s {self.unavailable.bodies}"
+        if self.error is not None:
+            raise self.error
         return parse_sse("\n".join(self.frames) + "\n\n")

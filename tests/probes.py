@@ -112,3 +112,25 @@ def captured_request(capture_dir: Path, tag: str, timeout: float = 60) -> str:
         return None
 
     return wait_until(f"a captured request with metadata n={tag}", find, timeout)
+
+
+def kv_block_size(base_url: str) -> int:
+    """vLLM's KV-cache block size, as ``/metrics`` reports it (``vllm:cache_config_info``): the
+    prefix cache hits whole blocks only, so every ``cached_tokens`` is a multiple of it."""
+    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    found = re.search(r'^vllm:cache_config_info\{[^}]*\bblock_size="(\d+)"', text, re.MULTILINE)
+    assert found, "vLLM's /metrics does not report the KV block size"
+    return int(found.group(1))
+
+
+def server_log(log_path: Path) -> Path:
+    """``log_path``, where the server logs: a check of the log is skipped (visibly, never passed
+    unchecked) for a developer's external server whose log was not given (``E2E_SERVER_LOG``),
+    and fails if the session server's log is missing."""
+    import pytest
+    from server import ExternalServer
+
+    if log_path == ExternalServer.NO_LOG:
+        pytest.skip("E2E_SERVER_LOG not set: the external server's log is unknown")
+    assert log_path.is_file(), f"the server's log {log_path} is missing"
+    return log_path
