@@ -57,7 +57,7 @@ def on_process(server: Server, method: str, path: str, process: str, same: bool,
 class Follower:
     """``GET /v1/responses/{id}?stream=true`` answered by a process other than ``owner``, read
     in a thread as it streams; ``query`` is added to the URL (``&starting_after=N``). What
-    the thread raised is raised again by :meth:`events`."""
+    the thread raised is raised again by :meth:`wait_live` and :meth:`events`."""
 
     LIVE = 5  # output_text deltas that show it follows a running response
 
@@ -74,8 +74,9 @@ class Follower:
     def _run(self) -> None:
         try:
             self._follow()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test by events()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test by wait_live() and events()
             self.error = exc
+            self._live.set()  # wakes wait_live, which raises it
 
     def _follow(self) -> None:
         for _ in range(TRIES):
@@ -94,9 +95,10 @@ class Follower:
         raise AssertionError(f"no answer from another API process in {TRIES} tries")
 
     def wait_live(self, timeout: float) -> None:
-        assert self._live.wait(timeout), (f"the other process streamed no live events: error {self.error!r}, 503s "
-                                          f"{self.unavailable.bodies}, last frames {self.frames[-12:]}, owner {self.owner}\n"
-                                          f"{self.server.log_tail(80)}")
+        assert self._live.wait(timeout), (f"the other process streamed no live events: 503s {self.unavailable.bodies}, "
+                                          f"last frames {self.frames[-12:]}, owner {self.owner}\n{self.server.log_tail(80)}")
+        if self.error is not None:
+            raise self.error
 
     def events(self, timeout: float) -> list[dict]:
         """Every event it streamed, once the stream has ended; what the thread raised, raised."""

@@ -24,6 +24,7 @@ import httpx
 import pytest
 from api_processes import Follower, on_process
 from demo_requests import CASES, WEATHER_TOOL
+from probes import wait_until
 from server import Server, running
 from websockets.asyncio.client import connect
 
@@ -72,10 +73,8 @@ def test_state_is_shared_between_the_api_processes(server: Server) -> None:
     # A background response run by one process, replayed from an offset by the other.
     created = httpx.post(f"{server.base_url}/v1/responses", json={**CASES["default"].request(), "background": True}, timeout=120)
     runner, bg = created.headers[PROCESS_HEADER], created.json()["id"]
-    for _ in range(600):
-        if get(server, f"/v1/responses/{bg}", runner, same=False).json()["status"] == "completed":
-            break
-        time.sleep(0.1)
+    wait_until(f"background {bg} completed, as the other process reads it",
+               lambda: get(server, f"/v1/responses/{bg}", runner, same=False).json()["status"] == "completed", timeout=120)
     everything = parse_sse(get(server, f"/v1/responses/{bg}?stream=true", runner, same=True).text)
     assert_conforms(everything)
     tail = parse_sse(get(server, f"/v1/responses/{bg}?stream=true&starting_after=4", runner, same=False).text)
