@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from codex_cli_bin import bundled_codex_path
 
@@ -45,6 +46,42 @@ def exec_codex(home: Path, work: Path, args: list[str], prompt: str, *, resume: 
     env = {**os.environ, "CODEX_HOME": str(home), "LOCAL_API_KEY": "unused", "NO_COLOR": "1"}
     command = [str(bundled_codex_path()), "exec", *args, *(["resume", "--last"] if resume else []), prompt]
     return subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False)
+
+
+class CodexRun(NamedTuple):
+    """A finished ``codex exec``: the process and its last message (``-o``); unpacks as
+    ``proc, last``."""
+
+    proc: subprocess.CompletedProcess
+    last: str
+
+    def events(self) -> list[dict]:
+        """Its ``--json`` events, in order."""
+        return [json.loads(line) for line in self.proc.stdout.splitlines() if line.startswith("{")]
+
+    def thread_id(self) -> str:
+        """The thread it started (``--json``), which keys its requests (``thread_requests``)."""
+        return next(e["thread_id"] for e in self.events() if e.get("type") == "thread.started")
+
+    def items(self, kind: str) -> list[dict]:
+        """Its completed items of one type (``command_execution``, ``agent_message``, ...)."""
+        return [e["item"] for e in self.events() if e.get("type") == "item.completed" and e["item"].get("type") == kind]
+
+
+def run_codex(tmp_path: Path, base_url: str, prompt: str, *extra: str, ephemeral: bool = True, resume: bool = False,
+              **home: Any) -> CodexRun:
+    """``codex exec --skip-git-repo-check -o LAST [--ephemeral] [extra] [resume --last] prompt`` in
+    ``tmp_path / "work"``, with a home at ``tmp_path`` made on first use by ``codex_home`` (``home``:
+    its options; a resumed session keeps what Codex wrote there); fails, with its output, unless
+    Codex exits 0."""
+    if not (tmp_path / "codex-home" / "config.toml").exists():
+        codex_home(tmp_path, base_url, **home)
+    out = tmp_path / "last-message.txt"
+    out.unlink(missing_ok=True)
+    args = ["--skip-git-repo-check", *(["--ephemeral"] if ephemeral else []), "-o", str(out), *extra]
+    proc = exec_codex(tmp_path / "codex-home", tmp_path / "work", args, prompt, resume=resume)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    return CodexRun(proc, out.read_text() if out.exists() else "")
 
 
 def thread_requests(capture_dir: Path, thread_id: str) -> list[tuple[str, dict]]:

@@ -1,29 +1,23 @@
 """Codex CLI over WebSocket mode (``supports_websockets = true``), and the model catalog it
 fetches from ``/v1/models`` (its provider authenticates by command, which makes Codex ask)."""
 
-import json
-import subprocess
 from itertools import pairwise
 from pathlib import Path
 
 import httpx
-from codex import codex_home, exec_codex, thread_requests
+from codex import CodexRun, run_codex, thread_requests
 from demo_requests import CASES
 from server import Server
 
 METADATA_WARNING = "Model metadata for"
 
 
-def run_codex(tmp_path: Path, base_url: str, prompt: str, *extra: str) -> tuple[subprocess.CompletedProcess, str, str]:
-    """``codex exec --json``: the process, its last message and its thread id."""
-    home = codex_home(tmp_path, base_url, websockets=True)
-    out = tmp_path / "last-message.txt"
-    proc = exec_codex(home, tmp_path / "work", ["--skip-git-repo-check", "--ephemeral", "--json", "-o", str(out), *extra], prompt)
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    assert METADATA_WARNING not in proc.stderr + proc.stdout, proc.stderr[-3000:]
-    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    thread_id = next(e["thread_id"] for e in events if e.get("type") == "thread.started")
-    return proc, out.read_text() if out.exists() else "", thread_id
+def over_websocket(tmp_path: Path, base_url: str, prompt: str, *extra: str) -> CodexRun:
+    """``codex exec --json`` over the WebSocket transport, which fetched the model catalog: Codex
+    warns of no model it lacks metadata for."""
+    run = run_codex(tmp_path, base_url, prompt, "--json", *extra, websockets=True)
+    assert METADATA_WARNING not in run.proc.stderr + run.proc.stdout, run.proc.stderr[-3000:]
+    return run
 
 
 def socket_requests(server: Server, thread_id: str) -> list[dict]:
@@ -43,21 +37,20 @@ def check_over_the_socket(requests: list[dict], turns: int) -> None:
 
 
 def test_codex_single_turn_over_websocket(tmp_path: Path, server: Server) -> None:
-    _, last, thread_id = run_codex(tmp_path, server.base_url, "Hello there!")
-    assert last.strip() == CASES["default"].content
-    check_over_the_socket(socket_requests(server, thread_id), turns=1)
+    run = over_websocket(tmp_path, server.base_url, "Hello there!")
+    assert run.last.strip() == CASES["default"].content
+    check_over_the_socket(socket_requests(server, run.thread_id()), turns=1)
 
 
 def test_codex_exec_command_loop_over_websocket(tmp_path: Path, server: Server) -> None:
     work = tmp_path / "work"
     work.mkdir()
     (work / "marker-file.txt").write_text("x")
-    proc, last, thread_id = run_codex(tmp_path, server.base_url, "Please list files in this folder.", "--dangerously-bypass-approvals-and-sandbox")
-    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    commands = [e["item"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "command_execution"]
+    run = over_websocket(tmp_path, server.base_url, "Please list files in this folder.", "--dangerously-bypass-approvals-and-sandbox")
+    commands = run.items("command_execution")
     assert commands and "marker-file.txt" in commands[0]["aggregated_output"]
-    assert last.strip() == CASES["after_tool"].content
-    requests = socket_requests(server, thread_id)
+    assert run.last.strip() == CASES["after_tool"].content
+    requests = socket_requests(server, run.thread_id())
     check_over_the_socket(requests, turns=2)
     # Continuing, Codex sends only what is new: the call's output, not the history.
     assert [i["type"] for i in requests[2]["input"]] == ["function_call_output"]
@@ -65,10 +58,10 @@ def test_codex_exec_command_loop_over_websocket(tmp_path: Path, server: Server) 
 
 def test_codex_freeform_apply_patch_over_websocket(tmp_path: Path, server: Server) -> None:
     """The catalog offers the freeform (grammar) apply_patch for every served model, `demo` too."""
-    _, last, thread_id = run_codex(tmp_path, server.base_url, "Please apply a patch.", "--dangerously-bypass-approvals-and-sandbox")
+    run = over_websocket(tmp_path, server.base_url, "Please apply a patch.", "--dangerously-bypass-approvals-and-sandbox")
     assert (tmp_path / "work" / "hello.txt").read_text() == "Hello, world!\n"
-    assert last.strip() == CASES["after_tool"].content
-    requests = socket_requests(server, thread_id)
+    assert run.last.strip() == CASES["after_tool"].content
+    requests = socket_requests(server, run.thread_id())
     check_over_the_socket(requests, turns=2)
     assert any(t["type"] == "custom" and t["name"] == "apply_patch" for t in requests[1]["tools"])
 

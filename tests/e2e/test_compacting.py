@@ -5,12 +5,11 @@ default scenario); what the model sees afterwards is proven by token counts: the
 prompt has exactly as many tokens as the documented rendering (the user messages, then the
 summary message) and fewer than the history it replaced."""
 
-import json
 from pathlib import Path
 from typing import Any
 
 import httpx
-from codex import codex_home, exec_codex, thread_answers
+from codex import CodexRun, run_codex, thread_answers
 from demo_requests import CASES
 from openai import OpenAI
 from openai.types.responses import ResponseOutputItem, ResponseUsage
@@ -140,28 +139,24 @@ def test_bad_compaction_requests(base_url: str) -> None:
 
 
 # -- Codex CLI with remote compaction ------------------------------------------------------
-def _codex(tmp_path: Path, base_url: str, prompt: str, *, resume: bool = False) -> list[dict]:
+def _codex(tmp_path: Path, base_url: str, prompt: str, *, resume: bool = False) -> CodexRun:
     """``codex exec --json`` with remote compaction on (``capabilities.remote_compaction = "v2"``)
     and an auto-compact limit far below its first prompt (~9k tokens): after its first model
     call it compacts through us, mid-turn."""
-    home = codex_home(tmp_path, base_url, auto_compact_limit=1000, remote_compaction=True)
     work = tmp_path / "work"
     work.mkdir(exist_ok=True)
     (work / "marker-file.txt").write_text("x")
-    args = ["--skip-git-repo-check", "--json", "--dangerously-bypass-approvals-and-sandbox"]
-    proc = exec_codex(home, work, args, prompt, resume=resume)
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return run_codex(tmp_path, base_url, prompt, "--json", "--dangerously-bypass-approvals-and-sandbox", ephemeral=False, resume=resume,
+                     auto_compact_limit=1000, remote_compaction=True)
 
 
 def test_codex_compacts_a_session_through_us_and_goes_on_answering(tmp_path: Path, base_url: str, server) -> None:
     assert server.capture_dir is not None, "needs the server's capture dir (E2E_CAPTURE_DIR in the developer loop)"
-    events = _codex(tmp_path, base_url, "Please list files in this folder.")
-    thread_id = next(e["thread_id"] for e in events if e.get("type") == "thread.started")
-    commands = [e["item"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "command_execution"]
+    run = _codex(tmp_path, base_url, "Please list files in this folder.")
+    thread_id = run.thread_id()
+    commands = run.items("command_execution")
     assert commands and "marker-file.txt" in commands[0]["aggregated_output"]
-    messages = [e["item"]["text"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "agent_message"]
-    assert messages == [SUMMARY]  # after compaction the summary is the last user text: the default scenario answers
+    assert [m["text"] for m in run.items("agent_message")] == [SUMMARY]  # after compaction the summary is the last user text: the default scenario answers
 
     requests = thread_answers(server.capture_dir, thread_id)
     triggers = [i for i, (body, _) in enumerate(requests) if body["input"][-1]["type"] == "compaction_trigger"]
@@ -178,9 +173,8 @@ def test_codex_compacts_a_session_through_us_and_goes_on_answering(tmp_path: Pat
     assert answered["usage"]["input_tokens"] == count(base_url, {**after, "input": explicit})
 
     # The session goes on: a resumed turn sends the compaction back and is answered.
-    events = _codex(tmp_path, base_url, "Hello again!", resume=True)
-    messages = [e["item"]["text"] for e in events if e.get("type") == "item.completed" and e["item"].get("type") == "agent_message"]
-    assert messages == [SUMMARY]
+    resumed = _codex(tmp_path, base_url, "Hello again!", resume=True)
+    assert [m["text"] for m in resumed.items("agent_message")] == [SUMMARY]
     later = thread_answers(server.capture_dir, thread_id)[len(requests):]
     assert later and all(response["status"] == "completed" for _, response in later)
     assert any(item["type"] == "compaction" for item in later[-1][0]["input"])
