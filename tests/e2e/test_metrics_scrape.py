@@ -4,12 +4,10 @@ server is shared; the requests run one after another)."""
 
 import json
 import re
-import socket
 import sqlite3
-import time
-from collections.abc import Callable
 
 import httpx
+from probes import RawClient, engine_requests, wait_until
 from server import Server
 from websockets.sync.client import connect
 
@@ -48,23 +46,8 @@ def moved(before: Samples, after: Samples) -> Samples:
     return out
 
 
-def until(ready: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout}s"
-        time.sleep(0.1)
-
-
 def until_moved(base_url: str, key: str, target: float, what: str) -> None:
-    until(lambda: scrape(base_url).get(key, 0.0) == target, what)
-
-
-def raw_post(port: int, body: dict) -> socket.socket:
-    data = json.dumps(body).encode()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
-    head = f"POST /v1/responses HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-    sock.sendall(head.encode() + data)
-    return sock
+    wait_until(what, lambda: scrape(base_url).get(key, 0.0) == target)
 
 
 def stored_count(server: Server) -> int:
@@ -80,16 +63,14 @@ def replayed(base_url: str, response_id: str) -> int:
 
 def idle(base_url: str) -> bool:
     """Nothing of an earlier test still runs: no engine request, background response or WebSocket."""
-    text = httpx.get(f"{base_url}/metrics", timeout=30).text
-    busy = re.findall(r"^vllm:num_requests_(?:running|waiting)\{[^}]*\} (\S+)$", text, re.MULTILINE)
     ours = scrape(base_url)
     background = ours.get("vllm_responses:background_responses{status=queued}", 0) + ours.get("vllm_responses:background_responses{status=in_progress}", 0)
-    return not any(float(v) for v in busy) and not background and not ours.get("vllm_responses:websocket_connections{}", 0)
+    return engine_requests(base_url) == (0, 0) and not background and not ours.get("vllm_responses:websocket_connections{}", 0)
 
 
 def test_metrics_move_by_exactly_what_real_requests_did(server: Server) -> None:
     base = server.base_url
-    until(lambda: idle(base), "the shared server idle before the deltas are read", timeout=180)
+    wait_until("the shared server idle before the deltas are read", lambda: idle(base), timeout=180)
     ops = "vllm_responses:store_operations_total{backend=sqlite,operation=%s}"
     before, stored_before = scrape(base), stored_count(server)
     assert "vllm_responses:stored_responses{backend=sqlite}" in before  # counted since start-up
@@ -104,28 +85,26 @@ def test_metrics_move_by_exactly_what_real_requests_did(server: Server) -> None:
     assert r.json()["status"] == "incomplete"
 
     # an SSE client that leaves mid-stream: what the server handed its transport is in the capture
-    sock = raw_post(server.port, {**LONG, "stream": True})
-    received = b""
-    while received.count(b"delta") < 6:  # a few delta events in
-        received += sock.recv(65536)
-    left_id = re.search(rb'"id":"(resp_[^"]+)"', received).group(1).decode()
-    sock.close()
+    client = RawClient(base, {**LONG, "stream": True})
+    assert client.read_until(b"delta", count=6)  # a few delta events in
+    left_id = re.search(rb'"id":"(resp_[^"]+)"', client.received).group(1).decode()
+    client.leave()
     until_moved(base, "vllm_responses:client_disconnects_total{transport=sse}", before.get("vllm_responses:client_disconnects_total{transport=sse}", 0) + 1, "the SSE client's leaving")
     assert server.capture_dir is not None
     aborted = server.capture_dir / f"{left_id}.sse.aborted"
-    until(aborted.exists, "the aborted stream's capture")
+    wait_until("the aborted stream's capture", aborted.exists)
     left_events = len(parse_sse(aborted.read_bytes()))
 
     # a JSON client that leaves once the engine has accepted (its record is stored then)
     created = scrape(base).get(ops % "create_response", 0)
-    sock = raw_post(server.port, LONG)
+    client = RawClient(base, LONG)
     until_moved(base, ops % "create_response", created + 1, "the JSON request's acceptance")
-    sock.close()
+    client.leave()
     until_moved(base, "vllm_responses:client_disconnects_total{transport=json}", before.get("vllm_responses:client_disconnects_total{transport=json}", 0) + 1, "the JSON client's leaving")
 
     # a background response that completes, and one that is cancelled while it runs
     done = httpx.post(f"{base}/v1/responses", json={"model": "demo", "input": "Hello there!", "background": True}, timeout=60).json()
-    until(lambda: httpx.get(f"{base}/v1/responses/{done['id']}", timeout=30).json()["status"] == "completed", "the background response")
+    wait_until("the background response", lambda: httpx.get(f"{base}/v1/responses/{done['id']}", timeout=30).json()["status"] == "completed")
     running_key = "vllm_responses:background_responses{status=in_progress}"
     running_before = scrape(base).get(running_key, 0.0)
     cancelled = httpx.post(f"{base}/v1/responses", json={**LONG, "background": True}, timeout=60).json()
@@ -175,4 +154,4 @@ def test_metrics_move_by_exactly_what_real_requests_did(server: Server) -> None:
 
     # the stored-responses gauge (counted every 15 s) reaches the store's own count, up by the six stored here
     assert stored_count(server) == stored_before + 6
-    until(lambda: scrape(base)["vllm_responses:stored_responses{backend=sqlite}"] == stored_before + 6, "the stored-responses gauge")
+    wait_until("the stored-responses gauge", lambda: scrape(base)["vllm_responses:stored_responses{backend=sqlite}"] == stored_before + 6)
