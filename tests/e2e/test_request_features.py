@@ -3,11 +3,13 @@
 import json
 import subprocess
 import sys
+import uuid
 
 import httpx
 import pytest
 
 from demo_requests import CASES, CRM_NAMESPACE, WEATHER_TOOL, check_output
+from probes import kv_block_size
 from vllm_responses.conformance import assert_conforms, parse_sse
 from vllm_responses.demo_model.scenarios import APPLY_PATCH_INPUT, num_output_tokens
 
@@ -122,19 +124,29 @@ def test_truncation_mid_reasoning_is_incomplete(base_url: str) -> None:
 
 
 def test_echoes_and_usage(base_url: str) -> None:
+    """The request's settings echoed, and usage exact: ``cached_tokens`` is what vLLM's prefix
+    cache held for the prompt, which hits whole KV blocks and always leaves the last prompt
+    token to compute. A prompt no earlier request began with (a fresh session id in its
+    first block) has none cached; sent again, every block but the one with its last token."""
+    bs = kv_block_size(base_url)
+    instructions = f"You are terse. Session {uuid.uuid4().hex}." + " the" * bs  # longer than one block
     body = CASES["default"].request(
-        instructions="You are terse.", metadata={"run": "42"}, temperature=0.5, top_p=0.9, max_output_tokens=100,
+        instructions=instructions, metadata={"run": "42"}, temperature=0.5, top_p=0.9, max_output_tokens=100,
         client_metadata={"x": "y"}, prompt_cache_key="k", store=False, reasoning={"effort": "low", "summary": "auto"},
     )
     events = stream(base_url, body)
     r = final(events)
     assert (r["instructions"], r["metadata"], r["temperature"], r["top_p"], r["max_output_tokens"]) == (
-        "You are terse.", {"run": "42"}, 0.5, 0.9, 100)
+        instructions, {"run": "42"}, 0.5, 0.9, 100)
     assert r["reasoning"] == {"effort": "low", "summary": "auto"}
     usage = r["usage"]
-    assert usage["input_tokens_details"] == {"cached_tokens": usage["input_tokens_details"]["cached_tokens"], "cache_write_tokens": 0}
+    assert usage["input_tokens"] > bs
+    assert usage["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 0}
     assert usage["output_tokens"] == num_output_tokens("default")
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    again = final(stream(base_url, body))["usage"]
+    assert again["input_tokens"] == usage["input_tokens"]
+    assert again["input_tokens_details"] == {"cached_tokens": (usage["input_tokens"] - 1) // bs * bs, "cache_write_tokens": 0}
 
 
 def test_codex_shaped_request_is_accepted(base_url: str) -> None:
