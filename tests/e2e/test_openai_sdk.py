@@ -39,8 +39,7 @@ def test_stream_helper_final_response(client: OpenAI, scenario: str) -> None:
     assert events[0].type == "response.created" and events[-1].type == "response.completed"
     check_output(case, final.model_dump(mode="json", exclude={"output": {"__all__": {"parsed_arguments"}}}, warnings=False)["output"])
     assert final.id == events[0].response.id
-    if case.content:
-        assert final.output_text == case.content
+    assert final.output_text == (case.content or "")
 
 
 def test_non_streaming(client: OpenAI) -> None:
