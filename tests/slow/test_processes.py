@@ -1,9 +1,22 @@
-"""State across processes and failures, on servers of its own (not the session server):
-``kill -9`` mid-stream then a restart on the same SQLite file; two replicas on one real Redis,
-one of them ``vllm serve --api-server-count 2``, where a response created by one process is
-retrieved, chained, followed live and cancelled by another."""
+"""The Redis store across replicas and processes, and Redis failing under them, on servers of
+its own (not the session server) and one real Redis for the module.
 
-import re
+Two replicas on that Redis, ``a`` (one API process) and ``b`` (``vllm serve --api-server-count
+2``): a response created by one process is retrieved, chained, followed live and cancelled by
+another; a third replica, started by the test that kills it, dies with a response running and
+``b`` fails that response. Then Redis goes away under replica ``a`` (``b`` idles): whatever
+needs the store answers 503 ``store_unavailable`` in OpenAI's shape, ``store: false`` requests
+are served as usual, and once Redis is back (empty: no persistence) the server serves stored
+requests again with no restart; and a Redis frozen (SIGSTOP) while a stream ends: the client
+gets its terminal event and the stored response is the final one once Redis answers.
+
+Every test makes the state it reads, so none depends on what another made before an outage.
+The outages come last all the same: a pooled connection that predates one may answer one 503
+on its next use, which clients retry and these SDK clients (no retries) would not. The
+``kill -9`` of a whole server on SQLite is tests/slow/test_faults.py.
+"""
+
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,13 +24,14 @@ from pathlib import Path
 import httpx
 import pytest
 from api_processes import Follower, on_process
-from demo_requests import CASES, WEATHER_TOOL
+from demo_requests import AFTER_TOOL_INPUT, CASES, WEATHER_TOOL, check_output
 from openai import OpenAI
+from probes import metric, wait_until
 from redis_server import RedisServer
 from sdk import sdk, wait_status, wire
-from server import Server, others_paused, running
+from server import Server, others_paused
 
-from vllm_responses.conformance import assert_conforms
+from vllm_responses.conformance import assert_conforms, check_events, parse_sse
 from vllm_responses.routes import PROCESS_HEADER
 
 PARIS = "What is the weather in Paris?"
@@ -29,6 +43,7 @@ LEASE = {"VLLM_RESPONSES_LEASE_SECONDS": "8"}
 # the margin is for a loaded 2-core machine, where a follower on the other replica once got its
 # first live events only after a 3,000-token run (~20 s) had ended, so its cancel came too late.
 FOREVER = 20_000
+COUNTING = {"model": "demo", "input": "Count forever."}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,62 +53,29 @@ def quiet() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
 def forever(client: OpenAI, **kw) -> object:
     return client.responses.create(model="demo", input="Count forever.", max_output_tokens=FOREVER, **kw)
 
 
-def running_requests(server: Server) -> float:
-    metrics = httpx.get(f"{server.base_url}/metrics").text
-    return sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", metrics, re.M))
-
-
-def test_kill_9_mid_stream_then_restart(tmp_path: Path) -> None:
-    store = f"sqlite://{tmp_path / 'responses.db'}"
-    with running(plugin=True, log_path=tmp_path / "first.log", store=store, env=LEASE) as first:
-        client = sdk(first.base_url)
-        done = client.responses.create(model="demo", input=PARIS, tools=[WEATHER_TOOL])
-        conversation = client.conversations.create(items=[{"role": "user", "content": "Remember 7."}])
-        background = forever(client, background=True)
-        stream = forever(client, stream=True)
-        deltas = 0
-        for event in stream:
-            if event.type == "response.created":
-                foreground_id = event.response.id
-            deltas += event.type == "response.output_text.delta"
-            if deltas == 5:
-                break
-        wait_status(client, background.id, ("in_progress",))
-        time.sleep(0.5)  # some of the background events reach the store
-        first.kill()  # kill -9: no shutdown code runs
-
-    with running(plugin=True, log_path=tmp_path / "second.log", store=store, env=LEASE) as second:
-        client = sdk(second.base_url)
-        assert client.responses.retrieve(done.id) == done  # intact
-        assert client.conversations.retrieve(conversation.id) == conversation
-        for response_id in (background.id, foreground_id):
-            failed = wait_status(client, response_id, ("failed",), timeout=45)  # never in_progress forever
-            assert failed.error.code == "server_error"
-        events = [wire(e) for e in client.responses.retrieve(background.id, stream=True)]
-        assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.failed"
-        chained = client.responses.create(model="demo", previous_response_id=done.id, tools=[WEATHER_TOOL],
-                                          input=[{"type": "function_call_output", "call_id": done.output[1].call_id, "output": "Sunny"}])
-        assert chained.output_text == CASES["after_tool"].content
-
-
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
-    """Replica ``a`` (one API process) and ``b`` (``vllm serve --api-server-count 2``) on one Redis."""
+def replicas(redis: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    """Replica ``a`` (one API process) and ``b`` (``vllm serve --api-server-count 2``) on the module's Redis."""
     base = tmp_path_factory.mktemp("replicas")
-    with RedisServer() as redis:
-        a = Server(plugin=True, log_path=base / "a.log", store=redis.url, env=LEASE)
-        b = Server(plugin=True, log_path=base / "b.log", store=redis.url, env=LEASE, serve=True, args=["--api-server-count", "2"])
-        try:
-            a.wait_ready()
-            b.wait_ready()
-            yield a, b
-        finally:
-            a.stop()
-            b.stop()
+    a = Server(plugin=True, log_path=base / "a.log", store=redis.url, env=LEASE)
+    b = Server(plugin=True, log_path=base / "b.log", store=redis.url, env=LEASE, serve=True, args=["--api-server-count", "2"])
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        yield a, b
+    finally:
+        a.stop()
+        b.stop()
 
 
 def test_created_on_one_replica_retrieved_and_chained_on_the_other(replicas: tuple[Server, Server]) -> None:
@@ -128,10 +110,7 @@ def test_follow_live_and_cancel_on_the_other_replica(replicas: tuple[Server, Ser
     everything = [wire(e) for e in a.responses.retrieve(queued.id, stream=True)]
     assert everything[3:] == followed
     assert_conforms(everything)
-    deadline = time.monotonic() + 10
-    while running_requests(server_a) and time.monotonic() < deadline:  # the owner aborted its engine request
-        time.sleep(0.1)
-    assert running_requests(server_a) == 0
+    wait_until("the owner's engine request aborted", lambda: metric(server_a.base_url, "num_requests_running") == 0, timeout=30)
 
 
 def test_api_server_count_2_shares_state_between_its_processes(replicas: tuple[Server, Server]) -> None:
@@ -159,14 +138,184 @@ def _api_server_count_2(server_b: Server) -> None:
     assert_conforms(events)
 
 
-def test_a_replica_killed_mid_response_is_noticed_by_the_other(replicas: tuple[Server, Server]) -> None:
-    """Last in this module: it kills replica ``a``."""
-    server_a, _ = replicas
-    a, b = (sdk(s.base_url) for s in replicas)
-    queued = forever(a, background=True)
-    wait_status(b, queued.id, ("in_progress",))
-    server_a.kill()
-    failed = wait_status(b, queued.id, ("failed",), timeout=45)
-    assert "stopped" in failed.error.message
-    events = [wire(e) for e in b.responses.retrieve(queued.id, stream=True)]
-    assert events[-1]["type"] == "response.failed"
+def test_a_replica_killed_mid_response_is_noticed_by_the_other(redis: RedisServer, replicas: tuple[Server, Server],
+                                                               tmp_path: Path) -> None:
+    """A replica of its own, started here on the module's Redis and killed with a response
+    running: ``b`` fails that response once the victim's lease has run out."""
+    server_a, server_b = replicas
+    victim: Server | None = None
+    server_a.pause(True)  # idle here; its spinning engine would only take CPU from the others
+    try:
+        with others_paused():  # the victim starts alone (then on the core b does not use)
+            victim = Server(plugin=True, log_path=tmp_path / "victim.log", store=redis.url, env=LEASE)
+            victim.wait_ready()
+        b = sdk(server_b.base_url)
+        queued = forever(sdk(victim.base_url), background=True)
+        wait_status(b, queued.id, ("in_progress",))
+        victim.kill()
+        failed = wait_status(b, queued.id, ("failed",), timeout=45)
+        assert "stopped" in failed.error.message
+        events = [wire(e) for e in b.responses.retrieve(queued.id, stream=True)]
+        assert events[-1]["type"] == "response.failed"
+    finally:
+        if victim is not None:
+            victim.stop()
+        server_a.pause(False)
+
+
+# -- Redis outages, under replica a ------------------------------------------------------------
+def ok(r: httpx.Response, status: int = 200) -> dict:
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def events_of(body: bytes) -> list[dict]:
+    events = parse_sse(body)
+    problems = check_events(events)
+    assert not problems, "\n".join(problems[:10])
+    return events
+
+
+def stream_body(http: httpx.Client, body: dict) -> list[dict]:
+    with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as r:
+        data = r.read()
+    assert r.status_code == 200, data
+    return events_of(data)
+
+
+def status_of(http: httpx.Client, response_id: str) -> str:
+    return ok(http.get(f"/v1/responses/{response_id}"))["status"]
+
+
+def assert_store_unavailable(r: httpx.Response) -> None:
+    assert r.status_code == 503, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["type"] == "server_error" and error["code"] == "store_unavailable" and error["param"] is None, error
+    assert "store is unavailable" in error["message"], error
+
+
+class RetryingStoreUnavailable(httpx.HTTPTransport):
+    """As the openai SDK and Codex do with a 503: try again (here once, at once)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if response.status_code == 503 and b"store_unavailable" in response.read():
+            response.close()
+            response = super().handle_request(request)
+        return response
+
+
+@pytest.fixture
+def alone_on_redis(redis: RedisServer, replicas: tuple[Server, Server]) -> Iterator[Server]:
+    """Replica ``a``, the only server running on Redis: ``b`` idles (its spinning engine would
+    take CPU from ``a``). Redis is up again afterwards, whatever the test did to it."""
+    server_a, server_b = replicas
+    server_b.pause(True)
+    try:
+        yield server_a
+    finally:
+        if redis.proc is not None:
+            redis.proc.send_signal(signal.SIGCONT)
+        redis.start()
+        server_b.pause(False)
+
+
+def test_redis_outage_answers_503_serves_store_false_and_recovers_by_itself(redis: RedisServer, alone_on_redis: Server) -> None:
+    srv = alone_on_redis
+    http = httpx.Client(base_url=srv.base_url, timeout=120)
+    stored = ok(http.post("/v1/responses", json=CASES["weather_call"].request()))
+    conversation = ok(http.post("/v1/conversations", json={}))["id"]
+    call = stored["output"][1]["call_id"]
+    # A stored stream under way when Redis stops still ends properly (its final write is lost, and logged).
+    with http.stream("POST", "/v1/responses", json={**COUNTING, "max_output_tokens": 300, "stream": True}) as live:
+        lines = live.iter_lines()
+        seen = [next(lines) for _ in range(12)]
+        log_at = srv.log_path.stat().st_size
+        redis.stop()
+        seen += list(lines)
+    events = events_of("\n".join(seen).encode() + b"\n\n")
+    assert events[-1]["type"] == "response.incomplete"
+
+    followup = {"type": "function_call_output", "call_id": call, "output": "Sunny"}
+    needs_store = [
+        ("POST", "/v1/responses", CASES["default"].request()),
+        ("POST", "/v1/responses", CASES["default"].request(stream=True)),
+        ("POST", "/v1/responses", {**CASES["default"].request(), "background": True}),
+        ("POST", "/v1/responses", {"model": "demo", "previous_response_id": stored["id"], "input": [followup], "store": False}),
+        ("POST", "/v1/responses", {"model": "demo", "conversation": conversation, "input": "Hello there!"}),
+        ("POST", "/v1/responses", {"model": "demo", "input": [{"type": "item_reference", "id": stored["output"][1]["id"]}], "store": False}),
+        ("GET", f"/v1/responses/{stored['id']}", None),
+        ("GET", f"/v1/responses/{stored['id']}?stream=true", None),
+        ("GET", f"/v1/responses/{stored['id']}/input_items", None),
+        ("POST", f"/v1/responses/{stored['id']}/cancel", None),
+        ("DELETE", f"/v1/responses/{stored['id']}", None),
+        ("POST", "/v1/conversations", {}),
+        ("GET", f"/v1/conversations/{conversation}", None),
+        ("POST", f"/v1/conversations/{conversation}", {"metadata": {"a": "b"}}),
+        ("GET", f"/v1/conversations/{conversation}/items", None),
+        ("POST", f"/v1/conversations/{conversation}/items", {"items": [{"role": "user", "content": "hi"}]}),
+        ("GET", f"/v1/conversations/{conversation}/items/msg_1", None),
+        ("DELETE", f"/v1/conversations/{conversation}/items/msg_1", None),
+        ("DELETE", f"/v1/conversations/{conversation}", None),
+    ]
+    for method, path, body in needs_store:
+        r = http.request(method, path, json=body)
+        assert_store_unavailable(r)
+
+    # store: false needs no store: served as usual, streaming and not, tool loops included
+    check_output(CASES["default"], ok(http.post("/v1/responses", json=CASES["default"].request(store=False)))["output"])
+    events = stream_body(http, CASES["weather_call"].request(store=False))
+    check_output(CASES["weather_call"], events[-1]["response"]["output"])
+    events = stream_body(http, CASES["after_tool"].request(store=False, input=AFTER_TOOL_INPUT))
+    check_output(CASES["after_tool"], events[-1]["response"]["output"])
+    outage_log = srv.log_path.read_bytes()[log_at:].decode(errors="replace")
+    assert "Traceback" not in outage_log, outage_log[-3000:]
+
+    # Redis comes back (same port, empty: no persistence); the server uses it again by itself.
+    # A pooled connection that predates the outage may answer one 503 when it is next used
+    # (its socket is found dead only then); clients retry a 503, and so does this client.
+    redis.start()
+    http = httpx.Client(base_url=srv.base_url, timeout=120, transport=RetryingStoreUnavailable())
+    back = time.monotonic()
+    first_try = http.post("/v1/responses", json=CASES["weather_call"].request())
+    print(f"\nRedis outage: the first stored request after Redis returned answered {first_try.status_code} "
+          f"in {time.monotonic() - back:.2f} s")
+    created = ok(first_try)  # no stale connection answers for the pool: it reconnects by itself
+    assert ok(http.get(f"/v1/responses/{created['id']}")) == created
+    call = created["output"][1]["call_id"]
+    chained = ok(http.post("/v1/responses", json={"model": "demo", "previous_response_id": created["id"], "tools": [WEATHER_TOOL],
+                                                  "input": [{"type": "function_call_output", "call_id": call, "output": "Sunny"}]}))
+    check_output(CASES["after_tool"], chained["output"])
+    conversation = ok(http.post("/v1/conversations", json={"items": [{"role": "user", "content": "Remember 7."}]}))["id"]
+    ok(http.post("/v1/responses", json={"model": "demo", "conversation": conversation, "input": "Hello there!"}))
+    assert len(ok(http.get(f"/v1/conversations/{conversation}/items"))["data"]) == 4  # + input, reasoning, message
+    background = ok(http.post("/v1/responses", json={**CASES["json"].request(), "background": True}))["id"]
+    wait_until("the background response", lambda: status_of(http, background) == "completed")
+    with http.stream("GET", f"/v1/responses/{background}", params={"stream": "true"}) as r:
+        assert events_of(r.read())[-1]["type"] == "response.completed"
+    assert http.get(f"/v1/responses/{stored['id']}").status_code == 404  # Redis kept nothing across its restart
+
+
+def test_a_response_that_ends_while_redis_hangs_is_stored_once_it_answers(redis: RedisServer, alone_on_redis: Server) -> None:
+    """Redis frozen (SIGSTOP: a hung server, or this VM's multi-second stalls) while a stream
+    ends: the client still gets its terminal event, and once Redis answers again the stored
+    response is the final one, not ``in_progress`` for as long as the server lives."""
+    srv = alone_on_redis
+    http = httpx.Client(base_url=srv.base_url, timeout=120)
+    assert redis.proc is not None
+    log_at = srv.log_path.stat().st_size
+    with http.stream("POST", "/v1/responses", json={**COUNTING, "max_output_tokens": 200, "stream": True}) as live:
+        lines = live.iter_lines()
+        seen = [next(lines) for _ in range(12)]
+        redis.proc.send_signal(signal.SIGSTOP)
+        try:
+            seen += list(lines)  # the end waits out one store timeout (10 s), then goes on
+        finally:
+            redis.proc.send_signal(signal.SIGCONT)
+    events = events_of("\n".join(seen).encode() + b"\n\n")
+    final = events[-1]["response"]
+    assert events[-1]["type"] == "response.incomplete"
+    wait_until("the late write", lambda: ok(http.get(f"/v1/responses/{final['id']}")) == final, timeout=60, every=0.5)
+    late = srv.log_path.read_bytes()[log_at:].decode(errors="replace")  # this test's lines: the outage's late write logs it too
+    assert "once the store answered again" in late, late[-3000:]
