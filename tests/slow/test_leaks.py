@@ -5,12 +5,11 @@ and with a 1 s keep-alive interval. Clients are raw sockets: each sends its requ
 closes the connection at the point the test chose, without reading the rest. vLLM's
 ``/metrics`` gauges (``vllm:num_requests_running`` / ``vllm:num_requests_waiting``) show
 whether the engine still works for someone who left. Every request asks for thousands of
-tokens, so one that was not aborted would stay visible there for a long while.
+tokens, so one that was not aborted would stay visible there for a long while. The openai SDK
+and Codex reach the server through a relay that counts the keep-alive comments they were handed.
 """
 
-import json
 import random
-import re
 import socket
 import threading
 import time
@@ -18,11 +17,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
+from codex import run_codex
+from probes import RawClient, engine_requests, wait_until
 from sdk import sdk
 from server import Server, running
-from test_codex_cli import run_codex
 
 KEEPALIVE_S = 1.0
 ENDLESS = {"model": "demo", "input": "Count forever.", "max_output_tokens": 3000}
@@ -39,61 +38,79 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield server
 
 
-def gauges(server: Server) -> tuple[float, float]:
-    """vLLM's (running, waiting) request counts."""
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-
-    def total(name: str) -> float:
-        return sum(float(v) for v in re.findall(rf"^vllm:{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE))
-
-    return total("num_requests_running"), total("num_requests_waiting")
-
-
-def until(ready: Callable[[], bool], timeout: float, what: str) -> float:
-    """Seconds it took for ``ready`` to hold; fails after ``timeout``."""
+def timed(what: str, check: Callable[[], object], timeout: float) -> float:
+    """Seconds until ``check()`` held (``wait_until``, polled every 0.05 s)."""
     start = time.monotonic()
-    while not ready():
-        assert time.monotonic() - start < timeout, f"{what}: not within {timeout}s"
-        time.sleep(0.05)
+    wait_until(what, check, timeout, 0.05)
     return time.monotonic() - start
 
 
-class Client:
-    """One request over a raw socket; the test reads as far as it likes, then leaves."""
+def drain(client: RawClient) -> None:
+    """Read (in a thread) until the server ends the answer or the socket is closed."""
 
-    def __init__(self, server: Server, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
-        head = f"POST /v1/responses HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-        self.sock.sendall(head.encode() + data)
-        self.received = b""
-
-    def read_until(self, *markers: bytes, count: int = 1, timeout: float = 60) -> bool:
-        """Read until one of ``markers`` arrived ``count`` times (True) or the server ended
-        the answer (False)."""
-        deadline = time.monotonic() + timeout
-        while all(self.received.count(m) < count for m in markers):
-            assert time.monotonic() < deadline, f"{markers!r} not received: {self.received[-300:]!r}"
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return False
-            self.received += chunk
-        return True
-
-    def drain(self) -> None:
-        """Read (in a thread) until the server ends the answer or the socket is closed."""
-
-        def read() -> None:
-            try:
-                while self.sock.recv(65536):
-                    pass
-            except OSError:
+    def read() -> None:
+        try:
+            while client.sock.recv(65536):
                 pass
+        except OSError:
+            pass
 
-        threading.Thread(target=read, daemon=True).start()
+    threading.Thread(target=read, daemon=True).start()
 
-    def leave(self) -> None:
-        self.sock.close()
+
+def blockers(server: Server) -> list[RawClient]:
+    """Two endless streams holding both of the engine's sequences, read as they come."""
+    held = [RawClient(server.base_url, BLOCKER) for _ in range(2)]
+    for blocker in held:
+        assert blocker.read_until(b"response.output_text.delta")
+        drain(blocker)
+    return held
+
+
+class Relay:
+    """A TCP relay in front of the server that counts the keep-alive comments it hands to its
+    clients: the signal that a client waiting in vLLM's queue (the openai SDK, Codex) got them."""
+
+    def __init__(self, server: Server) -> None:
+        self.upstream = ("127.0.0.1", server.port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._answers: list[bytearray] = []  # what went to each client
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def comments(self) -> int:
+        return sum(bytes(answer).count(COMMENT) for answer in self._answers)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(self.upstream)
+            answer = bytearray()
+            self._answers.append(answer)
+            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, answer), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, seen: bytearray | None) -> None:
+        try:
+            while data := source.recv(65536):
+                if seen is not None:
+                    seen += data
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 def test_queued_clients_that_leave_are_aborted_and_keep_alives_reach_clients(srv: Server) -> None:
@@ -101,63 +118,71 @@ def test_queued_clients_that_leave_are_aborted_and_keep_alives_reach_clients(srv
     its queue (streams and JSON requests), then leave: vLLM's waiting count drops to 0 while
     the two still run, within 3 s (measured: by the first /metrics read after they left,
     0.2-0.6 s on a loaded 2-core machine; before the fix they waited on, for a free sequence)."""
-    blockers = [Client(srv, BLOCKER) for _ in range(2)]
-    for blocker in blockers:
-        assert blocker.read_until(b"response.output_text.delta")
-        blocker.drain()
-    until(lambda: gauges(srv) == (2, 0), 30, "both blockers running")
+    held = blockers(srv)
+    try:
+        _leave_while_queued(srv, held)
+    finally:
+        for blocker in held:  # whatever failed, the engine is free for the next test
+            blocker.leave()
+    wait_until("nothing left running", lambda: engine_requests(srv.base_url) == (0, 0), 30)
 
-    queued = [Client(srv, {**ENDLESS, "stream": i % 2 == 0}) for i in range(9)]
-    until(lambda: gauges(srv) == (2, 9), 30, "nine requests waiting")
+
+def _leave_while_queued(srv: Server, held: list[RawClient]) -> None:
+    wait_until("both blockers running", lambda: engine_requests(srv.base_url) == (2, 0), 30)
+
+    queued = [RawClient(srv.base_url, {**ENDLESS, "stream": i % 2 == 0}) for i in range(9)]
+    wait_until("nine requests waiting", lambda: engine_requests(srv.base_url) == (2, 9), 30)
     assert queued[0].read_until(COMMENT)  # while it waits in vLLM's queue, the stream keeps its client
     assert queued[0].received.startswith(b"HTTP/1.1 200") and b"event:" not in queued[0].received
-    assert gauges(srv) == (2, 9)
+    assert engine_requests(srv.base_url) == (2, 9)
     for client in queued:
         client.leave()
-    took = until(lambda: gauges(srv)[1] == 0, 3.0, "the waiting requests aborted after their clients left")
-    assert gauges(srv)[0] == 2
+    took = timed("the waiting requests aborted after their clients left", lambda: engine_requests(srv.base_url)[1] == 0, 3.0)
+    assert engine_requests(srv.base_url)[0] == 2
     print(f"nine queued requests aborted {took:.2f}s after their clients left")
 
     # The openai SDK reads a stream that waited with comments: a queued request, then a slot frees.
-    client = sdk(srv.base_url)
-    events: list[str] = []
+    relay = Relay(srv)
+    client = sdk(relay.base_url)
 
-    def follow() -> None:
+    def follow() -> list[str]:
         stream = client.responses.create(model="demo", input="Hello there", max_output_tokens=16, stream=True)
-        events.extend(event.type for event in stream)
+        return [event.type for event in stream]
 
-    reader = threading.Thread(target=follow)
-    reader.start()
-    until(lambda: gauges(srv)[1] == 1, 30, "the SDK's request waiting")
-    time.sleep(2.5 * KEEPALIVE_S)  # long enough for comments to reach the SDK
-    blockers[0].leave()
-    reader.join(60)
-    assert not reader.is_alive()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            reader = pool.submit(follow)
+            try:
+                wait_until("the SDK's request waiting", lambda: engine_requests(srv.base_url)[1] == 1, 30)
+                wait_until("two keep-alive comments handed to the SDK", lambda: relay.comments() >= 2, 30)
+            finally:
+                held[0].leave()  # a slot for the SDK's request (after a failure too: the pool waits for it)
+            events = reader.result(timeout=60)
+    finally:
+        relay.close()
     assert events[0] == "response.created" and events[-1] in ("response.completed", "response.incomplete"), events
-    blockers[1].leave()
-    until(lambda: gauges(srv) == (0, 0), 30, "nothing left running")
 
 
 def test_codex_reads_a_stream_that_waited_with_keep_alives(srv: Server, tmp_path: Path) -> None:
     """Codex (SSE, no stream retries) waits in vLLM's queue long enough for several comments,
     then gets its answer."""
-    blockers = [Client(srv, BLOCKER) for _ in range(2)]
-    for blocker in blockers:
-        assert blocker.read_until(b"response.output_text.delta")
-        blocker.drain()
-    done: dict[str, object] = {}
-    codex = threading.Thread(target=lambda: done.update(result=run_codex(tmp_path, srv.base_url, "Hello there!")))
-    codex.start()
-    until(lambda: gauges(srv)[1] == 1, 120, "Codex's request waiting")
-    time.sleep(3.5 * KEEPALIVE_S)  # the stream commits after 1 s, then a comment every second
-    assert gauges(srv) == (2, 1)
-    blockers[0].leave()
-    codex.join(300)
-    proc, last = done["result"]  # type: ignore[misc]
+    held, relay = blockers(srv), Relay(srv)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            codex = pool.submit(run_codex, tmp_path, relay.base_url, "Hello there!")
+            try:
+                wait_until("Codex's request waiting", lambda: engine_requests(srv.base_url)[1] == 1, 120)
+                wait_until("three keep-alive comments handed to Codex", lambda: relay.comments() >= 3, 30)
+                assert engine_requests(srv.base_url) == (2, 1)  # still waiting: only comments so far
+            finally:
+                held[0].leave()  # a slot for Codex (after a failure too: the pool waits for it)
+            proc, last = codex.result(timeout=300)
+    finally:
+        relay.close()
+        held[1].leave()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert last.strip() == "Hello! This is the demo model."
-    blockers[1].leave()
-    until(lambda: gauges(srv) == (0, 0), 30, "nothing left running")
+    wait_until("nothing left running", lambda: engine_requests(srv.base_url) == (0, 0), 30)
 
 
 def test_100_clients_leaving_at_random_points(srv: Server) -> None:
@@ -175,7 +200,7 @@ def test_100_clients_leaving_at_random_points(srv: Server) -> None:
 
     def play(plan: tuple[int, str, str, float, int]) -> None:
         _, kind, prompt, delay, deltas = plan
-        client = Client(srv, {**ENDLESS, "input": prompt, "stream": kind != "json_wait"})
+        client = RawClient(srv.base_url, {**ENDLESS, "input": prompt, "stream": kind != "json_wait"})
         try:
             if kind in ("before_first_event", "json_wait"):
                 time.sleep(delay)
@@ -191,7 +216,7 @@ def test_100_clients_leaving_at_random_points(srv: Server) -> None:
     with ThreadPoolExecutor(12) as pool:
         list(pool.map(play, plans))
     assert sum(outcomes.values()) == 100 and len(outcomes) == 4, outcomes
-    took = until(lambda: gauges(srv) == (0, 0), 30, "vLLM back to 0 running and 0 waiting after 100 clients left")
+    took = timed("vLLM back to 0 running and 0 waiting after 100 clients left", lambda: engine_requests(srv.base_url) == (0, 0), 30)
     print(f"engine idle {took:.2f}s after the last of 100 clients left; {outcomes}")
     r = sdk(srv.base_url).responses.create(model="demo", input="Hello there", max_output_tokens=16)
     assert r.status in ("completed", "incomplete") and r.output_text
