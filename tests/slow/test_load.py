@@ -11,16 +11,13 @@ deltas from the engine only as frames leave), its memory stays put, and other st
 """
 
 import asyncio
-import json
-import re
-import socket
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import httpx
 import psutil
 from demo_requests import CASES, Case, check_output
+from probes import RawClient, captured_request, metric, wait_engine_idle, wait_until
 from server import Server
 
 from vllm_responses.conformance import check_events, parse_sse
@@ -44,18 +41,6 @@ def case_for(n: int) -> Case:
 
 def request_for(n: int) -> dict:
     return case_for(n).request(stream=True, metadata={"n": str(n)})
-
-
-def metric(base_url: str, name: str) -> float:
-    text = httpx.get(f"{base_url}/metrics", timeout=30).text
-    return sum(float(v) for v in re.findall(rf"^vllm:{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE))
-
-
-def wait_engine_idle(base_url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while metric(base_url, "num_requests_running") or metric(base_url, "num_requests_waiting"):
-        assert time.monotonic() < deadline, "engine requests still running or waiting"
-        time.sleep(0.2)
 
 
 async def stream_all(base_url: str, numbers: list[int]) -> dict[int, tuple[int, bytes]]:
@@ -107,46 +92,6 @@ def test_256_concurrent_streams_each_get_their_own_answer(server: Server) -> Non
     wait_engine_idle(server.base_url)
 
 
-class SlowReader:
-    """A client that sends its request, reads the response head and then nothing: its
-    receive window fills and stays full."""
-
-    def __init__(self, base_url: str, body: dict) -> None:
-        host, port = base_url.removeprefix("http://").split(":")
-        data = json.dumps(body).encode()
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.connect((host, int(port)))
-        head = f"POST /v1/responses HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
-        self.sock.sendall(head.encode() + data)
-        self.received = self.sock.recv(1024)
-        assert self.received.startswith(b"HTTP/1.1 200"), self.received
-
-    def read_rest(self) -> bytes:
-        """Everything to the end of the chunked body, then the SSE body."""
-        self.sock.settimeout(120)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-        chunks, tail = [self.received], self.received
-        while not tail.endswith(b"\r\n0\r\n\r\n"):
-            chunk = self.sock.recv(1 << 20)
-            assert chunk, "the server closed the stream before its last chunk"
-            chunks.append(chunk)
-            tail = (tail + chunk)[-16:]
-        self.sock.close()
-        return _dechunk(b"".join(chunks).split(b"\r\n\r\n", 1)[1])
-
-
-def _dechunk(data: bytes) -> bytes:
-    out, at = [], 0
-    while True:
-        end = data.index(b"\r\n", at)
-        size = int(data[at:end], 16)
-        if size == 0:
-            return b"".join(out)
-        out.append(data[end + 2 : end + 2 + size])
-        at = end + 4 + size
-
-
 class Memory:
     """RSS of the API server process and of its whole process tree (engine included),
     sampled in a thread: ``peak`` is the highest the API process reached."""
@@ -172,22 +117,19 @@ def test_a_stalled_reader_holds_back_only_its_own_stream(server: Server) -> None
     memory = Memory(server.proc.pid)
     before, tree_before = memory.api_rss(), memory.tree_rss()
     tokens_before = metric(server.base_url, "generation_tokens_total")
-    slow = SlowReader(server.base_url, {"model": "demo", "input": "Count forever.", "max_output_tokens": SLOW_TOKENS, "stream": True,
-                                        "include": ["message.output_text.logprobs"], "top_logprobs": 20, "metadata": {"n": "slow"}})
-    capture = _capture_of(server.capture_dir, "slow")
+    # A client that reads the response head and then nothing: its receive window fills and stays full.
+    slow = RawClient(server.base_url, {"model": "demo", "input": "Count forever.", "max_output_tokens": SLOW_TOKENS, "stream": True,
+                                       "include": ["message.output_text.logprobs"], "top_logprobs": 20, "metadata": {"n": "slow"}},
+                     rcvbuf=4096)
+    slow.received = slow.sock.recv(1024)
+    assert slow.received.startswith(b"HTTP/1.1 200"), slow.received
+    capture = server.capture_dir / f"{captured_request(server.capture_dir, 'slow')}.sse"
 
     # The engine generates the whole response (it does not wait for the client), while the
     # frames the server produced for it stop growing: it holds them back, it does not buffer.
-    produced = []
-    deadline = time.monotonic() + 300
-    while metric(server.base_url, "num_requests_running"):
-        assert time.monotonic() < deadline, "the slow reader's engine request never finished"
-        produced.append(capture.stat().st_size)
-        time.sleep(0.5)
+    wait_until("the slow reader's engine request finished", lambda: metric(server.base_url, "num_requests_running") == 0, 300, 0.5)
     generated = metric(server.base_url, "generation_tokens_total") - tokens_before
-    held = capture.stat().st_size
-    time.sleep(2)
-    assert capture.stat().st_size == held, "the server went on producing frames nobody reads"
+    held = capture.stat().st_size  # checked again once the other streams have run (seconds later)
     after_engine = memory.api_rss()
 
     # Other streams are served meanwhile, and memory does not grow with what the engine made.
@@ -204,9 +146,9 @@ def test_a_stalled_reader_holds_back_only_its_own_stream(server: Server) -> None
     for n, (status, body) in bodies.items():
         check_stream(n, status, body)
     stalled_end = memory.api_rss()
-    assert capture.stat().st_size == held
+    assert capture.stat().st_size == held, "the server went on producing frames nobody reads"
 
-    body = slow.read_rest()
+    body = slow.read_body()
     events = parse_sse(body)
     problems = check_events(_without_logprobs(events))
     assert not problems, "\n".join(problems[:10])
@@ -242,14 +184,3 @@ def _without_logprobs(events: list[dict]) -> list[dict]:
         return value
 
     return [strip(e) for e in events]  # type: ignore[misc]
-
-
-def _capture_of(directory: Path, tag: str, timeout: float = 60) -> Path:
-    """The capture file of the stream whose request carries metadata ``n == tag``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for request in directory.glob("*.request.json"):
-            if json.loads(request.read_bytes()).get("metadata", {}).get("n") == tag:
-                return request.with_name(request.name.removesuffix(".request.json") + ".sse")
-        time.sleep(0.1)
-    raise AssertionError(f"no captured request with metadata n={tag}")

@@ -7,8 +7,6 @@ One server for the module, with small connection limits so each limit can be met
 import asyncio
 import json
 import os
-import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from demo_requests import CASES, WEATHER_TOOL
+from probes import metric, wait_until
 from server import ExternalServer, Server, running
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -103,11 +102,6 @@ def http_usage(server: Server, body: dict[str, Any]) -> int:
     r = httpx.post(f"{server.base_url}/v1/responses", json={**body, "store": False}, timeout=120)
     assert r.status_code == 200, r.text
     return r.json()["usage"]["input_tokens"]
-
-
-def metric(server: Server, name: str) -> float:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-    return sum(float(v) for v in re.findall(rf"^vllm:{name}\{{[^}}]*\}} (\S+)$", text, re.MULTILINE))
 
 
 # -- HTTP unchanged ---------------------------------------------------------------------------
@@ -306,15 +300,12 @@ def test_client_leaving_mid_response_stops_the_engine(ws_server: Server) -> None
                     return response_id
 
     response_id = run(go())
-    deadline = time.monotonic() + 120
-    status = None
-    while time.monotonic() < deadline:
+
+    def ended() -> str | None:
         status = httpx.get(f"{ws_server.base_url}/v1/responses/{response_id}", timeout=30).json()["status"]
-        if status != "in_progress" and metric(ws_server, "num_requests_running") == 0:
-            break
-        time.sleep(0.2)
-    assert status == "cancelled"
-    assert metric(ws_server, "num_requests_running") == 0
+        return status if status != "in_progress" and metric(ws_server.base_url, "num_requests_running") == 0 else None
+
+    assert wait_until("the response ended and the engine idle", ended, 120, 0.2) == "cancelled"
 
 
 # -- the time limit -------------------------------------------------------------------------------
