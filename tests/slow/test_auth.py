@@ -135,7 +135,7 @@ def test_websocket_mode_requires_the_key(server: Server) -> None:
 
     for headers, body in (({}, MISSING), ({"Authorization": "Bearer sk-wrong"}, WRONG)):
         with pytest.raises(InvalidStatus) as raised:
-            asyncio.run(turn(headers))
+            asyncio.run(asyncio.wait_for(turn(headers), 120))
         response = raised.value.response
         assert (response.status_code, json.loads(response.body)) == (401, {"error": body})
-    assert asyncio.run(turn(RIGHT))[-1] == "response.completed"
+    assert asyncio.run(asyncio.wait_for(turn(RIGHT), 120))[-1] == "response.completed"  # a turn that never ends fails here

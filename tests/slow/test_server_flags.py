@@ -13,11 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from probes import RawClient, engine_requests, wait_engine_idle, wait_until
 from server import Server, demo_model_dir, running
 
 from vllm_responses.conformance import check_response
 
 ENDLESS = {"model": "demo", "input": "Count forever.", "max_output_tokens": 12}
+# Each holds the one sequence for as long as --max-model-len 1024 lets it generate (~1,000
+# tokens, seconds at full speed); several in a row give the test that many times the margin
+# to queue its two requests (and a blocker ending early fails the wait on the gauges, not the order).
+BLOCKER = {**ENDLESS, "max_output_tokens": 20000, "priority": -100, "stream": True}
+BLOCKERS = 4
 
 
 def create(base_url: str, body: dict, headers: dict | None = None) -> httpx.Response:
@@ -34,6 +40,12 @@ def ok(base_url: str, body: dict) -> dict:
 
 def text(response: dict) -> str:
     return "".join(c["text"] for o in response["output"] if o["type"] == "message" for c in o["content"])
+
+
+def logged(server: Server, line: str) -> str | None:
+    """The server's log, once it holds ``line``."""
+    log = server.log_path.read_text(errors="replace")
+    return log if line in log else None
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +81,12 @@ def test_max_logprobs_request_id_header_and_request_logging(flagged: Server) -> 
     # A finished generation is not aborted afterwards (vLLM's generator is run to its end, not
     # left to be closed later, which aborts and logs "Request ... aborted.").
     ok(flagged.base_url, {**ENDLESS, "request_id": "parity-request-43"})
-    time.sleep(1)
-    log = flagged.log_path.read_text(errors="replace")
+    # A late abort of 43 would come from its API process once 43 was done with; by the time
+    # the next request has run through the engine (one sequence at a time) and been logged, and
+    # the engine is idle, it has had its chance.
+    ok(flagged.base_url, {**ENDLESS, "request_id": "parity-request-44"})
+    wait_engine_idle(flagged.base_url)
+    log = wait_until("request 44's output logged", lambda: logged(flagged, "Generated response parity-request-44"))
     assert "Generated response parity-request-43" in log and "parity-request-43 aborted" not in log
 
 
@@ -101,46 +117,34 @@ def test_priority_scheduling(flagged: Server) -> None:
     """One sequence at a time: a later request with a better priority runs before an earlier
     one. The ``X-Vllm-Priority`` header wins over the body's ``priority``, as on upstream's routes.
 
-    No timing decides the order. Four blockers with the best priority hold the one slot for
-    ~3,600 generated tokens; ``low`` and then ``high`` go in one after the other, each once the
-    server has logged the one before as received (``--enable-log-requests``). Both then wait
-    behind the blockers, and the order is read where the engine finishes them (vLLM's output
-    log, ``--enable-log-outputs``), not from when answers reach their client threads.
+    No timing decides the order. Blockers with the best priority (-100: nothing preempts them)
+    hold the one slot, one running and the rest waiting; ``low`` (priority 10) goes in and is
+    seen waiting in vLLM's gauges, then ``high`` (body 20, header -10) too. Only then do the
+    blockers' clients leave (the server aborts the engine request of a client that leaves), and
+    the engine takes the best priority next. The order is read where the engine finishes them
+    (vLLM's output log, ``--enable-log-outputs``). Had the body's 20 won, ``low`` would run first.
     """
-    for _ in range(3):  # a run where the blockers ended before ``high`` arrived proves nothing: again
-        tag = f"prio-{time.monotonic_ns()}"
-        log = _priority_run(flagged, tag)
-        # ``high`` arrived before the second-to-last blocker ended: a whole blocker's run of margin.
-        if log.index(f"Received request {tag}-high") < log.index(f"Generated response {tag}-b2"):
-            break
-    else:
-        pytest.fail("in three runs the blockers always ended before the prioritised request arrived")
+    base, tag = flagged.base_url, f"prio-{time.monotonic_ns()}"
+    wait_engine_idle(base)
+    blockers = []
+    try:
+        for i in range(BLOCKERS):
+            blockers.append(RawClient(base, {**BLOCKER, "request_id": f"{tag}-b{i}"}))
+            wait_until(f"blocker {i} in the engine", lambda i=i: engine_requests(base) == (1, i), 60)
+        with ThreadPoolExecutor(2) as pool:
+            try:
+                low = pool.submit(create, base, {**ENDLESS, "priority": 10, "request_id": f"{tag}-low"})
+                wait_until("low waiting behind the blockers", lambda: engine_requests(base) == (1, BLOCKERS), 60)
+                high = pool.submit(create, base, {**ENDLESS, "priority": 20, "request_id": f"{tag}-high"}, {"X-Vllm-Priority": "-10"})
+                wait_until("high waiting behind the blockers", lambda: engine_requests(base) == (1, BLOCKERS + 1), 60)
+            finally:
+                for blocker in reversed(blockers):  # the waiting ones first, so none starts
+                    blocker.leave()
+            for name, answer in (("low", low), ("high", high)):
+                r = answer.result(timeout=120)
+                assert r.status_code == 200, (name, r.text)
+    finally:
+        for blocker in blockers:
+            blocker.leave()
+    log = flagged.log_path.read_text(errors="replace")
     assert log.index(f"Generated response {tag}-high") < log.index(f"Generated response {tag}-low"), log[-3000:]
-
-
-def _priority_run(flagged: Server, tag: str) -> str:
-    """Blockers b0..b3, then ``low``, then ``high``; the server log once all have answered."""
-
-    def run(name: str, priority: int, max_output_tokens: int, headers: dict | None = None) -> None:
-        body = {**ENDLESS, "max_output_tokens": max_output_tokens, "priority": priority, "request_id": f"{tag}-{name}"}
-        r = create(flagged.base_url, body, headers)
-        assert r.status_code == 200, r.text
-
-    def received(name: str) -> None:
-        deadline = time.monotonic() + 60
-        while f"Received request {tag}-{name}" not in flagged.log_path.read_text(errors="replace"):
-            assert time.monotonic() < deadline, f"the server never logged {tag}-{name} as received"
-            time.sleep(0.01)
-
-    with ThreadPoolExecutor(6) as pool:
-        futures = []
-        for name, priority, tokens, headers in [
-            *((f"b{i}", -100, 900, None) for i in range(4)),
-            ("low", 10, 8, None),
-            ("high", 20, 8, {"X-Vllm-Priority": "-10"}),
-        ]:
-            futures.append(pool.submit(run, name, priority, tokens, headers))
-            received(name)
-        for f in futures:
-            f.result()
-    return flagged.log_path.read_text(errors="replace")
