@@ -8,15 +8,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from safetensors.numpy import load_file  # noqa: E402
-
-import vllm_responses.demo_model.build as demo_build  # noqa: E402
-from vllm_responses.demo_model import lora  # noqa: E402
-from vllm_responses.demo_model import scenarios as sc  # noqa: E402
+import vllm_responses.demo_model.build as demo_build
+from vllm_responses.demo_model import lora
+from vllm_responses.demo_model import scenarios as sc
 
 PROMPTS = {  # one user text per scenario that needs no tools
     "default": "Hello there!",
@@ -102,7 +100,6 @@ def test_weights_move_one_mode(built, adapter):
 
 def test_vllm_loads_it(adapter):
     """vLLM's own adapter loading (what --lora-modules and /v1/load_lora_adapter run)."""
-    pytest.importorskip("vllm")
     from vllm.config.lora import LoRAConfig
     from vllm.lora.lora_model import LoRAModel
     from vllm.lora.peft_helper import PEFTHelper

@@ -14,13 +14,12 @@ import random
 import re
 
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-import vllm_responses.demo_model.build as demo_build  # noqa: E402
-from vllm_responses.demo_model import scenarios as sc  # noqa: E402
-from vllm_responses.demo_model.template import chat_template  # noqa: E402
+import vllm_responses.demo_model.build as demo_build
+from vllm_responses.demo_model import scenarios as sc
+from vllm_responses.demo_model.template import chat_template
 
 # --------------------------------------------------------------------------
 # Fixtures
@@ -243,7 +242,6 @@ def test_raw_output_format():
 
 def test_vllm_parsers_extract_scripts(tokenizer):
     """vLLM's own qwen3 reasoning parser and hermes tool parser (offline)."""
-    pytest.importorskip("vllm")
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.reasoning.qwen3_engine_reasoning_parser import Qwen3ParserReasoningAdapter
     from vllm.tool_parsers.hermes_tool_parser import Hermes2ProToolParser
@@ -743,7 +741,6 @@ def test_makefile_serves_the_default_family():
 
 
 def test_every_family_names_real_parsers():
-    pytest.importorskip("vllm")
     from vllm.reasoning import ReasoningParserManager
     from vllm.tool_parsers import ToolParserManager
 
@@ -991,7 +988,6 @@ def test_parsers_and_layer_read_every_family(family_name, built, tmp_path_factor
     output text, reasoning as reasoning, tool calls whole with exact arguments (our
     ToolCallMapper completes what deepseek_v3 drops from a multi-token step), no
     whitespace-only items, every stream conformant."""
-    pytest.importorskip("vllm")
     from vllm_responses.conformance import check_events
 
     family = sc.family_of(family_name)
