@@ -1,10 +1,11 @@
 """A scripted engine for fast tests of the layers above the engine adapter."""
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
-
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from vllm_responses.backend import Engine, Prepared
 from vllm_responses.deltas import Delta, Finish, Sampling, Started, Usage
@@ -52,8 +53,27 @@ class ScriptedEngine(Engine):
                 self.aborted.append(request_id)
 
 
+T = TypeVar("T")
+
+
+async def eventually(what: str, check: Callable[[], T | Awaitable[T]], timeout: float = 10, every: float = 0.01) -> T:
+    """``check()``'s first truthy value (awaited if a coroutine), polled every ``every`` s on the
+    running loop; an AssertionError naming ``what`` once ``timeout`` s have passed without one:
+    tests/probes.py's ``wait_until`` for the async unit tests (a wait never falls through)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(every)
+
+
 def usage(i: int = 10, o: int = 5, r: int = 0) -> Usage:
     return Usage(input_tokens=i, output_tokens=o, reasoning_tokens=r)
 
 
-__all__ = ["ScriptedEngine", "EngineFailure", "usage"]
+__all__ = ["EngineFailure", "ScriptedEngine", "eventually", "usage"]

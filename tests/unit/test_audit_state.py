@@ -4,7 +4,6 @@ written in batches, chaining through custom tool calls, the SDK's types for ever
 Conversations route, ``include`` on input items, and resumed streams that start at or past
 the last event."""
 
-import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fakes import ScriptedEngine, usage
+from fakes import ScriptedEngine, eventually, usage
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
@@ -63,6 +62,14 @@ class App:
         r = await self.http.post("/v1/responses", json={"model": "demo", **body})
         assert r.status_code == 200, r.text
         return r.text if body.get("stream") else r.json()
+
+    async def completed(self, response_id: str) -> None:
+        """Until the stored response is ``completed`` (a background run ended)."""
+
+        async def done() -> bool:
+            return (await self.http.get(f"/v1/responses/{response_id}")).json()["status"] == "completed"
+
+        await eventually(f"{response_id} completed", done)
 
     def rows(self) -> dict[str, int]:
         """Row count of every table that holds what clients stored."""
@@ -126,17 +133,14 @@ async def test_the_server_enforces_retention_at_start_up_and_every_interval(tmp_
         async def kept() -> list[str]:
             return [rid for rid in ids if (await a.http.get(f"/v1/responses/{rid}")).status_code == 200]
 
-        for _ in range(100):
-            if len(await kept()) == 2:
-                break
-            await asyncio.sleep(0.05)
+        async def two_kept() -> bool:
+            return len(await kept()) == 2
+
+        await eventually("the start-up prune", two_kept, timeout=30)
         assert await kept() == ids[2:]  # the newest two
         more = [(await a.ok(input="hi"))["id"] for _ in range(2)]
         ids += more
-        for _ in range(100):  # the next pass, with no restart
-            if len(await kept()) == 2:
-                break
-            await asyncio.sleep(0.05)
+        await eventually("the next prune pass, with no restart", two_kept, timeout=30)
         assert await kept() == more
         assert a.rows()["responses"] == 2
     finally:
@@ -168,10 +172,7 @@ async def test_background_events_are_written_in_batches(app: App, monkeypatch: p
 
     monkeypatch.setattr(app.service.store, "append_events", counted)
     queued = await app.ok(input="hi", background=True)
-    for _ in range(200):
-        if (await app.http.get(f"/v1/responses/{queued['id']}")).json()["status"] == "completed":
-            break
-        await asyncio.sleep(0.02)
+    await app.completed(queued["id"])
     events = parse_sse((await app.http.get(f"/v1/responses/{queued['id']}", params={"stream": "true"})).text)
     assert check_events(events) == [] and len(events) > 200
     assert sum(calls) == len(events)  # every event stored once
@@ -222,10 +223,7 @@ async def test_every_route_answers_in_the_sdk_types(app: App):
 # -- 7.6: a resumed stream that starts at or after the last event ends at once ----------------
 async def test_resuming_after_the_last_event_ends_without_another_terminal_event(app: App):
     queued = await app.ok(input="hi", background=True)
-    for _ in range(100):
-        if (await app.http.get(f"/v1/responses/{queued['id']}")).json()["status"] == "completed":
-            break
-        await asyncio.sleep(0.02)
+    await app.completed(queued["id"])
     path = f"/v1/responses/{queued['id']}"
     events = parse_sse((await app.http.get(path, params={"stream": "true"})).text)
     last = events[-1]["sequence_number"]
@@ -241,10 +239,7 @@ async def test_a_stored_stream_that_lost_its_terminal_event_gets_it_rebuilt(app:
     """The other side of the check above: a finished response whose last events never reached
     the store (its owner died between the two writes) still ends with its terminal event."""
     queued = await app.ok(input="hi", background=True)
-    for _ in range(100):
-        if (await app.http.get(f"/v1/responses/{queued['id']}")).json()["status"] == "completed":
-            break
-        await asyncio.sleep(0.02)
+    await app.completed(queued["id"])
     path = f"/v1/responses/{queued['id']}"
     events = parse_sse((await app.http.get(path, params={"stream": "true"})).text)
     app.service.background.forget(queued["id"])
@@ -272,11 +267,7 @@ async def test_finished_background_runs_leave_memory(app: App, monkeypatch: pyte
     """Memory stays bounded: a finished run is kept only KEEP_AFTER_END for followers here."""
     monkeypatch.setattr(background, "KEEP_AFTER_END", 0.2)
     ids = [(await app.ok(input="hi", background=True))["id"] for _ in range(3)]
-    for _ in range(200):
-        if not app.service.background.runs:
-            break
-        await asyncio.sleep(0.02)
-    assert app.service.background.runs == {}
+    await eventually("the finished runs forgotten", lambda: not app.service.background.runs)
     for rid in ids:  # still served, from the store
         assert (await app.http.get(f"/v1/responses/{rid}")).json()["status"] == "completed"
         assert parse_sse((await app.http.get(f"/v1/responses/{rid}", params={"stream": "true"})).text)[-1]["type"] == "response.completed"

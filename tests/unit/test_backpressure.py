@@ -86,5 +86,6 @@ async def test_a_stalled_send_stops_the_engine_pulls(store: bool) -> None:
     assert engine.pulled == pulled, "the engine was asked for more while nothing could be sent"
     assert pulled <= len(sent) + 1
     task.cancel()  # the server gives up on the connection (the client left)
-    await asyncio.gather(task, return_exceptions=True)
+    (outcome,) = await asyncio.gather(task, return_exceptions=True)
+    assert isinstance(outcome, asyncio.CancelledError), outcome  # not ended early by an error of its own
     assert len(engine.aborted) == 1

@@ -6,10 +6,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
-from fakes import ScriptedEngine, usage
+from fakes import ScriptedEngine, eventually, usage
 from fastapi import FastAPI
 from openai.types.responses import ResponseOutputItem
 from openai.types.responses.compacted_response import CompactedResponse
@@ -241,11 +240,12 @@ async def test_background_trigger_compacts():
     async with client:
         r = await client.post("/v1/responses", json={"model": "demo", "input": HISTORY + [TRIGGER], "background": True})
         assert r.status_code == 200, r.text
-        for _ in range(200):
+
+        async def ended() -> dict | None:
             body = (await client.get(f"/v1/responses/{r.json()['id']}")).json()
-            if body["status"] not in ("queued", "in_progress"):
-                break
-            await anyio.sleep(0.02)
+            return None if body["status"] in ("queued", "in_progress") else body
+
+        body = await eventually("the background response ended", ended)
     assert body["status"] == "completed", body
     assert [i["type"] for i in body["output"]] == ["compaction"]
     assert service.sealer.open(body["output"][0]["encrypted_content"]) == SUMMARY

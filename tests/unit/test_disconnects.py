@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes import ScriptedEngine, usage
+from fakes import ScriptedEngine, eventually, usage
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
@@ -45,6 +45,7 @@ class Engine(ScriptedEngine):
         self.start_delay = start_delay
         self.refuse = refuse
         self.ended: dict[str, float] = {}
+        self.waiting = 0  # generations the server began to read (each waits ``start_delay`` first)
         self.steps = 0
         self.held: list[AsyncGenerator[Any, None]] = []
 
@@ -56,6 +57,7 @@ class Engine(ScriptedEngine):
     async def _generate(self, request_id: str) -> AsyncGenerator[Any, None]:
         finished = False
         try:
+            self.waiting += 1
             await asyncio.sleep(self.start_delay)
             if self.refuse is not None:
                 raise self.refuse
@@ -148,13 +150,6 @@ def assert_aborted_at_once(engine: Engine, exchange: Exchange) -> None:
     assert engine.ended[request_id] - exchange.left_at < ABORT_WITHIN
 
 
-async def hold(engine: Engine, ready: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
-
-
 STREAM = {"model": "demo", "input": "hi", "stream": True}
 JSON = {"model": "demo", "input": "hi"}
 
@@ -163,8 +158,8 @@ JSON = {"model": "demo", "input": "hi"}
 async def test_stream_left_while_queued_before_any_byte():
     engine = Engine(WORDS, start_delay=60)
     exchange = Exchange(make_app(engine), STREAM)
-    await hold(engine, lambda: len(engine.held) == 1)
-    await asyncio.sleep(0.05)  # the handler waits for the engine to accept the request
+    # The engine's generation is being read: the handler waits for the engine to accept.
+    await eventually("the engine asked for its first output", lambda: engine.waiting == 1)
     assert exchange.status is None
     await exchange.leave()
     assert_aborted_at_once(engine, exchange)
@@ -235,8 +230,7 @@ async def test_stream_left_before_its_answer_started_is_stopped_unread():
 async def test_json_left_while_queued():
     engine = Engine(WORDS, start_delay=60)
     exchange = Exchange(make_app(engine), JSON)
-    await hold(engine, lambda: len(engine.held) == 1)
-    await asyncio.sleep(0.05)
+    await eventually("the engine asked for its first output", lambda: engine.waiting == 1)
     await exchange.leave()
     assert_aborted_at_once(engine, exchange)
     assert exchange.status == 499
@@ -246,7 +240,7 @@ async def test_json_left_while_queued():
 async def test_json_left_while_generating():
     engine = Engine(WORDS, delay=0.02)
     exchange = Exchange(make_app(engine), JSON)
-    await hold(engine, lambda: engine.steps >= 3)
+    await eventually("three engine steps", lambda: engine.steps >= 3)
     await exchange.leave()
     assert_aborted_at_once(engine, exchange)
     assert engine.steps < len(WORDS)
@@ -305,7 +299,8 @@ async def test_cancelled_while_the_engine_has_not_accepted_aborts_the_engine():
     engine = Engine(WORDS, start_delay=60)
     run = await _run(engine, patience=0.01)
     consumer = asyncio.ensure_future(anext(run.batches()))
-    await asyncio.sleep(0.05)
+    # batches() marks the run read, then waits for the engine to accept (nothing in between awaits).
+    await eventually("the consumer waiting for the engine to accept", lambda: run._read)
     consumer.cancel()
     await asyncio.wait((consumer,))
     assert len(engine.aborted) == 1

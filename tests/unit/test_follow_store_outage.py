@@ -26,7 +26,7 @@ from vllm_responses.store import StoredResponse, StoreUnavailable
 from vllm_responses.store.sqlite import SQLiteStore
 from vllm_responses.stream import ResponseStream
 
-from fakes import ScriptedEngine, usage
+from fakes import ScriptedEngine, eventually, usage
 
 RID = "resp_followed"
 OWNER = "owner_elsewhere"
@@ -95,12 +95,11 @@ async def test_a_follower_waits_out_a_store_outage_and_goes_on(tmp_path: Path) -
     try:
         got, follower = await following(flaky)
         flaky.down = True
-        while not flaky.failures:  # a read begun before the outage may still answer
-            await asyncio.sleep(0.05)
+        await eventually("a read failed", lambda: flaky.failures)  # a read begun before the outage may still answer
         await store.append_events(RID, [e for batch in logged[3:] for e in batch])  # the owner goes on meanwhile
         assert await store.finish_response(finished)
-        await asyncio.sleep(2.0)  # several failed tries, and the stream still open
-        assert not follower.done() and flaky.failures >= 3
+        await eventually("several failed tries (one every 0.5 s)", lambda: flaky.failures >= 3)
+        assert not follower.done()  # the stream still open
         flaky.down = False
         await asyncio.wait_for(follower, 10)
         everything = [orjson.loads(data) for _, data in await store.read_events(RID)]
@@ -141,12 +140,12 @@ def test_a_cancel_from_another_process_waits_out_a_store_outage(tmp_path: Path) 
         service = ResponsesService(ScriptedEngine([]), flaky)  # type: ignore[arg-type]
 
         async def owner() -> None:
-            while not await store.cancel_requested([RID]):
-                await asyncio.sleep(0.01)
+            await eventually("the cancel requested", lambda: store.cancel_requested([RID]))
             flaky.down = True
-            await asyncio.sleep(0.3)
+            await eventually("the cancel's wait met the outage", lambda: flaky.failures)
             assert await store.finish_response({**finished, "status": "cancelled"})
-            await asyncio.sleep(0.2)
+            failed = flaky.failures
+            await eventually("the cancel's wait tried again, the store still down", lambda: flaky.failures > failed)
             flaky.down = False
 
         elsewhere = asyncio.ensure_future(owner())
@@ -161,10 +160,10 @@ def test_a_cancel_from_another_process_waits_out_a_store_outage(tmp_path: Path) 
 
 def test_a_cancel_answers_503_when_the_store_is_still_down_at_its_deadline(tmp_path: Path) -> None:
     async def run() -> APIError:
-        _, flaky, _, _ = await start(tmp_path)
+        store, flaky, _, _ = await start(tmp_path)
         service = ResponsesService(ScriptedEngine([]), flaky)  # type: ignore[arg-type]
         cancelling = asyncio.ensure_future(service.cancel(RID, wait_s=0.5))
-        await asyncio.sleep(0.2)
+        await eventually("the cancel requested", lambda: store.cancel_requested([RID]))  # then its wait meets the outage
         flaky.down = True
         with pytest.raises(APIError) as caught:
             await cancelling

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from fakes import ScriptedEngine, usage
+from fakes import ScriptedEngine, eventually, usage
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.deltas import Finish, TextDelta
 from vllm_responses.late_writes import LateWrites
@@ -58,11 +58,7 @@ async def app(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Response
 
 
 async def settled(service: ResponsesService) -> None:
-    for _ in range(200):
-        if not len(service.late_writes):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the late writes never landed")
+    await eventually("the late writes landed", lambda: not len(service.late_writes))
 
 
 @pytest.mark.anyio
@@ -73,8 +69,8 @@ async def test_a_response_that_ends_during_an_outage_is_stored_once_the_store_is
     r = await http.post("/v1/responses", json={"model": "demo", "input": "hi", "conversation": conversation})
     assert r.status_code == 200 and r.json()["status"] == "completed"  # the client is not failed for it
     done = r.json()
-    await asyncio.sleep(0.3)  # retried, still away
-    assert outage.failed.count("finish_response") >= 2 and len(service.late_writes) == 1
+    await eventually("the final write retried", lambda: outage.failed.count("finish_response") >= 2)
+    assert len(service.late_writes) == 1  # still away
     assert (await http.get(f"/v1/responses/{done['id']}")).json()["status"] == "in_progress"
     outage.on = False
     await settled(service)
@@ -130,8 +126,8 @@ async def test_what_never_lands_is_given_up_after_its_time() -> None:
         raise StoreUnavailable("down")
 
     writes.add(never, "a test write")
-    await asyncio.sleep(0.5)
-    assert not len(writes) and tries >= 5
+    await eventually("the write given up", lambda: not len(writes))
+    assert tries >= 5  # retried all the while (every 0.01-0.02 s for 0.2 s)
 
 
 @pytest.fixture

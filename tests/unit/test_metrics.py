@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes import EngineFailure, ScriptedEngine, usage
+from fakes import EngineFailure, ScriptedEngine, eventually, usage
 from fastapi import FastAPI
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from redis_server import RedisServer
@@ -150,15 +150,18 @@ async def test_a_client_that_leaves_mid_stream_counts_a_disconnect_and_only_the_
 
 @pytest.mark.anyio
 async def test_a_client_that_leaves_before_the_engine_accepts_counts_a_disconnect_and_no_response() -> None:
+    asked = asyncio.Event()
+
     class Slow(ScriptedEngine):
         async def generate(self, prepared: Any, request_id: str):  # type: ignore[override]
+            asked.set()  # create now waits for the engine to accept
             await asyncio.sleep(30)  # never accepted in time
             yield  # pragma: no cover
 
     svc = service(Slow(SCRIPT))
     reading = Reading()
     creating = asyncio.ensure_future(svc.create(parse_request(b'{"model": "demo", "input": "hi", "store": false}')))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(asked.wait(), 10)
     creating.cancel()  # as until_disconnected does when the client leaves
     with pytest.raises(asyncio.CancelledError):
         await creating
@@ -202,11 +205,11 @@ async def test_background_responses_are_on_the_gauge_while_they_run() -> None:
     reading = Reading()
     run = await svc.create(parse_request(b'{"model": "demo", "input": "hi", "background": true}'))
     assert reading.delta() == {"vllm_responses:background_responses{status=queued}": 1}  # its task has not begun
-    await asyncio.sleep(0.1)
-    assert reading.delta() == {
+    running = {
         "vllm_responses:background_responses{status=in_progress}": 1,
         "vllm_responses:time_to_first_event_seconds_count{transport=background}": 1,
     }
+    await eventually(f"the metrics moved to {running} (the engine's first step waits 0.2 s)", lambda: reading.delta() == running)
     await run.task
     await asyncio.sleep(0)
     delta = reading.delta()
@@ -220,7 +223,7 @@ async def test_a_cancelled_background_response() -> None:
     svc = service(ScriptedEngine(SCRIPT, delay=0.5))
     reading = Reading()
     run = await svc.create(parse_request(b'{"model": "demo", "input": "hi", "background": true}'))
-    await asyncio.sleep(0.1)
+    await eventually("the response running", lambda: reading.delta().get("vllm_responses:background_responses{status=in_progress}") == 1)
     cancelled = await svc.cancel(run.id)
     assert cancelled["status"] == "cancelled"
     delta = reading.delta()

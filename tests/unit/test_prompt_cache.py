@@ -8,8 +8,8 @@ installed is tested in tests/e2e/test_prompt_cache_render.py.
 
 import json
 import random
-import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -218,19 +218,14 @@ def test_threads_share_one_cache_exactly(tokenizer: Any, cache: PromptTokenizer)
     cache.pieces.max_bytes = 150_000
     texts = [render(tokenizer, codex_body(t, seed=t % 3, instructions_chars=8_000)) for t in range(2, 10)]
     expected = [whole(tokenizer, t) for t in texts]
-    failures: list[int] = []
 
-    def work(k: int) -> None:
-        for i in range(len(texts)):
-            j = (i * 5 + k) % len(texts)
-            if cache.encode(texts[j], KWARGS) != expected[j]:
-                failures.append(j)
+    def work(k: int) -> list[int]:
+        """The texts this thread encoded wrong (an exception in it is raised by ``map``)."""
+        order = [(i * 5 + k) % len(texts) for i in range(len(texts))]
+        return [j for j in order if cache.encode(texts[j], KWARGS) != expected[j]]
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(4) as pool:
+        failures = [j for wrong in pool.map(work, range(4)) for j in wrong]
     assert failures == []
     assert cache.pieces.bytes <= 150_000
 

@@ -17,6 +17,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
+from fakes import eventually
 from redis_server import RedisServer
 from vllm_responses.store import ItemPage, Retention, Store, StoredResponse, StoreUnavailable
 from vllm_responses.store.redis import RedisStore
@@ -652,11 +653,7 @@ async def test_sqlite_group_commit_a_cancelled_caller_leaves_the_others_their_an
         assert await first is None and await last is True
         with pytest.raises(asyncio.CancelledError):
             await cancelled
-        for _ in range(100):  # its batch may still be committing
-            if await store.get_response("resp_2") is not None:
-                break
-            await asyncio.sleep(0.01)
-        assert await store.get_response("resp_2") is not None
+        await eventually("its write landed (its batch may still be committing)", lambda: store.get_response("resp_2"))
     finally:
         await store.close()
 

@@ -2,7 +2,6 @@
 deletion, input items, background runs, cancel, resumed streams, sealed reasoning,
 conversations. The same behaviour against real vLLM is in tests/e2e/test_state.py."""
 
-import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator
@@ -12,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from fakes import ScriptedEngine, usage
+from fakes import ScriptedEngine, eventually, usage
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from vllm_responses.plugin import ResponsesPlugin
@@ -40,6 +39,15 @@ class Client:
         r = await self.create(**body)
         assert r.status_code == 200, r.text
         return r.json()
+
+    async def status(self, response_id: str, status: str) -> dict:
+        """The stored response, once its status is ``status`` (a background run ended)."""
+
+        async def stored() -> dict | None:
+            got = (await self.http.get(f"/v1/responses/{response_id}")).json()
+            return got if got["status"] == status else None
+
+        return await eventually(f"{response_id} {status}", stored)
 
 
 @pytest.fixture
@@ -131,12 +139,8 @@ async def test_background_returns_at_once_and_finishes_without_a_client(client: 
     client.engine.delay = 0.05
     queued = await client.ok(input="hi", background=True)
     assert queued["status"] == "queued" and queued["background"] is True
-    for _ in range(100):
-        got = (await client.http.get(f"/v1/responses/{queued['id']}")).json()
-        if got["status"] == "completed":
-            break
-        await asyncio.sleep(0.05)
-    assert got["status"] == "completed" and got["output"][1]["content"][0]["text"] == "Hello world"
+    got = await client.status(queued["id"], "completed")
+    assert got["output"][1]["content"][0]["text"] == "Hello world"
     events = parse_sse((await client.http.get(f"/v1/responses/{queued['id']}", params={"stream": "true"})).text)
     assert [e["type"] for e in events][:3] == ["response.created", "response.queued", "response.in_progress"]
     assert check_events(events) == []
@@ -157,7 +161,8 @@ async def test_cancel_a_running_background_response(client: Client):
     client.engine.script = [TextDelta("tick ")] * 200 + [Finish("stop", usage())]
     client.engine.delay = 0.02
     queued = await client.ok(input="hi", background=True)
-    await asyncio.sleep(0.2)
+    run = client.service.background.get(queued["id"])
+    await eventually("the engine generating", lambda: any(kind == "response.output_text.delta" for _, kind, _ in run.log))
     cancelled = (await client.http.post(f"/v1/responses/{queued['id']}/cancel")).json()
     assert cancelled["status"] == "cancelled"
     assert client.engine.aborted == [queued["id"]]
@@ -176,8 +181,7 @@ async def test_only_running_background_responses_can_be_cancelled(client: Client
     r = await client.http.get(f"/v1/responses/{plain['id']}", params={"stream": "true"})
     assert r.status_code == 400
     done = await client.ok(input="hi", background=True)
-    while (await client.http.get(f"/v1/responses/{done['id']}")).json()["status"] != "completed":
-        await asyncio.sleep(0.02)
+    await client.status(done["id"], "completed")
     r = await client.http.post(f"/v1/responses/{done['id']}/cancel")
     assert r.status_code == 400 and "already completed" in r.json()["error"]["message"]
     assert (await client.http.post("/v1/responses/resp_nope/cancel")).status_code == 404
