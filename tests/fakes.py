@@ -56,7 +56,7 @@ class ScriptedEngine(Engine):
 T = TypeVar("T")
 
 
-async def eventually(what: str, check: Callable[[], T | Awaitable[T]], timeout: float = 10, every: float = 0.01) -> T:
+async def eventually(what: str, check: Callable[[], T | Awaitable[T]], timeout: float = 60, every: float = 0.01) -> T:
     """``check()``'s first truthy value (awaited if a coroutine), polled every ``every`` s on the
     running loop; an AssertionError naming ``what`` once ``timeout`` s have passed without one:
     tests/probes.py's ``wait_until`` for the async unit tests (a wait never falls through)."""
@@ -72,8 +72,19 @@ async def eventually(what: str, check: Callable[[], T | Awaitable[T]], timeout: 
         await asyncio.sleep(every)
 
 
+async def awaited(what: str, task: "asyncio.Future[T]", timeout: float = 60) -> T:
+    """``task``'s result, waited for without cancelling it: ``asyncio.wait_for`` cancels a task
+    that is late, and one that ends normally on cancellation (a run that stops as cancelled)
+    hides the timeout and leaves the test checking a cancelled run. An AssertionError naming
+    ``what`` after ``timeout`` s (generous: the VM can freeze for tens of seconds)."""
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        raise AssertionError(f"{what}: not within {timeout} s")
+    return task.result()
+
+
 def usage(i: int = 10, o: int = 5, r: int = 0) -> Usage:
     return Usage(input_tokens=i, output_tokens=o, reasoning_tokens=r)
 
 
-__all__ = ["EngineFailure", "ScriptedEngine", "eventually", "usage"]
+__all__ = ["EngineFailure", "ScriptedEngine", "awaited", "eventually", "usage"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fakes import ScriptedEngine, eventually, usage
+from fakes import ScriptedEngine, awaited, eventually, usage
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
@@ -141,7 +141,7 @@ class Exchange:
         """The client disconnects; the server's handling of it ends soon after."""
         self.left_at = time.monotonic()
         self.gone.set()
-        await asyncio.wait_for(asyncio.shield(self.task), 10)
+        await awaited("the server's handling of the exchange", self.task)
 
 
 def assert_aborted_at_once(engine: Engine, exchange: Exchange) -> None:
@@ -219,7 +219,7 @@ async def test_stream_left_before_its_answer_started_is_stopped_unread():
     service.create = create_then_leave
     exchange = Exchange(app, STREAM)
     with pytest.raises(OSError):
-        await asyncio.wait_for(exchange.task, 10)
+        await awaited("the exchange", exchange.task)
     assert exchange.status is None
     assert_aborted_at_once(engine, exchange)
     (response_id,) = engine.aborted
@@ -255,7 +255,7 @@ async def test_leaving_a_background_stream_leaves_the_response_running():
     await exchange.leave()
     response_id = parse_sse(exchange.body)[0]["response"]["id"]
     run = app.state.vllm_responses.background.get(response_id)
-    await asyncio.wait_for(run.task, 10)
+    await awaited("the background run", run.task)
     assert engine.aborted == [] and engine.steps == len(WORDS)
     assert run.response.status == "completed"
 
@@ -265,13 +265,13 @@ async def test_leaving_a_resumed_background_stream_leaves_the_response_running()
     engine = Engine(WORDS, delay=0.02)
     app = make_app(engine)
     created = Exchange(app, {**JSON, "background": True})
-    await asyncio.wait_for(created.task, 10)
+    await awaited("the create", created.task)
     response_id = json.loads(created.body)["id"]
     exchange = Exchange(app, {}, method="GET", path=f"/v1/responses/{response_id}", query="stream=true")
     await exchange.until(lambda: b"response.output_text.delta" in exchange.body)
     await exchange.leave()
     run = app.state.vllm_responses.background.get(response_id)
-    await asyncio.wait_for(run.task, 10)
+    await awaited("the background run", run.task)
     assert engine.aborted == [] and run.response.status == "completed"
 
 

@@ -26,7 +26,7 @@ from vllm_responses.store import StoredResponse, StoreUnavailable
 from vllm_responses.store.sqlite import SQLiteStore
 from vllm_responses.stream import ResponseStream
 
-from fakes import ScriptedEngine, eventually, usage
+from fakes import ScriptedEngine, awaited, eventually, usage
 
 RID = "resp_followed"
 OWNER = "owner_elsewhere"
@@ -101,7 +101,7 @@ async def test_a_follower_waits_out_a_store_outage_and_goes_on(tmp_path: Path) -
         await eventually("several failed tries (one every 0.5 s)", lambda: flaky.failures >= 3)
         assert not follower.done()  # the stream still open
         flaky.down = False
-        await asyncio.wait_for(follower, 10)
+        await awaited("the follower", follower)
         everything = [orjson.loads(data) for _, data in await store.read_events(RID)]
         assert got == everything and got[-1]["type"] == "response.completed"
         assert check_events(got) == []
@@ -117,7 +117,7 @@ async def test_a_store_gone_past_the_patience_ends_the_stream_with_an_error_even
         got, follower = await following(flaky)
         seen = len(got)
         flaky.down = True
-        await asyncio.wait_for(follower, 10)  # ended, not hung
+        await awaited("the follower's end", follower)  # ended, not hung
         assert len(got) == seen + 1
         error = got[-1]
         assert error["type"] == "error" and error["code"] == "store_unavailable"

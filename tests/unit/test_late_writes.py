@@ -3,7 +3,6 @@ timeout on a starved machine) is written once the store answers again, in order:
 response, the conversation's new turn, then a background response's last events. Before,
 it was logged and dropped: the response stayed ``in_progress`` for as long as its owner lived."""
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from fakes import ScriptedEngine, eventually, usage
+from fakes import ScriptedEngine, awaited, eventually, usage
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.deltas import Finish, TextDelta
 from vllm_responses.late_writes import LateWrites
@@ -99,7 +98,7 @@ async def test_a_background_response_gets_its_last_events_after_its_final_state(
     created = (await http.post("/v1/responses", json={"model": "demo", "input": "hi", "background": True})).json()
     run = service.background.get(created["id"])
     assert run is not None
-    await asyncio.wait_for(run.task, 5)
+    await awaited("the background run", run.task)
     assert run.done and run.log[-1][1] == "response.completed"  # followers here got the end at once
     assert "finish_response" in outage.failed
     stored_events = [orjson.loads(data)["type"] for _, data in await service.store.read_events(created["id"])]
