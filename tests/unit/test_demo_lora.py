@@ -5,6 +5,7 @@ weights with transformers): ``default`` plays ``no_reasoning``, every other scen
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -22,6 +23,18 @@ PROMPTS = {  # one user text per scenario that needs no tools
     "json": "Give me the weather as JSON.",
     "endless": "Count forever.",
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model's forward passes in one thread: on 2 cores beside a busy server, torch's
+    second thread waits at every op (test_variant_plays_every_script[deepseek_r1]: 2.6 s with
+    one thread, 18-51 s with two). Greedy and sampled scripts win by logit margins > 30, so the
+    thread count changes no token."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

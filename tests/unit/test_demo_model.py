@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,6 +25,18 @@ from vllm_responses.demo_model.template import chat_template
 # --------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model's forward passes in one thread: on 2 cores beside a busy server, torch's
+    second thread waits at every op (test_variant_plays_every_script[deepseek_r1]: 2.6 s with
+    one thread, 18-51 s with two). Greedy and sampled scripts win by logit margins > 30, so the
+    thread count changes no token."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
