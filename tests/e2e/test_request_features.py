@@ -129,7 +129,7 @@ def test_echoes_and_usage(base_url: str) -> None:
     token to compute. A prompt no earlier request began with (a fresh session id in its
     first block) has none cached; sent again, every block but the one with its last token."""
     bs = kv_block_size(base_url)
-    instructions = f"You are terse. Session {uuid.uuid4().hex}." + " the" * bs  # longer than one block
+    instructions = f"Session {uuid.uuid4().hex}. You are terse." + " the" * bs  # new from its first tokens, over a block long
     body = CASES["default"].request(
         instructions=instructions, metadata={"run": "42"}, temperature=0.5, top_p=0.9, max_output_tokens=100,
         client_metadata={"x": "y"}, prompt_cache_key="k", store=False, reasoning={"effort": "low", "summary": "auto"},
