@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from demo_requests import CASES, check_output
-from probes import RawClient, metric, wait_engine_idle, wait_until
+from probes import RawClient, engine_requests, wait_engine_idle, wait_until
 from vllm_responses.conformance import assert_conforms, parse_sse
 from vllm_responses.routes import VERSION_HEADER
 
@@ -82,7 +82,6 @@ def test_bad_requests_are_openai_errors(base_url: str) -> None:
 def test_client_disconnect_aborts_generation(base_url: str) -> None:
     """An endless generation (no token limit: it would run for many minutes) stops as soon as
     its client goes away: the engine runs nothing within a deadline."""
-    before = metric(base_url, "generation_tokens_total")
     body = CASES["endless"].request(stream=True)
     body.pop("max_output_tokens")
     with httpx.stream("POST", f"{base_url}/v1/responses", json=body, timeout=120) as r:
@@ -92,16 +91,16 @@ def test_client_disconnect_aborts_generation(base_url: str) -> None:
                 seen += 1
                 if seen == 5:
                     break
+    assert seen == 5
     wait_engine_idle(base_url)
-    assert metric(base_url, "generation_tokens_total") > before
 
 
 def test_non_streaming_client_disconnect_aborts_generation(base_url: str) -> None:
-    """The same for a client waiting for one JSON answer, which leaves once the engine runs it."""
-    before = metric(base_url, "generation_tokens_total")
+    """The same for a client waiting for one JSON answer, which leaves once the engine runs its
+    request (vLLM's running gauge: its token counters lag by seconds)."""
     body = CASES["endless"].request()
     body.pop("max_output_tokens")
     client = RawClient(base_url, body)
-    wait_until("the engine generating for the JSON request", lambda: metric(base_url, "generation_tokens_total") > before)
+    wait_until("the engine running the JSON request", lambda: engine_requests(base_url)[0] >= 1)
     client.leave()
     wait_engine_idle(base_url)
