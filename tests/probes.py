@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import psutil
 
 T = TypeVar("T")
 
@@ -134,3 +135,11 @@ def server_log(log_path: Path) -> Path:
         pytest.skip("E2E_SERVER_LOG not set: the external server's log is unknown")
     assert log_path.is_file(), f"the server's log {log_path} is missing"
     return log_path
+
+
+def engine_core(pid: int) -> psutil.Process:
+    """The vLLM EngineCore process under the server whose process group leader is ``pid``
+    (one engine): to kill (engine death) or stop (SIGSTOP: nothing is scheduled meanwhile)."""
+    cores = [p for p in psutil.Process(pid).children(recursive=True) if "EngineCore" in p.name()]
+    assert len(cores) == 1, [p.name() for p in psutil.Process(pid).children(recursive=True)]
+    return cores[0]
