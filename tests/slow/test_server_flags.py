@@ -13,17 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from probes import RawClient, engine_requests, wait_engine_idle, wait_until
+from probes import RawClient, engine_core, wait_engine_idle, wait_until
 from server import Server, demo_model_dir, running
 
 from vllm_responses.conformance import check_response
 
 ENDLESS = {"model": "demo", "input": "Count forever.", "max_output_tokens": 12}
-# Each holds the one sequence for as long as --max-model-len 1024 lets it generate (~1,000
-# tokens, seconds at full speed); several in a row give the test that many times the margin
-# to queue its two requests (and a blocker ending early fails the wait on the gauges, not the order).
-BLOCKER = {**ENDLESS, "max_output_tokens": 20000, "priority": -100, "stream": True}
-BLOCKERS = 4
+# Holds the one sequence while the engine queues the others: 1,000 tokens, the most
+# --max-model-len 1024 accepts after the 13-token prompt (seconds at full speed).
+BLOCKER = {**ENDLESS, "max_output_tokens": 1000, "priority": -100, "stream": True}
 
 
 def create(base_url: str, body: dict, headers: dict | None = None) -> httpx.Response:
@@ -117,34 +115,45 @@ def test_priority_scheduling(flagged: Server) -> None:
     """One sequence at a time: a later request with a better priority runs before an earlier
     one. The ``X-Vllm-Priority`` header wins over the body's ``priority``, as on upstream's routes.
 
-    No timing decides the order. Blockers with the best priority (-100: nothing preempts them)
-    hold the one slot, one running and the rest waiting; ``low`` (priority 10) goes in and is
-    seen waiting in vLLM's gauges, then ``high`` (body 20, header -10) too. Only then do the
-    blockers' clients leave (the server aborts the engine request of a client that leaves), and
-    the engine takes the best priority next. The order is read where the engine finishes them
-    (vLLM's output log, ``--enable-log-outputs``). Had the body's 20 won, ``low`` would run first.
+    No timing decides the order. The engine is stopped (SIGSTOP of its EngineCore process)
+    while three requests are handed to it in turn, each seen in the log (``Added request``): a
+    blocker with the best priority (-100: nothing preempts it), then ``low`` (priority 10), then
+    ``high`` (body 20, header -10). Once it runs again the blocker takes the one sequence
+    whatever it reads first, and its 1,000 tokens (seconds) leave the engine all the time it
+    needs to queue the other two, already waiting in its input; the best of them runs next. The
+    order is read where the engine finishes them (vLLM's output log, ``--enable-log-outputs``):
+    blocker, ``high``, ``low``. Had the body's 20 won, ``low`` would run before ``high``.
+
+    Not vLLM's gauges, nor a blocker already running: while a sequence generates here, the API
+    process serves no new HTTP request (not even /health) until the engine has nothing to
+    generate (measured: 3.5-4.7 s for 1,000 tokens, with or without the plugin), so requests
+    sent behind a running blocker reach the engine only once it is idle, and a gauge read only
+    then.
     """
     base, tag = flagged.base_url, f"prio-{time.monotonic_ns()}"
     wait_engine_idle(base)
-    blockers = []
+    engine = engine_core(flagged.proc.pid)
+    blocker: RawClient | None = None
     try:
-        for i in range(BLOCKERS):
-            blockers.append(RawClient(base, {**BLOCKER, "request_id": f"{tag}-b{i}"}))
-            wait_until(f"blocker {i} in the engine", lambda i=i: engine_requests(base) == (1, i), 60)
         with ThreadPoolExecutor(2) as pool:
+            engine.suspend()
             try:
+                blocker = RawClient(base, {**BLOCKER, "request_id": f"{tag}-blocker"})
+                wait_until("the blocker handed to the engine", lambda: logged(flagged, f"Added request {tag}-blocker"), 60)
                 low = pool.submit(create, base, {**ENDLESS, "priority": 10, "request_id": f"{tag}-low"})
-                wait_until("low waiting behind the blockers", lambda: engine_requests(base) == (1, BLOCKERS), 60)
+                wait_until("low handed to the engine", lambda: logged(flagged, f"Added request {tag}-low"), 60)
                 high = pool.submit(create, base, {**ENDLESS, "priority": 20, "request_id": f"{tag}-high"}, {"X-Vllm-Priority": "-10"})
-                wait_until("high waiting behind the blockers", lambda: engine_requests(base) == (1, BLOCKERS + 1), 60)
+                wait_until("high handed to the engine", lambda: logged(flagged, f"Added request {tag}-high"), 60)
             finally:
-                for blocker in reversed(blockers):  # the waiting ones first, so none starts
-                    blocker.leave()
+                engine.resume()
+            assert b"response.incomplete" in blocker.read_body()  # its 1,000 tokens, to the end
             for name, answer in (("low", low), ("high", high)):
                 r = answer.result(timeout=120)
                 assert r.status_code == 200, (name, r.text)
     finally:
-        for blocker in blockers:
+        if blocker is not None:
             blocker.leave()
     log = flagged.log_path.read_text(errors="replace")
-    assert log.index(f"Generated response {tag}-high") < log.index(f"Generated response {tag}-low"), log[-3000:]
+    order = sorted(("blocker", "high", "low"), key=lambda name: log.index(f"Generated response {tag}-{name}:"))
+    assert order == ["blocker", "high", "low"], log[-3000:]
+
