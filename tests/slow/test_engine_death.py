@@ -12,9 +12,8 @@ from pathlib import Path
 
 import httpx
 import openai
-import psutil
 import pytest
-from probes import metric, wait_until
+from probes import engine_core, metric, wait_until
 from sdk import sdk, wait_status
 from server import Server, others_paused, running
 
@@ -102,12 +101,6 @@ def all_running(server: Server, streams: list[Stream], requests: int) -> bool:
     return min(s.deltas for s in streams) >= 3 and metric(server.base_url, "num_requests_running") == requests
 
 
-def engine_core(server: Server) -> psutil.Process:
-    cores = [p for p in psutil.Process(server.proc.pid).children(recursive=True) if "EngineCore" in p.name()]
-    assert len(cores) == 1, [p.name() for p in psutil.Process(server.proc.pid).children(recursive=True)]
-    return cores[0]
-
-
 def kill_engine_mid_work(server: Server) -> tuple[str, Stream]:
     """A background response, a stream and a non-streaming request running in the engine,
     then ``kill -9`` of the engine: the non-streaming one answers 503 ``engine_dead``; returns
@@ -119,7 +112,7 @@ def kill_engine_mid_work(server: Server) -> tuple[str, Stream]:
     waiting.start()
     wait_until("the background response, the stream and the waiting request all running in the engine",
                lambda: all_running(server, [stream], 3), timeout=120)
-    engine_core(server).kill()
+    engine_core(server.proc.pid).kill()
     stream.finish(60)
     waiting.finish(60)
     assert waiting.answer is not None and (waiting.answer.status_code, waiting.answer.json()) == (503, DEAD_BODY)
@@ -203,7 +196,7 @@ def test_api_server_count_2_streams_end_failed_and_the_server_exits(tmp_path: Pa
         for stream in streams:
             stream.start()
         wait_until("four streams running in the engine", lambda: all_running(server, streams, 4), timeout=120)
-        engine_core(server).kill()
+        engine_core(server.proc.pid).kill()
         for stream in streams:
             stream.finish(60)
             assert_failed_by_death(stream)
