@@ -72,7 +72,7 @@ async def test_json_equals_completed_response():
         ({"model": "demo", "input": 5}, 400, "input", "invalid_type"),
         ({"model": "demo", "input": "hi", "stream": "yes"}, 400, "stream", "invalid_type"),
         ({"model": "demo", "input": "hi", "temperature": "hot"}, 400, "temperature", "invalid_type"),
-        ({"model": "demo", "input": [{"type": "message", "role": "wizard", "content": "x"}]}, 400, None, "invalid_value"),
+        ({"model": "demo", "input": [{"type": "message", "role": "wizard", "content": "x"}]}, 400, "input[0].role", "invalid_value"),
         ({"model": "demo", "input": "hi", "tools": [{"type": "function"}]}, 400, "tools[0].name", "missing_required_parameter"),
         ({"model": "nope", "input": "hi"}, 404, "model", "model_not_found"),
         ({"model": "demo", "input": "hi", "previous_response_id": "resp_1"}, 400, "previous_response_id", "previous_response_not_found"),
@@ -94,8 +94,7 @@ async def test_bad_input_is_an_openai_error(body, status, param, code):
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["code"] == code and error["message"]
-    if param is not None:
-        assert error["param"] == param
+    assert error["param"] == param
     assert error["type"] == "invalid_request_error"
 
 
