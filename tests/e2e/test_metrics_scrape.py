@@ -48,7 +48,9 @@ def moved(before: Samples, after: Samples) -> Samples:
 
 
 def until_moved(base_url: str, key: str, target: float, what: str) -> None:
-    wait_until(what, lambda: scrape(base_url).get(key, 0.0) == target)
+    """Until our sample ``key`` reads ``target``; up to 180 s, since while vLLM generates at full
+    speed on 2 cores its API server answers /metrics late (30-70 s, measured)."""
+    wait_until(what, lambda: scrape(base_url).get(key, 0.0) == target, timeout=180)
 
 
 def stored_count(server: Server) -> int:
@@ -101,8 +103,8 @@ def test_metrics_move_by_exactly_what_real_requests_did(server: Server) -> None:
     # speed on 2 cores keeps its API server from answering /metrics for tens of seconds
     tag = uuid.uuid4().hex
     client = RawClient(base, {**LONG, "metadata": {"n": tag}})
-    json_events = server.capture_dir / f"{captured_request(server.capture_dir, tag)}.sse"
-    wait_until("the JSON request generating", lambda: json_events.exists() and b"response.output_text.delta" in json_events.read_bytes())
+    json_events = server.capture_dir / f"{captured_request(server.capture_dir, tag, 180)}.sse"
+    wait_until("the JSON request generating", lambda: json_events.exists() and b"response.output_text.delta" in json_events.read_bytes(), timeout=180)
     client.leave()
     until_moved(base, "vllm_responses:client_disconnects_total{transport=json}", before.get("vllm_responses:client_disconnects_total{transport=json}", 0) + 1, "the JSON client's leaving")
 

@@ -13,6 +13,12 @@ from vllm_responses.conformance import assert_conforms, parse_sse
 from vllm_responses.routes import VERSION_HEADER
 
 
+# Seconds to wait for what a busy server does: while vLLM generates at full speed on 2 cores its
+# API server answers late (/metrics after 30-70 s, measured), and an endless request that was
+# not aborted would run for ~8 min, so the waits still tell the two apart.
+BUSY_S = 180
+
+
 def stream(base_url: str, body: dict) -> tuple[httpx.Response, list[dict]]:
     with httpx.stream("POST", f"{base_url}/v1/responses", json={**body, "stream": True}, timeout=120) as r:
         raw = r.read()
@@ -94,7 +100,7 @@ def test_client_disconnect_aborts_generation(base_url: str) -> None:
                 if seen == 5:
                     break
     assert seen == 5
-    wait_engine_idle(base_url)
+    wait_engine_idle(base_url, BUSY_S)
 
 
 def test_non_streaming_client_disconnect_aborts_generation(server: Server) -> None:
@@ -107,7 +113,7 @@ def test_non_streaming_client_disconnect_aborts_generation(server: Server) -> No
     body = CASES["endless"].request(metadata={"n": tag})
     body.pop("max_output_tokens")
     client = RawClient(server.base_url, body)
-    events = server.capture_dir / f"{captured_request(server.capture_dir, tag)}.sse"
-    wait_until("the engine generating for the JSON request", lambda: events.exists() and b"response.output_text.delta" in events.read_bytes())
+    events = server.capture_dir / f"{captured_request(server.capture_dir, tag, BUSY_S)}.sse"
+    wait_until("the engine generating for the JSON request", lambda: events.exists() and b"response.output_text.delta" in events.read_bytes(), BUSY_S)
     client.leave()
-    wait_engine_idle(server.base_url)
+    wait_engine_idle(server.base_url, BUSY_S)

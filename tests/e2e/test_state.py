@@ -114,8 +114,9 @@ def test_cancel_a_background_response_and_follow_it_live(client: OpenAI, base_ur
         tail = [wire(e) for e in client.responses.retrieve(queued.id, stream=True, starting_after=after)]
         assert tail == seen[after + 1 :]
     # The engine stopped: nothing is running or waiting for this response any more (with no
-    # token limit to speak of, a request the cancel did not abort would run for many minutes).
-    wait_engine_idle(base_url)
+    # token limit to speak of, a request the cancel did not abort would run for many minutes;
+    # while it generates, the API server answers /metrics late: 180 s).
+    wait_engine_idle(base_url, 180)
 
 
 def test_only_background_responses_cancel_or_stream_again(client: OpenAI) -> None:
