@@ -129,7 +129,7 @@ def test_a_stalled_reader_holds_back_only_its_own_stream(server: Server) -> None
     # frames the server produced for it stop growing: it holds them back, it does not buffer.
     wait_until("the slow reader's engine request finished", lambda: metric(server.base_url, "num_requests_running") == 0, 300, 0.5)
     generated = metric(server.base_url, "generation_tokens_total") - tokens_before
-    held = capture.stat().st_size  # checked again once the other streams have run (seconds later)
+    held = capture.stat().st_size  # checked again once the 32 other streams have run and been checked
     after_engine = memory.api_rss()
 
     # Other streams are served meanwhile, and memory does not grow with what the engine made.
