@@ -81,6 +81,14 @@ class Relay:
     def comments(self) -> int:
         return sum(bytes(answer).count(COMMENT) for answer in self._answers)
 
+    def wait_comments(self, count: int, who: str, timeout: float = 30) -> None:
+        """Until ``count`` comments went to the clients; the failure shows what went to each."""
+        try:
+            wait_until(f"{count} keep-alive comments handed to {who}", lambda: self.comments() >= count, timeout)
+        except AssertionError as exc:
+            sent = [f"{len(answer)} bytes, ending {bytes(answer)[-120:]!r}" for answer in self._answers]
+            raise AssertionError(f"{exc}; the relay handed its clients: {sent or 'nothing (no connection)'}") from None
+
     def _accept(self) -> None:
         while True:
             try:
@@ -154,7 +162,7 @@ def _leave_while_queued(srv: Server, held: list[RawClient]) -> None:
             reader = pool.submit(follow)
             try:
                 wait_until("the SDK's request waiting", lambda: engine_requests(srv.base_url)[1] == 1, 30)
-                wait_until("two keep-alive comments handed to the SDK", lambda: relay.comments() >= 2, 30)
+                relay.wait_comments(2, "the SDK")
             finally:
                 held[0].leave()  # a slot for the SDK's request (after a failure too: the pool waits for it)
             events = reader.result(timeout=60)
@@ -172,7 +180,7 @@ def test_codex_reads_a_stream_that_waited_with_keep_alives(srv: Server, tmp_path
             codex = pool.submit(run_codex, tmp_path, relay.base_url, "Hello there!")
             try:
                 wait_until("Codex's request waiting", lambda: engine_requests(srv.base_url)[1] == 1, 120)
-                wait_until("three keep-alive comments handed to Codex", lambda: relay.comments() >= 3, 30)
+                relay.wait_comments(3, "Codex")
                 assert engine_requests(srv.base_url) == (2, 1)  # still waiting: only comments so far
             finally:
                 held[0].leave()  # a slot for Codex (after a failure too: the pool waits for it)
