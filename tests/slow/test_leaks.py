@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -65,6 +65,14 @@ def blockers(server: Server) -> list[RawClient]:
         assert blocker.read_until(b"response.output_text.delta")
         drain(blocker)
     return held
+
+
+def wait_queued(srv: Server, client: "Future[object]", who: str, timeout: float) -> None:
+    """Until ``client``'s request waits in vLLM's queue; a client that ended first fails with
+    what it raised or returned, not with a wait that timed out."""
+    wait_until(f"{who}'s request waiting", lambda: client.done() or engine_requests(srv.base_url)[1] == 1, timeout)
+    if client.done():
+        raise AssertionError(f"{who} ended before its request waited: {client.result()!r}")
 
 
 class Relay:
@@ -161,7 +169,7 @@ def _leave_while_queued(srv: Server, held: list[RawClient]) -> None:
         with ThreadPoolExecutor(1) as pool:
             reader = pool.submit(follow)
             try:
-                wait_until("the SDK's request waiting", lambda: engine_requests(srv.base_url)[1] == 1, 30)
+                wait_queued(srv, reader, "the SDK", 30)
                 relay.wait_comments(2, "the SDK")
             finally:
                 held[0].leave()  # a slot for the SDK's request (after a failure too: the pool waits for it)
@@ -179,7 +187,7 @@ def test_codex_reads_a_stream_that_waited_with_keep_alives(srv: Server, tmp_path
         with ThreadPoolExecutor(1) as pool:
             codex = pool.submit(run_codex, tmp_path, relay.base_url, "Hello there!")
             try:
-                wait_until("Codex's request waiting", lambda: engine_requests(srv.base_url)[1] == 1, 120)
+                wait_queued(srv, codex, "Codex", 120)
                 relay.wait_comments(3, "Codex")
                 assert engine_requests(srv.base_url) == (2, 1)  # still waiting: only comments so far
             finally:
