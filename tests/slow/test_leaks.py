@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from codex import run_codex
-from probes import RawClient, engine_requests, wait_until
+from probes import RawClient, engine_requests, wait_engine_idle, wait_until
 from sdk import sdk
 from server import Server, running
 
@@ -36,6 +36,12 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         plugin=True, log_path=base / "server.log", args=["--max-num-seqs", "2"], env={"VLLM_RESPONSES_KEEPALIVE_SECONDS": str(KEEPALIVE_S)}
     ) as server:
         yield server
+
+
+@pytest.fixture(autouse=True)
+def idle_engine(srv: Server) -> None:
+    """Every test starts with nothing running or queued, whatever the one before left behind."""
+    wait_engine_idle(srv.base_url, 120)
 
 
 def timed(what: str, check: Callable[[], object], timeout: float) -> float:
