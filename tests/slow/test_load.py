@@ -1,5 +1,6 @@
-"""Load on the session's server (in the slow tier for its minutes): 256 concurrent streams, and a
-client that stops reading.
+"""Load on a server of its own: 256 concurrent streams, and a client that stops reading (its
+capture, ~40 MiB, is checked here; in the session server's capture dir the end-of-session
+conformance check would parse it again for minutes).
 
 Every one of 256 concurrent streams ends with exactly one terminal event, passes the
 conformance checker and carries its own request's answer (its scenario's script, its
@@ -12,13 +13,15 @@ deltas from the engine only as frames leave), its memory stays put, and other st
 
 import asyncio
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 
 import httpx
 import psutil
+import pytest
 from demo_requests import CASES, Case, check_output
 from probes import RawClient, captured_request, metric, wait_engine_idle, wait_until
-from server import Server
+from server import Server, running
 
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.stream import TERMINAL_EVENTS
@@ -28,6 +31,14 @@ STREAMS = 256
 ENDLESS_LENGTHS = range(3, 16)
 SLOW_TOKENS = 3000  # the slow reader's stream: ~2 KB of frames a token with 20 top logprobs
 OTHERS = 32  # streams that must complete while the slow reader is stalled
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Our own server (the session's is paused: 2 cores), capturing every stream it sends."""
+    base = tmp_path_factory.mktemp("load")
+    with running(plugin=True, log_path=base / "server.log", capture_dir=base / "streams") as srv:
+        yield srv
 
 
 def case_for(n: int) -> Case:
