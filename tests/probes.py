@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+
+from vllm_responses.conformance import check_events, parse_sse
 import psutil
 
 T = TypeVar("T")
@@ -143,3 +145,28 @@ def engine_core(pid: int) -> psutil.Process:
     cores = [p for p in psutil.Process(pid).children(recursive=True) if "EngineCore" in p.name()]
     assert len(cores) == 1, [p.name() for p in psutil.Process(pid).children(recursive=True)]
     return cores[0]
+
+
+# -- plain HTTP, checked: a status, a conformant stream ------------------------------------------
+def ok(r: httpx.Response, status: int = 200) -> dict:
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def events_of(body: bytes) -> list[dict]:
+    """An SSE body's events, which must pass the conformance checker."""
+    events = parse_sse(body)
+    problems = check_events(events)
+    assert not problems, "\n".join(problems[:10])
+    return events
+
+
+def stream_body(http: httpx.Client, body: dict) -> list[dict]:
+    with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as r:
+        data = r.read()
+    assert r.status_code == 200, data
+    return events_of(data)
+
+
+def status_of(http: httpx.Client, response_id: str) -> str:
+    return ok(http.get(f"/v1/responses/{response_id}"))["status"]

@@ -20,10 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 from demo_requests import CASES, WEATHER_TOOL, check_output
-from probes import captured_request, wait_until
+from probes import captured_request, events_of, ok, status_of, stream_body, wait_until
 from server import Server, others_paused, running
 
-from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.store import StoredResponse
 from vllm_responses.store.sqlite import SQLiteStore
 from vllm_responses.stream import TERMINAL_EVENTS
@@ -42,29 +41,6 @@ def quiet() -> Iterator[None]:
     """The e2e session's own server idles while this module runs its own."""
     with others_paused():
         yield
-
-
-def ok(r: httpx.Response, status: int = 200) -> dict:
-    assert r.status_code == status, r.text
-    return r.json()
-
-
-def events_of(body: bytes) -> list[dict]:
-    events = parse_sse(body)
-    problems = check_events(events)
-    assert not problems, "\n".join(problems[:10])
-    return events
-
-
-def stream_body(http: httpx.Client, body: dict) -> list[dict]:
-    with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as r:
-        data = r.read()
-    assert r.status_code == 200, data
-    return events_of(data)
-
-
-def status_of(http: httpx.Client, response_id: str) -> str:
-    return ok(http.get(f"/v1/responses/{response_id}"))["status"]
 
 
 def finished_responses(http: httpx.Client) -> tuple[list[str], str]:

@@ -26,12 +26,12 @@ import pytest
 from api_processes import Follower, on_process
 from demo_requests import AFTER_TOOL_INPUT, CASES, WEATHER_TOOL, check_output
 from openai import OpenAI
-from probes import metric, wait_until
+from probes import events_of, metric, ok, status_of, stream_body, wait_until
 from redis_server import RedisServer
 from sdk import sdk, wait_status, wire
 from server import Server, others_paused
 
-from vllm_responses.conformance import assert_conforms, check_events, parse_sse
+from vllm_responses.conformance import assert_conforms
 from vllm_responses.routes import PROCESS_HEADER
 
 PARIS = "What is the weather in Paris?"
@@ -164,29 +164,6 @@ def test_a_replica_killed_mid_response_is_noticed_by_the_other(redis: RedisServe
 
 
 # -- Redis outages, under replica a ------------------------------------------------------------
-def ok(r: httpx.Response, status: int = 200) -> dict:
-    assert r.status_code == status, r.text
-    return r.json()
-
-
-def events_of(body: bytes) -> list[dict]:
-    events = parse_sse(body)
-    problems = check_events(events)
-    assert not problems, "\n".join(problems[:10])
-    return events
-
-
-def stream_body(http: httpx.Client, body: dict) -> list[dict]:
-    with http.stream("POST", "/v1/responses", json={**body, "stream": True}) as r:
-        data = r.read()
-    assert r.status_code == 200, data
-    return events_of(data)
-
-
-def status_of(http: httpx.Client, response_id: str) -> str:
-    return ok(http.get(f"/v1/responses/{response_id}"))["status"]
-
-
 def assert_store_unavailable(r: httpx.Response) -> None:
     assert r.status_code == 503, r.text
     error = r.json()["error"]
