@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import psutil
 
 from vllm_responses.conformance import check_events, parse_sse
-import psutil
 
 T = TypeVar("T")
 
@@ -30,10 +30,27 @@ def wait_until(what: str, check: Callable[[], T], timeout: float = 60, every: fl
     return result
 
 
-def metric(base_url: str, name: str, timeout: float = 30) -> float:
+_metrics_clients: dict[str, httpx.Client] = {}
+
+
+def metrics_text(base_url: str, timeout: float = 60) -> str:
+    """``/metrics`` now, over one kept-alive connection per server: while the engine's two
+    processes spin on both cores, a new connection to the API server took 30-150 s to be
+    accepted here (the first SYNs go unanswered), where a request on an open one takes ~0.05 s."""
+    client = _metrics_clients.get(base_url)
+    if client is None:
+        client = _metrics_clients[base_url] = httpx.Client(base_url=base_url)
+    try:
+        return client.get("/metrics", timeout=timeout).text
+    except httpx.HTTPError:
+        _metrics_clients.pop(base_url, None).close()  # a restarted server: connect afresh next time
+        raise
+
+
+def metric(base_url: str, name: str, timeout: float = 60) -> float:
     """vLLM's ``vllm:NAME`` summed over its labels (``num_requests_running``,
     ``num_requests_waiting``, ...), as ``/metrics`` shows it now."""
-    text = httpx.get(f"{base_url}/metrics", timeout=timeout).text
+    text = metrics_text(base_url, timeout)
     return sum(float(v) for v in re.findall(rf"^vllm:{name}(?:\{{[^}}]*\}})? (\S+)$", text, re.MULTILINE))
 
 
@@ -120,7 +137,7 @@ def captured_request(capture_dir: Path, tag: str, timeout: float = 60) -> str:
 def kv_block_size(base_url: str) -> int:
     """vLLM's KV-cache block size, as ``/metrics`` reports it (``vllm:cache_config_info``): the
     prefix cache hits whole blocks only, so every ``cached_tokens`` is a multiple of it."""
-    text = httpx.get(f"{base_url}/metrics", timeout=30).text
+    text = metrics_text(base_url)
     found = re.search(r'^vllm:cache_config_info\{[^}]*\bblock_size="(\d+)"', text, re.MULTILINE)
     assert found, "vLLM's /metrics does not report the KV block size"
     return int(found.group(1))

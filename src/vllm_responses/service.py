@@ -158,7 +158,7 @@ class Capture:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file: BinaryIO = open(path, "wb")
+        self._file: BinaryIO = open(path, "wb", buffering=0)  # what was produced is on disk at once
 
     def write(self, data: bytes) -> None:
         self._file.write(data)

@@ -32,7 +32,7 @@ from vllm_responses.stream import TERMINAL_EVENTS
 LEASE = {"VLLM_RESPONSES_LEASE_SECONDS": "8"}
 FOREVER = {"model": "demo", "input": "Count forever.", "max_output_tokens": 3000}
 # Running when the server is killed: long enough that nothing finishes first on a slow day.
-LONG = {**FOREVER, "max_output_tokens": 20000}
+LONG = {**FOREVER, "max_output_tokens": 100_000}
 DIED = "The server running this response stopped before it finished."
 
 
@@ -56,7 +56,7 @@ def finished_responses(http: httpx.Client) -> tuple[list[str], str]:
     ids.append(ok(http.post("/v1/responses", json={"model": "demo", "conversation": conversation, "input": "Hello there!"}))["id"])
     background = ok(http.post("/v1/responses", json={**CASES["json"].request(), "background": True}))["id"]
     wait_until("the background response", lambda: status_of(http, background) == "completed")
-    cancelled = ok(http.post("/v1/responses", json={**FOREVER, "background": True}))["id"]
+    cancelled = ok(http.post("/v1/responses", json={**LONG, "background": True}))["id"]
     wait_until("the cancelled one running", lambda: status_of(http, cancelled) == "in_progress")
     assert ok(http.post(f"/v1/responses/{cancelled}/cancel"))["status"] == "cancelled"
     return ids + [background, cancelled], conversation

