@@ -72,6 +72,17 @@ def test_options_and_root_path_as_vllm_treats_them() -> None:
     assert (r.status_code, r.json()) == (401, {"error": MISSING})
 
 
+@pytest.mark.parametrize("root_path", ["/", "/v", "/api"])
+def test_a_root_path_never_opens_our_paths(root_path: str) -> None:
+    """Our paths with and without the root path in front, as the router routes both: each
+    needs a key (before the fix, ``--root-path /`` or ``/v`` let ``/v1/responses/x`` by)."""
+    client = app_with(KEYS, root_path=root_path)
+    for path in ("/v1/responses/resp_1", root_path.rstrip("/") + "/v1/responses/resp_1", "/v1/conversations/conv_1/items"):
+        r = client.get(path)
+        assert (r.status_code, r.json()) == (401, {"error": MISSING}), (root_path, path)
+        assert client.get(path, headers={"Authorization": "Bearer sk-first"}).status_code == 200, (root_path, path)
+
+
 def test_no_key_no_gate() -> None:
     client = app_with(None)
     assert client.post("/v1/responses").status_code == 200
