@@ -78,7 +78,7 @@ class History:
                     param="previous_response_id",
                     code="previous_response_not_finished",
                 )
-            loaded += record.size
+            loaded += record.size  # what this record brought into memory
             if loaded > self.max_bytes:  # one record at a time: memory stays near the budget
                 raise invalid_request(
                     f"The chain of previous responses ending with '{response_id}' holds more than {self.max_bytes} bytes "
@@ -93,6 +93,14 @@ class History:
         return [item for turn in reversed(turns) for item in turn]
 
     async def conversation_items(self, conversation_id: str) -> list[JSON]:
+        size = await self.store.conversation_size(conversation_id)
+        if size is not None and size > self.max_bytes:  # refused before its items are read
+            raise invalid_request(
+                f"Conversation '{conversation_id}' holds more than {self.max_bytes} bytes (VLLM_RESPONSES_MAX_HISTORY_BYTES); "
+                "compact it or start a new one.",
+                param="conversation",
+                code="history_too_large",
+            )
         page = await self.store.list_conversation_items(conversation_id, order="asc")
         if page is None:
             raise not_found("Conversation", conversation_id, "conversation", "conversation_not_found")

@@ -434,6 +434,7 @@ async def test_prune_by_bytes_removes_the_oldest_first(make_store: Callable[...,
     assert kept == ["resp_run", "resp_3"]  # running: never pruned
     assert await store.get_conversation("conv_1") is not None
     assert await store.prune() == 0
+    assert await store.conversation_size("conv_1") > 10_000 and await store.conversation_size("conv_missing") is None
     # A conversation that grows past the budget pushes the older response out.
     await store.add_conversation_items("conv_1", [item("c2", big)])
     assert await store.prune() == 1

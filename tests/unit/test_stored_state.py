@@ -156,6 +156,11 @@ async def test_a_chain_past_the_history_budget_is_400(client: Client):
     error = r.json()["error"]
     assert (error["code"], error["param"]) == ("history_too_large", "previous_response_id")
 
+    conversation = (await client.http.post("/v1/conversations", json={"items": [{"role": "user", "content": "z" * 7000}]})).json()
+    r = await client.create(conversation=conversation["id"], input="and?")
+    assert r.status_code == 400, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("history_too_large", "conversation")
+
 
 @pytest.mark.anyio
 async def test_input_items_pages(client: Client):

@@ -218,6 +218,11 @@ class Store(ABC):
         """The ``Conversation`` object."""
 
     @abstractmethod
+    async def conversation_size(self, conversation_id: str) -> int | None:
+        """Bytes a conversation takes with its items (``None`` if it does not exist): read
+        before its items are, so that a huge one is refused without loading it."""
+
+    @abstractmethod
     async def update_conversation(self, conversation: JSON) -> bool:
         """Replace a conversation's object (metadata); ``False`` if it does not exist."""
 

@@ -469,6 +469,11 @@ class RedisStore(Store):
             data = await self._redis.get(self._conversation_key(conversation_id))
         return None if data is None else orjson.loads(data)
 
+    async def conversation_size(self, conversation_id: str) -> int | None:
+        with _unavailable():
+            size = await self._redis.hget(f"{self.prefix}bytes", f"c:{conversation_id}")
+        return None if size is None else int(size)
+
     async def update_conversation(self, conversation: JSON) -> bool:
         cid = conversation["id"]
         with _unavailable():

@@ -466,6 +466,13 @@ class SQLiteStore(Store):
         row = conn.execute("SELECT data FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
         return None if row is None else orjson.loads(row[0])
 
+    async def conversation_size(self, conversation_id: str) -> int | None:
+        return await self._run(self._conversation_size, conversation_id)
+
+    def _conversation_size(self, conn: sqlite3.Connection, conversation_id: str) -> int | None:
+        row = conn.execute("SELECT bytes FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        return None if row is None else row[0]
+
     async def update_conversation(self, conversation: JSON) -> bool:
         return await self._run(self._update_conversation, conversation)
 
