@@ -29,7 +29,7 @@ async def _body(raw: Request) -> dict[str, Any]:
     return parse_json_object(text) if text.strip() else {}
 
 
-async def _items(service: ResponsesService, value: Any, param: str = "items") -> list[dict[str, Any]]:
+async def _items(service: ResponsesService, value: Any, param: str = "items", conversation_id: str | None = None) -> list[dict[str, Any]]:
     if value is None:
         return []
     if not isinstance(value, list):
@@ -40,7 +40,8 @@ async def _items(service: ResponsesService, value: Any, param: str = "items") ->
             param=param,
             code="array_above_max_length",
         )
-    return await store_call(service.history.own_items(parse_items(value, param)))
+    # References reach this conversation's items, and server-made ids (history.own_items).
+    return await store_call(service.history.own_items(parse_items(value, param), conversation_id=conversation_id))
 
 
 async def _conversation(service: ResponsesService, conversation_id: str) -> dict[str, Any]:
@@ -103,7 +104,7 @@ async def create_items(conversation_id: str, raw: Request) -> Response:
     service, body = service_of(raw), await _body(raw)
     if "items" not in body:
         raise invalid_request("Missing required parameter: 'items'.", param="items", code="missing_required_parameter")
-    items = await _items(service, body["items"])
+    items = await _items(service, body["items"], conversation_id=conversation_id)
     if not items:
         raise invalid_request("Invalid 'items': empty array. Add at least one item.", param="items", code="empty_array")
     if not await store_call(service.store.add_conversation_items(conversation_id, items)):

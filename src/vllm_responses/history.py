@@ -20,6 +20,9 @@ from .store.base import JSON, RUNNING_STATUSES
 
 # A chain longer than this is refused rather than walked (it would not fit a context anyway).
 MAX_CHAIN = 10_000
+# What a chain may bring in, in stored bytes, unless the service says otherwise
+# (``VLLM_RESPONSES_MAX_HISTORY_BYTES``): as much as one request body may carry.
+DEFAULT_MAX_HISTORY_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -35,20 +38,21 @@ class Context:
 
 
 class History:
-    def __init__(self, store: Store, sealer: ReasoningSealer) -> None:
+    def __init__(self, store: Store, sealer: ReasoningSealer, max_bytes: int = DEFAULT_MAX_HISTORY_BYTES) -> None:
         self.store = store
         self.sealer = sealer
+        self.max_bytes = max_bytes
 
     async def resolve(self, request: ResponsesRequest, earlier: list[JSON] | None = None) -> Context:
         """``earlier``: the items ``previous_response_id`` stands for, when the caller already
         holds them (a WebSocket connection's last turn); otherwise they come from the store."""
-        own = await self.own_items(request.input)
         if earlier is None:
             earlier = []
             if request.previous_response_id:
                 earlier = await self.chain(request.previous_response_id)
             elif request.conversation_id:
                 earlier = await self.conversation_items(request.conversation_id)
+        own = await self.own_items(request.input, earlier)
         check_tool_calls(request.input, earlier + own)
         if not earlier:  # the request's typed items are already what the engine needs
             return Context(compaction.window(request_items(request, own), self.sealer), own)
@@ -60,6 +64,7 @@ class History:
         """Every item of a chain of responses, oldest first, ending with ``response_id``'s output."""
         turns: list[list[JSON]] = []
         current: str | None = response_id
+        loaded = 0
         while current is not None:
             record = await self.store.get_response(current, with_input=True)
             if record is None:
@@ -73,6 +78,14 @@ class History:
                     param="previous_response_id",
                     code="previous_response_not_finished",
                 )
+            loaded += record.size  # what this record brought into memory
+            if loaded > self.max_bytes:  # one record at a time: memory stays near the budget
+                raise invalid_request(
+                    f"The chain of previous responses ending with '{response_id}' holds more than {self.max_bytes} bytes "
+                    "(VLLM_RESPONSES_MAX_HISTORY_BYTES); continue from a compacted response, or send the input you need.",
+                    param="previous_response_id",
+                    code="history_too_large",
+                )
             turns.append((record.input_items or []) + [sealed_free(item) for item in record.response.get("output") or []])
             current = record.previous_response_id
             if len(turns) > MAX_CHAIN:
@@ -80,16 +93,42 @@ class History:
         return [item for turn in reversed(turns) for item in turn]
 
     async def conversation_items(self, conversation_id: str) -> list[JSON]:
+        size = await self.store.conversation_size(conversation_id)
+        if size is not None and size > self.max_bytes:  # refused before its items are read
+            raise invalid_request(
+                f"Conversation '{conversation_id}' holds more than {self.max_bytes} bytes (VLLM_RESPONSES_MAX_HISTORY_BYTES); "
+                "compact it or start a new one.",
+                param="conversation",
+                code="history_too_large",
+            )
         page = await self.store.list_conversation_items(conversation_id, order="asc")
         if page is None:
             raise not_found("Conversation", conversation_id, "conversation", "conversation_not_found")
         return page.items
 
-    async def own_items(self, items: list[Any]) -> list[JSON]:
+    async def own_items(self, items: list[Any], visible: list[JSON] | None = None, conversation_id: str | None = None) -> list[JSON]:
         """Typed input items in stored shape, references resolved and seals opened (a
-        request's input, or items added to a conversation)."""
-        references = [item.id for item in items if getattr(item, "type", None) == "item_reference"]
-        found = await self.store.get_items(references) if references else {}
+        request's input, or items added to a conversation).
+
+        An ``item_reference`` finds, in this order: an item of ``visible`` (the chain or
+        conversation the request continues; the latest copy of an id), an item of the
+        conversation ``conversation_id``, or an item whose id the server made (the store's
+        index; 192-bit, unguessable). An id a client chose is thus reached only from its own
+        chain or conversation, never from another client's response."""
+        references = list(dict.fromkeys(item.id for item in items if getattr(item, "type", None) == "item_reference"))
+        found: dict[str, JSON] = {}
+        if references:
+            wanted = set(references)
+            for item in visible or ():
+                if item.get("id") in wanted:
+                    found[item["id"]] = item
+            if conversation_id:
+                for ref in references:
+                    if ref not in found and (item := await self.store.get_conversation_item(conversation_id, ref)) is not None:
+                        found[ref] = item
+            rest = [ref for ref in references if ref not in found]
+            if rest:
+                found.update(await self.store.get_items(rest))
         return await off_loop_if(len(items) >= OFF_LOOP_ITEMS, self._own, items, found)
 
     def _own(self, items: list[Any], found: dict[str, JSON]) -> list[JSON]:
@@ -156,6 +195,12 @@ def check_tool_calls(items: list[Any], context: list[JSON]) -> None:
                 f"No tool call found for {kind.removesuffix('_output').replace('_', ' ')} output with call_id '{item.call_id}'.",
                 param=f"input[{i}].call_id",
             )
+
+
+def client_ids(items: list[Any]) -> frozenset[str]:
+    """Ids of input items that the client sent (its own ids, and the ids its references
+    name): the store keeps them with the response but never indexes them globally."""
+    return frozenset(item_id for item in items if isinstance(item_id := getattr(item, "id", None), str) and item_id)
 
 
 def request_items(request: ResponsesRequest, own: list[JSON]) -> list[Any]:

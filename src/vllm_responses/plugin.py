@@ -65,6 +65,7 @@ class ResponsesPlugin:
             lease_s=settings.lease_s,
             max_body_bytes=settings.max_body_bytes,
             keepalive_s=settings.keepalive_s,
+            max_history_bytes=settings.max_history_bytes,
         )
         try:
             await service.store.heartbeat(service.owner, settings.lease_s)

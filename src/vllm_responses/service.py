@@ -23,7 +23,7 @@ from .backend import Engine
 from .background import BackgroundRun, BackgroundRuns, Logged, abandon, follow_stored
 from .deltas import Delta, Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, ToolCallDelta, Usage
 from .errors import APIError, EngineFailure, invalid_request, not_found, store_unavailable
-from .history import Context, History
+from .history import DEFAULT_MAX_HISTORY_BYTES, Context, History, client_ids
 from .ids import new_id
 from .items import stored_response
 from .late_writes import LateWrites
@@ -190,11 +190,12 @@ class ResponsesService:
         lease_s: float = 10.0,
         max_body_bytes: int = 64 * 1024 * 1024,
         keepalive_s: float | None = 10.0,
+        max_history_bytes: int = DEFAULT_MAX_HISTORY_BYTES,
     ) -> None:
         self.engine = engine
         self.store = store
         self.sealer = sealer or ReasoningSealer()
-        self.history = History(store, self.sealer)
+        self.history = History(store, self.sealer, max_history_bytes)
         self.owner = owner or new_id("owner")
         self.capture_dir = Path(capture_dir) if capture_dir else None
         self.max_body_bytes = max_body_bytes
@@ -299,6 +300,7 @@ class ResponsesService:
             conversation_id=request.conversation_id,
             background=request.background,
             owner=self.owner,
+            client_ids=client_ids(request.input),
         )
 
     async def persist(self, response: Response, record: StoredResponse, then: Callable[[], Awaitable[None]] | None = None) -> None:

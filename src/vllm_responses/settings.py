@@ -18,6 +18,8 @@ from .environment import (
     MAX_AGE,
     MAX_BODY,
     MAX_CONVERSATIONS,
+    MAX_HISTORY,
+    STORE_MAX_BYTES,
     MAX_RESPONSES,
     PROMPT_CACHE_MB,
     REASONING_KEYS,
@@ -26,6 +28,7 @@ from .environment import (
     WS_MAX_MESSAGE,
     WS_MAX_SECONDS,
 )
+from .history import DEFAULT_MAX_HISTORY_BYTES
 from .store import Retention, default_url
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
@@ -35,7 +38,8 @@ DEFAULT_WS_MAX_MESSAGE = 16 * 1024 * 1024  # uvicorn's own frame limit (``--ws-m
 @dataclass(frozen=True)
 class Settings:
     """``store_url``: ``sqlite://PATH`` or ``redis://HOST:PORT/DB``.
-    ``retention``: what the store keeps (age in seconds, counts; ``0`` = no limit).
+    ``retention``: what the store keeps (age in seconds, counts, bytes; ``0`` = no limit).
+    ``max_history_bytes``: a chain of previous responses past this many stored bytes is refused (400).
     ``reasoning_keys``: 32-byte AES keys; the first seals, all open (rotation). Empty: a
     random key per process.
     ``lease_s``: a process that has not proved it is alive for this long is dead, and the
@@ -63,6 +67,7 @@ class Settings:
     ws_max_in_flight: int = 8
     keepalive_s: float = 10.0
     prompt_cache_bytes: int = 64 * 1024 * 1024
+    max_history_bytes: int = DEFAULT_MAX_HISTORY_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -73,6 +78,7 @@ class Settings:
                 max_age_s=_limit(env, MAX_AGE, defaults.max_age_s, float),
                 max_responses=_limit(env, MAX_RESPONSES, defaults.max_responses, int),
                 max_conversations=_limit(env, MAX_CONVERSATIONS, defaults.max_conversations, int),
+                max_bytes=_limit(env, STORE_MAX_BYTES, defaults.max_bytes, int),
             ),
             reasoning_keys=_keys(env.get(REASONING_KEYS, "")),
             lease_s=_number(env, LEASE, 10.0, float, minimum=1.0),
@@ -83,6 +89,7 @@ class Settings:
             ws_max_in_flight=int(_number(env, WS_MAX_IN_FLIGHT, 8, int, minimum=1)),
             keepalive_s=_number(env, KEEPALIVE, 10.0, float),
             prompt_cache_bytes=int(_number(env, PROMPT_CACHE_MB, 64, float) * 1024 * 1024),
+            max_history_bytes=int(_number(env, MAX_HISTORY, DEFAULT_MAX_HISTORY_BYTES, int, minimum=1024)),
         )
 
 

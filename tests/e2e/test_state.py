@@ -78,6 +78,24 @@ def test_retrieve_delete_and_input_items(client: OpenAI) -> None:
     assert err.value.body["code"] == "previous_response_not_found" and err.value.body["param"] == "previous_response_id"
 
 
+def test_two_clients_sending_one_item_id_stay_apart(base_url: str) -> None:
+    """Issue 24: an item id a client chose reaches only its own chain; another client that
+    sends the same id neither replaces it nor reads it by reference."""
+    alice, mallory = sdk(base_url), sdk(base_url)
+    shared = f"msg_shared_{uuid.uuid4().hex}"
+
+    def message(text: str) -> dict:
+        return {"type": "message", "role": "user", "id": shared, "content": [{"type": "input_text", "text": text}]}
+
+    first = alice.responses.create(model="demo", input=[message("Alice's secret")])
+    mallory.responses.create(model="demo", input=[message("poison")])
+    with pytest.raises(openai.NotFoundError):  # not in Mallory's chain: as if it did not exist
+        mallory.responses.create(model="demo", input=[{"type": "item_reference", "id": shared}])
+    again = alice.responses.create(model="demo", previous_response_id=first.id, input=[{"type": "item_reference", "id": shared}])
+    resolved = alice.responses.input_items.list(again.id).data
+    assert [dump(i)["content"][0]["text"] for i in resolved] == ["Alice's secret"]
+
+
 def test_store_false_keeps_nothing(client: OpenAI) -> None:
     r = client.responses.create(model="demo", input="Hello there!", store=False)
     assert r.store is False

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -21,12 +22,13 @@ from fakes import eventually
 from redis_server import RedisServer
 from vllm_responses.store import ItemPage, Retention, Store, StoredResponse, StoreUnavailable
 from vllm_responses.store.redis import RedisStore
+from vllm_responses.store import sqlite as sqlite_store
 from vllm_responses.store.sqlite import SCHEMA_VERSION, SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
 T0 = 1_700_000_000  # a created_at in the past, far enough for any max age used below
-NO_LIMITS = Retention(max_age_s=None, max_responses=None, max_conversations=None)
+NO_LIMITS = Retention(max_age_s=None, max_responses=None, max_conversations=None, max_bytes=None)
 
 
 @dataclass
@@ -192,13 +194,36 @@ async def test_item_index(store: Store):
         "msg_in": item("msg_in"), "msg_out": item("msg_out", "answer")}
     assert await store.get_items([]) == {}
 
-    # A later response holding the same id wins; deleting the earlier one leaves it alone.
+    # The first writer of an id keeps it; deleting the later one leaves it alone.
     await store.create_response(record("resp_2", inputs=[item("msg_out", "echoed")]))
-    assert await store.get_items(["msg_out"]) == {"msg_out": item("msg_out", "echoed")}
-    assert await store.delete_response("resp_1")
-    assert await store.get_items(["msg_in", "msg_out"]) == {"msg_out": item("msg_out", "echoed")}
+    assert await store.get_items(["msg_out"]) == {"msg_out": item("msg_out", "answer")}
     assert await store.delete_response("resp_2")
-    assert await store.get_items(["msg_out"]) == {}
+    assert await store.get_items(["msg_out"]) == {"msg_out": item("msg_out", "answer")}
+    assert await store.delete_response("resp_1")
+    assert await store.get_items(["msg_in", "msg_out"]) == {}
+
+
+async def test_client_chosen_ids_never_cross_responses(make_store: Callable[..., Store]):
+    """Two clients (two processes on one store) both send an item with id ``msg_shared``:
+    neither can take the other's item, and an id a client chose is not reachable by id at
+    all (only from its own chain or conversation, which history resolves)."""
+    alice, mallory = make_store(), make_store()
+    await alice.create_response(record("resp_a", inputs=[item("msg_shared", "alice's secret")],
+                                       client_ids=frozenset({"msg_shared"})))
+    await alice.finish_response(response("resp_a", "completed", output=[item("msg_srv_a", "answer a")]))
+    await mallory.create_response(record("resp_m", inputs=[item("msg_shared", "poison"), item("msg_srv_a", "forged")],
+                                         client_ids=frozenset({"msg_shared", "msg_srv_a"})))
+    await mallory.finish_response(response("resp_m", "completed"))
+    # Mallory cannot read Alice's item by its client id, nor replace her server-made one.
+    assert await mallory.get_items(["msg_shared", "msg_srv_a"]) == {"msg_srv_a": item("msg_srv_a", "answer a")}
+    assert await alice.get_items(["msg_shared"]) == {}
+    # Each response still holds its own copy.
+    got_a, got_m = await alice.get_response("resp_a", with_input=True), await alice.get_response("resp_m", with_input=True)
+    assert got_a is not None and got_a.input_items == [item("msg_shared", "alice's secret")]
+    assert got_m is not None and got_m.input_items[0] == item("msg_shared", "poison")
+    # Mallory's copy going away leaves Alice's index entry.
+    assert await mallory.delete_response("resp_m")
+    assert await alice.get_items(["msg_srv_a"]) == {"msg_srv_a": item("msg_srv_a", "answer a")}
 
 
 # -- background events and cancellation ----------------------------------------------------------
@@ -392,6 +417,30 @@ async def test_prune_by_age(make_store: Callable[..., Store], backend: Backend):
     assert [rid for rid, _ in await store.running_responses()] == ["resp_old_running"]
 
 
+async def test_prune_by_bytes_removes_the_oldest_first(make_store: Callable[..., Store]):
+    """Responses (items and events included) and conversations share one byte budget."""
+    big = "x" * 10_000
+    store = make_store(Retention(max_age_s=None, max_responses=None, max_conversations=None, max_bytes=25_000))
+    await store.create_response(record("resp_run", inputs=[item("i0", big)], created_at=T0))  # running, oldest
+    for n in (1, 2):
+        await store.create_response(record(f"resp_{n}", inputs=[item(f"i{n}", big)], created_at=T0 + n))
+        await store.finish_response(response(f"resp_{n}", "completed", T0 + n))
+    await store.create_response(record("resp_3", created_at=T0 + 3))  # small; its events are not
+    await store.append_events("resp_3", [(0, "e" * 10_000)])
+    await store.finish_response(response("resp_3", "completed", T0 + 3))
+    await store.create_conversation(conversation("conv_1"), [item("c1", big)])  # newest of all
+    assert await store.prune() == 2  # resp_2 and resp_1 lie past 25 kB counted from the newest
+    kept = [rid for rid in ("resp_run", "resp_1", "resp_2", "resp_3") if await store.get_response(rid)]
+    assert kept == ["resp_run", "resp_3"]  # running: never pruned
+    assert await store.get_conversation("conv_1") is not None
+    assert await store.prune() == 0
+    assert await store.conversation_size("conv_1") > 10_000 and await store.conversation_size("conv_missing") is None
+    # A conversation that grows past the budget pushes the older response out.
+    await store.add_conversation_items("conv_1", [item("c2", big)])
+    assert await store.prune() == 1
+    assert await store.get_response("resp_3") is None and await store.get_conversation("conv_1") is not None
+
+
 async def test_prune_by_count_keeps_the_newest(make_store: Callable[..., Store]):
     store = make_store(Retention(max_age_s=None, max_responses=2, max_conversations=2))
     await store.create_response(record("resp_1", created_at=T0 + 1))  # running, oldest
@@ -508,6 +557,25 @@ async def test_sqlite_file_settings(tmp_path: Path):
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+
+
+async def test_sqlite_file_of_schema_1_gains_byte_counts(tmp_path: Path):
+    """A file written before retention by bytes is upgraded in place; its records are weighed."""
+    path = tmp_path / "responses.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for statement in sqlite_store._MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO responses VALUES ('resp_old', ?, 0, NULL, NULL, NULL, 0, ?)",
+                     (T0, orjson.dumps(response("resp_old", "completed"))))
+        conn.execute("INSERT INTO response_items VALUES ('resp_old', 0, 0, 'i', ?)", (orjson.dumps(item("i", "x" * 5000)),))
+    store = SQLiteStore(path, Retention(max_age_s=None, max_responses=None, max_conversations=None, max_bytes=4000))
+    try:
+        await store.create_response(record("resp_new", "completed", created_at=T0 + 1))
+        assert await store.prune() == 1
+        assert await store.get_response("resp_old") is None and await store.get_response("resp_new") is not None
+    finally:
+        await store.close()
 
 
 async def test_sqlite_runs_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -118,6 +118,51 @@ async def test_item_reference_resolves_to_the_stored_item(client: Client):
 
 
 @pytest.mark.anyio
+async def test_two_clients_cannot_share_an_item_id(client: Client):
+    """Issue 24: a client-chosen id is kept as sent, but reaches only its own chain; a second
+    client sending the same id neither replaces nor reads the first one's item."""
+    def message(text: str) -> dict:
+        return {"type": "message", "role": "user", "id": "msg_shared", "content": [{"type": "input_text", "text": text}]}
+
+    reference = {"type": "item_reference", "id": "msg_shared"}
+    alice = await client.ok(input=[message("alice's secret")])
+    mallory = await client.ok(input=[message("poison")])
+    # Alice's chain resolves to her own item, not to the later writer's.
+    await client.ok(previous_response_id=alice["id"], input=[reference])
+    assert client.engine.contexts[-1][-1].content[0].text == "alice's secret"
+    await client.ok(previous_response_id=mallory["id"], input=[reference])
+    assert client.engine.contexts[-1][-1].content[0].text == "poison"
+    # Outside any chain, a client-chosen id is not found (it cannot be read across clients).
+    r = await client.create(input=[reference])
+    assert r.status_code == 404 and r.json()["error"]["code"] == "item_not_found", r.text
+    # A server-made id stays reachable by reference (unguessable, as OpenAI's).
+    made = alice["output"][1]["id"]
+    await client.ok(input=[{"type": "item_reference", "id": made}])
+    assert client.engine.contexts[-1][0].content[0].text == "Hello world"
+    items = (await client.http.get(f"/v1/responses/{alice['id']}/input_items")).json()["data"]
+    assert [i["content"][0]["text"] for i in items] == ["alice's secret"]
+
+
+@pytest.mark.anyio
+async def test_a_chain_past_the_history_budget_is_400(client: Client):
+    client.service.history.max_bytes = 6000
+    last = await client.ok(input="x" * 1000)
+    for _ in range(5):
+        r = await client.create(previous_response_id=last["id"], input="y" * 1000)
+        if r.status_code != 200:
+            break
+        last = r.json()
+    assert r.status_code == 400, "a chain of 6 turns of > 1 kB each passed a 6 kB budget"
+    error = r.json()["error"]
+    assert (error["code"], error["param"]) == ("history_too_large", "previous_response_id")
+
+    conversation = (await client.http.post("/v1/conversations", json={"items": [{"role": "user", "content": "z" * 7000}]})).json()
+    r = await client.create(conversation=conversation["id"], input="and?")
+    assert r.status_code == 400, r.text
+    assert (r.json()["error"]["code"], r.json()["error"]["param"]) == ("history_too_large", "conversation")
+
+
+@pytest.mark.anyio
 async def test_input_items_pages(client: Client):
     items = [{"type": "message", "role": "user", "content": f"m{i}"} for i in range(5)]
     r = await client.ok(input=items)

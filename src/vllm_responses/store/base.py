@@ -37,6 +37,14 @@ class StoredResponse:
     conversation_id: str | None = None
     background: bool = False
     owner: str | None = None
+    # Input item ids the server did not make (the client chose them, or they are copies of
+    # referenced items): kept with the response but never put in the global item index, so
+    # that another response's ``item_reference`` cannot reach them and a later writer of the
+    # same id cannot take the index from this one (issue 24).
+    client_ids: frozenset[str] = frozenset()
+    # Bytes of what was read back (the response JSON, and its input items when loaded):
+    # what ``history`` counts against its budget.
+    size: int = 0
 
     @property
     def id(self) -> str:
@@ -77,6 +85,9 @@ class Retention:
     max_age_s: float | None = 30 * 24 * 3600
     max_responses: int | None = 10_000
     max_conversations: int | None = 10_000
+    # Responses (with their items and events) and conversations (with their items) together;
+    # the oldest of either kind go first, so that 10,000 large responses cannot fill a disk.
+    max_bytes: int | None = 2 * 1024**3
 
 
 class Store(ABC):
@@ -93,7 +104,9 @@ class Store(ABC):
       :meth:`finish_response` replaces the ``response`` object only while the stored one
       is still running (``queued``/``in_progress``) and reports whether it did, so the
       first terminal writer wins (the owner finishing, a cancel, the sweeper finding a dead
-      owner). Output items and input items become addressable by id (:meth:`get_items`).
+      owner). Output items and the input items whose ids the server made become
+      addressable by id (:meth:`get_items`); the first writer of an id keeps it (ids in
+      ``client_ids`` are never indexed, so a client cannot take another response's id).
     - Events of background responses are appended in order with their ``sequence_number``
       and read back after any sequence number; :meth:`wait_events` returns as soon as
       events after ``after`` exist, or an empty list when ``timeout`` passes.
@@ -102,7 +115,7 @@ class Store(ABC):
     - Conversation items keep insertion order; adding an item whose id the conversation
       already holds replaces its content in place.
     - :meth:`prune` enforces :class:`Retention`: it deletes what is older than
-      ``max_age_s`` and the oldest records beyond the counts, with everything they own
+      ``max_age_s`` and the oldest records beyond the counts or ``max_bytes``, with everything they own
       (input items, events, conversation items). Running responses are never pruned.
     """
 
@@ -139,7 +152,8 @@ class Store(ABC):
 
     @abstractmethod
     async def get_items(self, item_ids: list[str]) -> dict[str, JSON]:
-        """Input and output items of stored responses, by item id (missing ids are left out)."""
+        """Items of stored responses by server-made item id (missing ids are left out); an id
+        a client chose is not found here, only in its own chain or conversation."""
 
     # -- background events and cancellation -----------------------------------------------
     @abstractmethod
@@ -202,6 +216,11 @@ class Store(ABC):
     @abstractmethod
     async def get_conversation(self, conversation_id: str) -> JSON | None:
         """The ``Conversation`` object."""
+
+    @abstractmethod
+    async def conversation_size(self, conversation_id: str) -> int | None:
+        """Bytes a conversation takes with its items (``None`` if it does not exist): read
+        before its items are, so that a huge one is refused without loading it."""
 
     @abstractmethod
     async def update_conversation(self, conversation: JSON) -> bool:

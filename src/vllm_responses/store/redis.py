@@ -10,15 +10,17 @@ Key layout (``P`` is the prefix; ids are the API's ids):
 ========================== ===================================================================
 ``P r:{id}``               hash: ``data`` (the Response JSON), ``running`` (1/0), ``owner``,
                            ``prev``, ``conv``, ``bg``; ``in_ids``/``out_ids``: JSON lists of
-                           the item ids it put in the item index
+                           the item ids it put in the item index; ``in_b``/``out_b``/``ev_b``:
+                           bytes of its input items, output items, events
 ``P r:{id}:in``/``:out``   lists: its input items, its output items (JSON), in order
 ``P r:{id}:ev``            stream: background events; entry id ``0-{sequence_number + 1}``, so
                            "after N" is the stream id ``0-{N + 1}``
 ``P responses``            zset: response id by ``created_at`` (retention)
 ``P running``              hash: running response id → owner (``""`` for none)
 ``P cancel``               set: response ids someone asked to cancel
-``P items``                hash: item id → ``"{i|o}{position} {response id}"``, where the item
-                           lives; the last writer of an id owns the entry
+``P items``                hash: server-made item id → ``"{i|o}{position} {response id}"``,
+                           where the item lives; the first writer of an id keeps the entry
+``P bytes``                hash: ``r:{id}``/``c:{id}`` → bytes the record takes (retention)
 ``P owner:{name}``         string with a TTL: the owner is alive while it exists
 ``P c:{id}``               string: the Conversation JSON
 ``P c:{id}:order``         zset: item id by insertion counter (order survives replacement)
@@ -70,8 +72,21 @@ end
 local function index(rid, kind, first)
   for i = first, #ARGV do
     local id = ARGV[i]
-    if id ~= '' then redis.call('HSET', p .. 'items', id, kind .. (i - first) .. ' ' .. rid) end
+    if id ~= '' then redis.call('HSETNX', p .. 'items', id, kind .. (i - first) .. ' ' .. rid) end
   end
+end
+
+local function span(first, last)
+  local n = 0
+  for i = first, last do n = n + string.len(ARGV[i]) end
+  return n
+end
+
+local function resize(rid)
+  local key = rkey(rid)
+  local b = redis.call('HMGET', key, 'in_b', 'out_b', 'ev_b')
+  local n = redis.call('HSTRLEN', key, 'data') + (tonumber(b[1]) or 0) + (tonumber(b[2]) or 0) + (tonumber(b[3]) or 0)
+  redis.call('HSET', p .. 'bytes', 'r:' .. rid, n)
 end
 
 local function push(key, first, last)
@@ -89,6 +104,7 @@ local function delete_response(rid)
   redis.call('HDEL', p .. 'running', rid)
   redis.call('SREM', p .. 'cancel', rid)
   redis.call('DEL', key .. ':in', key .. ':out', key .. ':ev')
+  redis.call('HDEL', p .. 'bytes', 'r:' .. rid)
   return redis.call('DEL', key)
 end
 """
@@ -106,6 +122,8 @@ if ARGV[4] == '1' then redis.call('HSET', p .. 'running', rid, ARGV[5]) end
 local n = tonumber(ARGV[11])
 push(key .. ':in', 12, 11 + n)
 index(rid, 'i', 12 + n)
+redis.call('HSET', key, 'in_b', span(12, 11 + n))
+resize(rid)
 """
 
 # ARGV: prefix, id, data, running, out_ids, n, n output items, then their ids.
@@ -120,6 +138,8 @@ if ARGV[4] == '1' then redis.call('HSET', p .. 'running', rid, '') else redis.ca
 local n = tonumber(ARGV[6])
 push(key .. ':out', 7, 6 + n)
 index(rid, 'o', 7 + n)
+redis.call('HSET', key, 'out_b', span(7, 6 + n))
+resize(rid)
 return 1
 """
 
@@ -129,6 +149,7 @@ local key = rkey(ARGV[2])
 if redis.call('HGET', key, 'running') ~= '1' then return 0 end
 redis.call('HSET', key, 'data', ARGV[3], 'running', ARGV[4])
 if ARGV[4] ~= '1' then redis.call('HDEL', p .. 'running', ARGV[2]) end
+resize(ARGV[2])
 return 1
 """
 
@@ -176,9 +197,11 @@ for i = 3, #ARGV, 2 do
   local seq = tonumber(ARGV[i])
   if seq > last then
     redis.call('XADD', stream, string.format('0-%d', seq + 1), 'e', ARGV[i + 1])
+    redis.call('HINCRBY', key, 'ev_b', string.len(ARGV[i + 1]))
     last = seq
   end
 end
+resize(ARGV[2])
 return 1
 """
 
@@ -192,13 +215,16 @@ _LUA_CONVERSATION = """
 local p = ARGV[1]
 local key = p .. 'c:' .. ARGV[2]
 local function add_items(first)
+  local grown = 0
   for i = first, #ARGV, 2 do
     local id = ARGV[i]
     if not redis.call('ZSCORE', key .. ':order', id) then
       redis.call('ZADD', key .. ':order', redis.call('INCR', p .. 'seq'), id)
     end
+    grown = grown + string.len(ARGV[i + 1]) - redis.call('HSTRLEN', key .. ':items', id)
     redis.call('HSET', key .. ':items', id, ARGV[i + 1])
   end
+  redis.call('HINCRBY', p .. 'bytes', 'c:' .. ARGV[2], grown)
 end
 """
 
@@ -207,6 +233,7 @@ _CREATE_CONVERSATION = _LUA_CONVERSATION + """
 redis.call('DEL', key .. ':order', key .. ':items')
 redis.call('SET', key, ARGV[3])
 redis.call('ZADD', p .. 'conversations', ARGV[4], ARGV[2])
+redis.call('HSET', p .. 'bytes', 'c:' .. ARGV[2], string.len(ARGV[3]))
 add_items(5)
 """
 
@@ -221,6 +248,7 @@ return 1
 # ARGV: prefix, id, item id, now.
 _DELETE_ITEM = _LUA_CONVERSATION + """
 if redis.call('ZREM', key .. ':order', ARGV[3]) == 0 then return 0 end
+redis.call('HINCRBY', p .. 'bytes', 'c:' .. ARGV[2], -redis.call('HSTRLEN', key .. ':items', ARGV[3]))
 redis.call('HDEL', key .. ':items', ARGV[3])
 redis.call('ZADD', p .. 'conversations', 'XX', ARGV[4], ARGV[2])
 return 1
@@ -257,6 +285,7 @@ for i = 2, #ARGV do
   local key = p .. 'c:' .. ARGV[i]
   redis.call('ZREM', p .. 'conversations', ARGV[i])
   redis.call('DEL', key .. ':order', key .. ':items')
+  redis.call('HDEL', p .. 'bytes', 'c:' .. ARGV[i])
   deleted = deleted + redis.call('DEL', key)
 end
 return deleted
@@ -314,7 +343,7 @@ class RedisStore(Store):
     # -- responses ------------------------------------------------------------------------
     async def create_response(self, record: StoredResponse) -> None:
         inputs = record.input_items or []
-        ids = [_item_id(item) for item in inputs]
+        ids = [_item_id(item, record.client_ids) for item in inputs]
         args = [
             self.prefix, record.id, orjson.dumps(record.response), _running(record.response), record.owner or "",
             record.previous_response_id or "", record.conversation_id or "", int(record.background),
@@ -351,8 +380,10 @@ class RedisStore(Store):
         if data is None:
             return None
         inputs = [orjson.loads(item) for item in replies[1]] if with_input else None
+        size = len(data.encode()) + (sum(len(item.encode()) for item in replies[1]) if with_input else 0)
         return StoredResponse(
-            orjson.loads(data), inputs, previous or None, conversation or None, background == "1", owner or None
+            orjson.loads(data), inputs, previous or None, conversation or None, background == "1", owner or None,
+            size=size,
         )
 
     async def delete_response(self, response_id: str) -> bool:
@@ -438,6 +469,11 @@ class RedisStore(Store):
             data = await self._redis.get(self._conversation_key(conversation_id))
         return None if data is None else orjson.loads(data)
 
+    async def conversation_size(self, conversation_id: str) -> int | None:
+        with _unavailable():
+            size = await self._redis.hget(f"{self.prefix}bytes", f"c:{conversation_id}")
+        return None if size is None else int(size)
+
     async def update_conversation(self, conversation: JSON) -> bool:
         cid = conversation["id"]
         with _unavailable():
@@ -479,12 +515,31 @@ class RedisStore(Store):
         with _unavailable():
             responses = await self._expired(f"{self.prefix}responses", now, self.retention.max_responses)
             conversations = await self._expired(f"{self.prefix}conversations", now, self.retention.max_conversations)
+            if self.retention.max_bytes is not None:
+                over_r, over_c = await self._over_budget(self.retention.max_bytes)
+                responses = sorted(set(responses) | over_r)
+                conversations = sorted(set(conversations) | over_c)
             deleted = 0
             for chunk in _chunks(responses):
                 deleted += len(await self._delete_responses(args=[self.prefix, "1", *chunk]))
             for chunk in _chunks(conversations):
                 deleted += await self._delete_conversations(args=[self.prefix, *chunk])
         return deleted
+
+    async def _over_budget(self, budget: int) -> tuple[set[str], set[str]]:
+        """Responses and conversations past ``budget`` bytes, counted from the newest."""
+        sizes = await self._redis.hgetall(f"{self.prefix}bytes")
+        if sum(int(n) for n in sizes.values()) <= budget:
+            return set(), set()
+        newest = [(t, "r:" + rid) for rid, t in await self._redis.zrange(f"{self.prefix}responses", 0, -1, withscores=True)]
+        newest += [(t, "c:" + cid) for cid, t in await self._redis.zrange(f"{self.prefix}conversations", 0, -1, withscores=True)]
+        newest.sort(reverse=True)
+        total, over = 0, (set(), set())
+        for _, name in newest:
+            total += int(sizes.get(name, 0))
+            if total > budget:  # running responses among them are skipped by the delete script
+                over[name.startswith("c:")].add(name[2:])
+        return over
 
     async def _expired(self, index: str, now: float, keep: int | None) -> list[str]:
         """Ids in a by-time index older than the max age or beyond the newest ``keep``."""
@@ -515,10 +570,11 @@ def _running(response: JSON) -> int:
     return int(response["status"] in RUNNING_STATUSES)
 
 
-def _item_id(item: JSON) -> str:
-    """The id the item index knows it by; ``""`` for an item without one (never indexed)."""
+def _item_id(item: JSON, private: frozenset[str] = frozenset()) -> str:
+    """The id the item index knows it by; ``""`` for an item without one or with an id the
+    server did not make (never indexed)."""
     item_id = item.get("id")
-    return item_id if isinstance(item_id, str) else ""
+    return item_id if isinstance(item_id, str) and item_id not in private else ""
 
 
 def _pairs(items: list[JSON]) -> list[Any]:

@@ -64,7 +64,7 @@ _MIGRATIONS: list[list[str]] = [
             data BLOB NOT NULL,
             PRIMARY KEY (response_id, kind, position)
         )""",
-        # Which copy answers for an item id: the last response that wrote one.
+        # Which copy answers for a server-made item id: the first response that wrote it.
         """CREATE TABLE item_index (
             item_id TEXT PRIMARY KEY,
             response_id TEXT NOT NULL,
@@ -90,6 +90,16 @@ _MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (conversation_id, position)
         )""",
         "CREATE UNIQUE INDEX conversation_items_by_id ON conversation_items (conversation_id, item_id)",
+    ],
+    # 2: what each record takes (retention by bytes, the history's budget; issue 24).
+    [
+        "ALTER TABLE responses ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE conversations ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0",
+        """UPDATE responses SET bytes = length(data)
+            + (SELECT COALESCE(SUM(length(data)), 0) FROM response_items WHERE response_id = responses.id)
+            + (SELECT COALESCE(SUM(length(CAST(data AS BLOB))), 0) FROM events WHERE response_id = responses.id)""",
+        """UPDATE conversations SET bytes = length(data)
+            + (SELECT COALESCE(SUM(length(data)), 0) FROM conversation_items WHERE conversation_id = conversations.id)""",
     ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -272,29 +282,36 @@ class SQLiteStore(Store):
 
     def _create_response(self, conn: sqlite3.Connection, record: StoredResponse) -> None:
         _delete_response_rows(conn, record.id)
+        data = orjson.dumps(record.response)
         conn.execute(
-            "INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO responses (id, created_at, running, owner, previous_response_id, conversation_id, background,"
+            " data, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
             (
                 record.id, record.created_at, _running(record.response), record.owner,
-                record.previous_response_id, record.conversation_id, record.background,
-                orjson.dumps(record.response),
+                record.previous_response_id, record.conversation_id, record.background, data,
             ),
         )
-        _store_items(conn, record.id, INPUT, record.input_items or [])
+        size = len(data) + _store_items(conn, record.id, INPUT, record.input_items or [], record.client_ids)
+        conn.execute("UPDATE responses SET bytes = ? WHERE id = ?", (size, record.id))
 
     async def finish_response(self, response: JSON) -> bool:
         return await self._commit(self._finish_response, response)
 
     def _finish_response(self, conn: sqlite3.Connection, response: JSON) -> bool:
+        rid, data = response["id"], orjson.dumps(response)
+        # Every expression on the right reads the row as it was: the old data's length goes.
         cur = conn.execute(
-            "UPDATE responses SET data = ?, running = ?, owner = NULL WHERE id = ? AND running = 1",
-            (orjson.dumps(response), _running(response), response["id"]),
+            "UPDATE responses SET bytes = bytes - length(data) + ? - (SELECT COALESCE(SUM(length(data)), 0)"
+            " FROM response_items WHERE response_id = ? AND kind = ?), data = ?, running = ?, owner = NULL"
+            " WHERE id = ? AND running = 1",
+            (len(data), rid, OUTPUT, data, _running(response), rid),
         )
         if cur.rowcount == 0:
             return False
-        conn.execute("DELETE FROM item_index WHERE response_id = ? AND kind = ?", (response["id"], OUTPUT))
-        conn.execute("DELETE FROM response_items WHERE response_id = ? AND kind = ?", (response["id"], OUTPUT))
-        _store_items(conn, response["id"], OUTPUT, response.get("output") or [])
+        conn.execute("DELETE FROM item_index WHERE response_id = ? AND kind = ?", (rid, OUTPUT))
+        conn.execute("DELETE FROM response_items WHERE response_id = ? AND kind = ?", (rid, OUTPUT))
+        size = _store_items(conn, rid, OUTPUT, response.get("output") or [])
+        conn.execute("UPDATE responses SET bytes = bytes + ? WHERE id = ?", (size, rid))
         return True
 
     async def update_running_response(self, response: JSON) -> bool:
@@ -302,9 +319,10 @@ class SQLiteStore(Store):
 
     def _update_running_response(self, conn: sqlite3.Connection, response: JSON) -> bool:
         # One statement: atomic on its own, the status check and the write cannot be split.
+        data = orjson.dumps(response)
         cur = conn.execute(
-            "UPDATE responses SET data = ?, running = ? WHERE id = ? AND running = 1",
-            (orjson.dumps(response), _running(response), response["id"]),
+            "UPDATE responses SET bytes = bytes - length(data) + ?, data = ?, running = ? WHERE id = ? AND running = 1",
+            (len(data), data, _running(response), response["id"]),
         )
         return cur.rowcount > 0
 
@@ -319,15 +337,16 @@ class SQLiteStore(Store):
             ).fetchone()
             if row is None:
                 return None
-            inputs = None
+            inputs, size = None, len(row[0])
             if with_input:
                 rows = conn.execute(
                     "SELECT data FROM response_items WHERE response_id = ? AND kind = ? ORDER BY position",
                     (response_id, INPUT),
                 ).fetchall()
                 inputs = [orjson.loads(data) for (data,) in rows]
+                size += sum(len(data) for (data,) in rows)
         data, previous, conversation, background, owner = row
-        return StoredResponse(orjson.loads(data), inputs, previous, conversation, bool(background), owner)
+        return StoredResponse(orjson.loads(data), inputs, previous, conversation, bool(background), owner, size=size)
 
     async def delete_response(self, response_id: str) -> bool:
         return await self._run(self._delete_response, response_id)
@@ -361,9 +380,11 @@ class SQLiteStore(Store):
         # runs) are dropped: nothing would ever delete them again.
         if conn.execute("SELECT 1 FROM responses WHERE id = ?", (response_id,)).fetchone() is None:
             return
-        conn.executemany(
-            "INSERT OR IGNORE INTO events VALUES (?, ?, ?)", [(response_id, seq, data) for seq, data in events]
-        )
+        size = 0
+        for seq, data in events:  # one by one: a retried event (ignored) adds no bytes
+            if conn.execute("INSERT OR IGNORE INTO events VALUES (?, ?, ?)", (response_id, seq, data)).rowcount:
+                size += len(data.encode())
+        conn.execute("UPDATE responses SET bytes = bytes + ? WHERE id = ?", (size, response_id))
 
     async def read_events(self, response_id: str, after: int = -1, limit: int | None = None) -> list[tuple[int, str]]:
         return await self._run(self._read_events, response_id, after, limit)
@@ -432,9 +453,11 @@ class SQLiteStore(Store):
         with _write(conn):
             conn.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (cid,))
             conn.execute(
-                "INSERT OR REPLACE INTO conversations VALUES (?, ?, ?)", (cid, time.time(), orjson.dumps(conversation))
+                "INSERT OR REPLACE INTO conversations (id, updated_at, data) VALUES (?, ?, ?)",
+                (cid, time.time(), orjson.dumps(conversation)),
             )
             _add_conversation_items(conn, cid, items)
+            _resize_conversation(conn, cid)
 
     async def get_conversation(self, conversation_id: str) -> JSON | None:
         return await self._run(self._get_conversation, conversation_id)
@@ -443,13 +466,21 @@ class SQLiteStore(Store):
         row = conn.execute("SELECT data FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
         return None if row is None else orjson.loads(row[0])
 
+    async def conversation_size(self, conversation_id: str) -> int | None:
+        return await self._run(self._conversation_size, conversation_id)
+
+    def _conversation_size(self, conn: sqlite3.Connection, conversation_id: str) -> int | None:
+        row = conn.execute("SELECT bytes FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        return None if row is None else row[0]
+
     async def update_conversation(self, conversation: JSON) -> bool:
         return await self._run(self._update_conversation, conversation)
 
     def _update_conversation(self, conn: sqlite3.Connection, conversation: JSON) -> bool:
+        data = orjson.dumps(conversation)
         cur = conn.execute(
-            "UPDATE conversations SET data = ?, updated_at = ? WHERE id = ?",
-            (orjson.dumps(conversation), time.time(), conversation["id"]),
+            "UPDATE conversations SET bytes = bytes - length(data) + ?, data = ?, updated_at = ? WHERE id = ?",
+            (len(data), data, time.time(), conversation["id"]),
         )
         return cur.rowcount > 0
 
@@ -468,6 +499,7 @@ class SQLiteStore(Store):
         if cur.rowcount == 0:
             return False
         _add_conversation_items(conn, conversation_id, items)
+        _resize_conversation(conn, conversation_id)
         return True
 
     async def list_conversation_items(
@@ -519,6 +551,7 @@ class SQLiteStore(Store):
             if cur.rowcount == 0:
                 return False
             conn.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (time.time(), conversation_id))
+            _resize_conversation(conn, conversation_id)
             return True
 
     # -- upkeep ---------------------------------------------------------------------------
@@ -550,6 +583,17 @@ class SQLiteStore(Store):
                     (r.max_conversations,),
                 )
                 conversations.update(cid for (cid,) in rows)
+            if r.max_bytes is not None:
+                # Newest first, both kinds together: what lies past the budget goes.
+                rows = conn.execute(
+                    "SELECT kind, id FROM (SELECT kind, id, running, SUM(bytes) OVER (ORDER BY t DESC, kind, id"
+                    " ROWS UNBOUNDED PRECEDING) AS total FROM (SELECT 0 AS kind, id, running, created_at AS t, bytes"
+                    " FROM responses UNION ALL SELECT 1, id, 0, updated_at, bytes FROM conversations))"
+                    " WHERE total > ? AND running = 0",
+                    (r.max_bytes,),
+                )
+                for kind, rid in rows:
+                    (conversations if kind else responses).add(rid)
         deleted = 0
         # Small transactions: other processes get the write lock between chunks.
         for chunk in _chunks(sorted(responses)):
@@ -618,12 +662,26 @@ def _running(response: JSON) -> bool:
     return response["status"] in RUNNING_STATUSES
 
 
-def _store_items(conn: sqlite3.Connection, response_id: str, kind: int, items: list[JSON]) -> None:
+def _store_items(
+    conn: sqlite3.Connection, response_id: str, kind: int, items: list[JSON], private: frozenset[str] = frozenset()
+) -> int:
+    """Store a response's items; index the ids the server made (first writer keeps an id);
+    returns their bytes."""
     rows = [(response_id, kind, i, item.get("id"), orjson.dumps(item)) for i, item in enumerate(items)]
     conn.executemany("INSERT INTO response_items VALUES (?, ?, ?, ?, ?)", rows)
     conn.executemany(
-        "INSERT OR REPLACE INTO item_index VALUES (?, ?, ?, ?)",
-        [(item_id, response_id, kind, i) for _, _, i, item_id, _ in rows if isinstance(item_id, str)],
+        "INSERT OR IGNORE INTO item_index VALUES (?, ?, ?, ?)",
+        [(item_id, response_id, kind, i) for _, _, i, item_id, _ in rows if isinstance(item_id, str) and item_id not in private],
+    )
+    return sum(len(data) for *_, data in rows)
+
+
+def _resize_conversation(conn: sqlite3.Connection, conversation_id: str) -> None:
+    """Count a conversation's bytes again (``length`` of a blob reads no content)."""
+    conn.execute(
+        "UPDATE conversations SET bytes = length(data) + (SELECT COALESCE(SUM(length(data)), 0)"
+        " FROM conversation_items WHERE conversation_id = ?) WHERE id = ?",
+        (conversation_id, conversation_id),
     )
 
 
