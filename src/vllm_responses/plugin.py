@@ -62,6 +62,7 @@ class ResponsesPlugin:
             open_store(settings.store_url, settings.retention),
             sealer,
             capture_dir=settings.capture_dir,
+            capture_max_bytes=settings.capture_max_bytes,
             lease_s=settings.lease_s,
             max_body_bytes=settings.max_body_bytes,
             keepalive_s=settings.keepalive_s,
