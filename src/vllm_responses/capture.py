@@ -51,7 +51,9 @@ class Capture:
         if not self.writer.take(len(data)):
             self.lost = True
             return
-        self._file.write(data)
+        view = memoryview(data)
+        while view:  # an unbuffered write may take less than all of it
+            view = view[self._file.write(view) or 0 :]
 
     def _close(self, complete: bool) -> None:
         if self._file is None:
