@@ -140,7 +140,10 @@ class CaptureWriter:
             logger.warning("capture directory %s: %d writes dropped (the writer fell behind)", self.directory, self.dropped)
 
     def _run(self) -> None:
-        make_dir(self.directory)
+        try:
+            make_dir(self.directory)
+        except OSError as exc:  # each file's own error is then logged below
+            logger.warning("capture directory %s: %s", self.directory, exc)
         while True:
             with self._cond:
                 while not self._queue and not self._stopping:
