@@ -26,7 +26,7 @@ def make_dir(path: Path) -> None:
 def touch(path: Path) -> None:
     """Creates ``path`` 0600 if it does not exist (SQLite then opens it, and gives its WAL and
     shared-memory files the same mode)."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, FILE_MODE))
 
 
 def create(path: Path) -> BinaryIO:
