@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 from codex_cli_bin import bundled_codex_path
 
+from probes import wait_until
 from vllm_responses.conformance import parse_sse
 
 
@@ -98,7 +99,17 @@ def thread_requests(capture_dir: Path, thread_id: str) -> list[tuple[str, dict]]
 
 def thread_answers(capture_dir: Path, thread_id: str) -> list[tuple[dict, dict]]:
     """(request body, final response) of every request of one Codex thread, in order."""
-    return [
-        (body, parse_sse((capture_dir / f"{response_id}.sse").read_bytes())[-1]["response"])
-        for response_id, body in thread_requests(capture_dir, thread_id)
-    ]
+    return [(body, final_response(capture_dir / f"{response_id}.sse")) for response_id, body in thread_requests(capture_dir, thread_id)]
+
+
+def final_response(capture: Path, timeout: float = 30) -> dict:
+    """The response a capture ends with, once it has (the server's writer thread puts frames
+    on disk shortly after they are sent)."""
+
+    def ended() -> dict | None:
+        body = capture.read_bytes() if capture.exists() else b""
+        events = parse_sse(body[: body.rfind(b"\n\n") + 2])  # whole frames only
+        last = events[-1] if events else {}
+        return last["response"] if last.get("type") in ("response.completed", "response.incomplete", "response.failed") else None
+
+    return wait_until(f"{capture.name} ends", ended, timeout)

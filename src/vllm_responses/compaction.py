@@ -32,7 +32,7 @@ from .backend import Engine, Prepared
 from .deltas import CompactionDelta, Delta, Finish, Started, TextDelta, Usage
 from .errors import invalid_request
 from .protocol import ResponsesRequest, parse_items
-from .sealing import BrokenSeal, ReasoningSealer
+from .sealing import BrokenSeal, Dropped, ReasoningSealer
 
 SUMMARY_PROMPT = (
     "Summarise the conversation so far for yourself, so that you can carry on from the summary alone: "
@@ -136,20 +136,20 @@ def threshold(request: ResponsesRequest) -> int | None:
     return found
 
 
-def opened(item: Any, sealer: ReasoningSealer) -> str | None:
-    """A compaction item's summary; ``None`` when the blob is not ours (logged by the sealer).
+def opened(item: Any, sealer: ReasoningSealer, dropped: Dropped | None = None) -> str | None:
+    """A compaction item's summary; ``None`` when the blob is not ours (counted in ``dropped``).
     Raises :class:`~.sealing.BrokenSeal` when it is ours but altered."""
-    return sealer.open(item.encrypted_content, "compaction item")
+    return sealer.open(item.encrypted_content, "compaction item", dropped)
 
 
-def window(items: list[Any], sealer: ReasoningSealer) -> list[Any]:
+def window(items: list[Any], sealer: ReasoningSealer, dropped: Dropped | None = None) -> list[Any]:
     """The items the model sees: see the module docstring. ``items`` are typed input items."""
     items = [item for item in items if _type(item) != "compaction_trigger"]
     for i in range(len(items) - 1, -1, -1):
         if _type(items[i]) != "compaction":
             continue
         try:
-            summary = opened(items[i], sealer)
+            summary = opened(items[i], sealer, dropped)
         except BrokenSeal:
             summary = None
         if summary is None:  # not ours: it cannot stand in for anything

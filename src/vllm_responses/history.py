@@ -14,7 +14,7 @@ from . import compaction
 from .errors import invalid_request, not_found
 from .items import sealed_free, to_model_input, to_stored
 from .protocol import OFF_LOOP_ITEMS, ResponsesRequest, off_loop_if
-from .sealing import BrokenSeal, ReasoningSealer
+from .sealing import BrokenSeal, Dropped, ReasoningSealer
 from .store import Store
 from .store.base import JSON, RUNNING_STATUSES
 
@@ -46,18 +46,25 @@ class History:
     async def resolve(self, request: ResponsesRequest, earlier: list[JSON] | None = None) -> Context:
         """``earlier``: the items ``previous_response_id`` stands for, when the caller already
         holds them (a WebSocket connection's last turn); otherwise they come from the store."""
+        dropped = Dropped()  # blobs not ours: one log line for the request, however many
+        try:
+            return await self._resolve(request, earlier, dropped)
+        finally:
+            dropped.log()
+
+    async def _resolve(self, request: ResponsesRequest, earlier: list[JSON] | None, dropped: Dropped) -> Context:
         if earlier is None:
             earlier = []
             if request.previous_response_id:
                 earlier = await self.chain(request.previous_response_id)
             elif request.conversation_id:
                 earlier = await self.conversation_items(request.conversation_id)
-        own = await self.own_items(request.input, earlier)
+        own = await self.own_items(request.input, earlier, dropped=dropped)
         check_tool_calls(request.input, earlier + own)
         if not earlier:  # the request's typed items are already what the engine needs
-            return Context(compaction.window(request_items(request, own), self.sealer), own)
+            return Context(compaction.window(request_items(request, own), self.sealer, dropped), own)
         where = "previous_response_id" if request.previous_response_id else "conversation"
-        model_items = compaction.window(to_model_input(earlier, where) + request_items(request, own), self.sealer)
+        model_items = compaction.window(to_model_input(earlier, where) + request_items(request, own), self.sealer, dropped)
         return Context(model_items, own, earlier)
 
     async def chain(self, response_id: str) -> list[JSON]:
@@ -106,9 +113,11 @@ class History:
             raise not_found("Conversation", conversation_id, "conversation", "conversation_not_found")
         return page.items
 
-    async def own_items(self, items: list[Any], visible: list[JSON] | None = None, conversation_id: str | None = None) -> list[JSON]:
+    async def own_items(self, items: list[Any], visible: list[JSON] | None = None, conversation_id: str | None = None,
+                        dropped: Dropped | None = None) -> list[JSON]:
         """Typed input items in stored shape, references resolved and seals opened (a
-        request's input, or items added to a conversation).
+        request's input, or items added to a conversation). Blobs that are not ours are
+        counted in ``dropped``; without one, they are logged here, in one line.
 
         An ``item_reference`` finds, in this order: an item of ``visible`` (the chain or
         conversation the request continues; the latest copy of an id), an item of the
@@ -129,9 +138,15 @@ class History:
             rest = [ref for ref in references if ref not in found]
             if rest:
                 found.update(await self.store.get_items(rest))
-        return await off_loop_if(len(items) >= OFF_LOOP_ITEMS, self._own, items, found)
+        mine = dropped is None
+        dropped = dropped or Dropped()
+        try:
+            return await off_loop_if(len(items) >= OFF_LOOP_ITEMS, self._own, items, found, dropped)
+        finally:
+            if mine:
+                dropped.log()
 
-    def _own(self, items: list[Any], found: dict[str, JSON]) -> list[JSON]:
+    def _own(self, items: list[Any], found: dict[str, JSON], dropped: Dropped) -> list[JSON]:
         out: list[JSON] = []
         for i, item in enumerate(items):
             kind = getattr(item, "type", None)
@@ -141,12 +156,12 @@ class History:
                     raise not_found("Item", item.id, f"input[{i}]", "item_not_found")
                 out.append(stored)
             elif kind == "reasoning" and item.encrypted_content:
-                opened = self._open(item, i)
+                opened = self._open(item, i, dropped)
                 if opened is not None:
                     out.append(opened)
             elif kind == "compaction":  # kept sealed; a blob that is not ours is dropped
                 try:
-                    if self.sealer.open(item.encrypted_content, "compaction item") is not None:
+                    if self.sealer.open(item.encrypted_content, "compaction item", dropped) is not None:
                         out.append(to_stored(item))
                 except BrokenSeal as exc:
                     raise invalid_request(str(exc), param=f"input[{i}].encrypted_content", code="invalid_encrypted_content") from None
@@ -154,10 +169,10 @@ class History:
                 out.append(to_stored(item))
         return out
 
-    def _open(self, item: Any, index: int) -> JSON | None:
+    def _open(self, item: Any, index: int, dropped: Dropped) -> JSON | None:
         """A sealed reasoning item with its plaintext put back; ``None`` if the seal is not ours."""
         try:
-            text = self.sealer.open(item.encrypted_content)
+            text = self.sealer.open(item.encrypted_content, dropped=dropped)
         except BrokenSeal as exc:
             raise invalid_request(str(exc), param=f"input[{index}].encrypted_content", code="invalid_encrypted_content") from None
         stored = to_stored(item)

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import auth, compaction_route, conversations, openapi, routes, token_count, websocket
 from .codex_models import CodexCatalog
-from .logs import get_logger
+from .logs import get_logger, redact_url
 from .paths import families
 from .sealing import ReasoningSealer
 from .service import ResponsesService, warm_up
@@ -62,6 +62,7 @@ class ResponsesPlugin:
             open_store(settings.store_url, settings.retention),
             sealer,
             capture_dir=settings.capture_dir,
+            capture_max_bytes=settings.capture_max_bytes,
             lease_s=settings.lease_s,
             max_body_bytes=settings.max_body_bytes,
             keepalive_s=settings.keepalive_s,
@@ -69,9 +70,11 @@ class ResponsesPlugin:
         )
         try:
             await service.store.heartbeat(service.owner, settings.lease_s)
-            logger.info("responses store: %s", _redact(settings.store_url))
+            logger.info("responses store: %s", redact_url(settings.store_url))
         except StoreUnavailable as exc:
-            logger.error("responses store %s is unavailable (%s); requests that need it answer 503 until it is back", _redact(settings.store_url), exc)
+            shown = redact_url(settings.store_url)
+            logger.error("responses store %s is unavailable (%s); requests that need it answer 503 until it is back", shown,
+                         str(exc).replace(settings.store_url, shown))
         warm_up()
         service.start()
         state.vllm_responses = service
@@ -92,11 +95,3 @@ def _on_shutdown(app: FastAPI) -> None:
                     await service.stop()
 
     app.router.lifespan_context = lifespan
-
-
-def _redact(url: str) -> str:
-    """A store URL for the log, without a password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

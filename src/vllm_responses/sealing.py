@@ -15,6 +15,7 @@ import base64
 import binascii
 import hashlib
 import os
+from collections import Counter
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -26,6 +27,26 @@ logger = get_logger(__name__)
 MAGIC = b"vr1"
 _KID = 4
 _NONCE = 12
+
+
+class Dropped:
+    """Blobs dropped while reading one request, logged once when it is read: a request may
+    carry a million of them, and a log line each would let one body flood the log."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def add(self, what: str, why: str) -> None:
+        self.counts[(what, why)] += 1
+
+    def log(self) -> None:
+        if self.counts:
+            logger.warning("dropped %s", "; ".join(f"{n} {what}(s) {why}" for (what, why), n in sorted(self.counts.items())))
+            self.counts.clear()
+
+
+_NOT_OURS = "whose encrypted_content was not made by this server"
+_ROTATED = "sealed with a key this server does not hold (another server, or a key rotated out)"
 
 
 class BrokenSeal(Exception):
@@ -55,8 +76,9 @@ class ReasoningSealer:
         sealed = self._seal_key.encrypt(nonce, text.encode(), header)
         return base64.urlsafe_b64encode(header + nonce + sealed).decode().rstrip("=")
 
-    def open(self, blob: str, what: str = "reasoning item") -> str | None:
-        """The reasoning text; ``None`` when the blob is not ours (logged, to be dropped).
+    def open(self, blob: str, what: str = "reasoning item", dropped: Dropped | None = None) -> str | None:
+        """The reasoning text; ``None`` when the blob is not ours (to be dropped: counted in
+        ``dropped``, whose owner logs it once per request; logged at once without one).
 
         Raises :class:`BrokenSeal` when it carries one of our key ids but fails to authenticate.
         """
@@ -66,14 +88,19 @@ class ReasoningSealer:
             raw = b""
         header = raw[: len(MAGIC) + _KID]
         if len(raw) < len(header) + _NONCE + 16 or not header.startswith(MAGIC):
-            logger.warning("dropped a %s whose encrypted_content was not made by this server", what)
-            return None
+            return _drop(dropped, what, _NOT_OURS)
         key = self._keys.get(header[len(MAGIC) :])
         if key is None:
-            logger.warning("dropped a %s sealed with a key this server does not hold (another server, or a key rotated out)", what)
-            return None
+            return _drop(dropped, what, _ROTATED)
         nonce, sealed = raw[len(header) : len(header) + _NONCE], raw[len(header) + _NONCE :]
         try:
             return key.decrypt(nonce, sealed, header).decode()
         except (InvalidTag, UnicodeDecodeError):
             raise BrokenSeal("encrypted_content does not authenticate: it was altered") from None
+
+
+def _drop(dropped: Dropped | None, what: str, why: str) -> None:
+    if dropped is None:
+        logger.warning("dropped a %s %s", what, why)
+    else:
+        dropped.add(what, why)

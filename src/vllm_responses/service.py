@@ -12,7 +12,6 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from openai.types.responses import Response
 
@@ -20,6 +19,7 @@ from . import metrics
 from . import compaction
 from .logs import get_logger
 from .backend import Engine
+from .capture import DEFAULT_MAX_BYTES, Capture, CaptureWriter
 from .background import BackgroundRun, BackgroundRuns, Logged, abandon, follow_stored
 from .deltas import Delta, Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, ToolCallDelta, Usage
 from .errors import APIError, EngineFailure, invalid_request, not_found, store_unavailable
@@ -153,29 +153,14 @@ class Run:
         return a is None or (a.done() and not a.cancelled() and a.exception() is None)
 
 
-class Capture:
-    """One response's frames on disk; a stream its client abandoned ends up as ``.sse.aborted``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file: BinaryIO = open(path, "wb", buffering=0)  # what was produced is on disk at once
-
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
-
-    def close(self, complete: bool) -> None:
-        self._file.close()
-        if not complete:
-            self.path.rename(self.path.with_suffix(".sse.aborted"))
-
-
 class ResponsesService:
     """Creates responses on one engine and keeps them in one store.
 
     ``capture_dir``: when set, every response's events are also written there as
     ``<response id>.sse`` (the wire format, for ``python -m vllm_responses.conformance``),
     and the request that made it as ``<response id>.request.json``; the plugin takes it
-    from ``VLLM_RESPONSES_CAPTURE_DIR``. Off by default.
+    from ``VLLM_RESPONSES_CAPTURE_DIR``. Off by default. Written off the loop, at most
+    ``capture_max_bytes`` in all (:mod:`.capture`).
     ``keepalive_s``: the longest silence on an SSE stream (``None``: no keep-alive comments).
     """
 
@@ -187,6 +172,7 @@ class ResponsesService:
         *,
         owner: str | None = None,
         capture_dir: str | Path | None = None,
+        capture_max_bytes: int = DEFAULT_MAX_BYTES,
         lease_s: float = 10.0,
         max_body_bytes: int = 64 * 1024 * 1024,
         keepalive_s: float | None = 10.0,
@@ -198,6 +184,7 @@ class ResponsesService:
         self.history = History(store, self.sealer, max_history_bytes)
         self.owner = owner or new_id("owner")
         self.capture_dir = Path(capture_dir) if capture_dir else None
+        self.captures = CaptureWriter(self.capture_dir, capture_max_bytes) if self.capture_dir else None
         self.max_body_bytes = max_body_bytes
         self.keepalive_s = keepalive_s or None
         self.background = BackgroundRuns(self)
@@ -215,18 +202,16 @@ class ResponsesService:
         await self.background.shutdown()
         await self.late_writes.drain(timeout_s=5.0)
         await self.store.close()
+        if self.captures is not None:
+            await asyncio.to_thread(self.captures.stop)
 
-    def capture(self, response_id: str) -> "Capture | None":
-        """Where a response's frames go, when capturing."""
-        if self.capture_dir is None:
-            return None
-        self.capture_dir.mkdir(parents=True, exist_ok=True)
-        return Capture(self.capture_dir / f"{response_id}.sse")
+    def capture(self, response_id: str) -> Capture | None:
+        """Where a response's frames go, when capturing (:mod:`.capture`)."""
+        return self.captures.capture(response_id) if self.captures is not None else None
 
     def capture_request(self, response_id: str, body: bytes) -> None:
-        if self.capture_dir is not None:
-            self.capture_dir.mkdir(parents=True, exist_ok=True)
-            (self.capture_dir / f"{response_id}.request.json").write_bytes(body)
+        if self.captures is not None:
+            self.captures.request(response_id, body)
 
     # -- create ---------------------------------------------------------------------------
     async def create(

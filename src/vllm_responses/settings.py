@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from .environment import (
     CAPTURE_DIR,
+    CAPTURE_MAX_MB,
     KEEPALIVE,
     LEASE,
     MAX_AGE,
@@ -28,6 +29,7 @@ from .environment import (
     WS_MAX_MESSAGE,
     WS_MAX_SECONDS,
 )
+from .capture import DEFAULT_MAX_BYTES as DEFAULT_CAPTURE_MAX
 from .history import DEFAULT_MAX_HISTORY_BYTES
 from .store import Retention, default_url
 
@@ -45,6 +47,7 @@ class Settings:
     ``lease_s``: a process that has not proved it is alive for this long is dead, and the
     responses it was running are marked failed.
     ``capture_dir``: debugging aid, every stream is also written there.
+    ``capture_max_bytes``: capturing stops once the capture directory holds this much.
     ``max_body_bytes``: larger request bodies are refused (413) before they are read whole.
     ``ws_max_s``, ``ws_max_message_bytes``, ``ws_max_in_flight``: a WebSocket connection on
     ``/v1/responses`` lasts at most this long (OpenAI's limit is 60 minutes), takes messages
@@ -61,6 +64,7 @@ class Settings:
     reasoning_keys: tuple[bytes, ...] = ()
     lease_s: float = 10.0
     capture_dir: str | None = None
+    capture_max_bytes: int = DEFAULT_CAPTURE_MAX
     max_body_bytes: int = DEFAULT_MAX_BODY
     ws_max_s: float = 3600.0
     ws_max_message_bytes: int = DEFAULT_WS_MAX_MESSAGE
@@ -83,6 +87,7 @@ class Settings:
             reasoning_keys=_keys(env.get(REASONING_KEYS, "")),
             lease_s=_number(env, LEASE, 10.0, float, minimum=1.0),
             capture_dir=env.get(CAPTURE_DIR) or None,
+            capture_max_bytes=int(_number(env, CAPTURE_MAX_MB, DEFAULT_CAPTURE_MAX / (1024 * 1024), float, minimum=1) * 1024 * 1024),
             max_body_bytes=int(_number(env, MAX_BODY, DEFAULT_MAX_BODY, int, minimum=1024)),
             ws_max_s=_number(env, WS_MAX_SECONDS, 3600.0, float, minimum=1.0),
             ws_max_message_bytes=int(_number(env, WS_MAX_MESSAGE, DEFAULT_WS_MAX_MESSAGE, int, minimum=1024)),

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from fakes import EngineFailure, ScriptedEngine, usage
+from fakes import EngineFailure, ScriptedEngine, eventually, usage
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta
 from vllm_responses.plugin import ResponsesPlugin
@@ -135,8 +135,9 @@ async def test_capture_writes_every_response(tmp_path):
     engine = ScriptedEngine(SCRIPT)
     streamed = await post(engine, {"model": "demo", "input": "hi", "stream": True}, capture_dir=tmp_path)
     await post(engine, {"model": "demo", "input": "hi"}, capture_dir=tmp_path)
-    files = sorted(tmp_path.glob("*.sse"))
-    assert len(files) == 2
+    # the writer thread puts them on disk shortly after (off the loop): wait for both, whole
+    files = await eventually("both captures whole", lambda: (f := sorted(tmp_path.glob("*.sse"))) and len(f) == 2
+                             and all(x.read_bytes().endswith(b"\n\n") and b"response.completed" in x.read_bytes() for x in f) and f)
     for f in files:
         assert check_events(parse_sse(f.read_bytes())) == []
     assert streamed.content in [f.read_bytes() for f in files]

@@ -254,6 +254,21 @@ async def test_sealed_reasoning_round_trip(client: Client):
 
 
 @pytest.mark.anyio
+async def test_foreign_seals_are_logged_once_per_request_not_once_per_blob(client: Client, caplog):
+    """A body of many blobs that are not ours (a 64 MiB one holds about a million) gives one
+    warning with their count, not a line each that would flood the log."""
+    other = ReasoningSealer([b"x" * 32])
+    foreign = [{"type": "reasoning", "id": f"rs_{i}", "summary": [], "encrypted_content": other.seal("t")} for i in range(300)]
+    garbage = [{"type": "reasoning", "id": f"rs_g{i}", "summary": [], "encrypted_content": "not ours"} for i in range(200)]
+    compacted = [{"type": "compaction", "encrypted_content": other.seal("s")}]
+    caplog.set_level("WARNING")
+    await client.ok(store=False, input=[*foreign, *garbage, *compacted, {"role": "user", "content": "x"}])
+    lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(lines) == 1, lines[:3]
+    assert "300 reasoning item(s)" in lines[0] and "200 reasoning item(s)" in lines[0] and "1 compaction item(s)" in lines[0]
+
+
+@pytest.mark.anyio
 async def test_retrieve_seals_reasoning_on_request_and_never_stores_a_seal(client: Client):
     r1 = await client.ok(input="hi", include=["reasoning.encrypted_content"])
     plain = (await client.http.get(f"/v1/responses/{r1['id']}")).json()

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from ..private import make_dir, touch
 from .base import JSON, RUNNING_STATUSES, ItemPage, Order, Retention, Store, StoredResponse, StoreUnavailable, page_of
 
 T = TypeVar("T")
@@ -246,7 +247,8 @@ class SQLiteStore(Store):
         return conn
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(self.path.parent)
+        touch(self.path)  # 0600: the store holds what every client sent
         # isolation_level=None: no implicit transactions, each one is spelled out below.
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
         try:
