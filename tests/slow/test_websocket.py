@@ -131,7 +131,10 @@ def test_turn_sends_the_sse_events_one_per_frame(ws_server: Server) -> None:
     items = lambda evs: [{k: v for k, v in i.items() if k != "id"} for i in evs[-1]["response"]["output"]]
     assert items(events) == items(over_sse)
     # The stream was captured as any other, with the message that asked for it.
-    assert json.loads((ws_server.capture_dir / f"{response['id']}.request.json").read_text())["type"] == "response.create"
+    # (captures reach the disk from a writer thread, shortly after the frames went out)
+    request_file = ws_server.capture_dir / f"{response['id']}.request.json"
+    wait_until("the WebSocket request's capture", request_file.exists, 60)
+    assert json.loads(request_file.read_text())["type"] == "response.create"
 
 
 def test_stream_true_is_accepted_and_stream_false_refused(ws_server: Server) -> None:
