@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 
 from .environment import (
     CAPTURE_DIR,
+    FILE_PARSE_MB,
+    FILE_PARSE_SECONDS,
+    FILES_MAX_BYTES,
+    FILES_MAX_COUNT,
     KEEPALIVE,
     LEASE,
     MAX_AGE,
@@ -26,6 +30,7 @@ from .environment import (
     WS_MAX_MESSAGE,
     WS_MAX_SECONDS,
 )
+from .file_parsing import FileLimits
 from .store import Retention, default_url
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
@@ -63,6 +68,8 @@ class Settings:
     ws_max_in_flight: int = 8
     keepalive_s: float = 10.0
     prompt_cache_bytes: int = 64 * 1024 * 1024
+    # ``input_file`` parts: see :class:`.file_parsing.FileLimits`.
+    files: FileLimits = FileLimits()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -83,7 +90,18 @@ class Settings:
             ws_max_in_flight=int(_number(env, WS_MAX_IN_FLIGHT, 8, int, minimum=1)),
             keepalive_s=_number(env, KEEPALIVE, 10.0, float),
             prompt_cache_bytes=int(_number(env, PROMPT_CACHE_MB, 64, float) * 1024 * 1024),
+            files=_file_limits(env),
         )
+
+
+def _file_limits(env: Mapping[str, str]) -> FileLimits:
+    d = FileLimits()
+    return FileLimits(
+        max_files=int(_number(env, FILES_MAX_COUNT, d.max_files, int, minimum=1)),
+        max_bytes=int(_number(env, FILES_MAX_BYTES, d.max_bytes, int, minimum=1024)),
+        parse_s=_number(env, FILE_PARSE_SECONDS, d.parse_s, float, minimum=0.5),
+        parse_memory_bytes=int(_number(env, FILE_PARSE_MB, d.parse_memory_bytes // (1024 * 1024), int, minimum=128) * 1024 * 1024),
+    )
 
 
 def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float = 0) -> float:
