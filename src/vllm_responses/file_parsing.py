@@ -97,15 +97,15 @@ async def inline_files(items: list[Any], limits: FileLimits) -> list[Any]:
                 code="file_too_large",
             )
         if files.file_kind(filename, mime) == "pdf":
-            text = await _pdf_text(data, param, budget, limits)
-            texts[i, j] = files.render_file(filename or "file", files.checked_text(text, filename, param))
-        else:
-            texts[i, j] = files.render_file(filename or "file", files.file_text(data, filename, mime, param))
+            text = files.checked_text(await _pdf_text(data, param, budget, limits), filename, param)
+        else:  # UTF-8 checks of up to 10 MiB
+            text = await asyncio.to_thread(files.file_text, data, filename, mime, param)
+        texts[i, j] = files.render_file(filename or "file", text)
     return chat.with_file_texts(items, texts)
 
 
 async def _pdf_text(data: bytes, param: str, budget: list[float], limits: FileLimits) -> str:
-    key = hashlib.sha256(data).digest()
+    key = await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
     entry = CACHE.get(key)
     if entry is None:
         async with _SLOTS:  # the wait for a slot is not counted
