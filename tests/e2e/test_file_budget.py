@@ -1,5 +1,5 @@
 """A PDF bomb against the real server (issue 24): a ~100 KB PDF whose one compressed content
-stream, shared by 500 pages, takes pypdf about 2 s a page (over 15 minutes of CPU unbounded)
+stream, shared by 500 pages, takes pypdf about 1 s a page (about 10 minutes of CPU unbounded)
 answers a 400 ``file_too_complex`` naming the part within its budget
 (``VLLM_RESPONSES_FILE_PARSE_SECONDS``, 10 s by default), while ``/health`` and another
 client's response go on being answered."""

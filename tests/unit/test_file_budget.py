@@ -15,7 +15,7 @@ from vllm_responses.file_parsing import FileLimits, inline_files
 from vllm_responses.protocol import parse_request
 from vllm_responses.settings import Settings
 
-BOMB = pdf_bomb()  # ~100 KB; pypdf alone takes about 2 s a page to read it, 500 pages
+BOMB = pdf_bomb()  # ~100 KB; pypdf alone takes about 1 s a page to read it, 500 pages
 
 
 def items(*parts, messages=1):
