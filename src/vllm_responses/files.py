@@ -1,7 +1,8 @@
 """``input_file`` parts as the text a model reads: decoding, checks and text extraction.
 
 Pure (no engine, no I/O beyond the bytes given): :mod:`.chat` calls :func:`file_block` for
-every ``input_file`` part, in a message or in a tool call's output.
+every ``input_file`` part, in a message or in a tool call's output; the server reads a
+request's files through :mod:`.file_parsing`, which reads PDFs in a process of its own.
 
 - Only ``file_data`` is read: a base64 ``data:`` URL (``data:application/pdf;base64,…``),
   a plain ``data:`` URL, or raw base64, as OpenAI accepts. ``file_id`` (there is no Files
@@ -65,6 +66,12 @@ _WHITESPACE = re.compile(r"\s+")
 def file_block(part: object, param: str) -> str:
     """The text the model reads for one ``input_file`` part (``param`` names the part in
     errors, e.g. ``input[0].content[1]``)."""
+    filename, data, mime = file_input(part, param)
+    return render_file(filename or "file", file_text(data, filename, mime, param))
+
+
+def file_input(part: object, param: str) -> tuple[str | None, bytes, str | None]:
+    """An ``input_file`` part's file name, bytes and ``data:`` URL MIME type, checked."""
     if getattr(part, "file_id", None):
         raise invalid_request(
             "Files by `file_id` are not supported: this server has no Files API. Send the file's content "
@@ -86,9 +93,8 @@ def file_block(part: object, param: str) -> str:
             param=f"{param}.file_data",
             code="missing_required_parameter",
         )
-    filename = getattr(part, "filename", None) or None
     data, mime = decode_file_data(file_data, f"{param}.file_data")
-    return render_file(filename or "file", file_text(data, filename, mime, param))
+    return getattr(part, "filename", None) or None, data, mime
 
 
 def decode_file_data(file_data: str, param: str = "file_data") -> tuple[bytes, str | None]:
@@ -155,7 +161,11 @@ def file_text(data: bytes, filename: str | None, mime: str | None, param: str = 
             param=param,
             code="unsupported_value",
         )
-    text = pdf_text(data, param) if kind == "pdf" else _utf8(data, filename, param)
+    return checked_text(pdf_text(data, param) if kind == "pdf" else _utf8(data, filename, param), filename, param)
+
+
+def checked_text(text: str, filename: str | None, param: str) -> str:
+    """``text`` if a model may be given that much of one file."""
     if len(text) > MAX_FILE_CHARS:
         raise invalid_request(
             f"The file '{filename or 'file'}' has {len(text):,} characters of text, more than the {MAX_FILE_CHARS:,} "

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from .environment import (
     CAPTURE_DIR,
     CAPTURE_MAX_MB,
+    FILE_PARSE_MB,
+    FILE_PARSE_SECONDS,
+    FILES_MAX_BYTES,
+    FILES_MAX_COUNT,
     KEEPALIVE,
     LEASE,
     MAX_AGE,
@@ -31,6 +35,7 @@ from .environment import (
 )
 from .capture import DEFAULT_MAX_BYTES as DEFAULT_CAPTURE_MAX
 from .history import DEFAULT_MAX_HISTORY_BYTES
+from .file_parsing import FileLimits
 from .store import Retention, default_url
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
@@ -72,6 +77,8 @@ class Settings:
     keepalive_s: float = 10.0
     prompt_cache_bytes: int = 64 * 1024 * 1024
     max_history_bytes: int = DEFAULT_MAX_HISTORY_BYTES
+    # ``input_file`` parts: see :class:`.file_parsing.FileLimits`.
+    files: FileLimits = FileLimits()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -95,7 +102,18 @@ class Settings:
             keepalive_s=_number(env, KEEPALIVE, 10.0, float),
             prompt_cache_bytes=int(_number(env, PROMPT_CACHE_MB, 64, float) * 1024 * 1024),
             max_history_bytes=int(_number(env, MAX_HISTORY, DEFAULT_MAX_HISTORY_BYTES, int, minimum=1024)),
+            files=_file_limits(env),
         )
+
+
+def _file_limits(env: Mapping[str, str]) -> FileLimits:
+    d = FileLimits()
+    return FileLimits(
+        max_files=int(_number(env, FILES_MAX_COUNT, d.max_files, int, minimum=1)),
+        max_bytes=int(_number(env, FILES_MAX_BYTES, d.max_bytes, int, minimum=1024)),
+        parse_s=_number(env, FILE_PARSE_SECONDS, d.parse_s, float, minimum=0.5),
+        parse_memory_bytes=int(_number(env, FILE_PARSE_MB, d.parse_memory_bytes // (1024 * 1024), int, minimum=128) * 1024 * 1024),
+    )
 
 
 def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float = 0) -> float:

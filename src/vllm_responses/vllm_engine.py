@@ -34,7 +34,7 @@ from vllm.parser import DelegatingParser, ParserManager
 from vllm.tracing.utils import contains_trace_headers, extract_trace_headers
 from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
-from . import chat, metrics
+from . import chat, file_parsing, metrics
 from .backend import Engine, Prepared
 from .deltas import (
     Delta,
@@ -102,7 +102,9 @@ class VllmEngine(Engine):
         self.tokenizer = self.renderer.renderer.tokenizer
         # Long histories: unchanged input items are not validated, the rendered prompt's
         # unchanged pieces not tokenized again (both bounded: VLLM_RESPONSES_PROMPT_CACHE_MB).
-        cache_bytes = Settings.from_env().prompt_cache_bytes
+        settings = Settings.from_env()
+        cache_bytes = settings.prompt_cache_bytes
+        self.file_limits = settings.files
         ITEMS.lru.max_bytes = cache_bytes
         self.prompt_tokens = _prompt_cache(self.renderer.renderer, self.tokenizer, cache_bytes)
         reasoning_parser = getattr(args, "reasoning_parser", None) or getattr(
@@ -187,8 +189,8 @@ class VllmEngine(Engine):
 
     async def _prepare(self, request: ResponsesRequest, items: list[Any]) -> _Prepared:
         lora_request = await self._adapter(request.model)
-        if chat.has_files(items):  # decoding and PDF text extraction: once, off the event loop
-            items = await asyncio.to_thread(chat.inline_files, items)
+        if chat.has_files(items):  # decoding and PDF text extraction: once, off the event loop, within a budget
+            items = await file_parsing.inline_files(items, self.file_limits)
         tool_choice = request.get("tool_choice", "auto")
         tools = chat.chat_tools(request.tools)
         if isinstance(tool_choice, dict) and tool_choice.get("type") == "allowed_tools":
