@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import auth, compaction_route, conversations, openapi, routes, token_count, websocket
+from . import auth, compaction_route, conversations, openapi, protocol, routes, token_count, websocket
 from .codex_models import CodexCatalog
 from .logs import get_logger
 from .paths import families
@@ -65,7 +65,9 @@ class ResponsesPlugin:
             lease_s=settings.lease_s,
             max_body_bytes=settings.max_body_bytes,
             keepalive_s=settings.keepalive_s,
+            max_background=settings.max_background,
         )
+        protocol.LIMITS = settings.requests
         try:
             await service.store.heartbeat(service.owner, settings.lease_s)
             logger.info("responses store: %s", _redact(settings.store_url))

@@ -24,6 +24,7 @@ from .deltas import Sampling
 from .chat import chat_name, chat_tools
 from .errors import invalid_request
 from .parameters import split_extensions
+from .settings import RequestLimits
 from .validation import check_depth, check_metadata, from_validation_error, nested_too_deeply
 
 T = TypeVar("T")
@@ -32,6 +33,13 @@ _PARAMS = TypeAdapter(ResponseCreateParamsBase)
 _KNOWN = frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"}
 _INPUT_ITEMS = TypeAdapter(list[ResponseInputItem])
 _TOOL = TypeAdapter(Tool)
+
+# What one request may carry: the plugin sets the operator's (VLLM_RESPONSES_MAX_INPUT_ITEMS, ...).
+LIMITS = RequestLimits()
+
+# OpenAI's own length limits on identifiers that are echoed and stored (the ``openai``
+# package documents 128 for ``safety_identifier``; the hosted API answers 64 for the others).
+ID_LENGTHS = {"user": 64, "prompt_cache_key": 64, "safety_identifier": 128}
 
 # Fields validated on their own (as ``openai`` BaseModels) rather than through the TypedDict.
 _SEPARATE = frozenset({"input", "tools", "stream"})
@@ -164,6 +172,7 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesR
     params = _validate(_PARAMS, {k: v for k, v in data.items() if k in _KNOWN and k not in _SEPARATE and v is not None}, "", strict=True)
     params = cast(dict[str, Any], _materialize(params))
     _check_ranges(params)
+    _check_lengths(params)
     _check_state(params)
     check_metadata(params.get("metadata"))
     _check_text_format(params.get("text"))
@@ -201,6 +210,25 @@ def _check_ranges(params: dict[str, Any]) -> None:
             raise invalid_request(f"Invalid '{name}': {value} is below the minimum value of {low}.", param=name, code="integer_below_min_value" if isinstance(value, int) else "decimal_below_min_value")
         if high is not None and value > high:
             raise invalid_request(f"Invalid '{name}': {value} is above the maximum value of {high}.", param=name, code="integer_above_max_value" if isinstance(value, int) else "decimal_above_max_value")
+
+
+def _check_lengths(params: dict[str, Any]) -> None:
+    for name, limit in ID_LENGTHS.items():
+        value = params.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            raise invalid_request(
+                f"Invalid '{name}': string too long. Expected a string with maximum length {limit}, but got a string with length {len(value)} instead.",
+                param=name,
+                code="string_above_max_length",
+            )
+
+
+def _too_many(param: str, limit: int, got: int) -> Exception:
+    return invalid_request(
+        f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, but got an array with length {got} instead.",
+        param=param,
+        code="array_above_max_length",
+    )
 
 
 def _check_state(params: dict[str, Any]) -> None:
@@ -247,6 +275,8 @@ def _parse_input(raw: Any, chained: bool) -> list[Any]:
         raw = [{"type": "message", "role": "user", "content": raw}]
     if not isinstance(raw, list):
         raise invalid_request("Invalid type for 'input': expected a string or an array of items.", param="input", code="invalid_type")
+    if len(raw) > LIMITS.max_input_items:
+        raise _too_many("input", LIMITS.max_input_items, len(raw))
     return parse_items(raw, "input")
 
 
@@ -289,6 +319,16 @@ def _parse_tools(raw: Any) -> dict[str, list[Any]]:
         return {"tools": [], "unsupported_tools": []}
     if not isinstance(raw, list):
         raise invalid_request("Invalid type for 'tools': expected an array.", param="tools", code="invalid_type")
+    if len(raw) > LIMITS.max_tools:
+        raise _too_many("tools", LIMITS.max_tools, len(raw))
+    size = len(orjson.dumps(raw)) if raw else 0
+    if size > LIMITS.max_tools_bytes:
+        raise invalid_request(
+            f"Invalid 'tools': the tools take {size} bytes of JSON; this server accepts at most {LIMITS.max_tools_bytes} "
+            "(each tool is echoed in the response and stored with it).",
+            param="tools",
+            code="tools_too_large",
+        )
     tools: list[Any] = []
     unsupported: list[dict[str, Any]] = []
     for i, tool in enumerate(raw):

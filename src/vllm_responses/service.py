@@ -190,6 +190,7 @@ class ResponsesService:
         lease_s: float = 10.0,
         max_body_bytes: int = 64 * 1024 * 1024,
         keepalive_s: float | None = 10.0,
+        max_background: int = 256,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -199,7 +200,7 @@ class ResponsesService:
         self.capture_dir = Path(capture_dir) if capture_dir else None
         self.max_body_bytes = max_body_bytes
         self.keepalive_s = keepalive_s or None
-        self.background = BackgroundRuns(self)
+        self.background = BackgroundRuns(self, max_background)
         self.owners = OwnerWatch(store, lease_s)
         self.keeper = Keeper(self, lease_s)
         self.late_writes = LateWrites()
@@ -245,6 +246,17 @@ class ResponsesService:
         (default ``sse`` or ``json``, as ``stream`` says).
         """
         started, transport = time.perf_counter(), transport or ("sse" if request.stream else "json")
+        if request.background:
+            self.background.reserve()
+            try:
+                return await self._create(request, patience, context, generate, transport, started)
+            finally:
+                self.background.release()
+        return await self._create(request, patience, context, generate, transport, started)
+
+    async def _create(
+        self, request: ResponsesRequest, patience: float | None, context: Context | None, generate: bool, transport: str, started: float
+    ) -> "Run | BackgroundRun":
         if context is None:
             context = await store_call(self.history.resolve(request))
         prepared = await compaction.plan(self.engine, self.sealer, request, context.model_items)

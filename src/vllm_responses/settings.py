@@ -20,6 +20,12 @@ from .environment import (
     MAX_CONVERSATIONS,
     MAX_RESPONSES,
     PROMPT_CACHE_MB,
+    MAX_INPUT_ITEMS,
+    MAX_TOOLS,
+    MAX_TOOLS_BYTES,
+    MAX_BACKGROUND,
+    WS_MAX_CONNECTIONS,
+    WS_CACHE_MAX_BYTES,
     REASONING_KEYS,
     STORE,
     WS_MAX_IN_FLIGHT,
@@ -30,6 +36,18 @@ from .store import Retention, default_url
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 DEFAULT_WS_MAX_MESSAGE = 16 * 1024 * 1024  # uvicorn's own frame limit (``--ws-max-size``)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one create request may carry (:mod:`.protocol` holds each body to them): input
+    items (a long Codex session resends a few thousand), tools, and the tools' JSON size
+    (hosted tools are echoed and stored as sent: a 5 MB ``file_search`` tool would be kept
+    in every response of a chain)."""
+
+    max_input_items: int = 20_000
+    max_tools: int = 512
+    max_tools_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,6 +66,10 @@ class Settings:
     one running and those queued behind it).
     ``keepalive_s``: an SSE stream silent this long (queued, a long prefill) gets a comment
     line, so proxies and clients with idle timeouts keep it; ``0`` switches them off.
+    ``requests``: :class:`RequestLimits`. ``max_background``: background responses running at
+    once in this process; ``ws_max_connections``: WebSocket connections open at once in this
+    process; ``ws_cache_max_bytes``: the largest last turn (JSON bytes of its items) a
+    connection keeps in memory for its next turn (a larger one is read back from the store).
     ``prompt_cache_bytes``: what each of the API process's two prompt caches (validated input
     items, tokenized prompt pieces; :mod:`.prompt_cache`) may hold; ``0`` switches them off.
     """
@@ -63,6 +85,10 @@ class Settings:
     ws_max_in_flight: int = 8
     keepalive_s: float = 10.0
     prompt_cache_bytes: int = 64 * 1024 * 1024
+    requests: RequestLimits = RequestLimits()
+    max_background: int = 256
+    ws_max_connections: int = 256
+    ws_cache_max_bytes: int = 16 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -83,6 +109,14 @@ class Settings:
             ws_max_in_flight=int(_number(env, WS_MAX_IN_FLIGHT, 8, int, minimum=1)),
             keepalive_s=_number(env, KEEPALIVE, 10.0, float),
             prompt_cache_bytes=int(_number(env, PROMPT_CACHE_MB, 64, float) * 1024 * 1024),
+            requests=RequestLimits(
+                max_input_items=int(_number(env, MAX_INPUT_ITEMS, RequestLimits.max_input_items, int, minimum=1)),
+                max_tools=int(_number(env, MAX_TOOLS, RequestLimits.max_tools, int, minimum=1)),
+                max_tools_bytes=int(_number(env, MAX_TOOLS_BYTES, RequestLimits.max_tools_bytes, int, minimum=1024)),
+            ),
+            max_background=int(_number(env, MAX_BACKGROUND, 256, int, minimum=1)),
+            ws_max_connections=int(_number(env, WS_MAX_CONNECTIONS, 256, int, minimum=1)),
+            ws_cache_max_bytes=int(_number(env, WS_CACHE_MAX_BYTES, 16 * 1024 * 1024, int)),
         )
 
 
