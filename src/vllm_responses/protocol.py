@@ -182,7 +182,9 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesR
         params=params,
         model=model,
         stream=stream,
-        input=_parse_input(data.get("input"), chained=bool(params.get("previous_response_id") or params.get("conversation"))),
+        input=_parse_input(
+            data.get("input"), chained=bool(params.get("previous_response_id") or params.get("conversation")), salt=_salt(extensions)
+        ),
         **tools,
         extensions=extensions,
         headers={k.lower(): v for k, v in (headers or {}).items()},
@@ -258,7 +260,12 @@ def _conversation_id(conversation: Any) -> Any:
     return conversation.get("id") if isinstance(conversation, dict) else conversation
 
 
-def _parse_input(raw: Any, chained: bool) -> list[Any]:
+def _salt(extensions: dict[str, Any]) -> str | None:
+    salt = extensions.get("cache_salt")
+    return salt if isinstance(salt, str) else None
+
+
+def _parse_input(raw: Any, chained: bool, salt: str | None = None) -> list[Any]:
     if raw is None:
         if chained:  # a continuation may add nothing (e.g. only new instructions)
             return []
@@ -277,13 +284,14 @@ def _parse_input(raw: Any, chained: bool) -> list[Any]:
         raise invalid_request("Invalid type for 'input': expected a string or an array of items.", param="input", code="invalid_type")
     if len(raw) > LIMITS.max_input_items:
         raise _too_many("input", LIMITS.max_input_items, len(raw))
-    return parse_items(raw, "input")
+    return parse_items(raw, "input", salt)
 
 
-def parse_items(raw: list[Any], where: str) -> list[Any]:
+def parse_items(raw: list[Any], where: str, salt: str | None = None) -> list[Any]:
     """Input items (a request's, or stored ones going back to the model) as typed items.
-    An item reference may leave out its ``type``; it is given one, so that it reads as one."""
-    items = prompt_cache.ITEMS.validate(raw, lambda batch: _validate(_INPUT_ITEMS, [_lenient_item(item) for item in batch], where, strict=True))
+    An item reference may leave out its ``type``; it is given one, so that it reads as one.
+    ``salt``: the request's ``cache_salt`` (the validation cache is keyed by it too)."""
+    items = prompt_cache.ITEMS.validate(raw, lambda batch: _validate(_INPUT_ITEMS, [_lenient_item(item) for item in batch], where, strict=True), salt)
     return [item.model_copy(update={"type": "item_reference"}) if isinstance(item, ItemReference) and item.type is None else item for item in items]
 
 
