@@ -9,12 +9,11 @@ when the owning process died, :func:`abandon` ends the response ``failed`` for i
 
 import asyncio
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from openai.types.responses import Response
-
-from http import HTTPStatus
 
 from . import metrics
 from .errors import APIError
