@@ -9,12 +9,14 @@ when the owning process died, :func:`abandon` ends the response ``failed`` for i
 
 import asyncio
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from openai.types.responses import Response
 
 from . import metrics
+from .errors import APIError
 from .logs import get_logger
 from .protocol import ResponseObject
 from .items import stored_response
@@ -178,11 +180,30 @@ class BackgroundRun:
 
 
 class BackgroundRuns:
-    """This process's background responses, by id."""
+    """This process's background responses, by id; at most ``limit`` running at once
+    (``VLLM_RESPONSES_MAX_BACKGROUND``): each holds an engine request and a task for as long
+    as it runs, with no client to pace it."""
 
-    def __init__(self, service: "ResponsesService") -> None:
+    def __init__(self, service: "ResponsesService", limit: int = 256) -> None:
         self.service = service
+        self.limit = limit
         self.runs: dict[str, BackgroundRun] = {}
+        self.reserved = 0  # slots taken by requests still being set up
+
+    def reserve(self) -> None:
+        """Take a slot for a background response about to start, or refuse it (429);
+        :meth:`start` or :meth:`release` gives the slot back."""
+        running = len(self.running_ids()) + self.reserved
+        if running >= self.limit:
+            raise APIError(
+                f"This server already runs {running} background responses (at most {self.limit}). Retry when one has finished.",
+                status=HTTPStatus.TOO_MANY_REQUESTS,
+                code="too_many_background_responses",
+            )
+        self.reserved += 1
+
+    def release(self) -> None:
+        self.reserved -= 1
 
     def start(self, stream: ResponseStream, prepared: Any, record: StoredResponse) -> BackgroundRun:
         run = BackgroundRun(self.service, stream, prepared, record)

@@ -15,15 +15,12 @@ from .errors import invalid_request, not_found
 from .items import sealed_free, to_model_input, to_stored
 from .protocol import OFF_LOOP_ITEMS, ResponsesRequest, off_loop_if
 from .sealing import BrokenSeal, Dropped, ReasoningSealer
+from .settings import DEFAULT_MAX_HISTORY_BYTES
 from .store import Store
 from .store.base import JSON, RUNNING_STATUSES
 
 # A chain longer than this is refused rather than walked (it would not fit a context anyway).
 MAX_CHAIN = 10_000
-# What a chain may bring in, in stored bytes, unless the service says otherwise
-# (``VLLM_RESPONSES_MAX_HISTORY_BYTES``): as much as one request body may carry.
-DEFAULT_MAX_HISTORY_BYTES = 64 * 1024 * 1024
-
 
 @dataclass
 class Context:

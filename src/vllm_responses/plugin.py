@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import auth, compaction_route, conversations, openapi, routes, token_count, websocket
+from . import auth, compaction_route, conversations, openapi, protocol, routes, token_count, websocket
 from .codex_models import CodexCatalog
 from .logs import get_logger, redact_url
 from .paths import families
@@ -67,7 +67,9 @@ class ResponsesPlugin:
             max_body_bytes=settings.max_body_bytes,
             keepalive_s=settings.keepalive_s,
             max_history_bytes=settings.max_history_bytes,
+            max_background=settings.max_background,
         )
+        protocol.LIMITS = settings.requests
         try:
             await service.store.heartbeat(service.owner, settings.lease_s)
             logger.info("responses store: %s", redact_url(settings.store_url))

@@ -26,7 +26,9 @@ No vLLM import here: ``vllm_engine`` hands vLLM's tokenizer in and installs the 
 vLLM tokenizes a rendered prompt.
 """
 
+import hashlib
 import re
+import sys
 import threading
 from array import array
 from collections import OrderedDict
@@ -41,7 +43,7 @@ from .logs import get_logger
 logger = get_logger(__name__)
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-_ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its key and value (dict slot, link, objects)
+_ENTRY_OVERHEAD = 200  # bytes an entry costs beyond its key and value (dict slot, link, tuple, int)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -109,10 +111,11 @@ class ValidatedItems:
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.lru: LRU[bytes, Any] = LRU(max_bytes)
 
-    def validate(self, raw: list[Any], validate: Callable[[list[Any]], list[Any]]) -> list[Any]:
+    def validate(self, raw: list[Any], validate: Callable[[list[Any]], list[Any]], salt: str | None = None) -> list[Any]:
         if self.lru.max_bytes <= 0 or not raw:
             return validate(raw)
-        keys = [_json_key(item) for item in raw]
+        keyed = [_json_key(item, salt) for item in raw]
+        keys = [k[0] if k is not None else None for k in keyed]
         out = [self.lru.get(key) if key is not None else None for key in keys]
         missing = [i for i, item in enumerate(out) if item is None]
         if not missing:
@@ -129,17 +132,52 @@ class ValidatedItems:
                 return validate(raw)  # the error as the whole list gives it (an item's index in the path)
         for i, item in zip(missing, fresh):
             out[i] = item
-            key = keys[i]
-            if key is not None:
-                self.lru.put(key, item, 2 * len(key))
+            entry = keyed[i]
+            if entry is not None:
+                self.lru.put(entry[0], item, _item_weight(raw[i], entry[1]))
         return out
 
 
-def _json_key(item: Any) -> bytes | None:
+def _json_key(item: Any, salt: str | None) -> tuple[bytes, int] | None:
+    """A digest of the item's JSON (and of the request's ``cache_salt``: whether a text was
+    seen before is not visible across salts), with the JSON's length. A digest, not the JSON:
+    orjson's bytes keep a buffer of 4 KiB or more each, whatever their length."""
     try:
-        return orjson.dumps(item)  # the client's own key order: a client resends what it sent
+        data = orjson.dumps(item)  # the client's own key order: a client resends what it sent
     except TypeError:  # not plain JSON (a lone surrogate, an object): validated every time
         return None
+    digest = hashlib.blake2b(data, digest_size=32, key=_salt_key(salt))
+    return digest.digest(), len(data)
+
+
+def _salt_key(salt: str | None) -> bytes:
+    return hashlib.blake2b(salt.encode("utf-8", "surrogatepass"), digest_size=32).digest() if salt else b""
+
+
+# What a validated item really takes, measured with tracemalloc on Codex-shaped histories
+# (tests/unit/test_prompt_cache.py holds a full cache to its bound within 20%): its strings
+# (≈ its JSON's length) plus ≈ ITEM_NODE_BYTES per JSON value (a pydantic model and its
+# ``__dict__`` per object, a list per array, a field per value; 1.1 to 2.5 KB for a small
+# item); the LRU adds its entry's own cost. Weighed at 2x their JSON, as before, a cache of
+# such items took ≈ 9x its bound.
+ITEM_NODE_BYTES = 200
+
+
+def _item_weight(item: Any, json_len: int) -> int:
+    return json_len + ITEM_NODE_BYTES * _nodes(item)
+
+
+def _nodes(value: Any) -> int:
+    """The JSON values in an item (no recursion: items may nest 100 deep)."""
+    count, stack = 0, [value]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
 
 
 ITEMS = ValidatedItems()  # the process's; :func:`protocol.parse_items` goes through it
@@ -161,7 +199,7 @@ class PromptTokenizer:
 
     def __init__(self, tokenizer: Any, max_bytes: int = DEFAULT_MAX_BYTES, self_check: bool = True) -> None:
         self.tokenizer = tokenizer
-        self.pieces: LRU[str, array] = LRU(max_bytes)
+        self.pieces: LRU[str | tuple[bytes, str], array] = LRU(max_bytes)
         self.tokens_reused = 0
         self.tokens_tokenized = 0
         self.special: dict[str, int] = {}
@@ -247,7 +285,7 @@ class PromptTokenizer:
             parts.append(text[at:])
         return parts
 
-    def encode(self, text: str, encode_kwargs: dict[str, Any]) -> list[int] | None:
+    def encode(self, text: str, encode_kwargs: dict[str, Any], salt: str | None = None) -> list[int] | None:
         """``tokenizer(text, **encode_kwargs)["input_ids"]``, or None where the caller must
         tokenize the whole text itself: the cache is off, or the arguments ask for more than
         plain ids (special tokens added, offsets).
@@ -255,14 +293,18 @@ class PromptTokenizer:
         Truncation cuts the ids as the tokenizer does (a single sequence without special
         tokens: the whole encoding, then ``max_length`` kept from ``truncation_side``). vLLM
         asks for it on every prompt (``max_length``: the context + 1), so a prompt longer than
-        the context is tokenized once, not once here and again by the tokenizer."""
+        the context is tokenized once, not once here and again by the tokenizer.
+
+        ``salt``: the request's ``cache_salt``, part of every piece's key, so that how fast a
+        prompt is tokenized tells nothing about what requests of another salt sent."""
         if not self.enabled or encode_kwargs.get("add_special_tokens", True) or set(encode_kwargs) - {"add_special_tokens", "truncation", "max_length"}:
             return None
         parts = self.split(text)
+        prefix = _salt_key(salt)
         found: dict[str, Any] = {}
         for part in parts:
             if isinstance(part, str) and part not in found:
-                hit = self.pieces.get(part)
+                hit = self.pieces.get((prefix, part) if prefix else part)
                 if hit is not None:
                     found[part] = hit
         missing = list(dict.fromkeys(p for p in parts if isinstance(p, str) and p not in found))
@@ -270,7 +312,11 @@ class PromptTokenizer:
             for piece, piece_ids in zip(missing, self.tokenize_pieces(missing)):
                 stored = array("i", piece_ids)
                 found[piece] = stored
-                self.pieces.put(piece, stored, len(piece) + stored.itemsize * len(stored))
+                key: str | tuple[bytes, str] = (prefix, piece) if prefix else piece
+                # What the entry really holds: the text, the ids (``sys.getsizeof``: the
+                # objects with their headers), a key tuple when salted (its digest shared).
+                weight = sys.getsizeof(piece) + sys.getsizeof(stored) + (sys.getsizeof(key) if prefix else 0)
+                self.pieces.put(key, stored, weight)
         ids: list[int] = []
         for part in parts:
             if isinstance(part, int):

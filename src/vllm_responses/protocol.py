@@ -24,6 +24,7 @@ from .deltas import Sampling
 from .chat import chat_name, chat_tools
 from .errors import invalid_request
 from .parameters import split_extensions
+from .settings import RequestLimits
 from .validation import check_depth, check_metadata, from_validation_error, nested_too_deeply
 
 T = TypeVar("T")
@@ -32,6 +33,13 @@ _PARAMS = TypeAdapter(ResponseCreateParamsBase)
 _KNOWN = frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"}
 _INPUT_ITEMS = TypeAdapter(list[ResponseInputItem])
 _TOOL = TypeAdapter(Tool)
+
+# What one request may carry: the plugin sets the operator's (VLLM_RESPONSES_MAX_INPUT_ITEMS, ...).
+LIMITS = RequestLimits()
+
+# OpenAI's own length limits on identifiers that are echoed and stored (the ``openai``
+# package documents 128 for ``safety_identifier``; the hosted API answers 64 for the others).
+ID_LENGTHS = {"user": 64, "prompt_cache_key": 64, "safety_identifier": 128}
 
 # Fields validated on their own (as ``openai`` BaseModels) rather than through the TypedDict.
 _SEPARATE = frozenset({"input", "tools", "stream"})
@@ -164,6 +172,7 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesR
     params = _validate(_PARAMS, {k: v for k, v in data.items() if k in _KNOWN and k not in _SEPARATE and v is not None}, "", strict=True)
     params = cast(dict[str, Any], _materialize(params))
     _check_ranges(params)
+    _check_lengths(params)
     _check_state(params)
     check_metadata(params.get("metadata"))
     _check_text_format(params.get("text"))
@@ -173,7 +182,9 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesR
         params=params,
         model=model,
         stream=stream,
-        input=_parse_input(data.get("input"), chained=bool(params.get("previous_response_id") or params.get("conversation"))),
+        input=_parse_input(
+            data.get("input"), chained=bool(params.get("previous_response_id") or params.get("conversation")), salt=_salt(extensions)
+        ),
         **tools,
         extensions=extensions,
         headers={k.lower(): v for k, v in (headers or {}).items()},
@@ -203,6 +214,25 @@ def _check_ranges(params: dict[str, Any]) -> None:
             raise invalid_request(f"Invalid '{name}': {value} is above the maximum value of {high}.", param=name, code="integer_above_max_value" if isinstance(value, int) else "decimal_above_max_value")
 
 
+def _check_lengths(params: dict[str, Any]) -> None:
+    for name, limit in ID_LENGTHS.items():
+        value = params.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            raise invalid_request(
+                f"Invalid '{name}': string too long. Expected a string with maximum length {limit}, but got a string with length {len(value)} instead.",
+                param=name,
+                code="string_above_max_length",
+            )
+
+
+def _too_many(param: str, limit: int, got: int) -> Exception:
+    return invalid_request(
+        f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, but got an array with length {got} instead.",
+        param=param,
+        code="array_above_max_length",
+    )
+
+
 def _check_state(params: dict[str, Any]) -> None:
     """Combinations of the state parameters that cannot mean anything; ids of the wrong kind."""
     if params.get("previous_response_id") and params.get("conversation"):
@@ -230,7 +260,12 @@ def _conversation_id(conversation: Any) -> Any:
     return conversation.get("id") if isinstance(conversation, dict) else conversation
 
 
-def _parse_input(raw: Any, chained: bool) -> list[Any]:
+def _salt(extensions: dict[str, Any]) -> str | None:
+    salt = extensions.get("cache_salt")
+    return salt if isinstance(salt, str) else None
+
+
+def _parse_input(raw: Any, chained: bool, salt: str | None = None) -> list[Any]:
     if raw is None:
         if chained:  # a continuation may add nothing (e.g. only new instructions)
             return []
@@ -247,13 +282,16 @@ def _parse_input(raw: Any, chained: bool) -> list[Any]:
         raw = [{"type": "message", "role": "user", "content": raw}]
     if not isinstance(raw, list):
         raise invalid_request("Invalid type for 'input': expected a string or an array of items.", param="input", code="invalid_type")
-    return parse_items(raw, "input")
+    if len(raw) > LIMITS.max_input_items:
+        raise _too_many("input", LIMITS.max_input_items, len(raw))
+    return parse_items(raw, "input", salt)
 
 
-def parse_items(raw: list[Any], where: str) -> list[Any]:
+def parse_items(raw: list[Any], where: str, salt: str | None = None) -> list[Any]:
     """Input items (a request's, or stored ones going back to the model) as typed items.
-    An item reference may leave out its ``type``; it is given one, so that it reads as one."""
-    items = prompt_cache.ITEMS.validate(raw, lambda batch: _validate(_INPUT_ITEMS, [_lenient_item(item) for item in batch], where, strict=True))
+    An item reference may leave out its ``type``; it is given one, so that it reads as one.
+    ``salt``: the request's ``cache_salt`` (the validation cache is keyed by it too)."""
+    items = prompt_cache.ITEMS.validate(raw, lambda batch: _validate(_INPUT_ITEMS, [_lenient_item(item) for item in batch], where, strict=True), salt)
     return [item.model_copy(update={"type": "item_reference"}) if isinstance(item, ItemReference) and item.type is None else item for item in items]
 
 
@@ -289,6 +327,16 @@ def _parse_tools(raw: Any) -> dict[str, list[Any]]:
         return {"tools": [], "unsupported_tools": []}
     if not isinstance(raw, list):
         raise invalid_request("Invalid type for 'tools': expected an array.", param="tools", code="invalid_type")
+    if len(raw) > LIMITS.max_tools:
+        raise _too_many("tools", LIMITS.max_tools, len(raw))
+    size = len(orjson.dumps(raw)) if raw else 0
+    if size > LIMITS.max_tools_bytes:
+        raise invalid_request(
+            f"Invalid 'tools': the tools take {size} bytes of JSON; this server accepts at most {LIMITS.max_tools_bytes} "
+            "(each tool is echoed in the response and stored with it).",
+            param="tools",
+            code="tools_too_large",
+        )
     tools: list[Any] = []
     unsupported: list[dict[str, Any]] = []
     for i, tool in enumerate(raw):

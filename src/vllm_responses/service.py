@@ -15,22 +15,38 @@ from pathlib import Path
 
 from openai.types.responses import Response
 
-from . import metrics
-from . import compaction
-from .logs import get_logger
+from . import compaction, metrics
 from .backend import Engine
-from .capture import DEFAULT_MAX_BYTES, Capture, CaptureWriter
 from .background import BackgroundRun, BackgroundRuns, Logged, abandon, follow_stored
-from .deltas import Delta, Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, ToolCallDelta, Usage
-from .errors import APIError, EngineFailure, invalid_request, not_found, store_unavailable
-from .history import DEFAULT_MAX_HISTORY_BYTES, Context, History, client_ids
+from .capture import DEFAULT_MAX_BYTES, Capture, CaptureWriter
+from .deltas import (
+    Delta,
+    Finish,
+    ReasoningDelta,
+    Sampling,
+    Started,
+    TextDelta,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+)
+from .errors import (
+    APIError,
+    EngineFailure,
+    invalid_request,
+    not_found,
+    store_unavailable,
+)
+from .history import Context, History, client_ids
 from .ids import new_id
 from .items import stored_response
 from .late_writes import LateWrites
+from .logs import get_logger
 from .owners import OwnerWatch
 from .protocol import ResponsesRequest, initial_response, parse_request
-from .sse import event_json
 from .sealing import ReasoningSealer
+from .settings import DEFAULT_MAX_HISTORY_BYTES
+from .sse import event_json
 from .store import Store, StoredResponse, StoreUnavailable
 from .store.base import RUNNING_STATUSES
 from .stream import Event, ResponseStream, StreamOptions
@@ -177,6 +193,7 @@ class ResponsesService:
         max_body_bytes: int = 64 * 1024 * 1024,
         keepalive_s: float | None = 10.0,
         max_history_bytes: int = DEFAULT_MAX_HISTORY_BYTES,
+        max_background: int = 256,
     ) -> None:
         self.engine = engine
         self.store = store
@@ -187,7 +204,7 @@ class ResponsesService:
         self.captures = CaptureWriter(self.capture_dir, capture_max_bytes) if self.capture_dir else None
         self.max_body_bytes = max_body_bytes
         self.keepalive_s = keepalive_s or None
-        self.background = BackgroundRuns(self)
+        self.background = BackgroundRuns(self, max_background)
         self.owners = OwnerWatch(store, lease_s)
         self.keeper = Keeper(self, lease_s)
         self.late_writes = LateWrites()
@@ -231,6 +248,17 @@ class ResponsesService:
         (default ``sse`` or ``json``, as ``stream`` says).
         """
         started, transport = time.perf_counter(), transport or ("sse" if request.stream else "json")
+        if request.background:
+            self.background.reserve()
+            try:
+                return await self._create(request, patience, context, generate, transport, started)
+            finally:
+                self.background.release()
+        return await self._create(request, patience, context, generate, transport, started)
+
+    async def _create(
+        self, request: ResponsesRequest, patience: float | None, context: Context | None, generate: bool, transport: str, started: float
+    ) -> "Run | BackgroundRun":
         if context is None:
             context = await store_call(self.history.resolve(request))
         prepared = await compaction.plan(self.engine, self.sealer, request, context.model_items)

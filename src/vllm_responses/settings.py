@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .capture import DEFAULT_MAX_BYTES as DEFAULT_CAPTURE_MAX
 from .environment import (
     CAPTURE_DIR,
     CAPTURE_MAX_MB,
@@ -21,25 +22,45 @@ from .environment import (
     KEEPALIVE,
     LEASE,
     MAX_AGE,
+    MAX_BACKGROUND,
     MAX_BODY,
     MAX_CONVERSATIONS,
     MAX_HISTORY,
-    STORE_MAX_BYTES,
+    MAX_INPUT_ITEMS,
     MAX_RESPONSES,
+    MAX_TOOLS,
+    MAX_TOOLS_BYTES,
     PROMPT_CACHE_MB,
     REASONING_KEYS,
     STORE,
+    STORE_MAX_BYTES,
+    WS_CACHE_MAX_BYTES,
+    WS_MAX_CONNECTIONS,
     WS_MAX_IN_FLIGHT,
     WS_MAX_MESSAGE,
     WS_MAX_SECONDS,
 )
-from .capture import DEFAULT_MAX_BYTES as DEFAULT_CAPTURE_MAX
-from .history import DEFAULT_MAX_HISTORY_BYTES
 from .file_parsing import FileLimits
 from .store import Retention, default_url
 
+# The stored history one request may continue (a chain or a conversation), counted as it
+# loads: past it, 400 ``history_too_large`` (history.py); as much as one request body may carry.
+DEFAULT_MAX_HISTORY_BYTES = 64 * 1024 * 1024
+
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 DEFAULT_WS_MAX_MESSAGE = 16 * 1024 * 1024  # uvicorn's own frame limit (``--ws-max-size``)
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one create request may carry (:mod:`.protocol` holds each body to them): input
+    items (a long Codex session resends a few thousand), tools, and the tools' JSON size
+    (hosted tools are echoed and stored as sent: a 5 MB ``file_search`` tool would be kept
+    in every response of a chain)."""
+
+    max_input_items: int = 20_000
+    max_tools: int = 512
+    max_tools_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,10 @@ class Settings:
     one running and those queued behind it).
     ``keepalive_s``: an SSE stream silent this long (queued, a long prefill) gets a comment
     line, so proxies and clients with idle timeouts keep it; ``0`` switches them off.
+    ``requests``: :class:`RequestLimits`. ``max_background``: background responses running at
+    once in this process; ``ws_max_connections``: WebSocket connections open at once in this
+    process; ``ws_cache_max_bytes``: the largest last turn (JSON bytes of its items) a
+    connection keeps in memory for its next turn (a larger one is read back from the store).
     ``prompt_cache_bytes``: what each of the API process's two prompt caches (validated input
     items, tokenized prompt pieces; :mod:`.prompt_cache`) may hold; ``0`` switches them off.
     """
@@ -79,6 +104,10 @@ class Settings:
     max_history_bytes: int = DEFAULT_MAX_HISTORY_BYTES
     # ``input_file`` parts: see :class:`.file_parsing.FileLimits`.
     files: FileLimits = FileLimits()
+    requests: RequestLimits = RequestLimits()
+    max_background: int = 256
+    ws_max_connections: int = 256
+    ws_cache_max_bytes: int = 16 * 1024 * 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -103,6 +132,14 @@ class Settings:
             prompt_cache_bytes=int(_number(env, PROMPT_CACHE_MB, 64, float) * 1024 * 1024),
             max_history_bytes=int(_number(env, MAX_HISTORY, DEFAULT_MAX_HISTORY_BYTES, int, minimum=1024)),
             files=_file_limits(env),
+            requests=RequestLimits(
+                max_input_items=int(_number(env, MAX_INPUT_ITEMS, RequestLimits.max_input_items, int, minimum=1)),
+                max_tools=int(_number(env, MAX_TOOLS, RequestLimits.max_tools, int, minimum=1)),
+                max_tools_bytes=int(_number(env, MAX_TOOLS_BYTES, RequestLimits.max_tools_bytes, int, minimum=1024)),
+            ),
+            max_background=int(_number(env, MAX_BACKGROUND, 256, int, minimum=1)),
+            ws_max_connections=int(_number(env, WS_MAX_CONNECTIONS, 256, int, minimum=1)),
+            ws_cache_max_bytes=int(_number(env, WS_CACHE_MAX_BYTES, 16 * 1024 * 1024, int)),
         )
 
 

@@ -308,9 +308,11 @@ class VllmEngine(Engine):
     async def _render_chat(self, chat_request: Any) -> Any:
         """vLLM's ``render_chat``, its tokenization going through our prompt cache."""
         token = _PROMPT_CACHE.set(self.prompt_tokens)
+        salt = _PROMPT_SALT.set(getattr(chat_request, "cache_salt", None))
         try:
             return await self.renderer.render_chat(chat_request)
         finally:
+            _PROMPT_SALT.reset(salt)
             _PROMPT_CACHE.reset(token)
 
     def _room(self, chat_request: Any, prompt_token_ids: list[int]) -> int:
@@ -531,6 +533,7 @@ class VllmEngine(Engine):
 # The prompt cache of the request being rendered: set only around our ``render_chat``, so
 # upstream's routes, which share the renderer, tokenize exactly as before.
 _PROMPT_CACHE: contextvars.ContextVar[PromptTokenizer | None] = contextvars.ContextVar("vllm_responses_prompt_cache", default=None)
+_PROMPT_SALT: contextvars.ContextVar[str | None] = contextvars.ContextVar("vllm_responses_prompt_salt", default=None)  # its cache_salt
 
 
 def _prompt_cache(renderer: Any, tokenizer: Any, max_bytes: int) -> PromptTokenizer | None:
@@ -551,7 +554,7 @@ def _prompt_cache(renderer: Any, tokenizer: Any, max_bytes: int) -> PromptTokeni
     async def tokenize(prompt: Any, params: Any) -> Any:
         active = _PROMPT_CACHE.get()
         if active is not None and isinstance(prompt.get("prompt"), str) and not renderer._wants_offsets(prompt, params):
-            ids = await asyncio.get_running_loop().run_in_executor(executor, active.encode, prompt["prompt"], params.get_encode_kwargs())
+            ids = await asyncio.get_running_loop().run_in_executor(executor, active.encode, prompt["prompt"], params.get_encode_kwargs(), _PROMPT_SALT.get())
             if ids is not None:
                 return renderer._build_tokens_prompt(ids, prompt)
         return await original(prompt, params)

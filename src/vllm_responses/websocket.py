@@ -185,7 +185,10 @@ class Connection:
         response = run.response
         if response.status in ("completed", "incomplete"):
             output = stored_response(response)["output"]
-            self.last = _Turn(response.id, context.earlier + context.input_items + output)
+            items = context.earlier + context.input_items + output
+            # Kept only up to its bound: a larger turn is read back from the store (with
+            # ``store: false``, the next turn cannot continue it: previous_response_not_found).
+            self.last = _Turn(response.id, items) if _json_size(items) <= self.settings.ws_cache_max_bytes else None
         else:
             self._evict(response.previous_response_id)
 
@@ -213,6 +216,13 @@ class Connection:
         await self.ws.close(_CLOSE_LIMIT, CONNECTION_LIMIT)
 
 
+def _json_size(items: list[JSON]) -> int:
+    try:
+        return len(orjson.dumps(items))
+    except TypeError:  # not plain JSON: not kept
+        return 1 << 62
+
+
 def _create_body(text: str) -> dict[str, Any]:
     """The create body inside a ``response.create`` message."""
     try:
@@ -234,20 +244,42 @@ def _create_body(text: str) -> dict[str, Any]:
     return message
 
 
+TOO_MANY_CONNECTIONS = "too_many_websocket_connections"
+_CLOSE_TRY_LATER = 1013  # RFC 6455 "try again later"
+_open = 0  # connections open in this process (VLLM_RESPONSES_WS_MAX_CONNECTIONS)
+
+
 @router.websocket("/v1/responses")
 async def responses_socket(ws: WebSocket) -> None:
+    global _open
     service = getattr(ws.app.state, "vllm_responses", None)
     if service is None:  # no engine (the render-only server): refuse the upgrade
         await ws.close(1011)
         return
+    settings = _settings()
     await ws.accept(headers=[(VERSION_HEADER.encode(), __version__.encode())])
+    if _open >= settings.ws_max_connections:
+        # Accepted, then refused with the error frame clients read (a refused upgrade is
+        # only a bare 403 to most WebSocket clients), and closed "try again later".
+        await Connection(ws, service, settings).error(
+            APIError(
+                f"This server already holds {_open} WebSocket connections (at most {settings.ws_max_connections}). "
+                "Retry later, or use HTTP.",
+                status=HTTPStatus.TOO_MANY_REQUESTS,
+                code=TOO_MANY_CONNECTIONS,
+            )
+        )
+        await ws.close(_CLOSE_TRY_LATER, TOO_MANY_CONNECTIONS)
+        return
+    _open += 1
     logger.info("websocket %s: connected", id(ws))
     metrics.WEBSOCKETS.inc()
     try:
-        await Connection(ws, service, _settings()).serve()
+        await Connection(ws, service, settings).serve()
     except WebSocketDisconnect:
         pass
     finally:
+        _open -= 1
         metrics.WEBSOCKETS.dec()
         logger.info("websocket %s: closed", id(ws))
 

@@ -21,7 +21,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from vllm_responses import chat, protocol
 from vllm_responses.errors import APIError
-from vllm_responses.prompt_cache import LRU, PromptTokenizer
+from vllm_responses import prompt_cache
+from vllm_responses.prompt_cache import LRU, PromptTokenizer, ValidatedItems
 
 KWARGS = {"add_special_tokens": False, "truncation": True, "max_length": 131_073}  # vLLM's, for a chat prompt
 
@@ -340,3 +341,84 @@ def test_a_long_history_validated_in_chunks_is_what_one_validation_gives() -> No
         protocol.parse_request(json.dumps({"model": "demo", "input": bad}).encode())
     assert error.value.body()["error"]["param"] == "input[40].call_id"
 
+
+
+def _held(fill: Any) -> int:
+    """The memory ``fill()`` leaves allocated (tracemalloc), what it returns kept alive."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = fill()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before if kept is not None else 0
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_full_item_cache_takes_its_bound_in_real_memory() -> None:
+    bound = 1 << 20
+    blobs = [json.dumps(item).encode() for seed in range(3) for item in codex_items(150, seed=seed)]
+    protocol.parse_items([json.loads(b) for b in blobs[:40]], "input")  # pydantic's own first-use allocations
+
+    def fill() -> ValidatedItems:
+        cache = ValidatedItems(bound)
+        for start in range(0, len(blobs), 50):
+            cache.validate([json.loads(b) for b in blobs[start : start + 50]], lambda batch: protocol._validate(protocol._INPUT_ITEMS, [protocol._lenient_item(i) for i in batch], "input", strict=True))
+        assert bound * 0.9 <= cache.lru.bytes <= bound  # full: it evicted
+        return cache
+
+    real = _held(fill)
+    assert 0.8 * bound <= real <= 1.2 * bound, f"a cache bounded at {bound} bytes holds {real}"
+
+
+def test_a_full_piece_cache_takes_its_bound_in_real_memory(tokenizer: Any) -> None:
+    bound = 1 << 20
+    texts = [render(tokenizer, codex_body(6, seed=seed, instructions_chars=3_000)) for seed in range(40)]
+    warm = PromptTokenizer(tokenizer, max_bytes=bound)
+    warm.encode(texts[0], KWARGS)
+
+    def fill() -> PromptTokenizer:
+        cache = PromptTokenizer(tokenizer, max_bytes=bound, self_check=False)
+        for text in texts:
+            cache.encode(text, KWARGS)
+        assert bound * 0.9 <= cache.pieces.bytes <= bound
+        return cache
+
+    real = _held(fill)
+    assert 0.8 * bound <= real <= 1.2 * bound, f"a cache bounded at {bound} bytes holds {real}"
+
+
+def test_cache_salt_separates_the_caches(tokenizer: Any, cache: PromptTokenizer) -> None:
+    """Whether a text was seen before (its tokenization or validation is faster) is not
+    visible to a request with another ``cache_salt``."""
+    text = render(tokenizer, codex_body(2, instructions_chars=2_000))
+
+    def reused(salt: str | None) -> int:
+        before = cache.tokens_reused
+        assert cache.encode(text, KWARGS, salt=salt) == whole(tokenizer, text)
+        return cache.tokens_reused - before
+
+    first = reused("alice")  # pieces repeated within the prompt only
+    assert reused("bob") == first and reused(None) == first  # nothing of alice's served them
+    assert reused("alice") > first
+
+    items = ValidatedItems()
+    calls: list[int] = []
+
+    def validate(batch: list[Any]) -> list[Any]:
+        calls.append(len(batch))
+        return protocol._validate(protocol._INPUT_ITEMS, batch, "input", strict=True)
+
+    raw = [{"type": "message", "role": "user", "content": "a secret"}]
+    items.validate(raw, validate, "alice")
+    items.validate(raw, validate, "bob")
+    items.validate(raw, validate, None)
+    items.validate(raw, validate, "alice")
+    assert calls == [1, 1, 1]
+    body = {"model": "demo", "input": "hi", "cache_salt": "carol"}
+    protocol.parse_request(json.dumps(body).encode())  # the request's salt reaches the cache
+    assert protocol.prompt_cache.ITEMS.lru.get(prompt_cache._json_key({"type": "message", "role": "user", "content": "hi"}, "carol")[0]) is not None
