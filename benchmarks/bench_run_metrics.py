@@ -16,7 +16,7 @@ import time
 
 from vllm_responses.deltas import Finish, Sampling, Started, TextDelta, Usage
 from vllm_responses.protocol import initial_response, parse_request
-from vllm_responses.service import Run
+from vllm_responses.run import Run
 from vllm_responses.stream import ResponseStream
 
 REQUEST = parse_request(json.dumps({"model": "demo", "input": "hi"}).encode())

@@ -1,32 +1,36 @@
 """Background responses: they run to the end without a client and can be followed again.
 
-A :class:`BackgroundRun` drives the same :class:`~.service.Run` a streaming request does
+A :class:`BackgroundRun` drives the same :class:`~.run.Run` a streaming request does
 and publishes its events twice: to followers in this process (the creating client, resumed
 streams) and, in batches, to the store, where followers in other processes and replicas
 read them (:func:`follow_stored`). Whoever follows, the stream ends with a terminal event:
 when the owning process died, :func:`abandon` ends the response ``failed`` for it.
+
+Built from narrow parts (the store, the records writer, a function that starts a run, the
+capture), not from the service, so that a background run can be built and tested alone.
 """
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from openai.types.responses import Response
 
 from . import metrics
+from .capture import Capture
 from .errors import APIError
-from .logs import get_logger
-from .protocol import ResponseObject
 from .items import stored_response
+from .logs import get_logger
+from .owners import OwnerWatch
+from .protocol import ResponseObject
+from .records import Records
+from .run import Run
 from .sse import event_json, frame_of
 from .store import Store, StoredResponse, StoreUnavailable
 from .store.base import RUNNING_STATUSES
 from .stream import TERMINAL_EVENTS, Event, ResponseStream, error_event
-
-if TYPE_CHECKING:
-    from .service import ResponsesService
 
 logger = get_logger(__name__)
 
@@ -40,8 +44,8 @@ KEEP_AFTER_END = 60.0  # seconds a finished run stays followable in memory
 class BackgroundRun:
     """One background response owned by this process."""
 
-    def __init__(self, service: "ResponsesService", stream: ResponseStream, prepared: Any, record: StoredResponse) -> None:
-        self.service = service
+    def __init__(self, runs: "BackgroundRuns", stream: ResponseStream, prepared: Any, record: StoredResponse) -> None:
+        self.runs = runs
         self.stream = stream
         self.record = record
         self.log: list[Logged] = []
@@ -49,7 +53,7 @@ class BackgroundRun:
         self._unflushed: list[tuple[int, str]] = []
         self._flushing = asyncio.Lock()  # batches reach the store in order, one at a time
         self._changed = asyncio.Event()
-        self._capture = service.capture(stream.response.id)
+        self._capture = runs.capture(stream.response.id)
         self._failure: str | None = None
         self._stop_requested = self._started = False
         self._publish(stream.queue())
@@ -73,7 +77,7 @@ class BackgroundRun:
             metrics.response_ended("background", self.response.status, self._phase.created, self.log[-1][0] + 1)
             return
         self._phase.to("in_progress")
-        run = self.service.run(self.stream, prepared)
+        run = self.runs.start_run(self.stream, prepared)
         batches = run.batches()
         flusher = asyncio.ensure_future(self._flush_periodically())
         try:
@@ -85,7 +89,7 @@ class BackgroundRun:
                 self._publish(batch)
                 if not started:
                     started = True
-                    await self._store(self.service.store.update_running_response(stored_response(self.response)))
+                    await self._store(self.runs.store.update_running_response(stored_response(self.response)))
         except asyncio.CancelledError:
             run.failure = self._failure
             await batches.aclose()
@@ -105,7 +109,7 @@ class BackgroundRun:
                 self._publish(terminal)
             await self._flush_all()
 
-        await self.service.persist(self.response, self.record, then=last_events)
+        await self.runs.records.persist(self.response, self.record, then=last_events)
         if not published:  # the store is away: followers here need not wait for it
             published = True
             self._publish(terminal)
@@ -113,7 +117,7 @@ class BackgroundRun:
         self._changed.set()
         if self._capture is not None:
             self._capture.close(True)
-        asyncio.get_running_loop().call_later(KEEP_AFTER_END, self.service.background.forget, self.id)
+        asyncio.get_running_loop().call_later(KEEP_AFTER_END, self.runs.forget, self.id)
 
     def cancel(self, failure: str | None = None) -> None:
         """Stop it: ``cancelled``, or ``failed`` with the message ``failure``."""
@@ -142,7 +146,7 @@ class BackgroundRun:
             if not batch:
                 return
             try:
-                await self.service.store.append_events(self.id, batch)
+                await self.runs.store.append_events(self.id, batch)
             except StoreUnavailable as exc:  # kept for the next flush (appends are idempotent)
                 self._unflushed = batch + self._unflushed
                 logger.error("background response %s: the store is unavailable (%s); its followers elsewhere lag", self.id, exc)
@@ -182,10 +186,23 @@ class BackgroundRun:
 class BackgroundRuns:
     """This process's background responses, by id; at most ``limit`` running at once
     (``VLLM_RESPONSES_MAX_BACKGROUND``): each holds an engine request and a task for as long
-    as it runs, with no client to pace it."""
+    as it runs, with no client to pace it.
 
-    def __init__(self, service: "ResponsesService", limit: int = 256) -> None:
-        self.service = service
+    ``start_run`` makes the :class:`Run` of a response from its stream and prepared engine
+    request; ``capture`` gives a response's capture, if capturing."""
+
+    def __init__(
+        self,
+        store: Store,
+        records: Records,
+        start_run: Callable[[ResponseStream, Any], Run],
+        capture: Callable[[str], Capture | None] = lambda _: None,
+        limit: int = 256,
+    ) -> None:
+        self.store = store
+        self.records = records
+        self.start_run = start_run
+        self.capture = capture
         self.limit = limit
         self.runs: dict[str, BackgroundRun] = {}
         self.reserved = 0  # slots taken by requests still being set up
@@ -206,7 +223,7 @@ class BackgroundRuns:
         self.reserved -= 1
 
     def start(self, stream: ResponseStream, prepared: Any, record: StoredResponse) -> BackgroundRun:
-        run = BackgroundRun(self.service, stream, prepared, record)
+        run = BackgroundRun(self, stream, prepared, record)
         self.runs[run.id] = run
         return run
 
@@ -229,7 +246,9 @@ class BackgroundRuns:
         await asyncio.gather(*(run.task for run in runs), return_exceptions=True)
 
 
-async def follow_stored(service: "ResponsesService", response_id: str, after: int = -1) -> AsyncIterator[list[Logged]]:
+async def follow_stored(
+    store: Store, owners: OwnerWatch, here: str, response_id: str, after: int = -1
+) -> AsyncIterator[list[Logged]]:
     """Stored events after ``after``, following new ones (written by another process) to the
     terminal event. Never hangs: a dead owner's response is abandoned, and a finished
     response whose terminal event never arrived gets it rebuilt from the stored response.
@@ -237,9 +256,9 @@ async def follow_stored(service: "ResponsesService", response_id: str, after: in
     A store that stops answering for a while (a loaded machine, a Redis failover) is waited
     out, the connection kept open by the transport's keep-alive comments; only after
     :data:`STORE_PATIENCE` seconds without an answer does the stream end, with an ``error``
-    event rather than a cut connection.
+    event rather than a cut connection. ``here``: this process's owner id (its own runs are
+    followed in memory, never abandoned).
     """
-    store = service.store
     finished_waits = 0
     patience = _Patience()
     while True:
@@ -257,7 +276,7 @@ async def follow_stored(service: "ResponsesService", response_id: str, after: in
             if record is None:
                 return
             if record.status in RUNNING_STATUSES:
-                if record.owner != service.owner and await service.owners.dead(record.owner):
+                if record.owner != here and await owners.dead(record.owner):
                     await abandon(store, record)
                 patience.reset()
                 continue

@@ -21,12 +21,13 @@ from openai.types.responses import ResponseIncludable
 from .logs import get_logger
 from . import __version__
 from .background import BackgroundRun, Logged
-from .errors import ENGINE_DEAD, APIError, engine_dead, invalid_request, request_too_large
+from .errors import APIError, invalid_request, request_too_large
 from .items import page
 from .paths import under
 from .protocol import ResponsesRequest, dump_json, parse_request_off_loop
 from .tenancy import tenant_of
-from .service import ResponsesService, Run
+from .run import Run
+from .service import ResponsesService, failure
 from .sse import EventStream, disconnected, frame_of, frames
 from .tasks import settle
 
@@ -127,9 +128,8 @@ async def create_response(raw: Request) -> Response:
     body = await read_body(raw)
     request = await parse_request_off_loop(body, headers=raw.headers, tenant=tenant_of(raw.scope))
     if request.background:
-        run = await service.create(request)
+        run = await service.create(request, body=body)
         assert isinstance(run, BackgroundRun)
-        service.capture_request(run.response.id, body)  # its frames are captured by the run itself
         if request.stream:
             return _sse(run.follow(), service.keepalive_s)
         return json_response(dump_json(run.response))
@@ -140,43 +140,25 @@ async def create_response(raw: Request) -> Response:
 async def _answer(service: ResponsesService, request: ResponsesRequest, body: bytes) -> Response:
     # A stream waits for the engine's acceptance only so long before it commits to a 200
     # and keeps its client with comments; a JSON answer has nothing to send meanwhile.
-    run = await service.create(request, patience=service.keepalive_s if request.stream else None)
+    run = await service.create(request, patience=service.keepalive_s if request.stream else None, body=body)
     assert isinstance(run, Run)
-    service.capture_request(run.response.id, body)
-    capture = service.capture(run.response.id)
     batches = run.batches()
-    complete = False
     if request.stream:
         async def frames_of() -> AsyncGenerator[bytes, None]:
-            complete = False
             try:
                 async for batch in batches:
-                    data = frames(batch)
-                    if capture is not None:
-                        capture.write(data)
-                    yield data
-                complete = True
+                    yield frames(batch)
             finally:
                 await batches.aclose()
-                if capture is not None:
-                    capture.close(complete)
 
         return EventStream(frames_of(), service.keepalive_s, _SSE_HEADERS, on_close=run.close)
     try:
-        async for batch in batches:
-            if capture is not None:
-                capture.write(frames(batch))
-        complete = True
+        async for _ in batches:
+            pass
     finally:
         await batches.aclose()
-        if capture is not None:
-            capture.close(complete)
     if run.response.status == "failed":
-        error = run.response.error
-        message = error.message if error else "The response failed."
-        if message == ENGINE_DEAD:  # the engine died under it: 503, as for every create after
-            raise engine_dead()
-        raise APIError(message, status=500, type="server_error", code="server_error")
+        raise failure(run.response)
     return json_response(dump_json(run.response))
 
 

@@ -1,173 +1,49 @@
-"""One response from request to terminal event, independent of the transport.
+"""The one door into the core: every operation of the Responses and Conversations APIs, whole.
 
-``ResponsesService.create`` does every check that can fail up front (so such failures are
-plain 4xx answers), brings in the state the request names (:mod:`.history`), and hands back
-either a :class:`Run` whose events the transport writes out as SSE frames or folds into one
-JSON body, or, for ``background: true``, a :class:`~.background.BackgroundRun` that goes on
-without the client. A stored response is written before the client sees its terminal
-event, so a client that continues at once always finds what it continues from.
+Transports (HTTP routes, the WebSocket) parse a request, call one method here and frame the
+answer; they never touch the store, the history or the capture. ``ResponsesService.create``
+does every check that can fail up front (so such failures are plain 4xx answers), brings in
+the state the request names (:mod:`.history`), and hands back either a :class:`~.run.Run`
+whose events the transport writes out as SSE frames or folds into one JSON body, or, for
+``background: true``, a :class:`~.background.BackgroundRun` that goes on without the client.
+A stored response is written before the client sees its terminal event, so a client that
+continues at once always finds what it continues from.
 """
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from openai.types.responses import Response
+from openai.types.responses.response_input_item import CompactionTrigger
 
 from . import compaction, metrics
 from .backend import Engine
 from .background import BackgroundRun, BackgroundRuns, Logged, abandon, follow_stored
 from .capture import DEFAULT_MAX_BYTES, Capture, CaptureWriter
-from .deltas import (
-    Delta,
-    Finish,
-    ReasoningDelta,
-    Sampling,
-    Started,
-    TextDelta,
-    TokenLogprob,
-    ToolCallDelta,
-    Usage,
-)
-from .errors import (
-    APIError,
-    EngineFailure,
-    invalid_request,
-    not_found,
-    store_unavailable,
-)
+from .deltas import Delta, Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, ToolCallDelta, Usage
+from .errors import ENGINE_DEAD, APIError, EngineFailure, engine_dead, invalid_request, not_found
 from .history import Context, History, client_ids
 from .ids import new_id
 from .items import stored_response
 from .late_writes import LateWrites
 from .logs import get_logger
 from .owners import OwnerWatch
-from .protocol import ResponsesRequest, initial_response, parse_request
+from .protocol import ResponsesRequest, dump_json_dict, initial_response, parse_request
+from .records import Records, store_call
+from .run import Run, not_generated
 from .sealing import ReasoningSealer
 from .settings import DEFAULT_MAX_HISTORY_BYTES
 from .sse import event_json
-from .store import Store, StoredResponse, StoreUnavailable, visible
-from .store.base import RUNNING_STATUSES
-from .stream import Event, ResponseStream, StreamOptions
+from .store import Store, StoredResponse, visible
+from .store.base import JSON, RUNNING_STATUSES
+from .stored_conversations import Conversations
+from .stream import ResponseStream, StreamOptions
 from .tasks import settle, spawn
 from .upkeep import Keeper
 
 logger = get_logger(__name__)
-
-# Called with the final response before its terminal event leaves (persistence).
-OnEnd = Callable[[Response], Awaitable[None]]
-
-
-class Run:
-    """A started response: iterate :meth:`batches` once; ``response`` is final afterwards.
-
-    If the consumer stops early (the client left, a background response was cancelled) at
-    any point, the first batch included, the engine request is aborted before
-    :meth:`batches` returns, the response ends ``cancelled`` (``failed`` with
-    :attr:`failure` as its message when that is set first, e.g. the server is stopping),
-    :attr:`final_events` holds the events that end it and ``on_end`` still runs (in a task
-    of its own).
-
-    ``accepting``: the engine has not yet accepted the request (it waits in the queue or
-    prefills); the first events go out once it has, and a refusal ends the response
-    ``failed``. ``transport`` and ``started`` (``time.perf_counter()`` at the request) are
-    for the metrics.
-    """
-
-    def __init__(
-        self,
-        stream: ResponseStream,
-        deltas: AsyncGenerator[Started | Delta | Finish, None],
-        on_end: OnEnd | None = None,
-        accepting: "asyncio.Future[None] | None" = None,
-        transport: str = "sse",
-        started: float | None = None,
-    ) -> None:
-        self.transport, self.started = transport, time.perf_counter() if started is None else started
-        self.first_sent = False  # its first events were handed to the transport
-        self.stream = stream
-        self._deltas = deltas
-        self._on_end = on_end
-        self._accepting = accepting
-        self._read = False
-        self.final_events: list[Event] = []
-        self.ended: asyncio.Future[None] | None = None
-        self.failure: str | None = None
-
-    @property
-    def response(self) -> Response:
-        return self.stream.response
-
-    async def batches(self) -> AsyncIterator[list[Event]]:
-        """The events, grouped by engine step, so a transport writes once per step."""
-        self._read = True
-        stream, deltas = self.stream, self._deltas
-        terminal: list[Event] | None = None
-        opening: list[Event] = []  # the first events, when a failure comes before they went out
-        try:
-            try:
-                if self._accepting is not None:
-                    opening = stream.start()
-                    await self._accepting
-                    self.first_sent = metrics.first_event(self.transport, self.started)
-                    yield opening
-                    opening = []
-                else:
-                    self.first_sent = metrics.first_event(self.transport, self.started)
-                    yield stream.start()
-                async for delta in deltas:
-                    if isinstance(delta, Started):
-                        continue
-                    if isinstance(delta, Finish):
-                        terminal = stream.finish(delta)
-                        break
-                    events = stream.feed(delta)
-                    if events:
-                        yield events
-                else:
-                    terminal = stream.fail("The engine stopped without finishing the response.")
-            except EngineFailure as exc:
-                logger.warning("response %s failed: %s", stream.response.id, exc.message)
-                terminal = opening + stream.fail(exc.message, exc.code, exc.usage)
-            except APIError as exc:  # the engine refused it on submission (background, or a stream it kept waiting)
-                logger.warning("response %s refused by the engine: %s", stream.response.id, exc.message)
-                terminal = opening + stream.fail(exc.message, "server_error" if exc.status >= 500 else "invalid_prompt")
-            except Exception as exc:  # a bug of ours must still end the stream properly
-                logger.exception("response %s failed", stream.response.id)
-                terminal = opening + stream.fail(f"Internal error: {type(exc).__name__}.")
-        finally:
-            if terminal is None:  # the consumer left
-                await self._stop()
-            else:
-                await deltas.aclose()
-        self.final_events = terminal
-        metrics.run_ended(self, stopped=False)
-        if self._on_end is not None and self._accepted():  # kept even if the client leaves now
-            self.ended = spawn(self._on_end(stream.response))
-            await asyncio.shield(self.ended)
-        yield terminal
-
-    async def close(self) -> None:
-        """For a transport that may never read :meth:`batches` (its client left first)."""
-        if not self._read:
-            self._read = True
-            await self._stop()
-
-    async def _stop(self) -> None:
-        """Stop the engine now (nobody will see the rest) and end the response."""
-        await settle(self._accepting)
-        await asyncio.shield(spawn(self._deltas.aclose()))  # aborts the engine request if still running
-        self.final_events = self.stream.fail(self.failure) if self.failure else self.stream.cancel()
-        metrics.run_ended(self, stopped=True)
-        if self._on_end is not None and self._accepted():
-            self.ended = spawn(self._on_end(self.stream.response))
-
-    def _accepted(self) -> bool:
-        """Whether the engine accepted the request (and so a stored one was stored)."""
-        a = self._accepting
-        return a is None or (a.done() and not a.cancelled() and a.exception() is None)
-
 
 class ResponsesService:
     """Creates responses on one engine and keeps them in one store.
@@ -199,15 +75,17 @@ class ResponsesService:
         self.store = store
         self.sealer = sealer or ReasoningSealer()
         self.history = History(store, self.sealer, max_history_bytes)
+        self.conversations = Conversations(store, self.history)
         self.owner = owner or new_id("owner")
         self.capture_dir = Path(capture_dir) if capture_dir else None
         self.captures = CaptureWriter(self.capture_dir, capture_max_bytes) if self.capture_dir else None
         self.max_body_bytes = max_body_bytes
         self.keepalive_s = keepalive_s or None
-        self.background = BackgroundRuns(self, max_background)
-        self.owners = OwnerWatch(store, lease_s)
-        self.keeper = Keeper(self, lease_s)
         self.late_writes = LateWrites()
+        self.records = Records(store, self.late_writes)
+        self.owners = OwnerWatch(store, lease_s)
+        self.background = BackgroundRuns(store, self.records, self._background_run, self.capture, max_background)
+        self.keeper = Keeper(store, self.owner, self.owners, self.background, lease_s)
 
     def start(self) -> None:
         """Begin upkeep (heartbeat, cancels from other processes, sweeping, retention)."""
@@ -226,14 +104,18 @@ class ResponsesService:
         """Where a response's frames go, when capturing (:mod:`.capture`)."""
         return self.captures.capture(response_id) if self.captures is not None else None
 
-    def capture_request(self, response_id: str, body: bytes) -> None:
-        if self.captures is not None:
-            self.captures.request(response_id, body)
+    def _captured(self, response_id: str, body: bytes | None) -> Capture | None:
+        """The capture of a response, its request written first (when capturing, and for a
+        request a client sent: not for a compaction's inner run)."""
+        if self.captures is None or body is None:
+            return None
+        self.captures.request(response_id, body)
+        return self.captures.capture(response_id)
 
     # -- create ---------------------------------------------------------------------------
     async def create(
-        self, request: ResponsesRequest, patience: float | None = None, *, context: Context | None = None, generate: bool = True,
-        transport: str | None = None,
+        self, request: ResponsesRequest, patience: float | None = None, *, earlier: list[JSON] | None = None,
+        generate: bool = True, transport: str | None = None, body: bytes | None = None,
     ) -> "Run | BackgroundRun":
         """Check, resolve and start a response.
 
@@ -242,25 +124,27 @@ class ResponsesService:
         the first output). ``patience``: after this many seconds of waiting (queued, a long
         prefill) the :class:`Run` comes back anyway, still accepting, so a stream can keep
         its client with comments meanwhile; ``None`` waits as long as it takes.
-        ``context``: already resolved by the caller (a WebSocket turn continuing from its
-        connection's cache). ``generate=False`` (a WebSocket warm-up): everything but the
-        engine run; the response completes with no output. ``transport``: for the metrics
-        (default ``sse`` or ``json``, as ``stream`` says).
+        ``earlier``: the items ``previous_response_id`` stands for, when the caller holds them
+        (a WebSocket connection's last turn). ``generate=False`` (a WebSocket warm-up):
+        everything but the engine run; the response completes with no output.
+        ``transport``: for the metrics (default ``sse`` or ``json``, as ``stream`` says).
+        ``body``: the request as sent, for the capture.
         """
         started, transport = time.perf_counter(), transport or ("sse" if request.stream else "json")
         if request.background:
             self.background.reserve()
             try:
-                return await self._create(request, patience, context, generate, transport, started)
+                return await self._create(request, patience, earlier, generate, transport, started, body)
             finally:
                 self.background.release()
-        return await self._create(request, patience, context, generate, transport, started)
+        return await self._create(request, patience, earlier, generate, transport, started, body)
 
     async def _create(
-        self, request: ResponsesRequest, patience: float | None, context: Context | None, generate: bool, transport: str, started: float
+        self, request: ResponsesRequest, patience: float | None, earlier: list[JSON] | None, generate: bool,
+        transport: str, started: float, body: bytes | None, context: Context | None = None,
     ) -> "Run | BackgroundRun":
         if context is None:
-            context = await store_call(self.history.resolve(request))
+            context = await store_call(self.history.resolve(request, earlier))
         prepared = await compaction.plan(self.engine, self.sealer, request, context.model_items)
         response = initial_response(request, new_id("resp"), int(time.time()), request.model, prepared.sampling)
         stream = ResponseStream(response, self._options(request), clock=lambda: int(time.time()))
@@ -268,9 +152,10 @@ class ResponsesService:
         if request.background:
             assert record is not None  # protocol refuses background without store
             await store_call(self.store.create_response(record))
+            self._captured(response.id, body)  # its frames are captured by the run itself
             return self.background.start(stream, prepared, record)
 
-        deltas = compaction.generate(self.engine, prepared, response.id) if generate else _not_generated()
+        deltas = compaction.generate(self.engine, prepared, response.id) if generate else not_generated()
         accepting: asyncio.Future[None] | None = asyncio.ensure_future(self._accept(deltas, record))
         try:
             await asyncio.wait((accepting,), timeout=patience)
@@ -282,8 +167,9 @@ class ResponsesService:
             await settle(accepting)
             await asyncio.shield(spawn(deltas.aclose()))
             raise
-        on_end = (lambda r: self.persist(r, record)) if record is not None else None
-        return Run(stream, deltas, on_end=on_end, accepting=accepting, transport=transport, started=started)
+        on_end = (lambda r: self.records.persist(r, record)) if record is not None else None
+        return Run(stream, deltas, on_end=on_end, accepting=accepting, transport=transport, started=started,
+                   capture=self._captured(response.id, body), context=context)
 
     async def _accept(self, deltas: AsyncIterator[Started | Delta | Finish], record: StoredResponse | None) -> None:
         """Wait until the engine accepts the request; then store it as ``in_progress``."""
@@ -293,7 +179,7 @@ class ResponsesService:
         if record is not None:
             await store_call(self.store.create_response(record))
 
-    def run(self, stream: ResponseStream, prepared: object) -> Run:
+    def _background_run(self, stream: ResponseStream, prepared: object) -> Run:
         """A :class:`Run` for a background response: the engine's checks on submission
         happen inside it (and end it ``failed``); its owner persists it."""
         return Run(stream, compaction.generate(self.engine, prepared, stream.response.id), transport="background")
@@ -316,40 +202,6 @@ class ResponsesService:
             client_ids=client_ids(request.input),
             tenant=request.tenant,
         )
-
-    async def persist(self, response: Response, record: StoredResponse, then: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Keep a finished response; a conversation gains the turn's input and output; then
-        ``then`` (a background response's last events, which must not be seen before the
-        response is final). What the store cannot take now is retried in the background,
-        in the same order (:class:`LateWrites`)."""
-        data = stored_response(response)
-        conversation_id = record.conversation_id if response.status in ("completed", "incomplete") else None
-        ours = True
-
-        async def finish() -> None:
-            nonlocal ours
-            ours = await self._finish(data)
-
-        async def add_turn() -> None:
-            if ours and conversation_id:
-                await self.store.add_conversation_items(conversation_id, (record.input_items or []) + data["output"])
-
-        steps = [finish, add_turn] + ([then] if then is not None else [])
-        try:
-            await _in_order(steps)
-        except StoreUnavailable as exc:
-            logger.error("could not store the end of response %s (%s); retrying until the store answers", response.id, exc)
-            self.late_writes.add(lambda: _in_order(steps), f"the end of response {response.id}")
-
-    async def _finish(self, data: dict) -> bool:
-        """The response's final state; ``False`` when someone else had already ended it."""
-        if await self.store.finish_response(data):
-            return True
-        current = await self.store.get_response(data["id"])
-        if current is not None and current.response == data:  # an earlier try landed
-            return True
-        logger.warning("response %s was finished by someone else (deleted, or its owner presumed dead)", data["id"])
-        return False
 
     # -- stored responses -------------------------------------------------------------------
     async def record(self, response_id: str, tenant: str | None, *, with_input: bool = False) -> StoredResponse:
@@ -431,21 +283,72 @@ class ResponsesService:
                 "Only responses created with `background: true` can be streamed again.", param="stream", code="not_streamable"
             )
         run = self.background.get(response_id)
-        return run.follow(after) if run is not None else follow_stored(self, response_id, after)
+        return run.follow(after) if run is not None else follow_stored(self.store, self.owners, self.owner, response_id, after)
 
     async def input_items(self, response_id: str, tenant: str | None) -> list[dict]:
         record = await self.record(response_id, tenant, with_input=True)
         return record.input_items or []
 
+    # -- compaction and token counts --------------------------------------------------------
+    async def compact(self, request: ResponsesRequest) -> JSON:
+        """``POST /v1/responses/compact``: the ``response.compaction`` object (openai's
+        ``CompactedResponse``). The request's state is brought in as for create and the same
+        response as a create with a ``compaction_trigger`` is run (:mod:`.compaction`). Its
+        output is every user message of the context, then that ``compaction`` item; it is
+        stored (unless ``store: false``) as a completed response with that output and no
+        earlier chain, so its id works as ``previous_response_id``: the continuation sees the
+        user messages and the summary, not the history it replaced."""
+        for name in ("stream", "background", "conversation"):  # they mean nothing for a compaction
+            if request.params.get(name) or (name == "stream" and request.stream):
+                raise invalid_request(f"`{name}` is not supported by /v1/responses/compact.", param=name, code="unsupported_parameter")
+        if any(getattr(item, "type", None) == "compaction_trigger" for item in request.input):
+            raise invalid_request("/v1/responses/compact compacts without a `compaction_trigger` item.", param="input")
+        store = request.store
+        context = await store_call(self.history.resolve(request))
+        request.input = [*request.input, CompactionTrigger(type="compaction_trigger")]
+        request.params = {**request.params, "store": False}
+        run = await self._create(request, None, None, True, "json", time.perf_counter(), None, context)
+        assert isinstance(run, Run)
+        batches = run.batches()
+        try:
+            async for _ in batches:
+                pass
+        finally:
+            await batches.aclose()
+        response = run.response
+        if response.status == "incomplete":  # the context left no room to finish the summary: the input is too long
+            raise invalid_request(
+                "The summary was cut short by the model's context length: compact a shorter context.",
+                param="input",
+                code="compaction_incomplete",
+            )
+        if response.status != "completed" or not response.output:
+            raise failure(response)
+        users = [item for item in context.earlier + context.input_items if item.get("type") == "message" and item.get("role") == "user"]
+        output = users + [dump_json_dict(response.output[-1])]
+        if store:
+            data = {**stored_response(response), "output": output}
+            record = StoredResponse(response=data, input_items=[], owner=None, tenant=request.tenant)
+            await store_call(self.store.create_response(record))
+        usage = dump_json_dict(response.usage)
+        return {"id": response.id, "object": "response.compaction", "created_at": int(time.time()), "output": output, "usage": usage}
+
+    async def count_input_tokens(self, request: ResponsesRequest) -> int:
+        """``POST /v1/responses/input_tokens``: the prompt the request would render, its
+        state brought in, counted; nothing is generated or stored."""
+        context = await store_call(self.history.resolve(request))
+        prepared = await self.engine.prepare(request, context.model_items)
+        return self.engine.input_tokens(prepared)
 
 
+def failure(response: Response) -> APIError:
+    """The error answer of a response that failed without a stream to end (a JSON answer)."""
+    message = response.error.message if response.error else "The response failed."
+    if message == ENGINE_DEAD:  # the engine died under it: 503, as for every create after
+        return engine_dead()
+    return APIError(message, status=500, type="server_error", code="server_error")
 
-async def _in_order(steps: list[Callable[[], Awaitable[None]]]) -> None:
-    """Store writes one after another, each dropped once done: a retry after a failure
-    (:class:`StoreUnavailable`, raised) goes on from the write that failed."""
-    while steps:
-        await steps[0]()
-        steps.pop(0)
+
 
 
 def warm_up() -> None:
@@ -473,19 +376,6 @@ def warm_up() -> None:
     for event in events:
         event_json(event)
     stored_response(stream.response)
-
-
-async def _not_generated() -> AsyncGenerator[Started | Finish, None]:
-    """The engine's part of a response created with ``generate: false``: accepted, nothing generated."""
-    yield Started()
-    yield Finish("stop", Usage())
-
-
-async def store_call(call: Awaitable):  # type: ignore[type-arg]
-    try:
-        return await call
-    except StoreUnavailable as exc:
-        raise store_unavailable(str(exc)) from None
 
 
 def _reasoning_text(item: dict) -> str:

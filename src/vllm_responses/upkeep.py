@@ -10,15 +10,13 @@
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 from . import metrics
+from .background import BackgroundRuns, abandon
 from .logs import get_logger
-from .background import abandon
-from .store import StoreUnavailable
-
-if TYPE_CHECKING:
-    from .service import ResponsesService
+from .owners import OwnerWatch
+from .store import Store, StoreUnavailable
+from .store.base import RUNNING_STATUSES
 
 logger = get_logger(__name__)
 
@@ -27,10 +25,11 @@ PRUNE_INTERVAL = 60.0
 
 class Keeper:
     """Two loops: the heartbeat alone (nothing slow may delay it, or live owners would be
-    taken for dead), and the rest (cancels, sweeping, retention)."""
+    taken for dead), and the rest (cancels, sweeping, retention). ``owner``: this process's
+    id; ``background``: its background runs."""
 
-    def __init__(self, service: "ResponsesService", lease_s: float) -> None:
-        self.service = service
+    def __init__(self, store: Store, owner: str, owners: OwnerWatch, background: BackgroundRuns, lease_s: float) -> None:
+        self.store, self.owner, self.owners, self.background = store, owner, owners, background
         self.lease_s = lease_s
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -47,7 +46,7 @@ class Keeper:
     async def _beat_loop(self) -> None:
         while True:
             try:
-                await self.service.store.heartbeat(self.service.owner, self.lease_s)
+                await self.store.heartbeat(self.owner, self.lease_s)
             except StoreUnavailable as exc:
                 logger.warning("store unavailable for the heartbeat: %s", exc)
             except Exception:
@@ -65,9 +64,9 @@ class Keeper:
                     await self.sweep()
                 if now >= next_prune:
                     next_prune = now + PRUNE_INTERVAL
-                    await self.service.store.prune()
+                    await self.store.prune()
                 if now >= next_count:  # the stored-responses gauge
-                    next_count = now + await metrics.count_stored(self.service.store)
+                    next_count = now + await metrics.count_stored(self.store)
             except StoreUnavailable as exc:
                 logger.warning("store unavailable during upkeep: %s", exc)
             except Exception:  # upkeep must outlive any bug in one pass
@@ -76,24 +75,23 @@ class Keeper:
 
     async def pick_up_cancels(self) -> None:
         """Cancels asked of other processes for background responses running here."""
-        service = self.service
-        running = service.background.running_ids()
+        running = self.background.running_ids()
         if running:
-            for response_id in await service.store.cancel_requested(running):
-                run = service.background.get(response_id)
+            for response_id in await self.store.cancel_requested(running):
+                run = self.background.get(response_id)
                 if run is not None:
                     run.cancel()
 
     async def sweep(self) -> int:
         """End the responses whose owner stopped proving it is alive."""
-        store, ended = self.service.store, 0
-        dead: dict[str | None, bool] = {self.service.owner: False}
+        store, ended = self.store, 0
+        dead: dict[str | None, bool] = {self.owner: False}
         for response_id, owner in await store.running_responses():
             if owner not in dead:
-                dead[owner] = await self.service.owners.dead(owner)
+                dead[owner] = await self.owners.dead(owner)
             if dead[owner]:
                 record = await store.get_response(response_id)
-                if record is not None and record.status in ("queued", "in_progress"):
+                if record is not None and record.status in RUNNING_STATUSES:
                     await abandon(store, record)
                     ended += 1
         return ended

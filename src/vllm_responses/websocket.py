@@ -35,15 +35,15 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from . import __version__, metrics
 from .errors import APIError, invalid_request, request_too_large
-from .history import Context
 from .items import stored_response
 from .logs import get_logger
 from .protocol import parse_request_off_loop
 from .routes import VERSION_HEADER, error_response
-from .tenancy import tenant_of
-from .service import ResponsesService, Run, store_call
+from .run import Run
+from .service import ResponsesService
 from .settings import Settings
-from .sse import event_json, frames
+from .sse import event_json
+from .tenancy import tenant_of
 from .store.base import JSON
 
 logger = get_logger(__name__)
@@ -151,8 +151,7 @@ class Connection:
                 raise invalid_request("Invalid type for 'generate': expected a boolean.", param="generate", code="invalid_type")
             request = await parse_request_off_loop(orjson.dumps(body), headers=self.ws.headers, tenant=tenant_of(self.ws.scope))
             earlier = self.last.items if self.last is not None and continued == self.last.response_id else None
-            context = await store_call(self.service.history.resolve(request, earlier))
-            run = await self.service.create(request, context=context, generate=generate, transport="websocket")
+            run = await self.service.create(request, earlier=earlier, generate=generate, transport="websocket", body=text.encode())
         except APIError as exc:
             self._evict(continued)
             await self.error(exc)
@@ -163,27 +162,19 @@ class Connection:
             await self.error(APIError("The server could not handle this request.", status=500, type="server_error", code="server_error"))
             return
         assert isinstance(run, Run)  # background is refused above
-        self.service.capture_request(run.response.id, text.encode())
         logger.info("websocket %s: response %s%s", id(self.ws), run.response.id, "" if generate else " (generate: false)")
-        await self._stream(run, context)
+        await self._stream(run)
 
-    async def _stream(self, run: Run, context: Context) -> None:
-        capture = self.service.capture(run.response.id)
+    async def _stream(self, run: Run) -> None:
         batches = run.batches()
-        complete = False
         try:
             async for batch in batches:
-                if capture is not None:
-                    capture.write(frames(batch))
                 async with self.send_lock:
                     for event in batch:
                         await self.ws.send_text(event_json(event))
-            complete = True
         finally:
             await batches.aclose()
-            if capture is not None:
-                capture.close(complete)
-        response = run.response
+        response, context = run.response, run.context
         if response.status in ("completed", "incomplete"):
             output = stored_response(response)["output"]
             items = context.earlier + context.input_items + output

@@ -26,7 +26,8 @@ from vllm_responses.deltas import Finish, Started, TextDelta
 from vllm_responses.errors import APIError
 from vllm_responses.plugin import ResponsesPlugin
 from vllm_responses.protocol import parse_request
-from vllm_responses.service import ResponsesService, Run
+from vllm_responses.run import Run
+from vllm_responses.service import ResponsesService
 from vllm_responses.settings import KEEPALIVE, Settings
 from vllm_responses.sse import KEEPALIVE as COMMENT
 from vllm_responses.store.sqlite import SQLiteStore

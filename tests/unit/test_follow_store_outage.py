@@ -6,7 +6,6 @@ openai SDK reports as "Connection error." and Codex as "stream disconnected").""
 
 import asyncio
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -77,10 +76,8 @@ async def following(flaky: FlakyStore) -> tuple[list[dict], "asyncio.Task[None]"
     """A follower in another process (its events land in the list), once it has its first batch."""
     got: list[dict] = []
     first = asyncio.Event()
-    service = SimpleNamespace(store=flaky, owner="owner_here", owners=OwnerWatch(flaky, 60))
-
     async def follow() -> None:
-        async for batch in follow_stored(service, RID, after=-1):  # type: ignore[arg-type]
+        async for batch in follow_stored(flaky, OwnerWatch(flaky, 60), "owner_here", RID, after=-1):  # type: ignore[arg-type]
             got.extend(orjson.loads(data) for _, _, data in batch)
             first.set()
 

@@ -48,7 +48,7 @@ async def app(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Response
     app = FastAPI()
     ResponsesPlugin().attach_router(app)
     service = ResponsesService(ScriptedEngine(SCRIPT), SQLiteStore(tmp_path / "r.db"), keepalive_s=None)
-    service.late_writes = LateWrites(first_pause_s=0.05, longest_pause_s=0.1)
+    service.late_writes = service.records.late_writes = LateWrites(first_pause_s=0.05, longest_pause_s=0.1)
     app.state.vllm_responses = service
     http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
     yield http, service

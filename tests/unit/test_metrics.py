@@ -26,7 +26,8 @@ from vllm_responses.conformance import parse_sse
 from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta
 from vllm_responses.plugin import ResponsesPlugin
 from vllm_responses.protocol import parse_request
-from vllm_responses.service import ResponsesService, Run
+from vllm_responses.run import Run
+from vllm_responses.service import ResponsesService
 from vllm_responses.store import StoredResponse, StoreUnavailable, open_store
 from vllm_responses.store.redis import RedisStore
 from vllm_responses.store.sqlite import SQLiteStore

@@ -65,7 +65,7 @@ async def test_store_and_capture_files_only_their_owner_can_read(tmp_path: Path,
     captures = tmp_path / "streams"
     service = ResponsesService(ScriptedEngine([TextDelta("Hi"), Finish("stop", usage())]), SQLiteStore(db), capture_dir=captures)
     await service.store.heartbeat(service.owner, 10.0)  # opens the store: file, WAL and all
-    service.capture_request("resp_a", b'{"model": "demo"}')
+    service.captures.request("resp_a", b'{"model": "demo"}')
     capture = service.capture("resp_a")
     assert capture is not None
     capture.write(b"event: response.created\ndata: {}\n\n")

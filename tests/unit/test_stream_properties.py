@@ -36,7 +36,7 @@ from vllm_responses.conformance import check_events
 from vllm_responses.deltas import Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, ToolCallDelta, Usage, valid_text
 from vllm_responses.errors import EngineFailure
 from vllm_responses.protocol import dump_json, initial_response, parse_request
-from vllm_responses.service import Run
+from vllm_responses.run import Run
 from vllm_responses.sse import event_json, frames
 from vllm_responses.stream import TERMINAL_EVENTS, ResponseStream, StreamOptions
 from vllm_responses.tool_calls import CustomInputDecoder, ToolCallMapper
