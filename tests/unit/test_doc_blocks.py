@@ -301,3 +301,55 @@ def test_every_readme_link_resolves() -> None:
         headings = {_slug(h) for h in re.findall(r"^#+ (.+)$", path.read_text(), re.MULTILINE)}
         if anchor and link not in PENDING_ANCHORS:
             assert anchor in headings, f"{link}: no heading #{anchor} in {path.name}"
+
+
+# -- claims the code decides -------------------------------------------------------------------
+def _sentences(path: Path) -> list[str]:
+    return re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", path.read_text()))
+
+
+def test_a_pruned_chain_is_described_as_the_code_answers_it() -> None:
+    """history.py answers a missing link of a chain (deleted or pruned) with 400 previous_response_not_found."""
+    history = (ROOT / "src" / "vllm_responses" / "history.py").read_text()
+    assert 'code="previous_response_not_found"' in history
+    for path in ALL_DOCS:
+        for sentence in _sentences(path):
+            if "pruned" in sentence and "chain" in sentence:
+                assert "404" not in sentence, f"{path.name}: {sentence}"
+
+
+def test_every_module_that_touches_vllm_is_a_contact_point_in_the_guide() -> None:
+    text = GUIDE.read_text()
+    section = text[text.index("## 7. Upgrading vLLM") :].split("\n## ", 1)[0]
+    touching = {p.name for p in (ROOT / "src" / "vllm_responses").glob("*.py")
+                if re.search(r"^\s*(from vllm[ .]|import vllm\b)", p.read_text(), re.MULTILINE)}
+    assert {"vllm_engine.py", "environment.py"} <= touching
+    assert {m for m in touching if f"{m}`" not in section} == set()
+
+
+def test_the_demo_server_is_on_the_makefiles_port_everywhere() -> None:
+    port = re.search(r"^PORT \?= (\d+)$", MAKEFILE, re.MULTILINE).group(1)
+    for path in NEWCOMER_DOCS:
+        assert set(re.findall(r"127\.0\.0\.1:(\d+)", path.read_text())) == {port}, path.name
+
+
+def test_no_command_holds_a_placeholder_to_fill_in() -> None:
+    for block, command in _bash():
+        assert not re.search(r"<[A-Za-z][^>]*>", " ".join(command)), f"{block.where()}: {shlex.join(command)}"
+
+
+def test_the_guides_docker_run_has_what_compose_gives_a_replica() -> None:
+    import yaml
+
+    replica = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())["x-replica"]
+    runs = [c for _, c in _bash([GUIDE]) if c[:2] == ["docker", "run"]]
+    assert runs
+    for run in runs:
+        text = " ".join(run)
+        if replica.get("ipc") == "host":
+            assert "--ipc=host" in run, text
+        for volume in replica["volumes"]:
+            assert re.search(rf"-v \S+:{re.escape(volume.split(':', 1)[1])}\b", text), (volume, text)
+        for name in replica["environment"]:
+            if name != "VLLM_RESPONSES_STORE":  # Redis: compose's own
+                assert f"-e {name}" in text, (name, text)
