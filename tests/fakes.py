@@ -16,6 +16,7 @@ from vllm_responses.protocol import ResponsesRequest
 @dataclass
 class ScriptedPrepared(Prepared):
     request: ResponsesRequest | None = None
+    items: int = 0  # how many items it rendered: its "prompt tokens"
 
 
 class ScriptedEngine(Engine):
@@ -34,7 +35,10 @@ class ScriptedEngine(Engine):
         self.requests.append(request)
         self.contexts.append(items)
         sampling = Sampling(temperature=request.get("temperature", 1.0), top_p=request.get("top_p", 1.0))
-        return ScriptedPrepared(sampling, request)
+        return ScriptedPrepared(sampling, request, len(items))
+
+    def input_tokens(self, prepared: Any) -> int:
+        return prepared.items
 
     async def generate(self, prepared: Any, request_id: str) -> AsyncIterator[Delta | Finish]:
         finished = False

@@ -20,6 +20,7 @@ from .errors import ENGINE_DEAD, APIError, engine_dead, invalid_request
 from .items import stored_response
 from .protocol import dump_json_dict, parse_request_off_loop
 from .routes import answers_errors, json_response, read_body, service_of
+from .tenancy import tenant_of
 from .service import Run, store_call
 from .store import StoredResponse
 
@@ -33,7 +34,7 @@ _NOT_HERE = ("stream", "background", "conversation")
 @answers_errors
 async def compact_response(raw: Request) -> Response:
     service = service_of(raw)
-    request = await parse_request_off_loop(await read_body(raw), headers=raw.headers)
+    request = await parse_request_off_loop(await read_body(raw), headers=raw.headers, tenant=tenant_of(raw.scope))
     for name in _NOT_HERE:
         if request.params.get(name) or (name == "stream" and request.stream):
             raise invalid_request(f"`{name}` is not supported by /v1/responses/compact.", param=name, code="unsupported_parameter")
@@ -68,7 +69,7 @@ async def compact_response(raw: Request) -> Response:
     usage = dump_json_dict(response.usage)
     if store:
         data = {**stored_response(response), "output": output}
-        await store_call(service.store.create_response(StoredResponse(response=data, input_items=[], owner=None)))
+        await store_call(service.store.create_response(StoredResponse(response=data, input_items=[], owner=None, tenant=request.tenant)))
     body = {"id": response.id, "object": "response.compaction", "created_at": int(time.time()), "output": output, "usage": usage}
     return json_response(orjson.dumps(body))
 

@@ -5,6 +5,9 @@ their output items: reasoning, messages, tool calls and outputs; not their instr
 ``conversation`` brings the conversation's items, ``item_reference`` items become the stored
 items they name, and sealed reasoning (``encrypted_content``) is opened so the chat template
 gets the model's own earlier thinking back.
+
+State is found only where the request's tenant may see it (:mod:`.tenancy`): another tenant's
+response or conversation reads as missing, with the very answer a missing one gets.
 """
 
 from dataclasses import dataclass, field
@@ -16,7 +19,7 @@ from .items import sealed_free, to_model_input, to_stored
 from .protocol import OFF_LOOP_ITEMS, ResponsesRequest, off_loop_if
 from .sealing import BrokenSeal, Dropped, ReasoningSealer
 from .settings import DEFAULT_MAX_HISTORY_BYTES
-from .store import Store
+from .store import Store, StoredConversation, visible
 from .store.base import JSON, RUNNING_STATUSES
 
 # A chain longer than this is refused rather than walked (it would not fit a context anyway).
@@ -53,10 +56,10 @@ class History:
         if earlier is None:
             earlier = []
             if request.previous_response_id:
-                earlier = await self.chain(request.previous_response_id)
+                earlier = await self.chain(request.previous_response_id, request.tenant)
             elif request.conversation_id:
-                earlier = await self.conversation_items(request.conversation_id)
-        own = await self.own_items(request.input, earlier, dropped=dropped)
+                earlier = await self.conversation_items(request.conversation_id, request.tenant)
+        own = await self.own_items(request.input, earlier, dropped=dropped, tenant=request.tenant)
         check_tool_calls(request.input, earlier + own)
         if not earlier:  # the request's typed items are already what the engine needs
             return Context(compaction.window(request_items(request, own), self.sealer, dropped), own)
@@ -64,14 +67,14 @@ class History:
         model_items = compaction.window(to_model_input(earlier, where) + request_items(request, own), self.sealer, dropped)
         return Context(model_items, own, earlier)
 
-    async def chain(self, response_id: str) -> list[JSON]:
+    async def chain(self, response_id: str, tenant: str | None = None) -> list[JSON]:
         """Every item of a chain of responses, oldest first, ending with ``response_id``'s output."""
         turns: list[list[JSON]] = []
         current: str | None = response_id
         loaded = 0
         while current is not None:
             record = await self.store.get_response(current, with_input=True)
-            if record is None:
+            if record is None or not visible(record.tenant, tenant):
                 # 400, as OpenAI answers it (clients look for 400 + this code to resend the whole input)
                 raise invalid_request(f"Previous response with id '{current}' not found.", param="previous_response_id",
                                       code="previous_response_not_found")
@@ -96,9 +99,16 @@ class History:
                 raise invalid_request("The chain of previous responses is too long.", param="previous_response_id")
         return [item for turn in reversed(turns) for item in turn]
 
-    async def conversation_items(self, conversation_id: str) -> list[JSON]:
-        size = await self.store.conversation_size(conversation_id)
-        if size is not None and size > self.max_bytes:  # refused before its items are read
+    async def conversation(self, conversation_id: str, tenant: str | None, param: str = "conversation_id") -> StoredConversation:
+        """A conversation the tenant may see; 404 (as for a missing one) otherwise."""
+        found = await self.store.get_conversation(conversation_id)
+        if found is None or not visible(found.tenant, tenant):
+            raise not_found("Conversation", conversation_id, param, "conversation_not_found")
+        return found
+
+    async def conversation_items(self, conversation_id: str, tenant: str | None = None) -> list[JSON]:
+        size = (await self.conversation(conversation_id, tenant, "conversation")).size
+        if size > self.max_bytes:  # refused before its items are read
             raise invalid_request(
                 f"Conversation '{conversation_id}' holds more than {self.max_bytes} bytes (VLLM_RESPONSES_MAX_HISTORY_BYTES); "
                 "compact it or start a new one.",
@@ -110,22 +120,23 @@ class History:
             raise not_found("Conversation", conversation_id, "conversation", "conversation_not_found")
         return page.items
 
-    async def own_items(self, items: list[Any], visible: list[JSON] | None = None, conversation_id: str | None = None,
-                        dropped: Dropped | None = None) -> list[JSON]:
+    async def own_items(self, items: list[Any], earlier: list[JSON] | None = None, conversation_id: str | None = None,
+                        dropped: Dropped | None = None, tenant: str | None = None) -> list[JSON]:
         """Typed input items in stored shape, references resolved and seals opened (a
         request's input, or items added to a conversation). Blobs that are not ours are
         counted in ``dropped``; without one, they are logged here, in one line.
 
-        An ``item_reference`` finds, in this order: an item of ``visible`` (the chain or
+        An ``item_reference`` finds, in this order: an item of ``earlier`` (the chain or
         conversation the request continues; the latest copy of an id), an item of the
-        conversation ``conversation_id``, or an item whose id the server made (the store's
-        index; 192-bit, unguessable). An id a client chose is thus reached only from its own
-        chain or conversation, never from another client's response."""
+        conversation ``conversation_id`` (which the caller checked the tenant may see), or an
+        item whose id the server made (the store's index; 192-bit, unguessable), in a response
+        of the ``tenant``. An id a client chose is thus reached only from its own chain or
+        conversation, never from another client's response."""
         references = list(dict.fromkeys(item.id for item in items if getattr(item, "type", None) == "item_reference"))
         found: dict[str, JSON] = {}
         if references:
             wanted = set(references)
-            for item in visible or ():
+            for item in earlier or ():
                 if item.get("id") in wanted:
                     found[item["id"]] = item
             if conversation_id:
@@ -134,7 +145,7 @@ class History:
                         found[ref] = item
             rest = [ref for ref in references if ref not in found]
             if rest:
-                found.update(await self.store.get_items(rest))
+                found.update(await self.store.get_items(rest, tenant))
         mine = dropped is None
         dropped = dropped or Dropped()
         try:

@@ -56,7 +56,8 @@ class ResponsesRequest:
     ``extensions`` holds vLLM's own request extensions (``seed``, ``stop``, ``top_k``, ...,
     see :mod:`.parameters`) as sent; the engine adapter hands them to vLLM. ``headers``:
     the HTTP headers (lower-case names) vLLM's routes read as request parameters
-    (priority, session, data-parallel rank, trace context).
+    (priority, session, data-parallel rank, trace context). ``tenant``: whose stored state
+    the request may see and what it stores belongs to (:mod:`.tenancy`; ``None``: shared).
     """
 
     params: dict[str, Any]
@@ -67,6 +68,7 @@ class ResponsesRequest:
     unsupported_tools: list[dict[str, Any]] = field(default_factory=list)
     extensions: dict[str, Any] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
+    tenant: str | None = None
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self.params.get(key)
@@ -123,9 +125,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def parse_request(body: bytes, headers: Mapping[str, str] | None = None) -> ResponsesRequest:
+def parse_request(body: bytes, headers: Mapping[str, str] | None = None, tenant: str | None = None) -> ResponsesRequest:
     try:
-        return _parse_request(body, headers)
+        return _parse_request(body, headers, tenant)
     except RecursionError:
         raise nested_too_deeply() from None
 
@@ -144,15 +146,17 @@ async def off_loop_if(long: bool, fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args) if long else fn(*args)
 
 
-async def parse_request_off_loop(body: bytes, headers: Mapping[str, str] | None = None) -> ResponsesRequest:
+async def parse_request_off_loop(
+    body: bytes, headers: Mapping[str, str] | None = None, tenant: str | None = None
+) -> ResponsesRequest:
     """:func:`parse_request`; a long body (a Codex turn resends its whole history, 100 KB and
     more) on a worker thread, so that the streams the event loop serves meanwhile go on. Its
     items are validated in chunks (:class:`~.prompt_cache.ValidatedItems`), between which the
     GIL passes back to the loop."""
-    return await off_loop_if(len(body) >= OFF_LOOP_BYTES, parse_request, body, headers)
+    return await off_loop_if(len(body) >= OFF_LOOP_BYTES, parse_request, body, headers, tenant)
 
 
-def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesRequest:
+def _parse_request(body: bytes, headers: Mapping[str, str] | None, tenant: str | None) -> ResponsesRequest:
     data = parse_json_object(body)
     model = data.get("model")
     if model is None:
@@ -188,6 +192,7 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None) -> ResponsesR
         **tools,
         extensions=extensions,
         headers={k.lower(): v for k, v in (headers or {}).items()},
+        tenant=tenant,
     )
 
 

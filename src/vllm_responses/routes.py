@@ -25,6 +25,7 @@ from .errors import ENGINE_DEAD, APIError, engine_dead, invalid_request, request
 from .items import page
 from .paths import under
 from .protocol import ResponsesRequest, dump_json, parse_request_off_loop
+from .tenancy import tenant_of
 from .service import ResponsesService, Run
 from .sse import EventStream, disconnected, frame_of, frames
 from .tasks import settle
@@ -124,7 +125,7 @@ async def create_response(raw: Request) -> Response:
     the work), and mid-stream (:class:`~.sse.EventStream`). A background response goes on."""
     service = service_of(raw)
     body = await read_body(raw)
-    request = await parse_request_off_loop(body, headers=raw.headers)
+    request = await parse_request_off_loop(body, headers=raw.headers, tenant=tenant_of(raw.scope))
     if request.background:
         run = await service.create(request)
         assert isinstance(run, BackgroundRun)
@@ -198,21 +199,21 @@ async def retrieve_response(response_id: str, raw: Request) -> Response:
     include = include_param(raw)
     if _flag(raw, "stream"):
         after = _int(raw, "starting_after", default=-1, minimum=0)
-        return _sse(await service.follow(response_id, after), service.keepalive_s)
-    record = await service.record(response_id)
+        return _sse(await service.follow(response_id, tenant_of(raw.scope), after), service.keepalive_s)
+    record = await service.record(response_id, tenant_of(raw.scope))
     return json_response(_dumps(service.presented(record.response, include)))
 
 
 @router.delete("/v1/responses/{response_id}")
 @answers_errors
 async def delete_response(response_id: str, raw: Request) -> Response:
-    return json_response(_dumps(await service_of(raw).delete(response_id)))
+    return json_response(_dumps(await service_of(raw).delete(response_id, tenant_of(raw.scope))))
 
 
 @router.post("/v1/responses/{response_id}/cancel")
 @answers_errors
 async def cancel_response(response_id: str, raw: Request) -> Response:
-    return json_response(_dumps(await service_of(raw).cancel(response_id)))
+    return json_response(_dumps(await service_of(raw).cancel(response_id, tenant_of(raw.scope))))
 
 
 @router.get("/v1/responses/{response_id}/input_items")
@@ -221,7 +222,7 @@ async def list_input_items(response_id: str, raw: Request) -> Response:
     include = include_param(raw)
     limit, order, after = list_params(raw)
     service = service_of(raw)
-    items = service.presented({"output": await service.input_items(response_id)}, include)["output"]  # sealed reasoning on request
+    items = service.presented({"output": await service.input_items(response_id, tenant_of(raw.scope))}, include)["output"]  # sealed reasoning on request
     data, has_more = page(items, after, limit, order)
     return json_response(_dumps(item_list(data, has_more)))
 

@@ -47,7 +47,7 @@ from .protocol import ResponsesRequest, initial_response, parse_request
 from .sealing import ReasoningSealer
 from .settings import DEFAULT_MAX_HISTORY_BYTES
 from .sse import event_json
-from .store import Store, StoredResponse, StoreUnavailable
+from .store import Store, StoredResponse, StoreUnavailable, visible
 from .store.base import RUNNING_STATUSES
 from .stream import Event, ResponseStream, StreamOptions
 from .tasks import settle, spawn
@@ -314,6 +314,7 @@ class ResponsesService:
             background=request.background,
             owner=self.owner,
             client_ids=client_ids(request.input),
+            tenant=request.tenant,
         )
 
     async def persist(self, response: Response, record: StoredResponse, then: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -351,11 +352,12 @@ class ResponsesService:
         return False
 
     # -- stored responses -------------------------------------------------------------------
-    async def record(self, response_id: str, *, with_input: bool = False) -> StoredResponse:
-        """A stored response, as it stands now (a dead owner's is ended first); 404 if missing."""
+    async def record(self, response_id: str, tenant: str | None, *, with_input: bool = False) -> StoredResponse:
+        """A stored response, as it stands now (a dead owner's is ended first); 404 if missing
+        or another tenant's (:mod:`.tenancy`)."""
         run = self.background.get(response_id)
         record = await store_call(self.store.get_response(response_id, with_input=with_input))
-        if record is None:
+        if record is None or not visible(record.tenant, tenant):
             raise not_found("Response", response_id, "response_id", "response_not_found")
         if run is not None and not run.done:  # ours and live: fresher than the store
             record.response = stored_response(run.response)
@@ -374,18 +376,18 @@ class ResponsesService:
         ]
         return {**response, "output": output}
 
-    async def delete(self, response_id: str) -> dict:
+    async def delete(self, response_id: str, tenant: str | None) -> dict:
         """Delete a stored response; a running background one is cancelled first, wherever it runs."""
-        record = await self.record(response_id)
+        record = await self.record(response_id, tenant)
         if record.background and record.status in RUNNING_STATUSES:
-            await self.cancel(response_id)
+            await self.cancel(response_id, tenant)
         if not await store_call(self.store.delete_response(response_id)):
             raise not_found("Response", response_id, "response_id", "response_not_found")
         return {"id": response_id, "object": "response", "deleted": True}
 
-    async def cancel(self, response_id: str, wait_s: float = 10.0) -> dict:
+    async def cancel(self, response_id: str, tenant: str | None, wait_s: float = 10.0) -> dict:
         """Cancel a background response, wherever it runs; a cancelled one is returned as is."""
-        record = await self.record(response_id)
+        record = await self.record(response_id, tenant)
         if not record.background:
             raise invalid_request(
                 "Only responses created with `background: true` can be cancelled.", param="response_id", code="not_cancellable"
@@ -402,14 +404,14 @@ class ResponsesService:
         if run is not None:
             run.cancel()
             await asyncio.wait({run.task}, timeout=wait_s)
-            return (await self.record(response_id)).response
+            return (await self.record(response_id, tenant)).response
         await store_call(self.store.request_cancel(response_id))  # its owner polls for this
         deadline = time.monotonic() + wait_s
         outage: APIError | None = None
         while time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             try:
-                record, outage = await self.record(response_id), None
+                record, outage = await self.record(response_id, tenant), None
             except APIError as exc:
                 if exc.code != "store_unavailable":
                     raise
@@ -421,9 +423,9 @@ class ResponsesService:
             raise outage
         return record.response
 
-    async def follow(self, response_id: str, after: int = -1) -> AsyncIterator[list[Logged]]:
+    async def follow(self, response_id: str, tenant: str | None, after: int = -1) -> AsyncIterator[list[Logged]]:
         """The events of a background response after ``after``, to its terminal event."""
-        record = await self.record(response_id)
+        record = await self.record(response_id, tenant)
         if not record.background:
             raise invalid_request(
                 "Only responses created with `background: true` can be streamed again.", param="stream", code="not_streamable"
@@ -431,8 +433,8 @@ class ResponsesService:
         run = self.background.get(response_id)
         return run.follow(after) if run is not None else follow_stored(self, response_id, after)
 
-    async def input_items(self, response_id: str) -> list[dict]:
-        record = await self.record(response_id, with_input=True)
+    async def input_items(self, response_id: str, tenant: str | None) -> list[dict]:
+        record = await self.record(response_id, tenant, with_input=True)
         return record.input_items or []
 
 

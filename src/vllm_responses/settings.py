@@ -34,6 +34,7 @@ from .environment import (
     REASONING_KEYS,
     STORE,
     STORE_MAX_BYTES,
+    TENANCY,
     WS_CACHE_MAX_BYTES,
     WS_MAX_CONNECTIONS,
     WS_MAX_IN_FLIGHT,
@@ -42,6 +43,7 @@ from .environment import (
 )
 from .file_parsing import FileLimits
 from .store import Retention, default_url
+from .tenancy import MODES, Tenancy
 
 # The stored history one request may continue (a chain or a conversation), counted as it
 # loads: past it, 400 ``history_too_large`` (history.py); as much as one request body may carry.
@@ -87,6 +89,8 @@ class Settings:
     connection keeps in memory for its next turn (a larger one is read back from the store).
     ``prompt_cache_bytes``: what each of the API process's two prompt caches (validated input
     items, tokenized prompt pieces; :mod:`.prompt_cache`) may hold; ``0`` switches them off.
+    ``tenancy``: with several API keys, ``per-key`` keeps each key's stored state its own,
+    ``shared`` lets every key see all of it (:mod:`.tenancy`).
     """
 
     store_url: str = field(default_factory=default_url)
@@ -108,6 +112,7 @@ class Settings:
     max_background: int = 256
     ws_max_connections: int = 256
     ws_cache_max_bytes: int = 16 * 1024 * 1024
+    tenancy: Tenancy = "per-key"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -140,7 +145,18 @@ class Settings:
             max_background=int(_number(env, MAX_BACKGROUND, 256, int, minimum=1)),
             ws_max_connections=int(_number(env, WS_MAX_CONNECTIONS, 256, int, minimum=1)),
             ws_cache_max_bytes=int(_number(env, WS_CACHE_MAX_BYTES, 16 * 1024 * 1024, int)),
+            tenancy=tenancy_from_env(env),
         )
+
+
+def tenancy_from_env(env: Mapping[str, str] = os.environ) -> Tenancy:
+    """``VLLM_RESPONSES_TENANCY``: ``per-key`` (the default) or ``shared``. Read on its own by
+    the key gate, which is built before the rest of the settings are."""
+    raw = (env.get(TENANCY) or "per-key").strip().lower()
+    for mode in MODES:
+        if raw == mode:
+            return mode
+    raise ValueError(f"{TENANCY}={raw!r} must be one of: {', '.join(MODES)}")
 
 
 def _file_limits(env: Mapping[str, str]) -> FileLimits:

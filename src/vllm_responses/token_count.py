@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from .protocol import parse_request_off_loop
 from .routes import answers_errors, json_response, read_body, service_of
+from .tenancy import tenant_of
 from .service import store_call
 
 router = APIRouter()
@@ -21,7 +22,7 @@ router = APIRouter()
 @answers_errors
 async def count_input_tokens(raw: Request) -> Response:
     service = service_of(raw)
-    request = await parse_request_off_loop(await read_body(raw), headers=raw.headers)
+    request = await parse_request_off_loop(await read_body(raw), headers=raw.headers, tenant=tenant_of(raw.scope))
     context = await store_call(service.history.resolve(request))
     prepared = await service.engine.prepare(request, context.model_items)
     # openai.types.responses.InputTokenCountResponse

@@ -40,6 +40,7 @@ from .items import stored_response
 from .logs import get_logger
 from .protocol import parse_request_off_loop
 from .routes import VERSION_HEADER, error_response
+from .tenancy import tenant_of
 from .service import ResponsesService, Run, store_call
 from .settings import Settings
 from .sse import event_json, frames
@@ -148,7 +149,7 @@ class Connection:
             generate = body.pop("generate", True)
             if not isinstance(generate, bool):
                 raise invalid_request("Invalid type for 'generate': expected a boolean.", param="generate", code="invalid_type")
-            request = await parse_request_off_loop(orjson.dumps(body), headers=self.ws.headers)
+            request = await parse_request_off_loop(orjson.dumps(body), headers=self.ws.headers, tenant=tenant_of(self.ws.scope))
             earlier = self.last.items if self.last is not None and continued == self.last.response_id else None
             context = await store_call(self.service.history.resolve(request, earlier))
             run = await self.service.create(request, context=context, generate=generate, transport="websocket")

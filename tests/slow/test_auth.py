@@ -1,6 +1,8 @@
 """``--api-key`` (issue 9.5), on a server of its own: every route of ours (WebSocket mode
 included) answers a missing or wrong key with OpenAI's 401 and the right key with its normal
-answer; vLLM's own routes stay guarded as vLLM guards them."""
+answer; vLLM's own routes stay guarded as vLLM guards them. The server has two keys, so each
+is a tenant (issue 24): the second key finds nothing the first one stored (the whole route
+table over a scripted engine: tests/unit/test_tenancy.py)."""
 
 import asyncio
 import json
@@ -18,6 +20,7 @@ from vllm_responses import conversations, routes, websocket
 from vllm_responses.environment import KEEPALIVE, PROMPT_CACHE_MB
 
 KEY = "sk-test-key"
+OTHER_KEY = "sk-other-tenant"  # a second client of the same server
 MISSING = {
     "message": "You didn't provide an API key. Send it in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY).",
     "type": "invalid_request_error",
@@ -33,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("auth")
     # --fail-on-environ-validation: vLLM refuses to start on a VLLM_ variable it does not know;
     # ours are declared to it by our general plugin (environment.py).
-    with running(plugin=True, log_path=base / "server.log", args=["--api-key", KEY, "--fail-on-environ-validation"],
+    with running(plugin=True, log_path=base / "server.log", args=["--api-key", KEY, OTHER_KEY, "--fail-on-environ-validation"],
                                   env={KEEPALIVE: "10", PROMPT_CACHE_MB: "64"}) as srv:
         yield srv
 
@@ -139,3 +142,44 @@ def test_websocket_mode_requires_the_key(server: Server) -> None:
         response = raised.value.response
         assert (response.status_code, json.loads(response.body)) == (401, {"error": body})
     assert asyncio.run(asyncio.wait_for(turn(RIGHT), 120))[-1] == "response.completed"  # a turn that never ends fails here
+
+
+def test_a_second_key_finds_nothing_the_first_stored(server: Server) -> None:
+    """The openai SDK as two clients: everything Alice stored is 404 (or, for a continuation,
+    400 ``previous_response_not_found``) for Bob, as an id nobody made; a WebSocket turn and a
+    follower of her background response too. Alice still has it all afterwards."""
+    alice, bob = client(server), client(server, OTHER_KEY)
+    stored = alice.responses.create(model="demo", input="Hello there!")
+    background = alice.responses.create(model="demo", input="Hello there!", background=True)
+    conv = alice.conversations.create(items=[{"type": "message", "role": "user", "content": "Remember 7."}])
+    for call in (
+        lambda: bob.responses.retrieve(stored.id),
+        lambda: bob.responses.input_items.list(stored.id),
+        lambda: bob.responses.delete(stored.id),
+        lambda: bob.responses.cancel(background.id),
+        lambda: bob.responses.retrieve(background.id, stream=True),
+        lambda: bob.conversations.retrieve(conv.id),
+        lambda: bob.conversations.items.list(conv.id),
+        lambda: bob.conversations.delete(conv.id),
+        lambda: bob.responses.create(model="demo", input="More.", conversation=conv.id),
+    ):
+        with pytest.raises(openai.NotFoundError) as raised:
+            call()
+        assert raised.value.code in ("response_not_found", "conversation_not_found")
+    with pytest.raises(openai.BadRequestError) as refused:
+        bob.responses.create(model="demo", input="More.", previous_response_id=stored.id)
+    assert refused.value.code == "previous_response_not_found"
+
+    url = server.base_url.replace("http://", "ws://") + "/v1/responses"
+
+    async def continue_over_websocket() -> dict:
+        async with connect(url, additional_headers={"Authorization": f"Bearer {OTHER_KEY}"}) as ws:
+            await ws.send(json.dumps({"type": "response.create", "model": "demo", "input": "More.", "previous_response_id": stored.id}))
+            return json.loads(await ws.recv())
+
+    event = asyncio.run(asyncio.wait_for(continue_over_websocket(), 120))
+    assert (event["type"], event["error"]["code"]) == ("error", "previous_response_not_found")
+
+    assert alice.responses.retrieve(stored.id).status == "completed"
+    assert alice.conversations.items.list(conv.id).data[0].type == "message"
+    assert alice.responses.create(model="demo", input="More.", previous_response_id=stored.id).status == "completed"

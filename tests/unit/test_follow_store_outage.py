@@ -149,7 +149,7 @@ def test_a_cancel_from_another_process_waits_out_a_store_outage(tmp_path: Path) 
             flaky.down = False
 
         elsewhere = asyncio.ensure_future(owner())
-        response = await service.cancel(RID, wait_s=5)
+        response = await service.cancel(RID, None, wait_s=5)
         await elsewhere
         return response, flaky.failures
 
@@ -162,7 +162,7 @@ def test_a_cancel_answers_503_when_the_store_is_still_down_at_its_deadline(tmp_p
     async def run() -> APIError:
         store, flaky, _, _ = await start(tmp_path)
         service = ResponsesService(ScriptedEngine([]), flaky)  # type: ignore[arg-type]
-        cancelling = asyncio.ensure_future(service.cancel(RID, wait_s=0.5))
+        cancelling = asyncio.ensure_future(service.cancel(RID, None, wait_s=0.5))
         await eventually("the cancel requested", lambda: store.cancel_requested([RID]))  # then its wait meets the outage
         flaky.down = True
         with pytest.raises(APIError) as caught:

@@ -224,7 +224,7 @@ async def test_a_cancelled_background_response() -> None:
     reading = Reading()
     run = await svc.create(parse_request(b'{"model": "demo", "input": "hi", "background": true}'))
     await eventually("the response running", lambda: reading.delta().get("vllm_responses:background_responses{status=in_progress}") == 1)
-    cancelled = await svc.cancel(run.id)
+    cancelled = await svc.cancel(run.id, None)
     assert cancelled["status"] == "cancelled"
     delta = reading.delta()
     assert delta["vllm_responses:responses_total{status=cancelled,transport=background}"] == 1

@@ -1,6 +1,7 @@
 """The store contract (store/base.py), checked against every backend: SQLite and a real Redis."""
 
 import asyncio
+import json
 import sqlite3
 import subprocess
 import sys
@@ -226,6 +227,35 @@ async def test_client_chosen_ids_never_cross_responses(make_store: Callable[...,
     assert await alice.get_items(["msg_srv_a"]) == {"msg_srv_a": item("msg_srv_a", "answer a")}
 
 
+async def test_tenants_are_kept_and_items_found_only_by_their_own(store: Store):
+    """Each record keeps the tenant (API key) that made it; a server-made item id finds its
+    item only for that tenant, or for a request without one; a record without a tenant
+    (shared, or made before tenancy) is found by all (base.visible)."""
+    await store.create_response(record("resp_a", inputs=[item("msg_a_in")], tenant="t_alice"))
+    await store.finish_response(response("resp_a", "completed", output=[item("msg_a_out")]))
+    await store.create_response(record("resp_s", inputs=[item("msg_shared_in")]))
+    assert (await store.get_response("resp_a")).tenant == "t_alice"
+    assert (await store.get_response("resp_a", with_input=True)).tenant == "t_alice"  # survives finishing
+    assert (await store.get_response("resp_s")).tenant is None
+    wanted = ["msg_a_in", "msg_a_out", "msg_shared_in"]
+    assert set(await store.get_items(wanted, tenant="t_alice")) == set(wanted)
+    assert set(await store.get_items(wanted)) == set(wanted)
+    assert await store.get_items(wanted, tenant="t_bob") == {"msg_shared_in": item("msg_shared_in")}
+
+    await store.create_conversation(conversation("conv_a"), [item("c1")], tenant="t_alice")
+    await store.create_conversation(conversation("conv_s"), [])
+    got = await store.get_conversation("conv_a")
+    assert got is not None and (got.id, got.tenant, got.conversation) == ("conv_a", "t_alice", conversation("conv_a"))
+    assert got.size >= len(json.dumps(conversation("conv_a"))) + len(json.dumps(item("c1"))) - 20
+    assert (await store.get_conversation("conv_s")).tenant is None
+    # An update keeps the tenant and counts the object's new size; recreated without one, it is shared.
+    assert await store.update_conversation(conversation("conv_a", topic="x" * 1000))
+    again = await store.get_conversation("conv_a")
+    assert again.tenant == "t_alice" and again.size >= got.size + 1000
+    await store.create_conversation(conversation("conv_a"), [])
+    assert (await store.get_conversation("conv_a")).tenant is None
+
+
 # -- background events and cancellation ----------------------------------------------------------
 async def test_events_in_order_after_any_number(store: Store):
     await store.create_response(record("resp_1"))
@@ -314,9 +344,9 @@ async def test_conversation_lifecycle(store: Store):
     assert await store.add_conversation_items("conv_1", [item("msg_a")]) is False
     assert await store.list_conversation_items("conv_1") is None
     await store.create_conversation(conversation("conv_1", topic="a"), [item("msg_a")])
-    assert await store.get_conversation("conv_1") == conversation("conv_1", topic="a")
+    assert (await store.get_conversation("conv_1")).conversation == conversation("conv_1", topic="a")
     assert await store.update_conversation(conversation("conv_1", topic="b")) is True
-    assert await store.get_conversation("conv_1") == conversation("conv_1", topic="b")
+    assert (await store.get_conversation("conv_1")).conversation == conversation("conv_1", topic="b")
     assert ids(await store.list_conversation_items("conv_1")) == ["msg_a"]
     assert await store.delete_conversation("conv_1") is True
     assert await store.get_conversation("conv_1") is None
@@ -434,7 +464,7 @@ async def test_prune_by_bytes_removes_the_oldest_first(make_store: Callable[...,
     assert kept == ["resp_run", "resp_3"]  # running: never pruned
     assert await store.get_conversation("conv_1") is not None
     assert await store.prune() == 0
-    assert await store.conversation_size("conv_1") > 10_000 and await store.conversation_size("conv_missing") is None
+    assert (await store.get_conversation("conv_1")).size > 10_000 and await store.get_conversation("conv_missing") is None
     # A conversation that grows past the budget pushes the older response out.
     await store.add_conversation_items("conv_1", [item("c2", big)])
     assert await store.prune() == 1
@@ -560,7 +590,8 @@ async def test_sqlite_file_settings(tmp_path: Path):
 
 
 async def test_sqlite_file_of_schema_1_gains_byte_counts(tmp_path: Path):
-    """A file written before retention by bytes is upgraded in place; its records are weighed."""
+    """A file written before retention by bytes and tenants is upgraded in place; its records
+    are weighed, and shared."""
     path = tmp_path / "responses.db"
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         for statement in sqlite_store._MIGRATIONS[0]:
@@ -571,6 +602,7 @@ async def test_sqlite_file_of_schema_1_gains_byte_counts(tmp_path: Path):
         conn.execute("INSERT INTO response_items VALUES ('resp_old', 0, 0, 'i', ?)", (orjson.dumps(item("i", "x" * 5000)),))
     store = SQLiteStore(path, Retention(max_age_s=None, max_responses=None, max_conversations=None, max_bytes=4000))
     try:
+        assert (await store.get_response("resp_old")).tenant is None  # older than tenancy: shared
         await store.create_response(record("resp_new", "completed", created_at=T0 + 1))
         assert await store.prune() == 1
         assert await store.get_response("resp_old") is None and await store.get_response("resp_new") is not None

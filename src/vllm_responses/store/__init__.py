@@ -9,9 +9,11 @@ import os
 from pathlib import Path
 
 from ..metrics import instrument_store
-from .base import ItemPage, Retention, Store, StoredResponse, StoreUnavailable
+from .base import ItemPage, Retention, Store, StoredConversation, StoredResponse, StoreUnavailable, visible
 
-__all__ = ["ItemPage", "Retention", "Store", "StoredResponse", "StoreUnavailable", "default_url", "open_store"]
+__all__ = [
+    "ItemPage", "Retention", "Store", "StoredConversation", "StoredResponse", "StoreUnavailable", "default_url", "open_store", "visible",
+]
 
 
 def default_url() -> str:

@@ -45,6 +45,8 @@ class StoredResponse:
     # Bytes of what was read back (the response JSON, and its input items when loaded):
     # what ``history`` counts against its budget.
     size: int = 0
+    # The API key that made it, as a tenant id (:mod:`..tenancy`); ``None``: shared.
+    tenant: str | None = None
 
     @property
     def id(self) -> str:
@@ -57,6 +59,28 @@ class StoredResponse:
     @property
     def created_at(self) -> float:
         return float(self.response["created_at"])
+
+
+@dataclass
+class StoredConversation:
+    """A ``Conversation`` object as the API returns it, with what the store knows about it:
+    ``size``, the bytes it takes with its items (read without loading them, so that a huge
+    one is refused unread), and the ``tenant`` that made it (``None``: shared)."""
+
+    conversation: JSON
+    size: int = 0
+    tenant: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.conversation["id"]
+
+
+def visible(owner: str | None, tenant: str | None) -> bool:
+    """Whether a record made by ``owner`` is seen by a request of ``tenant``: a request
+    without a tenant (one API key or none, or shared state) sees everything, a record without
+    one (made so, or before tenancy) is seen by everyone; otherwise only its own tenant does."""
+    return owner is None or tenant is None or owner == tenant
 
 
 @dataclass
@@ -112,6 +136,9 @@ class Store(ABC):
       events after ``after`` exist, or an empty list when ``timeout`` passes.
     - Owners (server processes) prove they are alive with :meth:`heartbeat`; a response
       whose owner has not beaten within its ttl is abandoned (its process died).
+    - Tenants: a response or conversation keeps the ``tenant`` it was created with; of the
+      reads, only :meth:`get_items` filters by it (:func:`visible`), since it alone finds
+      records by something other than their own id. The callers check the rest.
     - Conversation items keep insertion order; adding an item whose id the conversation
       already holds replaces its content in place.
     - :meth:`prune` enforces :class:`Retention`: it deletes what is older than
@@ -151,9 +178,10 @@ class Store(ABC):
         """Delete a response, its input items and events; ``True`` if it existed."""
 
     @abstractmethod
-    async def get_items(self, item_ids: list[str]) -> dict[str, JSON]:
+    async def get_items(self, item_ids: list[str], tenant: str | None = None) -> dict[str, JSON]:
         """Items of stored responses by server-made item id (missing ids are left out); an id
-        a client chose is not found here, only in its own chain or conversation."""
+        a client chose is not found here, only in its own chain or conversation. Only items
+        of responses :func:`visible` to ``tenant`` are found."""
 
     # -- background events and cancellation -----------------------------------------------
     @abstractmethod
@@ -210,17 +238,12 @@ class Store(ABC):
 
     # -- conversations --------------------------------------------------------------------
     @abstractmethod
-    async def create_conversation(self, conversation: JSON, items: list[JSON]) -> None:
-        """Insert a ``Conversation`` object with its first items."""
+    async def create_conversation(self, conversation: JSON, items: list[JSON], tenant: str | None = None) -> None:
+        """Insert a ``Conversation`` object with its first items, made by ``tenant``."""
 
     @abstractmethod
-    async def get_conversation(self, conversation_id: str) -> JSON | None:
-        """The ``Conversation`` object."""
-
-    @abstractmethod
-    async def conversation_size(self, conversation_id: str) -> int | None:
-        """Bytes a conversation takes with its items (``None`` if it does not exist): read
-        before its items are, so that a huge one is refused without loading it."""
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        """The ``Conversation`` object with its size and tenant (its items are not loaded)."""
 
     @abstractmethod
     async def update_conversation(self, conversation: JSON) -> bool:

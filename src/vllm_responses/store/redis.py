@@ -9,7 +9,8 @@ Key layout (``P`` is the prefix; ids are the API's ids):
 
 ========================== ===================================================================
 ``P r:{id}``               hash: ``data`` (the Response JSON), ``running`` (1/0), ``owner``,
-                           ``prev``, ``conv``, ``bg``; ``in_ids``/``out_ids``: JSON lists of
+                           ``prev``, ``conv``, ``bg``, ``tenant`` (``""``: shared);
+                           ``in_ids``/``out_ids``: JSON lists of
                            the item ids it put in the item index; ``in_b``/``out_b``/``ev_b``:
                            bytes of its input items, output items, events
 ``P r:{id}:in``/``:out``   lists: its input items, its output items (JSON), in order
@@ -21,6 +22,7 @@ Key layout (``P`` is the prefix; ids are the API's ids):
 ``P items``                hash: server-made item id → ``"{i|o}{position} {response id}"``,
                            where the item lives; the first writer of an id keeps the entry
 ``P bytes``                hash: ``r:{id}``/``c:{id}`` → bytes the record takes (retention)
+``P tenants``              hash: ``c:{id}`` → the tenant that made the conversation (none: shared)
 ``P owner:{name}``         string with a TTL: the owner is alive while it exists
 ``P c:{id}``               string: the Conversation JSON
 ``P c:{id}:order``         zset: item id by insertion counter (order survives replacement)
@@ -52,7 +54,9 @@ from redis.exceptions import (
     TimeoutError,
 )
 
-from .base import JSON, RUNNING_STATUSES, ItemPage, Order, Retention, Store, StoredResponse, StoreUnavailable, page_of
+from .base import (
+    JSON, RUNNING_STATUSES, ItemPage, Order, Retention, Store, StoredConversation, StoredResponse, StoreUnavailable, page_of,
+)
 
 # Shared by the scripts: key names and the deletion of a response with all it owns.
 _LUA_COMMON = """
@@ -109,20 +113,20 @@ local function delete_response(rid)
 end
 """
 
-# ARGV: prefix, id, data, running, owner, prev, conv, bg, created, in_ids, n, n input items,
-# then the n input items' ids ('' for none), in the same order.
+# ARGV: prefix, id, data, running, owner, prev, conv, bg, created, in_ids, tenant, n, n input
+# items, then the n input items' ids ('' for none), in the same order.
 _CREATE_RESPONSE = _LUA_COMMON + """
 local rid = ARGV[2]
 local key = rkey(rid)
 delete_response(rid)
 redis.call('HSET', key, 'data', ARGV[3], 'running', ARGV[4], 'owner', ARGV[5], 'prev', ARGV[6],
-  'conv', ARGV[7], 'bg', ARGV[8], 'in_ids', ARGV[10], 'out_ids', '[]')
+  'conv', ARGV[7], 'bg', ARGV[8], 'in_ids', ARGV[10], 'out_ids', '[]', 'tenant', ARGV[11])
 redis.call('ZADD', p .. 'responses', ARGV[9], rid)
 if ARGV[4] == '1' then redis.call('HSET', p .. 'running', rid, ARGV[5]) end
-local n = tonumber(ARGV[11])
-push(key .. ':in', 12, 11 + n)
-index(rid, 'i', 12 + n)
-redis.call('HSET', key, 'in_b', span(12, 11 + n))
+local n = tonumber(ARGV[12])
+push(key .. ':in', 13, 12 + n)
+index(rid, 'i', 13 + n)
+redis.call('HSET', key, 'in_b', span(13, 12 + n))
 resize(rid)
 """
 
@@ -167,16 +171,22 @@ end
 return deleted
 """
 
-# ARGV: prefix, item ids...; returns their JSON (false where unknown), in the same order.
+# ARGV: prefix, tenant ('' for none), item ids...; returns their JSON (false where unknown or
+# not visible to the tenant: base.visible), in the same order.
 _GET_ITEMS = _LUA_COMMON + """
+local tenant = ARGV[2]
 local out = {}
-for i = 2, #ARGV do
+for i = 3, #ARGV do
   local ptr = redis.call('HGET', p .. 'items', ARGV[i])
   local item = false
   if ptr then
     local space = string.find(ptr, ' ', 1, true)
-    local list = string.sub(ptr, 1, 1) == 'i' and ':in' or ':out'
-    item = redis.call('LINDEX', rkey(string.sub(ptr, space + 1)) .. list, tonumber(string.sub(ptr, 2, space - 1)))
+    local key = rkey(string.sub(ptr, space + 1))
+    local owner = redis.call('HGET', key, 'tenant')
+    if tenant == '' or not owner or owner == '' or owner == tenant then
+      local list = string.sub(ptr, 1, 1) == 'i' and ':in' or ':out'
+      item = redis.call('LINDEX', key .. list, tonumber(string.sub(ptr, 2, space - 1)))
+    end
   end
   out[#out + 1] = item
 end
@@ -228,13 +238,23 @@ local function add_items(first)
 end
 """
 
-# ARGV: prefix, id, conversation JSON, now, (item id, item JSON)...
+# ARGV: prefix, id, conversation JSON, now, tenant ('' for none), (item id, item JSON)...
 _CREATE_CONVERSATION = _LUA_CONVERSATION + """
 redis.call('DEL', key .. ':order', key .. ':items')
 redis.call('SET', key, ARGV[3])
 redis.call('ZADD', p .. 'conversations', ARGV[4], ARGV[2])
 redis.call('HSET', p .. 'bytes', 'c:' .. ARGV[2], string.len(ARGV[3]))
-add_items(5)
+if ARGV[5] == '' then redis.call('HDEL', p .. 'tenants', 'c:' .. ARGV[2]) else redis.call('HSET', p .. 'tenants', 'c:' .. ARGV[2], ARGV[5]) end
+add_items(6)
+"""
+
+# ARGV: prefix, id, conversation JSON, now; its bytes follow the new object's length.
+_UPDATE_CONVERSATION = _LUA_CONVERSATION + """
+if redis.call('EXISTS', key) == 0 then return 0 end
+redis.call('HINCRBY', p .. 'bytes', 'c:' .. ARGV[2], string.len(ARGV[3]) - redis.call('STRLEN', key))
+redis.call('SET', key, ARGV[3])
+redis.call('ZADD', p .. 'conversations', ARGV[4], ARGV[2])
+return 1
 """
 
 # ARGV: prefix, id, now, (item id, item JSON)...
@@ -286,6 +306,7 @@ for i = 2, #ARGV do
   redis.call('ZREM', p .. 'conversations', ARGV[i])
   redis.call('DEL', key .. ':order', key .. ':items')
   redis.call('HDEL', p .. 'bytes', 'c:' .. ARGV[i])
+  redis.call('HDEL', p .. 'tenants', 'c:' .. ARGV[i])
   deleted = deleted + redis.call('DEL', key)
 end
 return deleted
@@ -324,6 +345,7 @@ class RedisStore(Store):
         self._request_cancel = script(_REQUEST_CANCEL)
         self._create_conversation = script(_CREATE_CONVERSATION)
         self._add_items = script(_ADD_ITEMS)
+        self._update_conversation = script(_UPDATE_CONVERSATION)
         self._delete_item = script(_DELETE_ITEM)
         self._list_items = script(_LIST_ITEMS)
         self._delete_conversations = script(_DELETE_CONVERSATIONS)
@@ -347,7 +369,7 @@ class RedisStore(Store):
         args = [
             self.prefix, record.id, orjson.dumps(record.response), _running(record.response), record.owner or "",
             record.previous_response_id or "", record.conversation_id or "", int(record.background),
-            repr(record.created_at), orjson.dumps([i for i in ids if i]), len(inputs),
+            repr(record.created_at), orjson.dumps([i for i in ids if i]), record.tenant or "", len(inputs),
             *map(orjson.dumps, inputs), *ids,
         ]
         with _unavailable():
@@ -372,30 +394,30 @@ class RedisStore(Store):
         key = self._response_key(response_id)
         with _unavailable():
             async with self._redis.pipeline(transaction=True) as pipe:  # one snapshot: MULTI/EXEC
-                pipe.hmget(key, "data", "prev", "conv", "bg", "owner")
+                pipe.hmget(key, "data", "prev", "conv", "bg", "owner", "tenant")
                 if with_input:
                     pipe.lrange(f"{key}:in", 0, -1)
                 replies = await pipe.execute()
-        data, previous, conversation, background, owner = replies[0]
+        data, previous, conversation, background, owner, tenant = replies[0]
         if data is None:
             return None
         inputs = [orjson.loads(item) for item in replies[1]] if with_input else None
         size = len(data.encode()) + (sum(len(item.encode()) for item in replies[1]) if with_input else 0)
         return StoredResponse(
             orjson.loads(data), inputs, previous or None, conversation or None, background == "1", owner or None,
-            size=size,
+            size=size, tenant=tenant or None,
         )
 
     async def delete_response(self, response_id: str) -> bool:
         with _unavailable():
             return bool(await self._delete_responses(args=[self.prefix, "0", response_id]))
 
-    async def get_items(self, item_ids: list[str]) -> dict[str, JSON]:
+    async def get_items(self, item_ids: list[str], tenant: str | None = None) -> dict[str, JSON]:
         ids = list(dict.fromkeys(item_ids))
         if not ids:
             return {}
         with _unavailable():
-            found = await self._get_items(args=[self.prefix, *ids])
+            found = await self._get_items(args=[self.prefix, tenant or "", *ids])
         return {item_id: orjson.loads(item) for item_id, item in zip(ids, found) if item is not None}
 
     # -- background events and cancellation -----------------------------------------------
@@ -459,29 +481,24 @@ class RedisStore(Store):
             return await self._redis.zcard(f"{self.prefix}responses")
 
     # -- conversations --------------------------------------------------------------------
-    async def create_conversation(self, conversation: JSON, items: list[JSON]) -> None:
-        args = [self.prefix, conversation["id"], orjson.dumps(conversation), repr(time.time()), *_pairs(items)]
+    async def create_conversation(self, conversation: JSON, items: list[JSON], tenant: str | None = None) -> None:
+        args = [self.prefix, conversation["id"], orjson.dumps(conversation), repr(time.time()), tenant or "", *_pairs(items)]
         with _unavailable():
             await self._create_conversation(args=args)
 
-    async def get_conversation(self, conversation_id: str) -> JSON | None:
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
         with _unavailable():
-            data = await self._redis.get(self._conversation_key(conversation_id))
-        return None if data is None else orjson.loads(data)
-
-    async def conversation_size(self, conversation_id: str) -> int | None:
-        with _unavailable():
-            size = await self._redis.hget(f"{self.prefix}bytes", f"c:{conversation_id}")
-        return None if size is None else int(size)
+            async with self._redis.pipeline(transaction=True) as pipe:  # one snapshot: MULTI/EXEC
+                pipe.get(self._conversation_key(conversation_id))
+                pipe.hget(f"{self.prefix}bytes", f"c:{conversation_id}")
+                pipe.hget(f"{self.prefix}tenants", f"c:{conversation_id}")
+                data, size, tenant = await pipe.execute()
+        return None if data is None else StoredConversation(orjson.loads(data), int(size or 0), tenant or None)
 
     async def update_conversation(self, conversation: JSON) -> bool:
-        cid = conversation["id"]
+        args = [self.prefix, conversation["id"], orjson.dumps(conversation), repr(time.time())]
         with _unavailable():
-            async with self._redis.pipeline(transaction=True) as pipe:  # both only if it exists
-                pipe.set(self._conversation_key(cid), orjson.dumps(conversation), xx=True)
-                pipe.zadd(f"{self.prefix}conversations", {cid: time.time()}, xx=True)
-                replies = await pipe.execute()
-        return bool(replies[0])
+            return bool(await self._update_conversation(args=args))
 
     async def delete_conversation(self, conversation_id: str) -> bool:
         with _unavailable():

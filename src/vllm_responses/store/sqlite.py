@@ -33,7 +33,9 @@ from typing import Any, TypeVar
 import orjson
 
 from ..private import make_dir, touch
-from .base import JSON, RUNNING_STATUSES, ItemPage, Order, Retention, Store, StoredResponse, StoreUnavailable, page_of
+from .base import (
+    JSON, RUNNING_STATUSES, ItemPage, Order, Retention, Store, StoredConversation, StoredResponse, StoreUnavailable, page_of,
+)
 
 T = TypeVar("T")
 
@@ -101,6 +103,11 @@ _MIGRATIONS: list[list[str]] = [
             + (SELECT COALESCE(SUM(length(CAST(data AS BLOB))), 0) FROM events WHERE response_id = responses.id)""",
         """UPDATE conversations SET bytes = length(data)
             + (SELECT COALESCE(SUM(length(data)), 0) FROM conversation_items WHERE conversation_id = conversations.id)""",
+    ],
+    # 3: the tenant (API key) that made each record; NULL: shared, as every older record is.
+    [
+        "ALTER TABLE responses ADD COLUMN tenant TEXT",
+        "ALTER TABLE conversations ADD COLUMN tenant TEXT",
     ],
 ]
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -287,10 +294,10 @@ class SQLiteStore(Store):
         data = orjson.dumps(record.response)
         conn.execute(
             "INSERT INTO responses (id, created_at, running, owner, previous_response_id, conversation_id, background,"
-            " data, bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            " data, bytes, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
             (
                 record.id, record.created_at, _running(record.response), record.owner,
-                record.previous_response_id, record.conversation_id, record.background, data,
+                record.previous_response_id, record.conversation_id, record.background, data, record.tenant,
             ),
         )
         size = len(data) + _store_items(conn, record.id, INPUT, record.input_items or [], record.client_ids)
@@ -334,7 +341,7 @@ class SQLiteStore(Store):
     def _get_response(self, conn: sqlite3.Connection, response_id: str, with_input: bool) -> StoredResponse | None:
         with _read(conn):
             row = conn.execute(
-                "SELECT data, previous_response_id, conversation_id, background, owner FROM responses WHERE id = ?",
+                "SELECT data, previous_response_id, conversation_id, background, owner, tenant FROM responses WHERE id = ?",
                 (response_id,),
             ).fetchone()
             if row is None:
@@ -347,8 +354,10 @@ class SQLiteStore(Store):
                 ).fetchall()
                 inputs = [orjson.loads(data) for (data,) in rows]
                 size += sum(len(data) for (data,) in rows)
-        data, previous, conversation, background, owner = row
-        return StoredResponse(orjson.loads(data), inputs, previous, conversation, bool(background), owner, size=size)
+        data, previous, conversation, background, owner, tenant = row
+        return StoredResponse(
+            orjson.loads(data), inputs, previous, conversation, bool(background), owner, size=size, tenant=tenant
+        )
 
     async def delete_response(self, response_id: str) -> bool:
         return await self._run(self._delete_response, response_id)
@@ -357,18 +366,20 @@ class SQLiteStore(Store):
         with _write(conn):
             return _delete_response_rows(conn, response_id)
 
-    async def get_items(self, item_ids: list[str]) -> dict[str, JSON]:
-        return await self._run(self._get_items, item_ids)
+    async def get_items(self, item_ids: list[str], tenant: str | None = None) -> dict[str, JSON]:
+        return await self._run(self._get_items, item_ids, tenant)
 
-    def _get_items(self, conn: sqlite3.Connection, item_ids: list[str]) -> dict[str, JSON]:
+    def _get_items(self, conn: sqlite3.Connection, item_ids: list[str], tenant: str | None) -> dict[str, JSON]:
         found: dict[str, JSON] = {}
         with _read(conn):
             for chunk in _chunks(list(dict.fromkeys(item_ids))):
+                # base.visible, in SQL: a request without a tenant sees all, a record without one is seen by all.
                 rows = conn.execute(
                     "SELECT x.item_id, i.data FROM item_index x JOIN response_items i"
                     " ON i.response_id = x.response_id AND i.kind = x.kind AND i.position = x.position"
-                    f" WHERE x.item_id IN ({_marks(chunk)})",
-                    chunk,
+                    " JOIN responses r ON r.id = x.response_id"
+                    f" WHERE x.item_id IN ({_marks(chunk)}) AND (? IS NULL OR r.tenant IS NULL OR r.tenant = ?)",
+                    [*chunk, tenant, tenant],
                 ).fetchall()
                 found.update((item_id, orjson.loads(data)) for item_id, data in rows)
         return found
@@ -447,33 +458,26 @@ class SQLiteStore(Store):
         return await self._run(lambda conn: conn.execute("SELECT COUNT(*) FROM responses").fetchone()[0])
 
     # -- conversations --------------------------------------------------------------------
-    async def create_conversation(self, conversation: JSON, items: list[JSON]) -> None:
-        await self._run(self._create_conversation, conversation, items)
+    async def create_conversation(self, conversation: JSON, items: list[JSON], tenant: str | None = None) -> None:
+        await self._run(self._create_conversation, conversation, items, tenant)
 
-    def _create_conversation(self, conn: sqlite3.Connection, conversation: JSON, items: list[JSON]) -> None:
+    def _create_conversation(self, conn: sqlite3.Connection, conversation: JSON, items: list[JSON], tenant: str | None) -> None:
         cid = conversation["id"]
         with _write(conn):
             conn.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (cid,))
             conn.execute(
-                "INSERT OR REPLACE INTO conversations (id, updated_at, data) VALUES (?, ?, ?)",
-                (cid, time.time(), orjson.dumps(conversation)),
+                "INSERT OR REPLACE INTO conversations (id, updated_at, data, tenant) VALUES (?, ?, ?, ?)",
+                (cid, time.time(), orjson.dumps(conversation), tenant),
             )
             _add_conversation_items(conn, cid, items)
             _resize_conversation(conn, cid)
 
-    async def get_conversation(self, conversation_id: str) -> JSON | None:
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
         return await self._run(self._get_conversation, conversation_id)
 
-    def _get_conversation(self, conn: sqlite3.Connection, conversation_id: str) -> JSON | None:
-        row = conn.execute("SELECT data FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-        return None if row is None else orjson.loads(row[0])
-
-    async def conversation_size(self, conversation_id: str) -> int | None:
-        return await self._run(self._conversation_size, conversation_id)
-
-    def _conversation_size(self, conn: sqlite3.Connection, conversation_id: str) -> int | None:
-        row = conn.execute("SELECT bytes FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
-        return None if row is None else row[0]
+    def _get_conversation(self, conn: sqlite3.Connection, conversation_id: str) -> StoredConversation | None:
+        row = conn.execute("SELECT data, bytes, tenant FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        return None if row is None else StoredConversation(orjson.loads(row[0]), row[1], row[2])
 
     async def update_conversation(self, conversation: JSON) -> bool:
         return await self._run(self._update_conversation, conversation)
