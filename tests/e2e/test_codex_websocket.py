@@ -1,6 +1,7 @@
 """Codex CLI over WebSocket mode (``supports_websockets = true``), and the model catalog it
 fetches from ``/v1/models`` (its provider authenticates by command, which makes Codex ask)."""
 
+import json
 from itertools import pairwise
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import httpx
 from codex import CodexRun, run_codex, thread_requests
 from demo_requests import CASES
 from server import Server
+from vllm_responses.codex_models import BASE_INSTRUCTIONS
 
 METADATA_WARNING = "Model metadata for"
 
@@ -39,7 +41,12 @@ def check_over_the_socket(requests: list[dict], turns: int) -> None:
 def test_codex_single_turn_over_websocket(tmp_path: Path, server: Server) -> None:
     run = over_websocket(tmp_path, server.base_url, "Hello there!")
     assert run.last.strip() == CASES["default"].content
-    check_over_the_socket(socket_requests(server, run.thread_id()), turns=1)
+    requests = socket_requests(server, run.thread_id())
+    check_over_the_socket(requests, turns=1)
+    # The catalog's base_instructions replace Codex's own prompt (README says so): the first
+    # message of the thread (the warm-up's; the next step continues from it).
+    first = requests[0]["input"][0]
+    assert first["role"] == "developer" and first["content"][0]["text"] == BASE_INSTRUCTIONS, json.dumps(first)[:500]
 
 
 def test_codex_exec_command_loop_over_websocket(tmp_path: Path, server: Server) -> None:
