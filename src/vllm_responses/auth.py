@@ -27,8 +27,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import __version__
 from .errors import invalid_api_key
 from .paths import under
-from .settings import tenancy_from_env
-from .tenancy import SCOPE_KEY, Tenancy, tenants
+from .settings import Tenancy, tenancy_from_env
+from .tenancy import SCOPE_KEY, tenants
 
 # The class vLLM adds for ``--api-key`` (vllm.entrypoints.serve.middleware.authenticate), found by
 # name so that this module imports nothing from vLLM.

@@ -19,10 +19,11 @@ from typing import BinaryIO
 
 from .logs import get_logger
 from .private import create, make_dir
+from .settings import DEFAULT_CAPTURE_MAX
 
 logger = get_logger(__name__)
 
-DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
+DEFAULT_MAX_BYTES = DEFAULT_CAPTURE_MAX
 QUEUE_BYTES = 64 * 1024 * 1024
 
 

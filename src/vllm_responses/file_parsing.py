@@ -27,21 +27,10 @@ import orjson
 
 from . import chat, files
 from .errors import APIError, invalid_request
+from .settings import FileLimits
 
 PARSE_PROCESSES = 2  # PDFs read at once per API process; more wait their turn
 CACHE_BYTES = 32 * 1024 * 1024  # text kept for PDFs already read (characters ~ bytes)
-
-
-@dataclass(frozen=True)
-class FileLimits:
-    """``max_files``, ``max_bytes``: files in one prompt and their decoded bytes together.
-    ``parse_s``: seconds all PDFs of one request may take to read. ``parse_memory_bytes``:
-    the address space of the process that reads one."""
-
-    max_files: int = 32
-    max_bytes: int = 32 * 1024 * 1024
-    parse_s: float = 10.0
-    parse_memory_bytes: int = 1024 * 1024 * 1024
 
 
 class _TextCache:

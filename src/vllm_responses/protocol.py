@@ -19,7 +19,7 @@ from openai.types.responses.response_create_params import ResponseCreateParamsBa
 from openai.types.responses.response_input_item import ItemReference
 from pydantic import TypeAdapter, ValidationError
 
-from . import prompt_cache
+from .prompt_cache import ITEMS
 from .deltas import Sampling
 from .chat import chat_name, chat_tools
 from .errors import invalid_request
@@ -296,7 +296,7 @@ def parse_items(raw: list[Any], where: str, salt: str | None = None) -> list[Any
     """Input items (a request's, or stored ones going back to the model) as typed items.
     An item reference may leave out its ``type``; it is given one, so that it reads as one.
     ``salt``: the request's ``cache_salt`` (the validation cache is keyed by it too)."""
-    items = prompt_cache.ITEMS.validate(raw, lambda batch: _validate(_INPUT_ITEMS, [_lenient_item(item) for item in batch], where, strict=True), salt)
+    items = ITEMS.validate(raw, lambda batch: _validate(_INPUT_ITEMS, [_lenient_item(item) for item in batch], where, strict=True), salt)
     return [item.model_copy(update={"type": "item_reference"}) if isinstance(item, ItemReference) and item.type is None else item for item in items]
 
 

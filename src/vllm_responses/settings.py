@@ -10,8 +10,8 @@ import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
-from .capture import DEFAULT_MAX_BYTES as DEFAULT_CAPTURE_MAX
 from .environment import (
     CAPTURE_DIR,
     CAPTURE_MAX_MB,
@@ -41,9 +41,13 @@ from .environment import (
     WS_MAX_MESSAGE,
     WS_MAX_SECONDS,
 )
-from .file_parsing import FileLimits
 from .store import Retention, default_url
-from .tenancy import MODES, Tenancy
+
+DEFAULT_CAPTURE_MAX = 1024 * 1024 * 1024  # the capture directory's bound (:mod:`.capture`)
+
+# Whether API keys are tenants (:mod:`.tenancy`).
+Tenancy = Literal["per-key", "shared"]
+MODES: tuple[Tenancy, ...] = ("per-key", "shared")
 
 # The stored history one request may continue (a chain or a conversation), counted as it
 # loads: past it, 400 ``history_too_large`` (history.py); as much as one request body may carry.
@@ -51,6 +55,18 @@ DEFAULT_MAX_HISTORY_BYTES = 64 * 1024 * 1024
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 DEFAULT_WS_MAX_MESSAGE = 16 * 1024 * 1024  # uvicorn's own frame limit (``--ws-max-size``)
+
+
+@dataclass(frozen=True)
+class FileLimits:
+    """``max_files``, ``max_bytes``: files in one prompt and their decoded bytes together.
+    ``parse_s``: seconds all PDFs of one request may take to read. ``parse_memory_bytes``:
+    the address space of the process that reads one."""
+
+    max_files: int = 32
+    max_bytes: int = 32 * 1024 * 1024
+    parse_s: float = 10.0
+    parse_memory_bytes: int = 1024 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -106,7 +122,7 @@ class Settings:
     keepalive_s: float = 10.0
     prompt_cache_bytes: int = 64 * 1024 * 1024
     max_history_bytes: int = DEFAULT_MAX_HISTORY_BYTES
-    # ``input_file`` parts: see :class:`.file_parsing.FileLimits`.
+    # ``input_file`` parts: see :class:`FileLimits`.
     files: FileLimits = FileLimits()
     requests: RequestLimits = RequestLimits()
     max_background: int = 256

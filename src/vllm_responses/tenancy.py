@@ -15,12 +15,10 @@ request's tenant into its ASGI scope; the routes read it with :func:`tenant_of`.
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from typing import Literal
 
 from starlette.types import Scope
 
-Tenancy = Literal["per-key", "shared"]
-MODES: tuple[Tenancy, ...] = ("per-key", "shared")
+from .settings import Tenancy
 
 SCOPE_KEY = "vllm_responses.tenant"
 _SALT = b"vllm-responses/tenant/v1"
