@@ -6,7 +6,7 @@ the users' command, three ways, round after round in rotating order:
 
 - ours: ``POST /v1/responses`` with the Responses body, as Codex sends it;
 - chat: ``POST /v1/chat/completions`` with the chat messages our adapter makes of it
-  (``vllm_responses.chat``), so the template renders the same prompt;
+  (``vllm_responses.request.chat``), so the template renders the same prompt;
 - floor: ``POST /v1/completions`` with that prompt as token ids (vLLM's ``/tokenize`` of the
   same messages): no rendering, no tokenizing, only the engine and HTTP.
 
@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from long_history import codex_body
 from server import Server
 
-from vllm_responses import chat, protocol
+from vllm_responses.request import chat, protocol
 
 
 def chat_body(ours: dict, tokens: int, stream: bool = True) -> dict:

@@ -3,7 +3,7 @@
 Drives ``service.Run`` (the path every transport reads) over synthetic deltas with no engine
 and no transport, and reports nanoseconds per event; run it once on a checkout without the
 metrics for the baseline (``PYTHONPATH=/path/to/old/src``). Then it times the accounting one
-response costs (:func:`vllm_responses.metrics.response_ended` and a time-to-first-event
+response costs (:func:`vllm_responses.common.metrics.response_ended` and a time-to-first-event
 observation), which is all the hot path pays: nothing per event.
 
     python benchmarks/bench_run_metrics.py [--deltas 20000] [--responses 2000] [--repeat 5]
@@ -14,10 +14,10 @@ import asyncio
 import json
 import time
 
-from vllm_responses.deltas import Finish, Sampling, Started, TextDelta, Usage
-from vllm_responses.protocol import initial_response, parse_request
-from vllm_responses.run import Run
-from vllm_responses.stream import ResponseStream
+from vllm_responses.events.deltas import Finish, Sampling, Started, TextDelta, Usage
+from vllm_responses.request.protocol import initial_response, parse_request
+from vllm_responses.core.run import Run
+from vllm_responses.events.stream import ResponseStream
 
 REQUEST = parse_request(json.dumps({"model": "demo", "input": "hi"}).encode())
 
@@ -48,7 +48,7 @@ async def many_runs(responses: int, n: int) -> float:
 
 def accounting(responses: int) -> float | None:
     try:
-        from vllm_responses import metrics
+        from vllm_responses.common import metrics
     except ImportError:  # the baseline checkout has no metrics
         return None
     t0 = time.perf_counter()

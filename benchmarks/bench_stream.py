@@ -16,10 +16,10 @@ import time
 import orjson
 from openai.types.responses import ResponseTextDeltaEvent
 
-from vllm_responses.deltas import Finish, ReasoningDelta, Sampling, TextDelta, ToolCallDelta, Usage
-from vllm_responses.protocol import initial_response, parse_request
-from vllm_responses.sse import frames
-from vllm_responses.stream import ResponseStream, StreamOptions
+from vllm_responses.events.deltas import Finish, ReasoningDelta, Sampling, TextDelta, ToolCallDelta, Usage
+from vllm_responses.request.protocol import initial_response, parse_request
+from vllm_responses.events.wire import frames
+from vllm_responses.events.stream import ResponseStream, StreamOptions
 
 WORDS = [" alpha", " beta", " gamma", ' "quoted"', " é", "\n", " delta", " 42"]
 

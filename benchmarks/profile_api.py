@@ -37,7 +37,7 @@ CATEGORIES: list[tuple[str, object]] = [
     ("vLLM's output handler (detokenizing, stats)", lambda s, leaf: "output_handler" in s),
     ("vLLM's reasoning/tool parser", lambda s, leaf: "vllm/parser" in s or "reasoning/" in s or "tool_parsers" in s),
     ("events: state machine, serialization, SSE framing", lambda s, leaf: any(x in s for x in (
-        "vllm_responses/stream.py", "event_json", "frame_of", "frames ("))),
+        "vllm_responses/events/", "event_json", "frame_of", "frames ("))),
     ("request intake (parse, validate, render, tokenize)", lambda s, leaf: any(x in s for x in (
         "ResponsesService.create", "VllmEngine.prepare", "parse_request", "create_responses", "render", "_preprocess", "validate"))),
     ("upstream's Responses layer", lambda s, leaf: "vllm/entrypoints/openai/responses" in s or "serving_responses" in s),

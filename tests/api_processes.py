@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 from server import Server
 
-from vllm_responses.conformance import parse_sse
-from vllm_responses.routes import PROCESS_HEADER
+from vllm_responses.events.conformance import parse_sse
+from vllm_responses.api.routes import PROCESS_HEADER
 
 TRIES = 200
 UNAVAILABLE = 5  # 503s one call retries before it fails

@@ -13,7 +13,7 @@ from codex_cli_bin import bundled_codex_path
 
 from doc_blocks import codex_config, provider, to_toml
 from probes import wait_until
-from vllm_responses.conformance import parse_sse
+from vllm_responses.events.conformance import parse_sse
 
 
 def codex_home(tmp_path: Path, base_url: str, *, websockets: bool = False, auto_compact_limit: int | None = None,

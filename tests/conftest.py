@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import server as harness  # noqa: E402
 from server import ExternalServer, Server, running  # noqa: E402
 
-from vllm_responses.conformance import check_events, parse_sse  # noqa: E402
+from vllm_responses.events.conformance import check_events, parse_sse  # noqa: E402
 
 TESTS = Path(__file__).parent
 TIERS = ("unit", "e2e", "slow")  # the order they run in

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from vllm_responses.backend import Engine, Prepared
-from vllm_responses.deltas import Delta, Finish, Sampling, Started, Usage
-from vllm_responses.errors import EngineFailure, model_not_found
-from vllm_responses.protocol import ResponsesRequest
+from vllm_responses.engine.base import Engine, Prepared
+from vllm_responses.events.deltas import Delta, Finish, Sampling, Started, Usage
+from vllm_responses.common.errors import EngineFailure, model_not_found
+from vllm_responses.request.protocol import ResponsesRequest
 
 
 @dataclass

@@ -14,7 +14,7 @@ from typing import TypeVar
 import httpx
 import psutil
 
-from vllm_responses.conformance import check_events, parse_sse
+from vllm_responses.events.conformance import check_events, parse_sse
 
 T = TypeVar("T")
 

@@ -14,12 +14,15 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import auth, compaction_route, conversations, openapi, protocol, routes, token_count, websocket
-from .codex_models import CodexCatalog
-from .logs import get_logger, redact_url
-from .paths import families
-from .sealing import ReasoningSealer
-from .service import ResponsesService, warm_up
+from .api import auth, conversations, openapi, routes, websocket
+from .api import compact as compaction_route
+from .api import input_tokens as token_count
+from .api.codex_models import CodexCatalog
+from .api.paths import families
+from .common.logs import get_logger, redact_url
+from .common.sealing import ReasoningSealer
+from .core.service import ResponsesService, warm_up
+from .request import protocol
 from .settings import REASONING_KEYS, Settings
 from .store import StoreUnavailable, open_store
 
@@ -46,7 +49,7 @@ class ResponsesPlugin:
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
         if engine_client is None:  # the CPU-only render server has no engine
             return
-        from .vllm_engine import VllmEngine
+        from .engine.vllm import VllmEngine
 
         settings = Settings.from_env()
         sealer = ReasoningSealer(settings.reasoning_keys)

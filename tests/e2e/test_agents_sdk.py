@@ -7,7 +7,7 @@ from openai import AsyncOpenAI
 
 from demo_requests import CASES
 from sdk import wire
-from vllm_responses.conformance import assert_conforms
+from vllm_responses.events.conformance import assert_conforms
 
 set_tracing_disabled(True)  # no network here; traces would go to OpenAI
 

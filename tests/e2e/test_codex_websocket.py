@@ -9,7 +9,7 @@ import httpx
 from codex import CodexRun, run_codex, thread_requests
 from demo_requests import CASES
 from server import Server
-from vllm_responses.codex_models import BASE_INSTRUCTIONS
+from vllm_responses.api.codex_models import BASE_INSTRUCTIONS
 
 METADATA_WARNING = "Model metadata for"
 

@@ -17,8 +17,8 @@ from openai.types.responses.response_input_message_item import ResponseInputMess
 from pydantic import TypeAdapter
 from sdk import sdk
 
-from vllm_responses.compaction import SUMMARY_PREFIX, SUMMARY_PROMPT
-from vllm_responses.conformance import check_events, parse_sse
+from vllm_responses.core.compaction import SUMMARY_PREFIX, SUMMARY_PROMPT
+from vllm_responses.events.conformance import check_events, parse_sse
 
 SUMMARY = CASES["default"].content  # what the demo model answers to SUMMARY_PROMPT
 USER_1, USER_2, NEXT = "Hello there!", "Tell me more about yourself.", "Hello again!"

@@ -12,7 +12,7 @@ from probes import RawClient, captured_request, engine_requests, wait_until
 from server import Server
 from websockets.sync.client import connect
 
-from vllm_responses.conformance import parse_sse
+from vllm_responses.events.conformance import parse_sse
 
 LONG = {"model": "demo", "input": "Count forever.", "max_output_tokens": 30000}  # runs until stopped
 _LINE = re.compile(r"^(vllm_responses:[a-z_]+)(?:\{([^}]*)\})? (\S+)$", re.MULTILINE)

@@ -7,7 +7,7 @@ import httpx
 from media import AFTER_TOOL_TEXT, DEFAULT_TEXT, NO_REASONING_TEXT, answer, assert_error, b64, data_url, file, image, pdf_bytes, post, text, tool_turn, user
 from sdk import sdk
 
-from vllm_responses.conformance import assert_conforms, parse_sse
+from vllm_responses.events.conformance import assert_conforms, parse_sse
 
 
 def test_image_on_a_text_only_model_is_a_400(base_url: str) -> None:

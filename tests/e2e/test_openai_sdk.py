@@ -8,7 +8,7 @@ from openai import OpenAI
 
 from demo_requests import CASES, check_output
 from sdk import wire
-from vllm_responses.conformance import assert_conforms
+from vllm_responses.events.conformance import assert_conforms
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from server import demo_model_dir
 from tokenizers import Tokenizer
 
-from vllm_responses.conformance import check_response
+from vllm_responses.events.conformance import check_response
 
 ENDLESS = {"model": "demo", "input": "Count forever.", "max_output_tokens": 12}
 

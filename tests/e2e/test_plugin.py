@@ -7,7 +7,7 @@ import pytest
 from server import ExternalServer, Server
 
 from vllm_responses import __version__
-from vllm_responses.routes import VERSION_HEADER
+from vllm_responses.api.routes import VERSION_HEADER
 
 BODY = {"model": "demo", "input": "Hello there!"}
 

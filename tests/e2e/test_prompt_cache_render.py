@@ -24,7 +24,7 @@ import pytest
 from long_history import codex_body
 from server import demo_model_dir
 
-from vllm_responses import chat, protocol
+from vllm_responses.request import chat, protocol
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,7 @@ def _engine(**engine_args: Any) -> Any:
     from vllm.renderers import renderer_from_config
     from vllm.renderers.online_renderer import OnlineRenderer
 
-    from vllm_responses.vllm_engine import VllmEngine
+    from vllm_responses.engine.vllm import VllmEngine
 
     model = str(demo_model_dir())
     config = EngineArgs(model=model, served_model_name=["demo"], dtype="float32", **engine_args).create_engine_config()
@@ -161,7 +161,7 @@ def test_a_prompt_longer_than_the_context_is_tokenized_once_and_refused_as_witho
     tokenizer would, so a prompt too long is refused with the same error, and the whole
     prompt is never handed to the tokenizer (before: the cache gave up, and vLLM tokenized
     all of it a second time)."""
-    from vllm_responses.errors import APIError
+    from vllm_responses.common.errors import APIError
 
     engine = _engine(max_model_len=2_048)
     request = protocol.parse_request(json.dumps(codex_body(4, seed=8, instructions_chars=12_000)).encode())

@@ -9,8 +9,8 @@ import pytest
 from demo_requests import CASES, check_output
 from probes import RawClient, captured_request, wait_engine_idle, wait_until
 from server import Server
-from vllm_responses.conformance import assert_conforms, parse_sse
-from vllm_responses.routes import VERSION_HEADER
+from vllm_responses.events.conformance import assert_conforms, parse_sse
+from vllm_responses.api.routes import VERSION_HEADER
 
 
 # Seconds to wait for what a busy server does: while vLLM generates at full speed on 2 cores its

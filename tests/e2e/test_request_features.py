@@ -10,7 +10,7 @@ import pytest
 
 from demo_requests import CASES, CRM_NAMESPACE, WEATHER_TOOL, check_output
 from probes import kv_block_size
-from vllm_responses.conformance import assert_conforms, parse_sse
+from vllm_responses.events.conformance import assert_conforms, parse_sse
 from vllm_responses.demo_model.scenarios import APPLY_PATCH_INPUT, num_output_tokens
 
 
@@ -172,9 +172,9 @@ def test_conformance_cli(base_url: str, tmp_path) -> None:
     r = httpx.post(f"{base_url}/v1/responses", json=CASES["two_calls"].request(stream=True), timeout=120)
     good = tmp_path / "good.sse"
     good.write_bytes(r.content)
-    ok = subprocess.run([sys.executable, "-m", "vllm_responses.conformance", str(good)], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-m", "vllm_responses.events.conformance", str(good)], capture_output=True, text=True)
     assert ok.returncode == 0 and "conforms" in ok.stdout
     bad = tmp_path / "bad.sse"
     bad.write_bytes(r.content.rsplit(b"event: response.completed", 1)[0])
-    broken = subprocess.run([sys.executable, "-m", "vllm_responses.conformance", str(bad)], capture_output=True, text=True)
+    broken = subprocess.run([sys.executable, "-m", "vllm_responses.events.conformance", str(bad)], capture_output=True, text=True)
     assert broken.returncode == 1 and "terminal" in broken.stdout

@@ -13,7 +13,7 @@ from openai import OpenAI
 from demo_requests import CASES, WEATHER_TOOL
 from probes import kv_block_size, wait_engine_idle
 from sdk import sdk, wait_status, wire
-from vllm_responses.conformance import assert_conforms
+from vllm_responses.events.conformance import assert_conforms
 
 PARIS = "What is the weather in Paris?"
 

@@ -28,8 +28,8 @@ from probes import wait_until
 from server import Server, running
 from websockets.asyncio.client import connect
 
-from vllm_responses.conformance import assert_conforms, parse_sse
-from vllm_responses.routes import PROCESS_HEADER
+from vllm_responses.events.conformance import assert_conforms, parse_sse
+from vllm_responses.api.routes import PROCESS_HEADER
 
 PARIS = "What is the weather in Paris?"
 KEYS = {"VLLM_RESPONSES_REASONING_KEYS": base64.b64encode(bytes(range(32))).decode()}

@@ -16,7 +16,7 @@ from server import Server, running
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from vllm_responses import conversations, routes, websocket
+from vllm_responses.api import conversations, routes, websocket
 from vllm_responses.environment import KEEPALIVE, PROMPT_CACHE_MB
 
 KEY = "sk-test-key"

@@ -17,10 +17,10 @@ from probes import engine_core, metric, wait_until
 from sdk import sdk, wait_status
 from server import Server, others_paused, running
 
-from vllm_responses.conformance import check_events, parse_sse
-from vllm_responses.errors import ENGINE_DEAD
+from vllm_responses.events.conformance import check_events, parse_sse
+from vllm_responses.common.errors import ENGINE_DEAD
 from vllm_responses.store import open_store
-from vllm_responses.stream import TERMINAL_EVENTS
+from vllm_responses.events.stream import TERMINAL_EVENTS
 
 # Long enough to be running still when the slowest /metrics read (seconds on a busy machine) sees all three.
 FOREVER = {"model": "demo", "input": "Count forever.", "max_output_tokens": 30000}

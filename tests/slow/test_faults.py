@@ -25,7 +25,7 @@ from server import Server, others_paused, running
 
 from vllm_responses.store import StoredResponse
 from vllm_responses.store.sqlite import SQLiteStore
-from vllm_responses.stream import TERMINAL_EVENTS
+from vllm_responses.events.stream import TERMINAL_EVENTS
 
 # A dead server's responses are failed once its lease runs out (see test_processes.py for why
 # not shorter on this 2-core machine).

@@ -6,8 +6,8 @@ Every one of 256 concurrent streams ends with exactly one terminal event, passes
 conformance checker and carries its own request's answer (its scenario's script, its
 metadata, its id; the same response is then retrieved from the store). A client that
 reads nothing of a long stream holds back only its own stream: the server stops producing
-its frames once the socket buffers are full (:class:`~vllm_responses.sse.EventStream` awaits
-each ``send``, uvicorn's flow control pauses it, and :class:`~vllm_responses.service.Run` pulls
+its frames once the socket buffers are full (:class:`~vllm_responses.api.sse.EventStream` awaits
+each ``send``, uvicorn's flow control pauses it, and :class:`~vllm_responses.core.service.Run` pulls
 deltas from the engine only as frames leave) while the engine goes on, and other streams
 complete meanwhile. What the engine makes meanwhile waits in vLLM's own output collector,
 merged (vLLM's design, bounded by ``max_output_tokens``), until the client reads or leaves.
@@ -26,8 +26,8 @@ from demo_requests import CASES, Case, check_output
 from probes import RawClient, captured_request, metric, wait_engine_idle, wait_until
 from server import Server, running
 
-from vllm_responses.conformance import check_events, parse_sse
-from vllm_responses.stream import TERMINAL_EVENTS
+from vllm_responses.events.conformance import check_events, parse_sse
+from vllm_responses.events.stream import TERMINAL_EVENTS
 
 STREAMS = 256
 # The endless scenario cut at different lengths: same scenario, answers told apart by length.

@@ -17,10 +17,10 @@ from openai import OpenAI
 
 from sdk import sdk
 from server import Server, demo_model_dir, running
-from vllm_responses.conformance import assert_conforms, parse_sse
+from vllm_responses.events.conformance import assert_conforms, parse_sse
 from vllm_responses.demo_model import scenarios as sc
 from vllm_responses.demo_model.lora import build_adapter
-from vllm_responses.routes import VERSION_HEADER
+from vllm_responses.api.routes import VERSION_HEADER
 
 HELLO = "Hello there!"  # the `default` scenario
 BASE_TEXT = sc.expected_content("default")

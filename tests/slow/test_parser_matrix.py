@@ -33,7 +33,7 @@ from openai import OpenAI
 from demo_requests import CASES, EXEC_TOOL, WEATHER_TOOL, Case, check_output
 from sdk import sdk
 from server import Server, others_paused
-from vllm_responses.conformance import assert_conforms, check_events, parse_sse
+from vllm_responses.events.conformance import assert_conforms, check_events, parse_sse
 from vllm_responses.demo_model import scenarios as sc
 from vllm_responses.demo_model.build import build
 

@@ -31,8 +31,8 @@ from redis_server import RedisServer
 from sdk import sdk, wait_status, wire
 from server import Server, others_paused
 
-from vllm_responses.conformance import assert_conforms
-from vllm_responses.routes import PROCESS_HEADER
+from vllm_responses.events.conformance import assert_conforms
+from vllm_responses.api.routes import PROCESS_HEADER
 
 PARIS = "What is the weather in Paris?"
 # A dead process is noticed within seconds. Not less: on this 2-core machine a server generating

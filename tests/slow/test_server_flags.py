@@ -16,7 +16,7 @@ import pytest
 from probes import RawClient, engine_core, wait_engine_idle, wait_until
 from server import Server, demo_model_dir, running
 
-from vllm_responses.conformance import check_response
+from vllm_responses.events.conformance import check_response
 
 ENDLESS = {"model": "demo", "input": "Count forever.", "max_output_tokens": 12}
 # Holds the one sequence while the engine queues the others: 1,000 tokens, the most

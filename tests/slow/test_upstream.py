@@ -7,7 +7,7 @@ import httpx
 import pytest
 from server import Server, running
 
-from vllm_responses.routes import VERSION_HEADER
+from vllm_responses.api.routes import VERSION_HEADER
 
 BODY = {"model": "demo", "input": "Hello there!"}
 

@@ -23,7 +23,7 @@ from media import AFTER_TOOL_TEXT, DEFAULT_TEXT, HELLO, IMAGE_COST, PNG, answer,
 from sdk import sdk
 from server import Server, demo_model_dir, running
 
-from vllm_responses.conformance import assert_conforms, parse_sse
+from vllm_responses.events.conformance import assert_conforms, parse_sse
 from vllm_responses.demo_model.vision import SERVE_ARGS, build_vision
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from server import ExternalServer, Server, running
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from vllm_responses.conformance import check_events, parse_sse
+from vllm_responses.events.conformance import check_events, parse_sse
 
 MAX_SECONDS = 30
 MAX_MESSAGE = 64 * 1024

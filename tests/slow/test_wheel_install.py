@@ -24,7 +24,7 @@ import httpx
 import pytest
 from server import ROOT, running
 
-from vllm_responses.routes import VERSION_HEADER
+from vllm_responses.api.routes import VERSION_HEADER
 
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 DIST = PROJECT["name"].replace("-", "_")

@@ -1,5 +1,5 @@
 """A background response whose server died mid-stream (``kill -9``) is ended by whoever
-notices (:func:`~vllm_responses.background.abandon`): ``failed``, and its stored stream then
+notices (:func:`~vllm_responses.core.background.abandon`): ``failed``, and its stored stream then
 replays as a conformant one, wherever it was cut: the item open at the kill closed
 ``incomplete`` with what had streamed into it, the response's ``output`` equal to the items
 its stream showed. The real-server version is tests/e2e/test_faults.py."""
@@ -9,21 +9,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from vllm_responses.background import abandon
-from vllm_responses.conformance import check_events
-from vllm_responses.deltas import (
-    ReasoningDelta,
-    Sampling,
-    TextDelta,
-    TokenLogprob,
-    ToolCallDelta,
-)
-from vllm_responses.items import stored_response
-from vllm_responses.protocol import initial_response, parse_request
-from vllm_responses.sse import event_json
+from vllm_responses.core.background import abandon
+from vllm_responses.events.conformance import check_events
+from vllm_responses.events.deltas import ReasoningDelta, Sampling, TextDelta, TokenLogprob, ToolCallDelta
+from vllm_responses.request.items import stored_response
+from vllm_responses.request.protocol import initial_response, parse_request
+from vllm_responses.events.wire import event_json
 from vllm_responses.store import StoredResponse
 from vllm_responses.store.sqlite import SQLiteStore
-from vllm_responses.stream import ResponseStream, StreamOptions
+from vllm_responses.events.stream import ResponseStream, StreamOptions
 
 DELTAS = [
     ReasoningDelta("Let me"), ReasoningDelta(" think."),

@@ -13,11 +13,11 @@ from demo_requests import HOSTED_TOOLS
 from fakes import ScriptedEngine
 from test_routes import SCRIPT, post
 
-from vllm_responses.chat import chat_tools
-from vllm_responses.conformance import check_response
-from vllm_responses.errors import APIError
-from vllm_responses.protocol import parse_request
-from vllm_responses.vllm_engine import VllmEngine
+from vllm_responses.request.chat import chat_tools
+from vllm_responses.events.conformance import check_response
+from vllm_responses.common.errors import APIError
+from vllm_responses.request.protocol import parse_request
+from vllm_responses.engine.vllm import VllmEngine
 
 CLOSED = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}
 OPEN = {"type": "object", "properties": {"a": {"type": "string"}}}

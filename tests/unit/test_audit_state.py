@@ -15,19 +15,13 @@ from fakes import ScriptedEngine, eventually, usage
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
-from vllm_responses import background, upkeep
-from vllm_responses.conformance import check_events, parse_sse
-from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDelta
+from vllm_responses.core import background, upkeep
+from vllm_responses.events.conformance import check_events, parse_sse
+from vllm_responses.events.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.sealing import ReasoningSealer
-from vllm_responses.service import ResponsesService
-from vllm_responses.settings import (
-    MAX_AGE,
-    MAX_CONVERSATIONS,
-    MAX_RESPONSES,
-    STORE,
-    Settings,
-)
+from vllm_responses.common.sealing import ReasoningSealer
+from vllm_responses.core.service import ResponsesService
+from vllm_responses.settings import MAX_AGE, MAX_CONVERSATIONS, MAX_RESPONSES, STORE, Settings
 from vllm_responses.store import Retention, default_url, open_store
 from vllm_responses.store.redis import RedisStore
 from vllm_responses.store.sqlite import SQLiteStore

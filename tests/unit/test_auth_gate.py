@@ -8,7 +8,8 @@ from fastapi.testclient import TestClient
 from starlette.testclient import WebSocketDenialResponse
 from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
 
-from vllm_responses import __version__, auth
+from vllm_responses import __version__
+from vllm_responses.api import auth
 
 KEYS = ["sk-first", "sk-second"]
 MISSING = {

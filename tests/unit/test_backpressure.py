@@ -1,9 +1,9 @@
 """A client that stops reading holds back its own stream: nothing of ours buffers its events.
 
-The SSE answer (:class:`~vllm_responses.sse.EventStream`) awaits each ``send``; uvicorn's
+The SSE answer (:class:`~vllm_responses.api.sse.EventStream`) awaits each ``send``; uvicorn's
 ``send`` waits (flow control) while the socket's write buffer is above its high-water mark. Here ``send`` blocks as it
 would then, and the engine must be asked for no more than the frames already sent (plus the
-step in hand): :class:`~vllm_responses.service.Run` pulls deltas only as frames leave. The
+step in hand): :class:`~vllm_responses.core.service.Run` pulls deltas only as frames leave. The
 real-server version is tests/e2e/test_load.py.
 """
 
@@ -18,9 +18,9 @@ import pytest
 from fakes import ScriptedEngine
 from fastapi import FastAPI
 
-from vllm_responses.deltas import Started, TextDelta
+from vllm_responses.events.deltas import Started, TextDelta
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.service import ResponsesService
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.store.sqlite import SQLiteStore
 
 

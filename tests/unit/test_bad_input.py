@@ -10,10 +10,10 @@ from bad_input_cases import ACCEPTED, CASES, NORMAL, Case
 from fakes import ScriptedEngine, usage
 from fastapi import FastAPI
 
-from vllm_responses.conformance import check_events, parse_sse
-from vllm_responses.deltas import Finish, TextDelta
+from vllm_responses.events.conformance import check_events, parse_sse
+from vllm_responses.events.deltas import Finish, TextDelta
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.service import ResponsesService
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.store.sqlite import SQLiteStore
 
 MAX_BODY = 64 * 1024

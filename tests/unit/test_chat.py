@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from vllm_responses.chat import chat_messages, chat_tools
-from vllm_responses.tool_calls import ToolCallMapper
-from vllm_responses.errors import APIError
-from vllm_responses.protocol import parse_request
+from vllm_responses.request.chat import chat_messages, chat_tools
+from vllm_responses.engine.tool_calls import ToolCallMapper
+from vllm_responses.common.errors import APIError
+from vllm_responses.request.protocol import parse_request
 
 PATCH = '*** Begin Patch\n*** Add File: a.txt\n+"quoted" \\ é 😀\n*** End Patch\n'
 

@@ -15,12 +15,12 @@ from openai.types.responses.compacted_response import CompactedResponse
 from openai.types.responses.response_input_message_item import ResponseInputMessageItem
 from pydantic import TypeAdapter
 
-from vllm_responses.compaction import SUMMARY_PREFIX, SUMMARY_PROMPT
-from vllm_responses.conformance import check_events, parse_sse
-from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta
+from vllm_responses.core.compaction import SUMMARY_PREFIX, SUMMARY_PROMPT
+from vllm_responses.events.conformance import check_events, parse_sse
+from vllm_responses.events.deltas import Finish, ReasoningDelta, TextDelta
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.sealing import ReasoningSealer
-from vllm_responses.service import ResponsesService
+from vllm_responses.common.sealing import ReasoningSealer
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.store.sqlite import SQLiteStore
 
 SCRIPT = [ReasoningDelta("Thinking."), TextDelta("The user said"), TextDelta(" hi."), Finish("stop", usage(10, 5))]

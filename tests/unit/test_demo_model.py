@@ -884,12 +884,12 @@ def _through_layer(outdir, family, s, seed):
     ToolCallMapper and ResponseStream, as VllmEngine.generate/_deltas/_whole_arguments do."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-    from vllm_responses.chat import chat_tools
-    from vllm_responses.deltas import Finish, ReasoningDelta, Sampling, TextDelta, Usage
-    from vllm_responses.protocol import initial_response, parse_request
-    from vllm_responses.sse import event_json
-    from vllm_responses.stream import ResponseStream, StreamOptions
-    from vllm_responses.tool_calls import ToolCallMapper
+    from vllm_responses.request.chat import chat_tools
+    from vllm_responses.events.deltas import Finish, ReasoningDelta, Sampling, TextDelta, Usage
+    from vllm_responses.request.protocol import initial_response, parse_request
+    from vllm_responses.events.wire import event_json
+    from vllm_responses.events.stream import ResponseStream, StreamOptions
+    from vllm_responses.engine.tool_calls import ToolCallMapper
 
     tok, cls = _vllm_parser(outdir, family)
     offered = RESPONSES_TOOLS if (s.tool_calls or s.trigger.after_tool) else []
@@ -1001,7 +1001,7 @@ def test_parsers_and_layer_read_every_family(family_name, built, tmp_path_factor
     output text, reasoning as reasoning, tool calls whole with exact arguments (our
     ToolCallMapper completes what deepseek_v3 drops from a multi-token step), no
     whitespace-only items, every stream conformant."""
-    from vllm_responses.conformance import check_events
+    from vllm_responses.events.conformance import check_events
 
     family = sc.family_of(family_name)
     outdir = built.outdir if family.name == sc.DEFAULT_FAMILY else _variant_build(family, tmp_path_factory).outdir

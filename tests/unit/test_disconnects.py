@@ -21,15 +21,15 @@ from fakes import ScriptedEngine, awaited, eventually, usage
 from fastapi import FastAPI
 from openai import AsyncOpenAI
 
-from vllm_responses.conformance import check_events, parse_sse
-from vllm_responses.deltas import Finish, Started, TextDelta
-from vllm_responses.errors import APIError
+from vllm_responses.events.conformance import check_events, parse_sse
+from vllm_responses.events.deltas import Finish, Started, TextDelta
+from vllm_responses.common.errors import APIError
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.protocol import parse_request
-from vllm_responses.run import Run
-from vllm_responses.service import ResponsesService
+from vllm_responses.request.protocol import parse_request
+from vllm_responses.core.run import Run
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.settings import KEEPALIVE, Settings
-from vllm_responses.sse import KEEPALIVE as COMMENT
+from vllm_responses.api.sse import KEEPALIVE as COMMENT
 from vllm_responses.store.sqlite import SQLiteStore
 
 WORDS = [TextDelta(f" w{i}") for i in range(40)] + [Finish("stop", usage())]

@@ -9,10 +9,10 @@ import time
 import pytest
 from media import b64, data_url, pdf_bomb, pdf_bytes
 
-from vllm_responses import file_parsing
-from vllm_responses.errors import APIError
-from vllm_responses.file_parsing import FileLimits, inline_files
-from vllm_responses.protocol import parse_request
+from vllm_responses.request import file_parsing
+from vllm_responses.common.errors import APIError
+from vllm_responses.request.file_parsing import FileLimits, inline_files
+from vllm_responses.request.protocol import parse_request
 from vllm_responses.settings import Settings
 
 BOMB = pdf_bomb()  # ~100 KB; pypdf alone takes about 1 s a page to read it, 500 pages

@@ -11,19 +11,19 @@ from typing import Any
 import orjson
 import pytest
 
-from vllm_responses import background
-from vllm_responses.background import follow_stored
-from vllm_responses.conformance import check_events
-from vllm_responses.deltas import Finish, Sampling, TextDelta
-from vllm_responses.errors import APIError
-from vllm_responses.items import stored_response
-from vllm_responses.owners import OwnerWatch
-from vllm_responses.protocol import initial_response, parse_request
-from vllm_responses.service import ResponsesService
-from vllm_responses.sse import event_json
+from vllm_responses.core import background
+from vllm_responses.core.background import follow_stored
+from vllm_responses.events.conformance import check_events
+from vllm_responses.events.deltas import Finish, Sampling, TextDelta
+from vllm_responses.common.errors import APIError
+from vllm_responses.request.items import stored_response
+from vllm_responses.core.owners import OwnerWatch
+from vllm_responses.request.protocol import initial_response, parse_request
+from vllm_responses.core.service import ResponsesService
+from vllm_responses.events.wire import event_json
 from vllm_responses.store import StoredResponse, StoreUnavailable
 from vllm_responses.store.sqlite import SQLiteStore
-from vllm_responses.stream import ResponseStream
+from vllm_responses.events.stream import ResponseStream
 
 from fakes import ScriptedEngine, awaited, eventually, usage
 

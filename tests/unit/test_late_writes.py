@@ -13,11 +13,11 @@ import pytest
 from fastapi import FastAPI
 
 from fakes import ScriptedEngine, awaited, eventually, usage
-from vllm_responses.conformance import check_events, parse_sse
-from vllm_responses.deltas import Finish, TextDelta
-from vllm_responses.late_writes import LateWrites
+from vllm_responses.events.conformance import check_events, parse_sse
+from vllm_responses.events.deltas import Finish, TextDelta
+from vllm_responses.core.late_writes import LateWrites
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.service import ResponsesService
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.store import StoreUnavailable
 from vllm_responses.store.sqlite import SQLiteStore
 

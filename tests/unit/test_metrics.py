@@ -1,4 +1,4 @@
-"""The Prometheus metrics (src/vllm_responses/metrics.py) over a scripted engine: each moves by
+"""The Prometheus metrics (src/vllm_responses/common/metrics.py) over a scripted engine: each moves by
 exactly what one request should move it; they combine correctly across API processes
 (``PROMETHEUS_MULTIPROC_DIR``, as vLLM sets it for ``--api-server-count > 1``); every one is
 documented. The real server's /metrics is scraped in tests/e2e/test_metrics_scrape.py."""
@@ -21,13 +21,13 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from redis_server import RedisServer
 from starlette.testclient import TestClient
 
-from vllm_responses import metrics
-from vllm_responses.conformance import parse_sse
-from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta
+from vllm_responses.common import metrics
+from vllm_responses.events.conformance import parse_sse
+from vllm_responses.events.deltas import Finish, ReasoningDelta, TextDelta
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.protocol import parse_request
-from vllm_responses.run import Run
-from vllm_responses.service import ResponsesService
+from vllm_responses.request.protocol import parse_request
+from vllm_responses.core.run import Run
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.store import StoredResponse, StoreUnavailable, open_store
 from vllm_responses.store.redis import RedisStore
 from vllm_responses.store.sqlite import SQLiteStore
@@ -184,9 +184,9 @@ async def test_a_run_stopped_while_its_first_events_waited_for_the_engine_sent_n
 
 
 def _stream():
-    from vllm_responses.deltas import Sampling
-    from vllm_responses.protocol import initial_response
-    from vllm_responses.stream import ResponseStream
+    from vllm_responses.events.deltas import Sampling
+    from vllm_responses.request.protocol import initial_response
+    from vllm_responses.events.stream import ResponseStream
 
     request = parse_request(b'{"model": "demo", "input": "hi"}')
     stream = ResponseStream(initial_response(request, "resp_x", 0, "demo", Sampling()))
@@ -306,7 +306,7 @@ async def test_stored_responses_are_counted_in_both_backends(tmp_path: Path) -> 
 # -- across API processes, and the documentation ----------------------------------------------
 _CHILD = """
 import sys, time
-from vllm_responses import metrics
+from vllm_responses.common import metrics
 metrics.response_ended("sse", "completed", time.perf_counter(), 7)
 metrics.WEBSOCKETS.inc()
 metrics.BackgroundPhase()

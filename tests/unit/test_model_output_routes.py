@@ -15,11 +15,11 @@ import pytest
 
 from fakes import ScriptedEngine, usage
 from test_routes import post
-from vllm_responses.chat import chat_tools
-from vllm_responses.conformance import check_events, check_response, parse_sse
-from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta
-from vllm_responses.stream import TERMINAL_EVENTS
-from vllm_responses.tool_calls import ToolCallMapper
+from vllm_responses.request.chat import chat_tools
+from vllm_responses.events.conformance import check_events, check_response, parse_sse
+from vllm_responses.events.deltas import Finish, ReasoningDelta, TextDelta
+from vllm_responses.events.stream import TERMINAL_EVENTS
+from vllm_responses.engine.tool_calls import ToolCallMapper
 
 
 @dataclass

@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 from media import b64, data_url, pdf_bytes, png_data_url
 
-from vllm_responses import files
-from vllm_responses.chat import chat_messages, has_files, inline_files
-from vllm_responses.errors import APIError
-from vllm_responses.protocol import parse_request
+from vllm_responses.request import files
+from vllm_responses.request.chat import chat_messages, has_files, inline_files
+from vllm_responses.common.errors import APIError
+from vllm_responses.request.protocol import parse_request
 
 PNG = png_data_url()
 

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from long_history import codex_body
 
-from vllm_responses import history, protocol
-from vllm_responses.history import History
-from vllm_responses.sealing import ReasoningSealer
+from vllm_responses.core import history
+from vllm_responses.request import protocol
+from vllm_responses.core.history import History
+from vllm_responses.common.sealing import ReasoningSealer
 from vllm_responses.store.sqlite import SQLiteStore
 
 

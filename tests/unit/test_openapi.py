@@ -12,10 +12,10 @@ import pytest
 from fakes import ScriptedEngine, usage
 from fastapi import FastAPI
 
-from vllm_responses.deltas import Finish, TextDelta
-from vllm_responses.parameters import NO_EFFECT, REFUSED, VLLM_EXTENSIONS
+from vllm_responses.events.deltas import Finish, TextDelta
+from vllm_responses.request.parameters import NO_EFFECT, REFUSED, VLLM_EXTENSIONS
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.service import ResponsesService
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.store.sqlite import SQLiteStore
 
 

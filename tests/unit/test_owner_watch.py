@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vllm_responses.owners import OwnerWatch
+from vllm_responses.core.owners import OwnerWatch
 from vllm_responses.store.sqlite import SQLiteStore
 
 

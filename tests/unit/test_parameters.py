@@ -7,13 +7,13 @@ import pytest
 
 from fakes import EngineFailure, ScriptedEngine, usage
 from test_routes import SCRIPT, post
-from vllm_responses.chat import chat_tools
-from vllm_responses.conformance import check_events, check_response, parse_sse
-from vllm_responses.deltas import Finish, TextDelta
-from vllm_responses.errors import APIError
-from vllm_responses.open_responses import error_problems
-from vllm_responses.parameters import CHAT_HABITS, NO_EFFECT, REFUSED, VLLM_EXTENSIONS
-from vllm_responses.protocol import parse_request, strict_compatible
+from vllm_responses.request.chat import chat_tools
+from vllm_responses.events.conformance import check_events, check_response, parse_sse
+from vllm_responses.events.deltas import Finish, TextDelta
+from vllm_responses.common.errors import APIError
+from vllm_responses.events.open_responses import error_problems
+from vllm_responses.request.parameters import CHAT_HABITS, NO_EFFECT, REFUSED, VLLM_EXTENSIONS
+from vllm_responses.request.protocol import parse_request, strict_compatible
 
 
 def parse(**body):

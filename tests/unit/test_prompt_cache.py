@@ -19,10 +19,12 @@ from server import demo_model_dir
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from vllm_responses import chat, protocol
-from vllm_responses.errors import APIError
-from vllm_responses import prompt_cache
-from vllm_responses.prompt_cache import LRU, PromptTokenizer, ValidatedItems
+from vllm_responses.request import chat, protocol
+from vllm_responses.common.errors import APIError
+from vllm_responses.request import item_cache as prompt_cache
+from vllm_responses.common.lru import LRU
+from vllm_responses.engine.prompt_tokens import PromptTokenizer
+from vllm_responses.request.item_cache import ValidatedItems
 
 KWARGS = {"add_special_tokens": False, "truncation": True, "max_length": 131_073}  # vLLM's, for a chat prompt
 
@@ -266,12 +268,12 @@ def test_a_token_that_can_overlap_a_special_token_keeps_it_uncut() -> None:
 
 
 def _fresh_items() -> None:
-    protocol.prompt_cache.ITEMS.lru.clear()
+    prompt_cache.ITEMS.lru.clear()
 
 
 @contextmanager
 def _item_cache_off() -> Iterator[None]:
-    lru = protocol.prompt_cache.ITEMS.lru
+    lru = prompt_cache.ITEMS.lru
     lru.max_bytes, saved = 0, lru.max_bytes
     try:
         yield
@@ -281,7 +283,7 @@ def _item_cache_off() -> Iterator[None]:
 
 def test_validated_items_are_those_a_full_validation_gives() -> None:
     _fresh_items()
-    cached = protocol.prompt_cache.ITEMS
+    cached = prompt_cache.ITEMS
     for turns in (3, 4, 5):
         body = json.dumps(codex_body(turns, instructions_chars=100)).encode()
         hits = cached.lru.hits
@@ -313,9 +315,9 @@ def test_the_same_json_in_another_key_order_or_type_is_another_entry() -> None:
     a = {"type": "message", "role": "user", "content": "hi"}
     b = {"role": "user", "content": "hi", "type": "message"}
     protocol.parse_items([a], "input")
-    misses = protocol.prompt_cache.ITEMS.lru.misses
+    misses = prompt_cache.ITEMS.lru.misses
     protocol.parse_items([b], "input")
-    assert protocol.prompt_cache.ITEMS.lru.misses == misses + 1
+    assert prompt_cache.ITEMS.lru.misses == misses + 1
     protocol.parse_items([{"type": "message", "role": "user", "content": "1"}], "input")
     with pytest.raises(APIError):  # strict, as without the cache: 1 is not the string "1"
         protocol.parse_items([{"type": "message", "role": "user", "content": 1}], "input")
@@ -326,7 +328,7 @@ def test_a_long_history_validated_in_chunks_is_what_one_validation_gives() -> No
     the GIL passes between chunks): the same items, and a bad one is named by its place in
     the whole list, as one validation names it."""
     items = codex_items(30)
-    assert len(items) > 3 * protocol.prompt_cache.VALIDATE_CHUNK
+    assert len(items) > 3 * prompt_cache.VALIDATE_CHUNK
     body = json.dumps({"model": "demo", "input": items}).encode()
     _fresh_items()
     chunked = protocol.parse_request(body).input
@@ -421,4 +423,4 @@ def test_cache_salt_separates_the_caches(tokenizer: Any, cache: PromptTokenizer)
     assert calls == [1, 1, 1]
     body = {"model": "demo", "input": "hi", "cache_salt": "carol"}
     protocol.parse_request(json.dumps(body).encode())  # the request's salt reaches the cache
-    assert protocol.prompt_cache.ITEMS.lru.get(prompt_cache._json_key({"type": "message", "role": "user", "content": "hi"}, "carol")[0]) is not None
+    assert prompt_cache.ITEMS.lru.get(prompt_cache._json_key({"type": "message", "role": "user", "content": "hi"}, "carol")[0]) is not None

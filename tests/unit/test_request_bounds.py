@@ -14,12 +14,13 @@ from fakes import ScriptedEngine, usage
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from vllm_responses import protocol, websocket
-from vllm_responses.deltas import Finish, TextDelta
-from vllm_responses.errors import APIError
+from vllm_responses.request import protocol
+from vllm_responses.api import websocket
+from vllm_responses.events.deltas import Finish, TextDelta
+from vllm_responses.common.errors import APIError
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.protocol import parse_request
-from vllm_responses.service import ResponsesService
+from vllm_responses.request.protocol import parse_request
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.settings import RequestLimits, Settings
 from vllm_responses.store.sqlite import SQLiteStore
 

@@ -9,11 +9,11 @@ import pytest
 from fastapi import FastAPI
 
 from fakes import EngineFailure, ScriptedEngine, eventually, usage
-from vllm_responses.conformance import check_events, parse_sse
-from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta
+from vllm_responses.events.conformance import check_events, parse_sse
+from vllm_responses.events.deltas import Finish, ReasoningDelta, TextDelta
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.routes import VERSION_HEADER
-from vllm_responses.service import ResponsesService
+from vllm_responses.api.routes import VERSION_HEADER
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.store.sqlite import SQLiteStore
 
 SCRIPT = [ReasoningDelta("Hmm."), TextDelta("Hello"), TextDelta(" world"), Finish("stop", usage())]

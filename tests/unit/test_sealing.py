@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from vllm_responses.sealing import BrokenSeal, ReasoningSealer
+from vllm_responses.common.sealing import BrokenSeal, ReasoningSealer
 from vllm_responses.settings import REASONING_KEYS, Settings
 
 TEXT = "The user asked about the weather. I will call get_weather. ✓ 😀"

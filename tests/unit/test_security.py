@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from fakes import ScriptedEngine, usage
-from vllm_responses.deltas import Finish, TextDelta
-from vllm_responses.logs import redact_url
-from vllm_responses.service import ResponsesService
+from vllm_responses.events.deltas import Finish, TextDelta
+from vllm_responses.common.logs import redact_url
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.store.sqlite import SQLiteStore
 
 SECRET = "s3cr@t:/x"  # a password holding the characters that end user info or a host
@@ -81,7 +81,7 @@ async def test_store_and_capture_files_only_their_owner_can_read(tmp_path: Path,
 
 
 def test_capture_writes_never_wait_on_the_disk_and_a_full_queue_drops_with_a_count(tmp_path: Path):
-    from vllm_responses.capture import CaptureWriter
+    from vllm_responses.core.capture import CaptureWriter
 
     writer = CaptureWriter(tmp_path, queue_bytes=100)
     held, release = threading.Event(), threading.Event()
@@ -99,7 +99,7 @@ def test_capture_writes_never_wait_on_the_disk_and_a_full_queue_drops_with_a_cou
 
 
 def test_capture_stops_at_the_directory_bound_with_one_log_line(tmp_path: Path, caplog):
-    from vllm_responses.capture import CaptureWriter
+    from vllm_responses.core.capture import CaptureWriter
 
     caplog.set_level(logging.WARNING)
     (tmp_path / "old.sse").write_bytes(b"o" * 50)  # what earlier runs left counts too

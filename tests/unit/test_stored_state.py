@@ -12,11 +12,11 @@ import pytest
 from fastapi import FastAPI
 
 from fakes import ScriptedEngine, eventually, usage
-from vllm_responses.conformance import check_events, parse_sse
-from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDelta
+from vllm_responses.events.conformance import check_events, parse_sse
+from vllm_responses.events.deltas import Finish, ReasoningDelta, TextDelta, ToolCallDelta
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.sealing import ReasoningSealer
-from vllm_responses.service import ResponsesService
+from vllm_responses.common.sealing import ReasoningSealer
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.store import StoreUnavailable
 from vllm_responses.store.sqlite import SQLiteStore
 

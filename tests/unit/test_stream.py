@@ -6,11 +6,11 @@ import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter, ValidationError
 
-from vllm_responses.conformance import check_events
-from vllm_responses.deltas import Finish, ReasoningDelta, Sampling, TextDelta, ToolCallDelta, Usage
-from vllm_responses.protocol import initial_response, parse_request
-from vllm_responses.sse import event_json
-from vllm_responses.stream import ResponseStream, StreamOptions
+from vllm_responses.events.conformance import check_events
+from vllm_responses.events.deltas import Finish, ReasoningDelta, Sampling, TextDelta, ToolCallDelta, Usage
+from vllm_responses.request.protocol import initial_response, parse_request
+from vllm_responses.events.wire import event_json
+from vllm_responses.events.stream import ResponseStream, StreamOptions
 
 EVENT = TypeAdapter(ResponseStreamEvent)
 
@@ -143,7 +143,7 @@ def test_delta_templates_escape_any_text():
 
 
 def test_delta_event_is_an_openai_model():
-    from vllm_responses.stream import DeltaEvent
+    from vllm_responses.events.stream import DeltaEvent
 
     request = parse_request(json.dumps({"model": "demo", "input": "hi"}).encode())
     stream = ResponseStream(initial_response(request, "resp_1", 1, "demo", Sampling()))

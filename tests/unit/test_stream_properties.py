@@ -7,8 +7,8 @@ offered, with arguments that are not JSON, fragments in any order, empty deltas;
 ending: ``stop``, ``length``, an engine failure (vLLM's ``error`` and ``abort`` finish reasons
 become one), a consumer that leaves. For each, hypothesis checks that the stream ends with
 exactly one terminal event, last; that every event serializes with the wire's serializer
-(:func:`vllm_responses.sse.event_json`, orjson) and parses back; that
-:func:`~vllm_responses.conformance.check_events` finds nothing (strict); and that the
+(:func:`vllm_responses.events.wire.event_json`, orjson) and parses back; that
+:func:`~vllm_responses.events.conformance.check_events` finds nothing (strict); and that the
 non-streaming answer (the final response, as the JSON route dumps it) equals the terminal
 event's ``response``. Through the tool-call decoder, the input a custom tool receives and the
 arguments a function receives are also checked against what the model wrote.
@@ -31,15 +31,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vllm_responses.chat import chat_tools
-from vllm_responses.conformance import check_events
-from vllm_responses.deltas import Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, ToolCallDelta, Usage, valid_text
-from vllm_responses.errors import EngineFailure
-from vllm_responses.protocol import dump_json, initial_response, parse_request
-from vllm_responses.run import Run
-from vllm_responses.sse import event_json, frames
-from vllm_responses.stream import TERMINAL_EVENTS, ResponseStream, StreamOptions
-from vllm_responses.tool_calls import CustomInputDecoder, ToolCallMapper
+from vllm_responses.request.chat import chat_tools
+from vllm_responses.events.conformance import check_events
+from vllm_responses.events.deltas import Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, ToolCallDelta, Usage, valid_text
+from vllm_responses.common.errors import EngineFailure
+from vllm_responses.events.response import dump_json
+from vllm_responses.request.protocol import initial_response, parse_request
+from vllm_responses.core.run import Run
+from vllm_responses.events.wire import event_json, frames
+from vllm_responses.events.stream import TERMINAL_EVENTS, ResponseStream, StreamOptions
+from vllm_responses.engine.tool_calls import CustomInputDecoder, ToolCallMapper
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 PROFILE = settings(

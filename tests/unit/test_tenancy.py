@@ -18,13 +18,13 @@ from starlette.testclient import TestClient
 from vllm.entrypoints.serve.middleware.authenticate import AuthenticationMiddleware
 
 from fakes import ScriptedEngine, usage
-from vllm_responses.deltas import Finish, TextDelta
+from vllm_responses.events.deltas import Finish, TextDelta
 from vllm_responses.environment import TENANCY
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.service import ResponsesService
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.settings import Settings, tenancy_from_env
 from vllm_responses.store.sqlite import SQLiteStore
-from vllm_responses.tenancy import tenant_id, tenants
+from vllm_responses.api.tenancy import tenant_id, tenants
 
 ALICE, BOB = "sk-alice-0123456789", "sk-bob-0123456789"
 SCRIPT = [TextDelta("Hello"), Finish("stop", usage())]

@@ -10,11 +10,11 @@ from fakes import ScriptedEngine, usage
 from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from vllm_responses.codex_models import CodexCatalog
-from vllm_responses.conformance import check_events
-from vllm_responses.deltas import Finish, ReasoningDelta, TextDelta
+from vllm_responses.api.codex_models import CodexCatalog
+from vllm_responses.events.conformance import check_events
+from vllm_responses.events.deltas import Finish, ReasoningDelta, TextDelta
 from vllm_responses.plugin import ResponsesPlugin
-from vllm_responses.service import ResponsesService
+from vllm_responses.core.service import ResponsesService
 from vllm_responses.store.sqlite import SQLiteStore
 
 SCRIPT = [ReasoningDelta("Hmm."), TextDelta("Hello"), Finish("stop", usage())]

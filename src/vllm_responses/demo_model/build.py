@@ -172,8 +172,14 @@ def script_chunks(family: sc.Family | str | None = None) -> list[str]:
 
 def _train_bpe(family: sc.Family | str | None = None) -> dict:
     """Train byte-level BPE on :func:`corpus`; the tokenizer.json data."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from tokenizers import trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

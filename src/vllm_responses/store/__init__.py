@@ -8,8 +8,16 @@
 import os
 from pathlib import Path
 
-from ..metrics import instrument_store
-from .base import ItemPage, Retention, Store, StoredConversation, StoredResponse, StoreUnavailable, visible
+from .base import (
+    ItemPage,
+    Retention,
+    Store,
+    StoredConversation,
+    StoredResponse,
+    StoreUnavailable,
+    visible,
+)
+from .metered import instrument_store
 
 __all__ = [
     "ItemPage", "Retention", "Store", "StoredConversation", "StoredResponse", "StoreUnavailable", "default_url", "open_store", "visible",

@@ -55,7 +55,16 @@ from redis.exceptions import (
 )
 
 from .base import (
-    JSON, RUNNING_STATUSES, ItemPage, Order, Retention, Store, StoredConversation, StoredResponse, StoreUnavailable, page_of,
+    JSON,
+    RUNNING_STATUSES,
+    ItemPage,
+    Order,
+    Retention,
+    Store,
+    StoredConversation,
+    StoredResponse,
+    StoreUnavailable,
+    page_of,
 )
 
 # Shared by the scripts: key names and the deletion of a response with all it owns.

@@ -32,9 +32,18 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ..private import make_dir, touch
+from ..common.private import make_dir, touch
 from .base import (
-    JSON, RUNNING_STATUSES, ItemPage, Order, Retention, Store, StoredConversation, StoredResponse, StoreUnavailable, page_of,
+    JSON,
+    RUNNING_STATUSES,
+    ItemPage,
+    Order,
+    Retention,
+    Store,
+    StoredConversation,
+    StoredResponse,
+    StoreUnavailable,
+    page_of,
 )
 
 T = TypeVar("T")

@@ -1,0 +1,27 @@
+"""``POST /v1/responses/compact``: a ``response.compaction`` object (openai's ``CompactedResponse``).
+
+The body is a create body (``model``, ``input``, ``instructions``, ``previous_response_id``,
+Codex's ``tools``/``reasoning``/``text``, …); what the compaction does and keeps:
+:meth:`~.service.ResponsesService.compact`.
+"""
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..request.protocol import parse_request_off_loop
+from .routes import answers_errors, json_response, read_body, service_of
+from .tenancy import tenant_of
+
+router = APIRouter()
+
+
+@router.post("/v1/responses/compact")
+@answers_errors
+async def compact_response(raw: Request) -> Response:
+    service = service_of(raw)
+    request = await parse_request_off_loop(await read_body(raw), headers=raw.headers, tenant=tenant_of(raw.scope))
+    return json_response(orjson.dumps(await service.compact(request)))
+
+
+__all__ = ["router"]

@@ -1,0 +1,334 @@
+"""Responses input items and tools, as the chat messages and tools a chat template renders.
+
+Pure translation, no engine: the adapter hands the result to vLLM's chat-template renderer.
+Prior tool calls become assistant ``tool_calls``; their outputs become ``tool`` messages, so
+a model's template sees a multi-turn tool conversation in its native form.
+"""
+
+import json
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from ..common.errors import invalid_request
+from . import files
+
+# A custom (freeform) tool is shown to the model as a function taking one string.
+CUSTOM_TOOL_INPUT = "input"
+_CUSTOM_TOOL_PARAMETERS = {
+    "type": "object",
+    "properties": {CUSTOM_TOOL_INPUT: {"type": "string", "description": "The raw input for the tool."}},
+    "required": [CUSTOM_TOOL_INPUT],
+}
+
+
+@dataclass(frozen=True)
+class ToolTarget:
+    """What a chat function name the model calls stands for in the Responses API."""
+
+    name: str
+    namespace: str | None = None
+    custom: bool = False
+
+
+def chat_name(name: str, namespace: str | None) -> str:
+    """The one flat function name a chat template sees for a (namespace, name) pair."""
+    if not namespace:
+        return name
+    return f"{namespace}{'' if namespace.endswith('__') else '__'}{name}"
+
+
+@dataclass
+class ChatTools:
+    """Tools as chat-completions function tools, and what each chat name maps back to."""
+
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    targets: dict[str, ToolTarget] = field(default_factory=dict)
+
+    def add(self, tool: Any, namespace: str | None = None) -> None:
+        custom = tool.type == "custom"
+        name = chat_name(tool.name, namespace)
+        fn: dict[str, Any] = {
+            "name": name,
+            "parameters": _CUSTOM_TOOL_PARAMETERS if custom else (tool.parameters or {"type": "object", "properties": {}}),
+        }
+        if tool.description:
+            fn["description"] = tool.description
+        if not custom and tool.strict is not None:  # decided in .protocol; vLLM enforces it
+            fn["strict"] = tool.strict
+        self.tools.append({"type": "function", "function": fn})
+        self.targets[name] = ToolTarget(tool.name, namespace, custom)
+
+    def only(self, allowed: list[dict[str, Any]]) -> "ChatTools":
+        """The tools a ``tool_choice: {"type": "allowed_tools", ...}`` leaves the model.
+
+        Entries name function and custom tools (``namespace`` for a namespaced one); hosted
+        tool types are never offered here, so entries for them restrict nothing further.
+        """
+        names: set[str] = set()
+        for i, entry in enumerate(allowed):
+            if entry.get("type") not in ("function", "custom"):
+                continue
+            for key in ("name", "namespace"):
+                if not isinstance(entry.get(key, ""), (str, type(None))):
+                    raise invalid_request(
+                        f"Invalid type for 'tool_choice.tools[{i}].{key}': expected a string.", param=f"tool_choice.tools[{i}].{key}", code="invalid_type"
+                    )
+            name = chat_name(entry.get("name") or "", entry.get("namespace"))
+            if name not in self.targets:
+                raise invalid_request(
+                    f"Invalid value for 'tool_choice.tools[{i}]': no tool named '{entry.get('name')}' in 'tools'.",
+                    param=f"tool_choice.tools[{i}]",
+                )
+            names.add(name)
+        out = ChatTools()
+        out.tools = [tool for tool in self.tools if tool["function"]["name"] in names]
+        out.targets = {name: target for name, target in self.targets.items() if name in names}
+        return out
+
+    def target(self, chat_function_name: str) -> ToolTarget:
+        return self.targets.get(chat_function_name) or ToolTarget(chat_function_name)
+
+
+def chat_tools(tools: list[Any]) -> ChatTools:
+    """Function and custom tools, and those inside namespaces; other types are not offered."""
+    out = ChatTools()
+    for tool in tools:
+        kind = getattr(tool, "type", None)
+        if kind in ("function", "custom"):
+            out.add(tool)
+        elif kind == "namespace":
+            for inner in tool.tools:
+                out.add(inner, namespace=tool.name)
+    return out
+
+
+class _FileText:
+    """An ``input_file`` part whose text :func:`inline_files` already extracted."""
+
+    type = "file_text"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _image_part(part: Any, param: str, accepts_images: bool) -> dict[str, Any]:
+    """An ``input_image`` part as the chat ``image_url`` part vLLM's multimodal path loads.
+
+    ``detail`` is accepted and not passed on: the model's own processor decides the resolution.
+    """
+    url = getattr(part, "image_url", None)
+    if not url and getattr(part, "file_id", None):
+        raise invalid_request(
+            "Images by `file_id` are not supported: this server has no Files API. Send the image as `image_url`: "
+            "an http(s) URL or a base64 `data:` URL.",
+            param=f"{param}.file_id",
+            code="unsupported_value",
+        )
+    if not url:
+        raise invalid_request(
+            "An `input_image` part needs an `image_url`: an http(s) URL or a base64 `data:` URL.",
+            param=f"{param}.image_url",
+            code="missing_required_parameter",
+        )
+    if not accepts_images:
+        raise invalid_request(
+            "This model does not accept images: it is a text-only model. Send `input_image` parts to a vision model.",
+            param=param,
+            code="unsupported_value",
+        )
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _content(content: Any, param: str, accepts_images: bool = True) -> str | list[dict[str, Any]]:
+    """Content parts (a message's, or a tool call's output) as chat content.
+
+    Text-only content collapses to a string (every template reads that): text parts joined as
+    they are, a file's text (:mod:`.files`) on lines of its own. With an image the parts stay
+    parts, images as ``image_url`` parts.
+    """
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    parts: list[dict[str, Any]] = []
+    blocks: list[bool] = []  # per part: a file's text, which goes on lines of its own
+    has_image = False
+    for j, part in enumerate(content):
+        part = _namespace(part)  # a plain dict part, too
+        kind = getattr(part, "type", None)
+        where = f"{param}[{j}]"
+        if kind in ("input_text", "output_text"):
+            parts.append({"type": "text", "text": getattr(part, "text", None) or ""})
+        elif kind == "refusal":
+            parts.append({"type": "text", "text": getattr(part, "refusal", None) or ""})
+        elif kind == "input_image":
+            parts.append(_image_part(part, where, accepts_images))
+            has_image = True
+        elif kind == "input_file":
+            parts.append({"type": "text", "text": files.file_block(part, where)})
+        elif kind == _FileText.type:
+            parts.append({"type": "text", "text": part.text})
+        else:
+            raise invalid_request(f"Input content of type '{kind}' is not supported.", param=where, code="unsupported_value")
+        blocks.append(kind in ("input_file", _FileText.type))
+    if has_image:
+        return parts
+    text = ""
+    for j, part in enumerate(parts):
+        if j and (blocks[j] or blocks[j - 1]):
+            text += "\n"
+        text += part["text"]
+    return text
+
+
+def has_files(items: list[Any]) -> bool:
+    """Whether any message or tool output among ``items`` holds an ``input_file`` part."""
+    return any(_type(part) == "input_file" for item in items for part in _parts(item))
+
+
+def inline_files(items: list[Any]) -> list[Any]:
+    """``items`` with the text of every ``input_file`` part extracted once, in this thread
+    (the server reads them within a budget instead: :mod:`.file_parsing`). Items without
+    files are returned as they are; the others are copies."""
+    return with_file_texts(items, {(i, j): files.file_block(part, param) for i, j, param, part in file_parts(items)})
+
+
+def file_parts(items: list[Any]) -> list[tuple[int, int, str, Any]]:
+    """Every ``input_file`` part among ``items``: item index, part index, the ``param`` that
+    names it in errors, and the part (attributes, a plain dict part too)."""
+    found = []
+    for i, item in enumerate(items):
+        field = _field(item)
+        for j, part in enumerate(_parts(item)):
+            if _type(part) == "input_file":
+                found.append((i, j, f"input[{i}].{field}[{j}]", _namespace(part)))
+    return found
+
+
+def with_file_texts(items: list[Any], texts: dict[tuple[int, int], str]) -> list[Any]:
+    """``items`` with the parts at ``texts``' keys (item, part) replaced by that text, as
+    :func:`chat_messages` renders a file; items without such parts are returned as they are."""
+    out = []
+    for i, item in enumerate(items):
+        parts = _parts(item)
+        if not any((i, j) in texts for j in range(len(parts))):
+            out.append(item)
+            continue
+        replaced = [_FileText(texts[i, j]) if (i, j) in texts else part for j, part in enumerate(parts)]
+        out.append(item.model_copy(update={_field(item): replaced}))
+    return out
+
+
+def _field(item: Any) -> str:
+    return "output" if (getattr(item, "type", None) or "").endswith("_call_output") else "content"
+
+
+def _type(part: Any) -> Any:
+    return part.get("type") if isinstance(part, dict) else getattr(part, "type", None)
+
+
+def _namespace(part: Any) -> Any:
+    return SimpleNamespace(**part) if isinstance(part, dict) else part
+
+
+def _parts(item: Any) -> list[Any]:
+    kind = getattr(item, "type", None) or "message"
+    value = getattr(item, "output", None) if kind.endswith("_call_output") else getattr(item, "content", None) if kind == "message" else None
+    return value if isinstance(value, list) else []
+
+
+def chat_messages(instructions: str | None, items: list[Any], accepts_images: bool = True) -> list[dict[str, Any]]:
+    """The chat conversation a template renders.
+
+    ``accepts_images``: whether the model takes images (a text-only model answers an
+    ``input_image`` with a 400 naming the part, before anything is loaded).
+
+    Reasoning items become the ``reasoning`` of the assistant turn they precede (vLLM hands it
+    to the template as ``reasoning`` and ``reasoning_content``), so a template that renders
+    thinking renders it as the model generated it, and the prefix cache still matches.
+    Item references must have been resolved before (see :mod:`.history`).
+    """
+    messages: list[dict[str, Any]] = []
+    if instructions:
+        messages.append({"role": "system", "content": instructions})
+    reasoning: list[str] = []  # thoughts waiting for the assistant turn they belong to
+
+    def assistant(content: Any) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if reasoning:
+            message["reasoning"] = "".join(reasoning)
+            reasoning.clear()
+        messages.append(message)
+        return message
+
+    def assistant_for_calls() -> dict[str, Any]:
+        # Calls of one turn share one assistant message, after any text of that turn; new
+        # reasoning means a new turn.
+        last = messages[-1] if messages else None
+        if last is not None and last["role"] == "assistant" and not reasoning:
+            last.setdefault("tool_calls", [])
+            return last
+        message = assistant(None)
+        message["tool_calls"] = []
+        return message
+
+    for i, item in enumerate(items):
+        kind = getattr(item, "type", None) or "message"
+        if kind == "reasoning":
+            reasoning.extend(part.text for part in item.content or [] if part.type == "reasoning_text")
+            continue
+        if kind not in ("function_call", "custom_tool_call") and not (kind == "message" and item.role == "assistant") and reasoning:
+            assistant("")  # reasoning that ended its turn without an answer
+        if kind == "message":
+            content = _content(item.content, f"input[{i}].content", accepts_images)
+            if item.role == "assistant":
+                assistant(content)
+            else:
+                messages.append({"role": "system" if item.role == "developer" else item.role, "content": content})
+        elif kind in ("function_call", "custom_tool_call"):
+            if kind == "function_call":
+                arguments = item.arguments
+            else:
+                arguments = json.dumps({CUSTOM_TOOL_INPUT: item.input}, ensure_ascii=False)
+            name = chat_name(item.name, getattr(item, "namespace", None))
+            assistant_for_calls()["tool_calls"].append(
+                {"id": item.call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            )
+        elif kind in ("function_call_output", "custom_tool_call_output"):
+            # A list output (text, images, files) keeps its parts, as chat tool messages may.
+            content = _content(item.output, f"input[{i}].output", accepts_images)
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": content})
+        else:
+            raise invalid_request(
+                f"Input items of type '{kind}' are not supported by this server.",
+                param=f"input[{i}]",
+                code="unsupported_value",
+            )
+    if reasoning:
+        assistant("")
+    return messages
+
+
+def chat_tool_choice(tool_choice: Any) -> Any:
+    """Responses ``tool_choice`` → chat-completions ``tool_choice``."""
+    if tool_choice is None or isinstance(tool_choice, str):
+        return tool_choice
+    kind = tool_choice.get("type")
+    if kind in ("function", "custom"):
+        return {"type": "function", "function": {"name": chat_name(tool_choice["name"], tool_choice.get("namespace"))}}
+    raise invalid_request(f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value")
+
+
+def chat_response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    fmt = (text or {}).get("format")
+    if not fmt or fmt.get("type") == "text":
+        return None
+    if fmt["type"] == "json_object":
+        return {"type": "json_object"}
+    if fmt["type"] == "json_schema":
+        schema = {"name": fmt.get("name") or "response", "schema": fmt.get("schema") or {}}
+        if fmt.get("strict") is not None:
+            schema["strict"] = fmt["strict"]
+        return {"type": "json_schema", "json_schema": schema}
+    raise invalid_request(f"text.format of type '{fmt['type']}' is not supported.", param="text.format", code="unsupported_value")

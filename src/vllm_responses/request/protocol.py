@@ -1,0 +1,521 @@
+"""The request and response shapes, taken from the ``openai`` package's own types.
+
+A request body is validated against ``openai.types.responses``: top-level fields against
+``ResponseCreateParamsBase``, input items against ``ResponseInputItem`` and tools against
+``Tool``. Nothing here is a hand-written copy of the spec; when OpenAI adds a field, a newer
+``openai`` release brings it.
+"""
+
+import asyncio
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+import orjson
+from openai.types.responses import ResponseInputItem, Tool
+from openai.types.responses.response_create_params import ResponseCreateParamsBase
+from openai.types.responses.response_input_item import ItemReference
+from pydantic import TypeAdapter, ValidationError
+
+from ..common.errors import invalid_request
+from ..events.deltas import Sampling
+from ..events.response import ResponseObject
+from ..settings import RequestLimits
+from .chat import chat_name, chat_tools
+from .item_cache import ITEMS
+from .parameters import split_extensions
+from .validation import (
+    check_depth,
+    check_metadata,
+    from_validation_error,
+    nested_too_deeply,
+)
+
+T = TypeVar("T")
+
+_PARAMS = TypeAdapter(ResponseCreateParamsBase)
+_KNOWN = frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"}
+_INPUT_ITEMS = TypeAdapter(list[ResponseInputItem])
+_TOOL = TypeAdapter(Tool)
+
+# What one request may carry: the plugin sets the operator's (VLLM_RESPONSES_MAX_INPUT_ITEMS, ...).
+LIMITS = RequestLimits()
+
+# OpenAI's own length limits on identifiers that are echoed and stored (the ``openai``
+# package documents 128 for ``safety_identifier``; the hosted API answers 64 for the others).
+ID_LENGTHS = {"user": 64, "prompt_cache_key": 64, "safety_identifier": 128}
+
+# Fields validated on their own (as ``openai`` BaseModels) rather than through the TypedDict.
+_SEPARATE = frozenset({"input", "tools", "stream"})
+
+
+@dataclass
+class ResponsesRequest:
+    """A validated ``POST /v1/responses`` body.
+
+    ``params`` holds the validated top-level fields (unknown ones dropped), ``input`` the
+    typed input items, ``tools`` the typed tools (echoed in the response; only function,
+    custom and namespace tools are offered to the model); ``unsupported_tools`` are tools of
+    types the ``openai`` package does not know: accepted, neither offered nor echoed.
+    ``extensions`` holds vLLM's own request extensions (``seed``, ``stop``, ``top_k``, ...,
+    see :mod:`.parameters`) as sent; the engine adapter hands them to vLLM. ``headers``:
+    the HTTP headers (lower-case names) vLLM's routes read as request parameters
+    (priority, session, data-parallel rank, trace context). ``tenant``: whose stored state
+    the request may see and what it stores belongs to (:mod:`.tenancy`; ``None``: shared).
+    """
+
+    params: dict[str, Any]
+    model: str
+    stream: bool
+    input: list[Any]
+    tools: list[Any] = field(default_factory=list)
+    unsupported_tools: list[dict[str, Any]] = field(default_factory=list)
+    extensions: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    tenant: str | None = None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.params.get(key)
+        return default if value is None else value
+
+    # -- what the state parameters mean (read here, nowhere else) -------------------------
+    @property
+    def store(self) -> bool:
+        """``store`` defaults to true, as in OpenAI's API."""
+        return self.get("store", True) is not False
+
+    @property
+    def background(self) -> bool:
+        return bool(self.get("background", False))
+
+    @property
+    def previous_response_id(self) -> str | None:
+        return self.get("previous_response_id") or None
+
+    @property
+    def conversation_id(self) -> str | None:
+        conversation = self.get("conversation")
+        if isinstance(conversation, dict):
+            return conversation.get("id") or None
+        return conversation or None
+
+    @property
+    def reasoning_summary(self) -> str | None:
+        """``reasoning.summary`` (or its deprecated name ``generate_summary``)."""
+        reasoning = self.get("reasoning") or {}
+        return reasoning.get("summary") or reasoning.get("generate_summary")
+
+    @property
+    def include(self) -> frozenset[str]:
+        return frozenset(self.get("include", ()))
+
+    @property
+    def sealed_reasoning(self) -> bool:
+        """The client keeps reasoning itself, sealed (``reasoning.encrypted_content``)."""
+        return "reasoning.encrypted_content" in self.include
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A request body that must be one JSON object (every POST route's)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):
+            raise nested_too_deeply() from None
+        raise invalid_request(f"We could not parse the JSON body of your request: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise invalid_request("The request body must be a JSON object.", code="invalid_type")
+    check_depth(data)
+    return data
+
+
+def parse_request(body: bytes, headers: Mapping[str, str] | None = None, tenant: str | None = None) -> ResponsesRequest:
+    try:
+        return _parse_request(body, headers, tenant)
+    except RecursionError:
+        raise nested_too_deeply() from None
+
+
+# What makes a request long enough for its work to leave the event loop (worker threads),
+# so that the streams the loop serves meanwhile do not stall: a body of ``OFF_LOOP_BYTES``
+# (≈ 3 ms of parsing and validating on the 2-core test machine, longer than an engine
+# step), a history of ``OFF_LOOP_ITEMS`` items (a Codex tool loop of 50 steps has ≈ 150).
+OFF_LOOP_BYTES = 64 * 1024
+OFF_LOOP_ITEMS = 32
+
+
+async def off_loop_if(long: bool, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)``: on a worker thread when the request is ``long`` (see above), else right
+    here, where a thread hop would cost more than it saves."""
+    return await asyncio.to_thread(fn, *args) if long else fn(*args)
+
+
+async def parse_request_off_loop(
+    body: bytes, headers: Mapping[str, str] | None = None, tenant: str | None = None
+) -> ResponsesRequest:
+    """:func:`parse_request`; a long body (a Codex turn resends its whole history, 100 KB and
+    more) on a worker thread, so that the streams the event loop serves meanwhile go on. Its
+    items are validated in chunks (:class:`~.prompt_cache.ValidatedItems`), between which the
+    GIL passes back to the loop."""
+    return await off_loop_if(len(body) >= OFF_LOOP_BYTES, parse_request, body, headers, tenant)
+
+
+def _parse_request(body: bytes, headers: Mapping[str, str] | None, tenant: str | None) -> ResponsesRequest:
+    data = parse_json_object(body)
+    model = data.get("model")
+    if model is None:
+        raise invalid_request("Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    if not isinstance(model, str):
+        raise invalid_request("Invalid type for 'model': expected a string.", param="model", code="invalid_type")
+    if not model:
+        raise invalid_request("Invalid 'model': empty string. Expected a model name.", param="model", code="empty_string")
+    stream = data.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise invalid_request("Invalid type for 'stream': expected a boolean.", param="stream", code="invalid_type")
+
+    extensions = split_extensions(data, _KNOWN)
+    # A null top-level field means "not given" (clients write out their defaults as null).
+    params = _validate(_PARAMS, {k: v for k, v in data.items() if k in _KNOWN and k not in _SEPARATE and v is not None}, "", strict=True)
+    params = cast(dict[str, Any], _materialize(params))
+    _check_ranges(params)
+    _check_lengths(params)
+    _check_state(params)
+    check_metadata(params.get("metadata"))
+    _check_text_format(params.get("text"))
+    tools = _parse_tools(data.get("tools"))
+    _check_tool_choice(params.get("tool_choice"), tools["tools"])
+    return ResponsesRequest(
+        params=params,
+        model=model,
+        stream=stream,
+        input=_parse_input(
+            data.get("input"), chained=bool(params.get("previous_response_id") or params.get("conversation")), salt=_salt(extensions)
+        ),
+        **tools,
+        extensions=extensions,
+        headers={k.lower(): v for k, v in (headers or {}).items()},
+        tenant=tenant,
+    )
+
+
+# The ranges OpenAI documents for numeric parameters: (minimum, maximum), inclusive. Token
+# counts above a 32-bit integer are no model's (below that, vLLM holds them to the context).
+_INT32_MAX = 2**31 - 1
+RANGES: dict[str, tuple[float, float | None]] = {
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "max_output_tokens": (1, _INT32_MAX),
+    "top_logprobs": (0, 20),
+    "max_tool_calls": (1, _INT32_MAX),
+}
+
+
+def _check_ranges(params: dict[str, Any]) -> None:
+    for name, (low, high) in RANGES.items():
+        value = params.get(name)
+        if value is None:
+            continue
+        if value < low:
+            raise invalid_request(f"Invalid '{name}': {value} is below the minimum value of {low}.", param=name, code="integer_below_min_value" if isinstance(value, int) else "decimal_below_min_value")
+        if high is not None and value > high:
+            raise invalid_request(f"Invalid '{name}': {value} is above the maximum value of {high}.", param=name, code="integer_above_max_value" if isinstance(value, int) else "decimal_above_max_value")
+
+
+def _check_lengths(params: dict[str, Any]) -> None:
+    for name, limit in ID_LENGTHS.items():
+        value = params.get(name)
+        if isinstance(value, str) and len(value) > limit:
+            raise invalid_request(
+                f"Invalid '{name}': string too long. Expected a string with maximum length {limit}, but got a string with length {len(value)} instead.",
+                param=name,
+                code="string_above_max_length",
+            )
+
+
+def _too_many(param: str, limit: int, got: int) -> Exception:
+    return invalid_request(
+        f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, but got an array with length {got} instead.",
+        param=param,
+        code="array_above_max_length",
+    )
+
+
+def _check_state(params: dict[str, Any]) -> None:
+    """Combinations of the state parameters that cannot mean anything; ids of the wrong kind."""
+    if params.get("previous_response_id") and params.get("conversation"):
+        raise invalid_request(
+            "`previous_response_id` and `conversation` cannot be used together: a conversation already "
+            "carries the earlier turns.",
+            param="conversation",
+            code="invalid_parameter_combination",
+        )
+    if params.get("store") is False:
+        if params.get("background"):
+            raise invalid_request("Background responses must be stored: `background: true` needs `store: true`.", param="background", code="invalid_parameter_combination")
+        if params.get("conversation"):
+            raise invalid_request("A response in a conversation is stored with it: `conversation` needs `store: true`.", param="store", code="invalid_parameter_combination")
+    for name, value, prefix in (
+        ("previous_response_id", params.get("previous_response_id"), "resp"),
+        ("conversation", _conversation_id(params.get("conversation")), "conv"),
+    ):
+        if value and not value.startswith(prefix):
+            param = name if name != "conversation" or isinstance(params.get("conversation"), str) else "conversation.id"
+            raise invalid_request(f"Invalid '{param}': '{value}'. Expected an ID that begins with '{prefix}'.", param=param)
+
+
+def _conversation_id(conversation: Any) -> Any:
+    return conversation.get("id") if isinstance(conversation, dict) else conversation
+
+
+def _salt(extensions: dict[str, Any]) -> str | None:
+    salt = extensions.get("cache_salt")
+    return salt if isinstance(salt, str) else None
+
+
+def _parse_input(raw: Any, chained: bool, salt: str | None = None) -> list[Any]:
+    if raw is None:
+        if chained:  # a continuation may add nothing (e.g. only new instructions)
+            return []
+        raise invalid_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+    if raw == "":
+        raise invalid_request("Invalid 'input': empty string. Expected a string with minimum length 1.", param="input", code="empty_string")
+    if raw == [] and not chained:
+        raise invalid_request(
+            "Invalid 'input': empty array. Expected an array with minimum length 1, but got an empty array instead.",
+            param="input",
+            code="empty_array",
+        )
+    if isinstance(raw, str):
+        raw = [{"type": "message", "role": "user", "content": raw}]
+    if not isinstance(raw, list):
+        raise invalid_request("Invalid type for 'input': expected a string or an array of items.", param="input", code="invalid_type")
+    if len(raw) > LIMITS.max_input_items:
+        raise _too_many("input", LIMITS.max_input_items, len(raw))
+    return parse_items(raw, "input", salt)
+
+
+def parse_items(raw: list[Any], where: str, salt: str | None = None) -> list[Any]:
+    """Input items (a request's, or stored ones going back to the model) as typed items.
+    An item reference may leave out its ``type``; it is given one, so that it reads as one.
+    ``salt``: the request's ``cache_salt`` (the validation cache is keyed by it too)."""
+    items = ITEMS.validate(raw, lambda batch: _validate(_INPUT_ITEMS, [_lenient_item(item) for item in batch], where, strict=True), salt)
+    return [item.model_copy(update={"type": "item_reference"}) if isinstance(item, ItemReference) and item.type is None else item for item in items]
+
+
+def _lenient_item(item: Any) -> Any:
+    """Accept what OpenAI accepts and the ``openai`` types are stricter about.
+
+    Clients replay earlier answers as ``{"role": "assistant", "content": [{"type":
+    "output_text", "text": ...}]}``, without the fields only output items carry; and an
+    ``input_image`` may leave out ``detail`` (``auto`` by OpenAI's docs), in a message or in a
+    tool output.
+    """
+    if not isinstance(item, dict):
+        return item
+    for key in ("content", "output"):
+        if isinstance(item.get(key), list):
+            item = {**item, key: [_with_detail(part) for part in item[key]]}
+    if item.get("role") != "assistant" or not isinstance(item.get("content"), list):
+        return item
+    if not any(isinstance(p, dict) and p.get("type") in ("output_text", "refusal") for p in item["content"]):
+        return item
+    content = [{"annotations": [], **p} if isinstance(p, dict) and p.get("type") == "output_text" else p for p in item["content"]]
+    return {"type": "message", "id": "msg_input", "status": "completed", **item, "content": content}
+
+
+def _with_detail(part: Any) -> Any:
+    if isinstance(part, dict) and part.get("type") == "input_image" and part.get("detail") is None:
+        return {**part, "detail": "auto"}
+    return part
+
+
+def _parse_tools(raw: Any) -> dict[str, list[Any]]:
+    if raw is None:
+        return {"tools": [], "unsupported_tools": []}
+    if not isinstance(raw, list):
+        raise invalid_request("Invalid type for 'tools': expected an array.", param="tools", code="invalid_type")
+    if len(raw) > LIMITS.max_tools:
+        raise _too_many("tools", LIMITS.max_tools, len(raw))
+    size = len(orjson.dumps(raw)) if raw else 0
+    if size > LIMITS.max_tools_bytes:
+        raise invalid_request(
+            f"Invalid 'tools': the tools take {size} bytes of JSON; this server accepts at most {LIMITS.max_tools_bytes} "
+            "(each tool is echoed in the response and stored with it).",
+            param="tools",
+            code="tools_too_large",
+        )
+    tools: list[Any] = []
+    unsupported: list[dict[str, Any]] = []
+    for i, tool in enumerate(raw):
+        if not isinstance(tool, dict):
+            raise invalid_request(f"Invalid type for 'tools[{i}]': expected an object.", param=f"tools[{i}]", code="invalid_type")
+        if "type" not in tool:
+            raise invalid_request(f"Missing required parameter: 'tools[{i}].type'.", param=f"tools[{i}].type", code="missing_required_parameter")
+        if not isinstance(tool["type"], str):
+            raise invalid_request(f"Invalid type for 'tools[{i}].type': expected a string.", param=f"tools[{i}].type", code="invalid_type")
+        try:
+            tools.append(_with_strict(_TOOL.validate_python(tool, strict=True)))
+        except ValidationError:
+            if tool["type"] in ("function", "custom", "namespace"):
+                # Tools we do run must be well-formed; report the precise problem.
+                _validate(_TOOL, tool, f"tools[{i}]", strict=True)
+            unsupported.append(tool)
+    return {"tools": tools, "unsupported_tools": unsupported}
+
+
+# OpenAI's rule for the names of JSON schema formats (and of functions).
+_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]+")
+_SCHEMA_NAME_LEN = 64
+
+
+def _check_text_format(text: dict[str, Any] | None) -> None:
+    fmt = (text or {}).get("format") or {}
+    if fmt.get("type") != "json_schema":
+        return
+    name = fmt.get("name", "")
+    if len(name) > _SCHEMA_NAME_LEN:
+        raise invalid_request(
+            f"Invalid 'text.format.name': string too long. Expected a string with maximum length {_SCHEMA_NAME_LEN}, but got a string with length {len(name)} instead.",
+            param="text.format.name",
+            code="string_above_max_length",
+        )
+    if not _SCHEMA_NAME.fullmatch(name):
+        raise invalid_request(
+            f"Invalid 'text.format.name': '{name}'. Expected a name of letters, digits, underscores and dashes.", param="text.format.name"
+        )
+
+
+def _check_tool_choice(tool_choice: Any, tools: list[Any]) -> None:
+    """A ``tool_choice`` must name tools the model is offered (function and custom tools,
+    also inside namespaces); hosted tools never run here, so choosing one cannot be honoured."""
+    if tool_choice is None or tool_choice in ("auto", "none"):
+        return
+    offered = chat_tools(tools)
+    if tool_choice == "required":
+        if not offered.tools:
+            raise invalid_request(
+                "Invalid 'tool_choice': 'required' needs at least one function or custom tool in 'tools'.", param="tool_choice"
+            )
+        return
+    kind = tool_choice.get("type")
+    if kind == "allowed_tools":
+        offered.only(tool_choice.get("tools") or [])  # refuses entries naming no tool
+    elif kind in ("function", "custom"):
+        if chat_name(tool_choice["name"], tool_choice.get("namespace")) not in offered.targets:
+            raise invalid_request(
+                f"Invalid 'tool_choice': no {kind} tool named '{tool_choice['name']}' in 'tools'.", param="tool_choice"
+            )
+    else:
+        raise invalid_request(f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value")
+
+
+def _text_format(fmt: dict[str, Any] | None) -> dict[str, Any]:
+    """``text.format`` as the hosted API echoes it: a JSON schema format with its
+    ``description`` (null when not given) and ``strict`` (false when not given)."""
+    if not fmt:
+        return {"type": "text"}
+    if fmt.get("type") == "json_schema":
+        return {"description": None, **fmt, "strict": bool(fmt.get("strict"))}
+    return fmt
+
+
+def _with_strict(tool: Any) -> Any:
+    """A function tool's ``strict``, decided as OpenAI decides it when the client leaves it
+    out: strict when the schema allows it. The engine adapter passes it on to vLLM (which
+    then holds the arguments to the schema) and the response echoes it, with ``description``
+    and ``parameters`` as null when not given (the Open Responses schema requires them)."""
+    if tool.type == "function":
+        strict = strict_compatible(tool.parameters) if tool.strict is None else tool.strict
+        return tool.model_copy(update={"strict": strict, "description": tool.description, "parameters": tool.parameters})
+    if tool.type == "namespace":
+        return tool.model_copy(update={"tools": [_with_strict(inner) for inner in tool.tools]})
+    return tool
+
+
+def strict_compatible(schema: Any) -> bool:
+    """Whether a JSON schema meets strict mode's rules: every object closed
+    (``additionalProperties: false``) and all its properties required."""
+    if schema is None:
+        return False
+    if isinstance(schema, list):
+        return all(strict_compatible(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    if schema.get("type") == "object" or "properties" in schema:
+        properties = schema.get("properties") or {}
+        if schema.get("additionalProperties") is not False or set(schema.get("required") or []) != set(properties):
+            return False
+    children = [v for key in ("properties", "$defs", "definitions") for v in (schema.get(key) or {}).values()]
+    children += [schema[key] for key in ("items", "anyOf", "oneOf", "allOf") if key in schema]
+    return all(strict_compatible(child) for child in children)
+
+
+def _validate(adapter: TypeAdapter[Any], value: Any, prefix: str, strict: bool = False) -> Any:
+    """``strict``: JSON types as sent (``"10"`` is not an integer, ``"no"`` not a boolean)."""
+    try:
+        return adapter.validate_python(value, strict=strict)
+    except ValidationError as exc:
+        raise from_validation_error(exc, prefix) from None
+
+
+def _materialize(value: Any) -> Any:
+    """Turn pydantic's lazy ``Iterable`` validators into lists, validating their elements."""
+    if isinstance(value, dict):
+        return {k: _materialize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or isinstance(value, Iterator):
+        return [_materialize(v) for v in value]
+    return value
+
+
+def initial_response(request: ResponsesRequest, response_id: str, created_at: int, model: str, sampling: Sampling) -> ResponseObject:
+    """The response as it stands when generation starts: ``in_progress`` (``queued`` in the
+    background), no output, and every parameter with the value really used (``sampling``:
+    the request's, else the model's generation config, else vLLM's defaults) or, where the
+    request left it out, the value the hosted API reports."""
+    p = request.params
+    text = p.get("text") or {}
+    reasoning = p.get("reasoning") or {}
+    fields: dict[str, Any] = dict(
+        id=response_id,
+        object="response",
+        created_at=created_at,
+        completed_at=None,
+        model=model,
+        status="queued" if request.background else "in_progress",
+        output=[],
+        error=None,
+        incomplete_details=None,
+        instructions=p.get("instructions"),
+        previous_response_id=p.get("previous_response_id"),
+        metadata=p.get("metadata") or {},
+        parallel_tool_calls=request.get("parallel_tool_calls", True),
+        tool_choice=request.get("tool_choice", "auto"),
+        tools=request.tools,
+        text={"format": _text_format(text.get("format")), "verbosity": text.get("verbosity") or "medium"},
+        reasoning={"effort": reasoning.get("effort"), "summary": request.reasoning_summary},
+        truncation=p.get("truncation") or "disabled",
+        service_tier="default",
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        presence_penalty=sampling.presence_penalty,
+        frequency_penalty=sampling.frequency_penalty,
+        top_logprobs=p.get("top_logprobs") or 0,
+        max_output_tokens=p.get("max_output_tokens"),
+        max_tool_calls=p.get("max_tool_calls"),
+        prompt_cache_key=p.get("prompt_cache_key"),
+        safety_identifier=p.get("safety_identifier"),
+        user=p.get("user"),
+        store=request.store,
+        background=request.background,
+        usage=None,
+    )
+    if request.conversation_id:
+        fields["conversation"] = {"id": request.conversation_id}
+    # Tools of types the ``openai`` package does not know are accepted but not echoed: a
+    # strict client could not parse them back.
+    return ResponseObject.model_validate(fields)
+
+
