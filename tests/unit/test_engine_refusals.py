@@ -18,10 +18,15 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
-from vllm.exceptions import GenerationError, QueueOverflowError, RetryableRequestError, VLLMValidationError
-
 from fakes import eventually
+from fastapi import FastAPI
+from vllm.exceptions import (
+    GenerationError,
+    QueueOverflowError,
+    RetryableRequestError,
+    VLLMValidationError,
+)
+
 from vllm_responses import chat
 from vllm_responses.conformance import check_events, parse_sse
 from vllm_responses.deltas import Sampling
@@ -63,7 +68,7 @@ class Adapter(VllmEngine):
     """The real adapter's ``generate`` and its error mapping; ``prepare`` without a model
     (no renderer here): what ``_prepare`` hands ``generate`` for a plain-text request."""
 
-    def __init__(self, client: Client) -> None:  # noqa: D107 (no vLLM state to build)
+    def __init__(self, client: Client) -> None:
         self.client, self.request_logger, self.parser_cls, self.log_error_stack = client, None, None, False
         self.watch, self.death_reported, self.state = object(), False, None  # watch: no liveness task
 
