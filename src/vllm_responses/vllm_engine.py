@@ -405,13 +405,15 @@ class VllmEngine(Engine):
         results = self.client.generate(
             p.engine_input, p.sampling_params, request_id, lora_request=p.lora_request, **p.routing, **p.reasoning_kwargs
         )
-        started = False
+        started = refused = False
         try:
             try:
                 result = await anext(results, None)
             except VLLMValidationError as exc:  # the engine checks some parameters (and 0.33 the grammar) on submission
+                refused = True
                 raise _client_error(exc, p.grammar_param) from None
             except (GracefulHTTPError, GenerationError) as exc:  # refused on submission: queue full; 0.33: engine paused
+                refused = True
                 raise _refused(exc) from None
             started = True
             yield Started()
@@ -451,7 +453,8 @@ class VllmEngine(Engine):
             logger.exception("generation %s failed", request_id)
             raise EngineFailure(f"The engine failed while generating this response: {type(exc).__name__}.", usage=usage()) from exc
         finally:
-            if finish_reason is None and not self.client.errored:  # a dead engine has nothing to abort
+            # A dead engine has nothing to abort, and one that refused the request has already dropped it.
+            if finish_reason is None and not refused and not self.client.errored:
                 metrics.ENGINE_ABORTS.inc()
                 await self.client.abort(request_id)
         if finish_reason is None:

@@ -107,6 +107,7 @@ async def test_a_paused_or_full_engine_answers_503_before_the_stream(fail: Excep
     r = await post(client, stream=stream)
     assert r.status_code == 503, r.text
     assert r.json() == {"error": {"message": message, "type": "server_error", "param": None, "code": "server_is_overloaded"}}
+    assert client.aborted == []  # vLLM dropped it: nothing for us to abort (nor to count as aborted)
 
 
 @pytest.mark.anyio
@@ -171,9 +172,11 @@ async def test_a_grammar_that_does_not_compile_is_a_400_naming_its_source(body: 
     """0.33's compile error (faked: 0.32 ends such a request ``finish_reason="error"``) and
     0.32's own check on submission (the same exception, raised by 0.32 too): no parameter named
     by vLLM; ours names what the grammar came from."""
-    r = await post(Client(VLLMValidationError(message)), stream=True, **body)
+    client = Client(VLLMValidationError(message))
+    r = await post(client, stream=True, **body)
     assert r.status_code == 400, r.text
     assert r.json()["error"] == {"message": message, "type": "invalid_request_error", "param": param, "code": "invalid_value"}
+    assert client.aborted == []
 
 
 @pytest.mark.anyio
