@@ -15,7 +15,7 @@ SERVE_ARGS := --served-model-name demo gpt-5.5 --dtype float32 \
 	--reasoning-parser qwen3 --tool-call-parser hermes --enable-auto-tool-choice \
 	--host 127.0.0.1
 
-.PHONY: install model redis demo test test-all unit bench bench-memory profile-api fuzz print-serve-args dist docker-lint clean
+.PHONY: install model redis demo test test-all unit vllm-compat bench bench-memory profile-api fuzz print-serve-args dist docker-lint clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,12 @@ test-all: install model redis
 
 unit: install redis
 	$(PY) -m pytest tests/unit
+
+# The vLLM symbols we rely on (src/vllm_responses/engine/vllm_surface.py) in a vLLM release's wheel,
+# read without installing it; downloaded once into the wheel cache: docs/operations.md#vllm-versions.
+VLLM ?= 0.33.0
+vllm-compat: install
+	$(PY) -m vllm_responses.engine.vllm_surface $(if $(VLLM),--version $(VLLM))
 
 # Benchmarks print figures (never assert them): see docs/performance.md.
 bench: install model

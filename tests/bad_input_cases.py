@@ -224,9 +224,9 @@ CASES: list[Case] = [
     _c("schema_bad_name_characters", **create({"text": {"format": {"type": "json_schema", "name": "my schema!", "schema": {"type": "object"}}}}, 400, "text.format.name", "invalid_value")),
     _c("schema_name_too_long", **create({"text": {"format": {"type": "json_schema", "name": "n" * 65, "schema": {"type": "object"}}}}, 400, "text.format.name", "string_above_max_length")),
     # The grammar compiler's verdict on the schema itself (vLLM names no param).
-    _c("schema_properties_not_object", **create({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object", "properties": "x"}}}}, 400, None, "invalid_value", e2e=True, engine=True)),
-    _c("schema_unknown_type", **create({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "wat"}}}}, 400, None, "invalid_value", e2e=True, engine=True)),
-    _c("schema_dangling_ref", **create({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"$ref": "#/$defs/missing"}}}}, 400, None, "invalid_value", engine=True)),
+    _c("schema_properties_not_object", **create({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object", "properties": "x"}}}}, 400, "text.format.schema", "invalid_value", e2e=True, engine=True)),
+    _c("schema_unknown_type", **create({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "wat"}}}}, 400, "text.format.schema", "invalid_value", e2e=True, engine=True)),
+    _c("schema_dangling_ref", **create({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"$ref": "#/$defs/missing"}}}}, 400, "text.format.schema", "invalid_value", engine=True)),
     # -- deeply nested JSON anywhere ------------------------------------------------------------------
     _c("nested_schema", **create({"text": {"format": {"type": "json_schema", "name": "x", "schema": deep_schema(500)}}}, 400, "text", "nested_too_deeply", e2e=True)),
     _c("nested_tool_parameters", **create({"tools": [{**WEATHER, "parameters": deep_schema(300)}]}, 400, "tools", "nested_too_deeply")),

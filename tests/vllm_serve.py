@@ -10,8 +10,12 @@ every other flag behave as in the users' ``vllm serve``. Usage: ``python vllm_se
 import sys
 
 from vllm.entrypoints.cli.serve import ServeSubcommand
-from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
 from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+try:  # vLLM 0.33 (listed in src/vllm_responses/engine/vllm_surface.py)
+    from vllm.entrypoints.common.startup import cli_env_setup
+except ImportError:  # vLLM 0.32
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
 
 
 def main() -> None:

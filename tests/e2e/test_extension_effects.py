@@ -5,7 +5,8 @@ upstream honours it": our route hands the extensions to the same vLLM request mo
 - ``skip_special_tokens``: vLLM's parsers behind the users' flags (``--reasoning-parser qwen3
   --tool-call-parser hermes``) turn it off in their ``adjust_request``, so special tokens
   stay in the text whatever the request says, on both routes; a logit bias that makes the
-  model emit the special ``<|im_start|>`` shows it.
+  model emit the special ``<|im_start|>`` shows it. ``spaces_between_special_tokens`` (accepted
+  by vLLM 0.33's own ``/v1/responses``) reaches the same detokenizer, as on the chat route.
 - ``watermarking``: a request asking for it on an engine without ``--watermark-config``
   runs unwatermarked, and vLLM logs that it does, on both routes.
 - ``session_id`` (body or ``X-Session-ID``): vLLM's session identity, used only by KV-cache
@@ -51,7 +52,7 @@ def chat_output(r: httpx.Response) -> str:
 def test_skip_special_tokens_as_on_upstreams_chat_route(base_url: str) -> None:
     plain = output(responses(base_url))
     assert "<|im_start|>" not in plain  # without the bias, no special token: the check can fail
-    for flag in ({}, {"skip_special_tokens": True}, {"skip_special_tokens": False}):
+    for flag in ({}, {"skip_special_tokens": True}, {"skip_special_tokens": False}, {"spaces_between_special_tokens": False}):
         ours = output(responses(base_url, **SPECIAL, **flag))
         assert ours == chat_output(chat(base_url, **SPECIAL, **flag)), flag
         assert ours == "<|im_start|>" * 6, flag  # kept: the parsers set skip_special_tokens=False

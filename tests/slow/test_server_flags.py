@@ -1,7 +1,8 @@
 """Nothing lost by switching the plugin on, for upstream's server flags: a server of its own with
 ``--max-model-len``, ``--max-logprobs``, ``--enable-request-id-headers``, request and output
-logging, its own ``--chat-template``, generation-config defaults and overrides, and priority
-scheduling with one sequence at a time. The extensions on the users' flags:
+logging, its own ``--chat-template``, generation-config defaults and overrides, priority
+scheduling with one sequence at a time, and admission control (``--max-num-queued-reqs``).
+The extensions on the users' flags:
 tests/e2e/test_parity.py.
 """
 
@@ -22,6 +23,9 @@ ENDLESS = {"model": "demo", "input": "Count forever.", "max_output_tokens": 12}
 # Holds the one sequence while the engine queues the others: 1,000 tokens, the most
 # --max-model-len 1024 accepts after the 13-token prompt (seconds at full speed).
 BLOCKER = {**ENDLESS, "max_output_tokens": 1000, "priority": -100, "stream": True}
+
+
+QUEUE = 3  # --max-num-queued-reqs: test_priority_scheduling hands the engine three requests at once
 
 
 def create(base_url: str, body: dict, headers: dict | None = None) -> httpx.Response:
@@ -56,7 +60,7 @@ def flagged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--max-model-len", "1024", "--max-logprobs", "3", "--enable-request-id-headers",
         "--enable-log-requests", "--enable-log-outputs", "--chat-template", str(template),
         "--generation-config", "auto", "--override-generation-config", json.dumps({"temperature": 0.6, "top_p": 0.9}),
-        "--scheduling-policy", "priority", "--max-num-seqs", "1",
+        "--scheduling-policy", "priority", "--max-num-seqs", "1", "--max-num-queued-reqs", str(QUEUE),
     ]
     with running(plugin=True, log_path=base / "server.log", args=args) as srv:
         yield srv
@@ -157,3 +161,47 @@ def test_priority_scheduling(flagged: Server) -> None:
     order = sorted(("blocker", "high", "low"), key=lambda name: log.index(f"Generated response {tag}-{name}:"))
     assert order == ["blocker", "high", "low"], log[-3000:]
 
+
+def test_a_full_queue_answers_503_as_upstream_does(flagged: Server) -> None:
+    """Admission control (issue 21): with ``--max-num-queued-reqs 3`` full, vLLM refuses a
+    request on submission (``QueueOverflowError``, a ``GracefulHTTPError``; vLLM 0.33 refuses
+    the same way while paused, ``RetryableRequestError``: tests/unit/test_engine_refusals.py).
+    Ours answers before any event, 503 ``server_is_overloaded`` with vLLM's message, streaming or
+    not, as upstream's chat route answers 503 on the same server (it answered 500 before); a
+    background response, its stream already begun, ends ``failed``.
+
+    The queue is filled with the engine stopped (SIGSTOP of EngineCore): three streams, each seen
+    in the log as handed to the engine (``Added request``); the refusals happen in the API
+    process, which the stopped engine does not hold up."""
+    base, tag = flagged.base_url, f"full-{time.monotonic_ns()}"
+    wait_engine_idle(base)
+    engine = engine_core(flagged.proc.pid)
+    held: list[RawClient] = []
+    try:
+        engine.suspend()
+        try:
+            for i in range(QUEUE):
+                held.append(RawClient(base, {**ENDLESS, "stream": True, "request_id": f"{tag}-{i}"}))
+                wait_until(f"request {i} handed to the engine", lambda i=i: logged(flagged, f"Added request {tag}-{i}"), 60)
+            upstream = httpx.post(f"{base}/v1/chat/completions", timeout=60,
+                                  json={"model": "demo", "messages": [{"role": "user", "content": "Count forever."}], "max_tokens": 4})
+            assert upstream.status_code == 503, upstream.text
+            message = upstream.json()["error"]["message"]
+            for stream in (False, True):
+                r = create(base, {**ENDLESS, "stream": stream})
+                assert r.status_code == 503, r.text
+                assert r.json() == {"error": {"message": message, "type": "server_error", "param": None, "code": "server_is_overloaded"}}
+            background = create(base, {**ENDLESS, "background": True})
+            assert background.status_code == 200, background.text
+
+            def failed() -> dict | None:
+                got = httpx.get(f"{base}/v1/responses/{background.json()['id']}", timeout=60).json()
+                return got if got["status"] == "failed" else None
+
+            assert wait_until("the background response failed", failed, 60)["error"] == {"code": "server_error", "message": message}
+        finally:
+            engine.resume()
+    finally:
+        for client in held:
+            client.leave()
+    wait_engine_idle(base)

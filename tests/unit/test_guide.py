@@ -105,7 +105,8 @@ def test_every_vllm_flag_named_is_one_vllm_has() -> None:
     """A flag exists when vLLM's argument modules define its field (``--max-model-len`` → ``max_model_len``)."""
     args = "".join(
         (VLLM / p).read_text()
-        for p in ("engine/arg_utils.py", "entrypoints/launchers/cli_args.py", "entrypoints/openai/cli_args.py")
+        # entrypoints/launchers/cli_args.py moved to entrypoints/common/ in vLLM 0.33
+        for p in ("engine/arg_utils.py", "entrypoints/launchers/cli_args.py", "entrypoints/common/cli_args.py", "entrypoints/openai/cli_args.py")
         if (VLLM / p).exists()
     )
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", GUIDE)) - NOT_VLLM_FLAGS

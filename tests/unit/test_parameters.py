@@ -61,8 +61,11 @@ def test_what_cannot_be_honoured_is_refused_with_the_reason(name):
 
 
 def test_vllm_extensions_reach_the_engine_as_sent():
-    request = parse(seed=7, stop=["x"], top_k=3, min_p=0.1, cache_salt="salt", vllm_xargs={"a": 1}, request_id="mine")
-    assert request.extensions == {"seed": 7, "stop": ["x"], "top_k": 3, "min_p": 0.1, "cache_salt": "salt", "vllm_xargs": {"a": 1}, "request_id": "mine"}
+    request = parse(seed=7, stop=["x"], top_k=3, min_p=0.1, cache_salt="salt", vllm_xargs={"a": 1}, request_id="mine", spaces_between_special_tokens=False)
+    assert request.extensions == {
+        "seed": 7, "stop": ["x"], "top_k": 3, "min_p": 0.1, "cache_salt": "salt", "vllm_xargs": {"a": 1}, "request_id": "mine",
+        "spaces_between_special_tokens": False,  # vLLM 0.33's own /v1/responses accepts it (issue 21)
+    }
     assert "seed" not in request.params
     assert VLLM_EXTENSIONS.isdisjoint(CHAT_HABITS) and VLLM_EXTENSIONS.isdisjoint(NO_EFFECT) and VLLM_EXTENSIONS.isdisjoint(REFUSED)
 

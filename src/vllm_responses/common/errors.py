@@ -104,6 +104,17 @@ def engine_dead() -> APIError:
     return APIError(ENGINE_DEAD, status=HTTPStatus.SERVICE_UNAVAILABLE, type="server_error", code="engine_dead")
 
 
+OVERLOADED = "server_is_overloaded"
+
+
+def overloaded(message: str) -> APIError:
+    """The engine cannot take the request now (its queue full, or paused: vLLM's admission
+    control): a 503 that clients retry, as on vLLM's own routes. Once a stream has begun (a
+    background response) it ends ``failed`` with ``server_error``: the codes of a response's
+    ``error`` (the openai types) have no "overloaded"."""
+    return APIError(message, status=HTTPStatus.SERVICE_UNAVAILABLE, type="server_error", code=OVERLOADED)
+
+
 def invalid_api_key(provided: bool) -> APIError:
     """A missing or wrong API key on a server started with ``--api-key``: OpenAI's 401."""
     message = (

@@ -14,6 +14,7 @@ upstream's.
 import asyncio
 import contextvars
 import functools
+import re
 from argparse import Namespace
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -28,7 +29,12 @@ from vllm.entrypoints.generate.base.serving import PRIORITY_HEADER, SESSION_ID_H
 from vllm.entrypoints.launchers.launcher import terminate_if_errored
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.entrypoints.serve.utils.api_utils import get_max_tokens
-from vllm.exceptions import VLLMUnprocessableEntityError, VLLMValidationError
+from vllm.exceptions import (
+    GenerationError,
+    GracefulHTTPError,
+    VLLMUnprocessableEntityError,
+    VLLMValidationError,
+)
 from vllm.lora.request import LoRARequest
 from vllm.parser import DelegatingParser, ParserManager
 from vllm.tracing.utils import contains_trace_headers, extract_trace_headers
@@ -43,6 +49,7 @@ from ..common.errors import (
     engine_dead,
     invalid_request,
     model_not_found,
+    overloaded,
 )
 from ..common.logs import get_logger
 from ..events.deltas import (
@@ -93,6 +100,7 @@ class _Prepared(Prepared):
     routing: dict[str, Any]  # priority, session_id, data_parallel_rank, trace_headers
     lora_request: Any = None  # the LoRA adapter the request's ``model`` names; None: the base model
     text_only: bool = False  # the parser can only hand each delta back as content now (see _text_only)
+    grammar_param: str | None = None  # what a grammar that does not compile came from (see _grammar_param)
 
 
 class VllmEngine(Engine):
@@ -259,6 +267,7 @@ class VllmEngine(Engine):
             engine_request_id=request.extensions.get("request_id"),
             routing=_routing(request),
             lora_request=lora_request,
+            grammar_param=_grammar_param(request),
         )
 
     async def _adapter(self, model: str) -> LoRARequest | None:
@@ -371,15 +380,9 @@ class VllmEngine(Engine):
         return best
 
     def _template_kwargs(self, chat_request: Any) -> dict[str, Any]:
-        """The chat-template kwargs the renderer used, which the parsers must see too."""
-        effective = getattr(self.renderer, "effective_chat_template_kwargs", None)
-        if effective is not None:  # vLLM >= 0.33 (maps reasoning effort per model)
-            return effective(chat_request)
-        return (  # vLLM 0.32
-            chat_request.build_chat_params(self.renderer.chat_template, self.renderer.chat_template_content_format)
-            .with_defaults(self.renderer.default_chat_template_kwargs)
-            .chat_template_kwargs
-        )
+        """The chat-template kwargs the renderer used, which the parsers must see too (0.32
+        and 0.33 both have the method; 0.33's also maps ``reasoning_effort`` per model)."""
+        return self.renderer.effective_chat_template_kwargs(chat_request)
 
     async def generate(self, prepared: Prepared, request_id: str) -> AsyncIterator[Started | Delta | Finish]:
         assert isinstance(prepared, _Prepared)
@@ -404,12 +407,16 @@ class VllmEngine(Engine):
         results = self.client.generate(
             p.engine_input, p.sampling_params, request_id, lora_request=p.lora_request, **p.routing, **p.reasoning_kwargs
         )
-        started = False
+        started = refused = False
         try:
             try:
                 result = await anext(results, None)
-            except VLLMValidationError as exc:  # the engine checks some parameters on submission
-                raise _client_error(exc) from None
+            except VLLMValidationError as exc:  # the engine checks some parameters (and 0.33 the grammar) on submission
+                refused = True
+                raise _client_error(exc, p.grammar_param) from None
+            except (GracefulHTTPError, GenerationError) as exc:  # refused on submission: queue full; 0.33: engine paused
+                refused = True
+                raise _refused(exc) from None
             started = True
             yield Started()
             while result is not None:
@@ -436,6 +443,9 @@ class VllmEngine(Engine):
             if not started:
                 raise engine_dead() from None
             raise EngineFailure(ENGINE_DEAD, usage=usage()) from None
+        except (GracefulHTTPError, GenerationError) as exc:  # 0.33: a request-level failure once running
+            logger.warning("generation %s failed: %s: %s", request_id, type(exc).__name__, exc)
+            raise EngineFailure(str(exc), usage=usage()) from None  # server_error: a response's error codes have no "overloaded"
         except EngineGenerateError as exc:
             self._generate_failed(request_id, exc)
             if not started:
@@ -445,7 +455,8 @@ class VllmEngine(Engine):
             logger.exception("generation %s failed", request_id)
             raise EngineFailure(f"The engine failed while generating this response: {type(exc).__name__}.", usage=usage()) from exc
         finally:
-            if finish_reason is None and not self.client.errored:  # a dead engine has nothing to abort
+            # A dead engine has nothing to abort, and one that refused the request has already dropped it.
+            if finish_reason is None and not refused and not self.client.errored:
                 metrics.ENGINE_ABORTS.inc()
                 await self.client.abort(request_id)
         if finish_reason is None:
@@ -467,6 +478,11 @@ class VllmEngine(Engine):
                 self.tokenizer, p.chat_request.tools, chat_template_kwargs=self._template_kwargs(p.chat_request),
                 model_config=self.model_config,
             )
+            # As vLLM's chat route before ``parse``: 0.33's reasoning parsers read the prompt (thinking
+            # switched off in it: the output is no reasoning); 0.32's parsers ignore it.
+            set_prompt = getattr(parser, "set_prompt_token_ids", None)
+            if set_prompt is not None:
+                set_prompt(p.prompt_token_ids)
             try:
                 _, _, found = parser.parse("".join(text), p.chat_request, enable_auto_tools=True, model_output_token_ids=generated)
             except Exception:  # a parser that cannot read a partial output: keep what streamed
@@ -665,12 +681,62 @@ def _content_logprobs(logprobs: list[TokenLogprob] | None, content: str) -> list
     return None
 
 
-def _client_error(exc: VLLMValidationError) -> APIError:
-    """vLLM's parameter errors, in the Responses API's terms."""
+def _client_error(exc: VLLMValidationError, grammar_param: str | None = None) -> APIError:
+    """vLLM's parameter errors, in the Responses API's terms. A grammar that does not compile
+    names no parameter in vLLM (0.32: xgrammar's check on submission; 0.33 also its compile
+    error, which 0.32 reported as ``finish_reason="error"``): it names what the grammar came from."""
     message = exc.args[0] if exc.args else str(exc)
     if exc.parameter in ("input_tokens", "input_text"):
         return context_length_exceeded(message)
-    return invalid_request(message, param=_PARAMS.get(exc.parameter or "", exc.parameter))
+    param = _PARAMS.get(exc.parameter or "", exc.parameter)
+    if param is None and grammar_param is not None and _GRAMMAR_ERROR.search(message):
+        param = grammar_param
+    return invalid_request(message, param=param)
+
+
+# vLLM's messages for a structured-outputs constraint it cannot compile (xgrammar's checks, 0.33's
+# "Invalid structured outputs: ..."), which carry no parameter name.
+_GRAMMAR_ERROR = re.compile(r"grammar|schema|structured output|regex|choices", re.IGNORECASE)
+
+
+def _grammar_param(request: ResponsesRequest) -> str | None:
+    """What the request's grammar comes from, for the error when it does not compile, as the
+    hosted API names it: ``text.format.schema``, the client's ``structured_outputs``, the forced
+    function's ``tools[i].parameters``, else ``tools`` (``required``, strict tools, a namespace's).
+    None: the request has no grammar."""
+    fmt = ((request.get("text") or {}).get("format") or {}).get("type")
+    if fmt == "json_schema":
+        return "text.format.schema"
+    if fmt == "json_object":
+        return "text.format"
+    if request.extensions.get("structured_outputs") is not None:
+        return "structured_outputs"
+    tools = request.tools or []
+    choice = request.get("tool_choice", "auto")
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        for i, tool in enumerate(tools):
+            if getattr(tool, "type", None) == "function" and tool.name == choice.get("name"):
+                return f"tools[{i}].parameters"
+    return "tools"
+
+
+def _refused(exc: GracefulHTTPError | GenerationError) -> APIError:
+    """vLLM's refusals, with the status its own routes give them (``create_error_response``):
+    a full queue (``QueueOverflowError``, ``MaxQueuedTokensError``: ``GracefulHTTPError``) and,
+    in 0.33, a paused engine (``RetryableRequestError``) are 503s that clients retry."""
+    if isinstance(exc, GracefulHTTPError):
+        status, message = int(exc.http_status), exc.message
+    else:
+        status, message = int(getattr(exc, "status_code", HTTPStatus.INTERNAL_SERVER_ERROR)), str(exc)
+    if status == HTTPStatus.SERVICE_UNAVAILABLE:
+        return overloaded(message)
+    if status == HTTPStatus.TOO_MANY_REQUESTS:
+        return APIError(message, status=status, type="rate_limit_error", code="rate_limit_exceeded")
+    if status >= 500:
+        return APIError(message, status=status, type="server_error", code="server_error")
+    return invalid_request(message, code=None) if status == HTTPStatus.BAD_REQUEST else APIError(message, status=status, code=None)
 
 
 def _token_text(logprob: Any, token_id: int, tokenizer: Any) -> str:

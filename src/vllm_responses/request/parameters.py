@@ -82,6 +82,7 @@ VLLM_EXTENSIONS: frozenset[str] = frozenset({
     "seed",
     "session_id",
     "skip_special_tokens",
+    "spaces_between_special_tokens",
     "stop",
     "stop_token_ids",
     "structured_outputs",
