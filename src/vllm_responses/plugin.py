@@ -55,8 +55,10 @@ class ResponsesPlugin:
         sealer = ReasoningSealer(settings.reasoning_keys)
         if sealer.ephemeral:
             logger.warning(
-                "%s is not set: reasoning sealed for clients (include reasoning.encrypted_content) can be opened only by "
-                "this process, so it is lost across restarts, replicas and --api-server-count > 1. Set it to one or more "
+                "%s is not set: reasoning sealed for clients (include reasoning.encrypted_content) can be opened "
+                "only by "
+                "this process, so it is lost across restarts, replicas and --api-server-count > 1. Set it to one or "
+                "more "
                 "base64 32-byte keys (`openssl rand -base64 32`).",
                 REASONING_KEYS,
             )
@@ -78,8 +80,11 @@ class ResponsesPlugin:
             logger.info("responses store: %s", redact_url(settings.store_url))
         except StoreUnavailable as exc:
             shown = redact_url(settings.store_url)
-            logger.error("responses store %s is unavailable (%s); requests that need it answer 503 until it is back", shown,
-                         str(exc).replace(settings.store_url, shown))
+            logger.error(
+                "responses store %s is unavailable (%s); requests that need it answer 503 until it is back",
+                shown,
+                str(exc).replace(settings.store_url, shown),
+            )
         warm_up()
         service.start()
         state.vllm_responses = service

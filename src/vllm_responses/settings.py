@@ -144,7 +144,9 @@ class Settings:
             reasoning_keys=_keys(env.get(REASONING_KEYS, "")),
             lease_s=_number(env, LEASE, 10.0, float, minimum=1.0),
             capture_dir=env.get(CAPTURE_DIR) or None,
-            capture_max_bytes=int(_number(env, CAPTURE_MAX_MB, DEFAULT_CAPTURE_MAX / (1024 * 1024), float, minimum=1) * 1024 * 1024),
+            capture_max_bytes=int(
+                _number(env, CAPTURE_MAX_MB, DEFAULT_CAPTURE_MAX / (1024 * 1024), float, minimum=1) * 1024 * 1024
+            ),
             max_body_bytes=int(_number(env, MAX_BODY, DEFAULT_MAX_BODY, int, minimum=1024)),
             ws_max_s=_number(env, WS_MAX_SECONDS, 3600.0, float, minimum=1.0),
             ws_max_message_bytes=int(_number(env, WS_MAX_MESSAGE, DEFAULT_WS_MAX_MESSAGE, int, minimum=1024)),
@@ -181,7 +183,9 @@ def _file_limits(env: Mapping[str, str]) -> FileLimits:
         max_files=int(_number(env, FILES_MAX_COUNT, d.max_files, int, minimum=1)),
         max_bytes=int(_number(env, FILES_MAX_BYTES, d.max_bytes, int, minimum=1024)),
         parse_s=_number(env, FILE_PARSE_SECONDS, d.parse_s, float, minimum=0.5),
-        parse_memory_bytes=int(_number(env, FILE_PARSE_MB, d.parse_memory_bytes // (1024 * 1024), int, minimum=128) * 1024 * 1024),
+        parse_memory_bytes=int(
+            _number(env, FILE_PARSE_MB, d.parse_memory_bytes // (1024 * 1024), int, minimum=128) * 1024 * 1024
+        ),
     )
 
 
@@ -211,10 +215,15 @@ def _keys(raw: str) -> tuple[bytes, ...]:
         if not text:
             continue
         try:
-            key = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None, validate=True)
+            key = base64.b64decode(
+                text + "=" * (-len(text) % 4), altchars=b"-_" if ("-" in text or "_" in text) else None, validate=True
+            )
         except (binascii.Error, ValueError):
             raise ValueError(f"{REASONING_KEYS}: key {i + 1} is not base64") from None
         if len(key) != 32:
-            raise ValueError(f"{REASONING_KEYS}: key {i + 1} is {len(key)} bytes; AES-256 keys are 32 bytes (e.g. `openssl rand -base64 32`)")
+            raise ValueError(
+                f"{REASONING_KEYS}: key {i + 1} is {len(key)} bytes; AES-256 keys are 32 bytes (e.g. `openssl rand "
+                "-base64 32`)"
+            )
         keys.append(key)
     return tuple(keys)

@@ -138,3 +138,16 @@ def test_the_checks_see_what_they_should() -> None:
     assert "vllm_responses.core.history" in edges["vllm_responses.core.service"]
     assert "vllm_responses.store.base" in edges["vllm_responses.core.history"]
     assert "vllm_responses.events.deltas" not in edges["vllm_responses.common.errors"]  # annotations only
+
+
+def test_source_lines_are_at_most_120_characters() -> None:
+    """Except the demo model's chat template (its lines are the template's text, whitespace and all)."""
+    template = PKG / "demo_model" / "template.py"
+    long = [
+        f"{p.relative_to(SRC)}:{i}"
+        for p in PKG.rglob("*.py")
+        if p != template
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if len(line) > 120
+    ]
+    assert long == []

@@ -70,7 +70,9 @@ class ApiKeyGate:
                     return
                 error = invalid_api_key(provided=bool(key))
                 headers = {"WWW-Authenticate": "Bearer", "x-vllm-responses": __version__}
-                response = Response(error.json(), status_code=error.status, media_type="application/json", headers=headers)
+                response = Response(
+                    error.json(), status_code=error.status, media_type="application/json", headers=headers
+                )
                 await response(scope, receive, send)
                 return
             if self.tenants:
@@ -99,6 +101,10 @@ def insert_gate(middleware: list[Middleware], paths: tuple[str, ...], tenancy: T
     for i, m in enumerate(middleware):
         cls = m.cls
         tokens = m.kwargs.get("tokens")
-        if getattr(cls, "__name__", "") == VLLM_AUTH_MIDDLEWARE and getattr(cls, "__module__", "").startswith("vllm.") and tokens:
+        if (
+            getattr(cls, "__name__", "") == VLLM_AUTH_MIDDLEWARE
+            and getattr(cls, "__module__", "").startswith("vllm.")
+            and tokens
+        ):
             middleware.insert(i, Middleware(ApiKeyGate, tokens=list(tokens), paths=paths, tenancy=tenancy))
             return

@@ -30,7 +30,9 @@ BASE_INSTRUCTIONS = (
 )
 
 
-def codex_model(card: dict[str, Any], priority: int, *, context_window: int, reasoning: bool, images: bool) -> dict[str, Any]:
+def codex_model(
+    card: dict[str, Any], priority: int, *, context_window: int, reasoning: bool, images: bool
+) -> dict[str, Any]:
     """One ``ModelInfo`` (codex-rs ``codex_protocol::openai_models``) for a vLLM model card."""
     window = int(card.get("max_model_len") or context_window)
     return {
@@ -91,8 +93,11 @@ class CodexCatalog:
         self.app = app
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "GET" or "client_version" not in parse_qs(
-            scope.get("query_string", b"").decode("latin-1")
+        if (
+            scope["type"] != "http"
+            or scope["path"] != PATH
+            or scope["method"] != "GET"
+            or "client_version" not in parse_qs(scope.get("query_string", b"").decode("latin-1"))
         ):
             await self.app(scope, receive, send)
             return

@@ -37,10 +37,13 @@ def _typed_items(value: Any, param: str = "items") -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise invalid_request(f"Invalid type for '{param}': expected an array of items.", param=param, code="invalid_type")
+        raise invalid_request(
+            f"Invalid type for '{param}': expected an array of items.", param=param, code="invalid_type"
+        )
     if len(value) > MAX_ITEMS_PER_CALL:
         raise invalid_request(
-            f"Invalid '{param}': array too long. At most {MAX_ITEMS_PER_CALL} items can be added at a time, but got {len(value)}.",
+            f"Invalid '{param}': array too long. At most {MAX_ITEMS_PER_CALL} items can be added at a time, but got "
+            f"{len(value)}.",
             param=param,
             code="array_above_max_length",
         )
@@ -51,7 +54,9 @@ def _typed_items(value: Any, param: str = "items") -> list[Any]:
 @answers_errors
 async def create_conversation(raw: Request) -> Response:
     service, body = service_of(raw), await _body(raw)
-    conversation = await service.conversations.create(body.get("metadata"), _typed_items(body.get("items")), tenant_of(raw.scope))
+    conversation = await service.conversations.create(
+        body.get("metadata"), _typed_items(body.get("items")), tenant_of(raw.scope)
+    )
     return json_response(orjson.dumps(conversation))
 
 
@@ -66,7 +71,9 @@ async def retrieve_conversation(conversation_id: str, raw: Request) -> Response:
 async def update_conversation(conversation_id: str, raw: Request) -> Response:
     service, body = service_of(raw), await _body(raw)
     if "metadata" not in body:
-        raise invalid_request("Missing required parameter: 'metadata'.", param="metadata", code="missing_required_parameter")
+        raise invalid_request(
+            "Missing required parameter: 'metadata'.", param="metadata", code="missing_required_parameter"
+        )
     conversation = await service.conversations.update(conversation_id, body["metadata"], tenant_of(raw.scope))
     return json_response(orjson.dumps(conversation))
 
@@ -83,7 +90,9 @@ async def delete_conversation(conversation_id: str, raw: Request) -> Response:
 async def list_items(conversation_id: str, raw: Request) -> Response:
     include_param(raw)
     limit, order, after = list_params(raw)
-    page = await service_of(raw).conversations.list_items(conversation_id, tenant_of(raw.scope), after, limit, order)  # type: ignore[arg-type]
+    conversations = service_of(raw).conversations
+    tenant = tenant_of(raw.scope)
+    page = await conversations.list_items(conversation_id, tenant, after, limit, order)  # type: ignore[arg-type]
     return json_response(orjson.dumps(item_list(page.items, page.has_more)))
 
 
@@ -105,10 +114,14 @@ async def create_items(conversation_id: str, raw: Request) -> Response:
 @answers_errors
 async def retrieve_item(conversation_id: str, item_id: str, raw: Request) -> Response:
     include_param(raw)
-    return json_response(orjson.dumps(await service_of(raw).conversations.get_item(conversation_id, item_id, tenant_of(raw.scope))))
+    return json_response(
+        orjson.dumps(await service_of(raw).conversations.get_item(conversation_id, item_id, tenant_of(raw.scope)))
+    )
 
 
 @router.delete("/v1/conversations/{conversation_id}/items/{item_id}")
 @answers_errors
 async def delete_item(conversation_id: str, item_id: str, raw: Request) -> Response:
-    return json_response(orjson.dumps(await service_of(raw).conversations.delete_item(conversation_id, item_id, tenant_of(raw.scope))))
+    return json_response(
+        orjson.dumps(await service_of(raw).conversations.delete_item(conversation_id, item_id, tenant_of(raw.scope)))
+    )

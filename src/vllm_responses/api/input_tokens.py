@@ -23,7 +23,9 @@ async def count_input_tokens(raw: Request) -> Response:
     service = service_of(raw)
     request = await parse_request_off_loop(await read_body(raw), headers=raw.headers, tenant=tenant_of(raw.scope))
     # openai.types.responses.InputTokenCountResponse
-    return json_response(orjson.dumps({"object": "response.input_tokens", "input_tokens": await service.count_input_tokens(request)}))
+    return json_response(
+        orjson.dumps({"object": "response.input_tokens", "input_tokens": await service.count_input_tokens(request)})
+    )
 
 
 __all__ = ["router"]

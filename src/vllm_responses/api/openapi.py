@@ -100,7 +100,9 @@ def schemas() -> dict[str, dict[str, Any]]:
         "CompactedResponse": CompactedResponse,
         "InputTokenCountResponse": InputTokenCountResponse,
     }
-    inputs: list[tuple[str, Any, TypeAdapter[Any]]] = [(name, "validation", TypeAdapter(t)) for name, t in bodies.items()]
+    inputs: list[tuple[str, Any, TypeAdapter[Any]]] = [
+        (name, "validation", TypeAdapter(t)) for name, t in bodies.items()
+    ]
     inputs += [(name, "serialization", TypeAdapter(t)) for name, t in answers.items()]
     tops, defs = TypeAdapter.json_schemas(inputs, ref_template=f"#/components/schemas/{PREFIX}{{model}}")
     out = {PREFIX + name: schema for name, schema in defs.get("$defs", {}).items()}
@@ -114,7 +116,10 @@ def schemas() -> dict[str, dict[str, Any]]:
     # Items are listed in openai's output shapes where this server has them (messages, calls,
     # reasoning); an item of another type is kept as it was sent, with an id (items.to_stored).
     out[PREFIX + "KeptInputItem"] = {
-        "allOf": [_ref("ResponseInputItem"), {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]}],
+        "allOf": [
+            _ref("ResponseInputItem"),
+            {"type": "object", "properties": {"id": {"type": "string"}}, "required": ["id"]},
+        ],
         "description": "An input item of a type this server does not produce, listed as it was sent, with an id.",
     }
     out[PREFIX + "ConversationItem"] = {"anyOf": [out[PREFIX + "ConversationItem"], _ref("KeptInputItem")]}
@@ -155,14 +160,27 @@ def _create_body(schema: dict[str, Any]) -> None:
     for name, why in NO_EFFECT.items():
         properties.setdefault(name, {})["description"] = f"Accepted without effect: {why}."
     for name, why in REFUSED.items():
-        properties[name] = {"type": "null", "description": f"Refused (null, false or empty asks for nothing and is accepted): {why}."}
+        properties[name] = {
+            "type": "null",
+            "description": f"Refused (null, false or empty asks for nothing and is accepted): {why}.",
+        }
     for name, (low, high) in RANGES.items():
-        properties[name] = {"anyOf": [{"type": "number", "minimum": low, **({"maximum": high} if high is not None else {})}, {"type": "null"}]}
+        properties[name] = {
+            "anyOf": [
+                {"type": "number", "minimum": low, **({"maximum": high} if high is not None else {})},
+                {"type": "null"},
+            ]
+        }
         if name in ("max_output_tokens", "max_tool_calls", "top_logprobs"):
             properties[name]["anyOf"][0]["type"] = "integer"
     for name in sorted(VLLM_EXTENSIONS):
-        properties.setdefault(name, {"description": "vLLM's extension, validated and applied by vLLM as on its chat route."})
-    schema["required"] = ["model", "input"]  # `input` may be left out only when continuing (previous_response_id, conversation)
+        properties.setdefault(
+            name, {"description": "vLLM's extension, validated and applied by vLLM as on its chat route."}
+        )
+    schema["required"] = [
+        "model",
+        "input",
+    ]  # `input` may be left out only when continuing (previous_response_id, conversation)
     schema["additionalProperties"] = False
     schema["description"] = (
         "The Responses API's create body (the openai package's ResponseCreateParams) with vLLM's extensions. "
@@ -196,7 +214,11 @@ def _include() -> dict[str, Any]:
     from openai.types.responses import ResponseIncludable
 
     values = sorted(typing.get_args(ResponseIncludable))
-    return {**_query("include", {"type": "array", "items": {"enum": values}}, "Extra output to include."), "style": "form", "explode": True}
+    return {
+        **_query("include", {"type": "array", "items": {"enum": values}}, "Extra output to include."),
+        "style": "form",
+        "explode": True,
+    }
 
 
 def _listing() -> list[dict[str, Any]]:
@@ -247,7 +269,11 @@ def operations() -> dict[str, dict[str, dict[str, Any]]]:
     created_conversation = {**conversation, "links": _links(by_conversation, conversation_id="$response.body#/id")}
     items = {
         "200": _json("The items.", "ConversationItemList")
-        | {"links": _links(by_item, conversation_id="$request.path.conversation_id", item_id="$response.body#/data/0/id")}
+        | {
+            "links": _links(
+                by_item, conversation_id="$request.path.conversation_id", item_id="$response.body#/data/0/id"
+            )
+        }
     }
     return {
         "/v1/responses": {
@@ -264,7 +290,9 @@ def operations() -> dict[str, dict[str, dict[str, Any]]]:
         },
         "/v1/responses/compact": {
             "post": {
-                "summary": "Compact a conversation (a create body; `stream`, `background` and `conversation` are refused)",
+                "summary": (
+                    "Compact a conversation (a create body; `stream`, `background` and `conversation` are refused)"
+                ),
                 "requestBody": _body("ResponseCreateParams"),
                 "responses": {
                     "200": _json("The context's user messages, then one compaction item.", "CompactedResponse"),
@@ -288,7 +316,11 @@ def operations() -> dict[str, dict[str, dict[str, Any]]]:
                     response_id,
                     _include(),
                     _query("stream", {"type": "boolean", "default": False}, "Stream a background response's events."),
-                    _query("starting_after", {"type": "integer", "minimum": 0}, "Stream the events after this sequence number."),
+                    _query(
+                        "starting_after",
+                        {"type": "integer", "minimum": 0},
+                        "Stream the events after this sequence number.",
+                    ),
                 ],
                 "responses": {"200": streamed, **errors},
             },
@@ -320,7 +352,11 @@ def operations() -> dict[str, dict[str, dict[str, Any]]]:
             }
         },
         "/v1/conversations/{conversation_id}": {
-            "get": {"summary": "Retrieve a conversation", "parameters": [conversation_id], "responses": {"200": conversation, **errors}},
+            "get": {
+                "summary": "Retrieve a conversation",
+                "parameters": [conversation_id],
+                "responses": {"200": conversation, **errors},
+            },
             "post": {
                 "summary": "Update a conversation's metadata",
                 "parameters": [conversation_id],

@@ -56,7 +56,12 @@ def json_response(body: bytes | str, status: int = 200) -> Response:
 def service_of(request: Request) -> ResponsesService:
     service = getattr(request.app.state, "vllm_responses", None)
     if service is None:
-        raise APIError("The Responses service is not initialised (no engine).", status=503, type="server_error", code="server_is_overloaded")
+        raise APIError(
+            "The Responses service is not initialised (no engine).",
+            status=503,
+            type="server_error",
+            code="server_is_overloaded",
+        )
     return service
 
 
@@ -88,7 +93,11 @@ def http_errors(prefixes: tuple[str, ...]) -> Callable[[Request, Exception], Awa
         path = raw.url.path
         if exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
-            error = APIError(f"Invalid method for URL ({raw.method} {path}): allowed {allowed}.", status=405, code="method_not_allowed")
+            error = APIError(
+                f"Invalid method for URL ({raw.method} {path}): allowed {allowed}.",
+                status=405,
+                code="method_not_allowed",
+            )
         elif exc.status_code == 404:
             error = APIError(f"Invalid URL ({raw.method} {path}).", status=404, code="not_found")
         else:
@@ -111,7 +120,11 @@ def answers_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[...,
             response = error_response(exc)
         except Exception:
             logger.exception("%s failed", handler.__name__)
-            response = error_response(APIError("The server could not handle this request.", status=500, type="server_error", code="server_error"))
+            response = error_response(
+                APIError(
+                    "The server could not handle this request.", status=500, type="server_error", code="server_error"
+                )
+            )
         service = getattr(kwargs["raw"].app.state, "vllm_responses", None)
         if service is not None:  # which API process answered (several with --api-server-count)
             response.headers[PROCESS_HEADER] = service.owner
@@ -146,6 +159,7 @@ async def _answer(service: ResponsesService, request: ResponsesRequest, body: by
     assert isinstance(run, Run)
     batches = run.batches()
     if request.stream:
+
         async def frames_of() -> AsyncGenerator[bytes, None]:
             try:
                 async for batch in batches:
@@ -206,7 +220,9 @@ async def list_input_items(response_id: str, raw: Request) -> Response:
     include = include_param(raw)
     limit, order, after = list_params(raw)
     service = service_of(raw)
-    items = service.presented({"output": await service.input_items(response_id, tenant_of(raw.scope))}, include)["output"]  # sealed reasoning on request
+    items = service.presented({"output": await service.input_items(response_id, tenant_of(raw.scope))}, include)[
+        "output"
+    ]  # sealed reasoning on request
     data, has_more = page(items, after, limit, order)
     return json_response(_dumps(item_list(data, has_more)))
 
@@ -235,7 +251,9 @@ def include_param(raw: Request) -> frozenset[str]:
     values = raw.query_params.getlist("include") + raw.query_params.getlist("include[]")
     for value in values:
         if value not in _INCLUDABLE:
-            raise invalid_request(f"Invalid value for 'include': {value!r}. Supported: {', '.join(sorted(_INCLUDABLE))}.", param="include")
+            raise invalid_request(
+                f"Invalid value for 'include': {value!r}. Supported: {', '.join(sorted(_INCLUDABLE))}.", param="include"
+            )
     return frozenset(values)
 
 

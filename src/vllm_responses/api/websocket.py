@@ -108,7 +108,9 @@ class Connection:
                 return
             text = message.get("text")
             if text is None:
-                await self.error(invalid_request("Send events as JSON text frames, not binary frames.", code="invalid_event"))
+                await self.error(
+                    invalid_request("Send events as JSON text frames, not binary frames.", code="invalid_event")
+                )
                 continue
             if len(text.encode()) > self.settings.ws_max_message_bytes:
                 await self.error(request_too_large(self.settings.ws_max_message_bytes))
@@ -149,10 +151,16 @@ class Connection:
             continued = body.get("previous_response_id") if isinstance(body.get("previous_response_id"), str) else None
             generate = body.pop("generate", True)
             if not isinstance(generate, bool):
-                raise invalid_request("Invalid type for 'generate': expected a boolean.", param="generate", code="invalid_type")
-            request = await parse_request_off_loop(orjson.dumps(body), headers=self.ws.headers, tenant=tenant_of(self.ws.scope))
+                raise invalid_request(
+                    "Invalid type for 'generate': expected a boolean.", param="generate", code="invalid_type"
+                )
+            request = await parse_request_off_loop(
+                orjson.dumps(body), headers=self.ws.headers, tenant=tenant_of(self.ws.scope)
+            )
             earlier = self.last.items if self.last is not None and continued == self.last.response_id else None
-            run = await self.service.create(request, earlier=earlier, generate=generate, transport="websocket", body=text.encode())
+            run = await self.service.create(
+                request, earlier=earlier, generate=generate, transport="websocket", body=text.encode()
+            )
         except APIError as exc:
             self._evict(continued)
             await self.error(exc)
@@ -160,10 +168,16 @@ class Connection:
         except Exception:  # a bug of ours: an error frame, never a dead connection
             logger.exception("websocket %s: response.create failed", id(self.ws))
             self._evict(continued)
-            await self.error(APIError("The server could not handle this request.", status=500, type="server_error", code="server_error"))
+            await self.error(
+                APIError(
+                    "The server could not handle this request.", status=500, type="server_error", code="server_error"
+                )
+            )
             return
         assert isinstance(run, Run)  # background is refused above
-        logger.info("websocket %s: response %s%s", id(self.ws), run.response.id, "" if generate else " (generate: false)")
+        logger.info(
+            "websocket %s: response %s%s", id(self.ws), run.response.id, "" if generate else " (generate: false)"
+        )
         await self._stream(run)
 
     async def _stream(self, run: Run) -> None:
@@ -202,7 +216,8 @@ class Connection:
         minutes = self.settings.ws_max_s / 60
         await self.error(
             APIError(
-                f"Responses websocket connection limit reached ({minutes:g} minutes). Create a new websocket connection to continue.",
+                f"Responses websocket connection limit reached ({minutes:g} minutes). Create a new websocket "
+                "connection to continue.",
                 code=CONNECTION_LIMIT,
             )
         )
@@ -227,13 +242,19 @@ def _create_body(text: str) -> dict[str, Any]:
     kind = message.pop("type", None)
     if kind != "response.create":
         raise invalid_request(
-            f"Unsupported event type {kind!r}; this connection accepts 'response.create'.", param="type", code="invalid_event"
+            f"Unsupported event type {kind!r}; this connection accepts 'response.create'.",
+            param="type",
+            code="invalid_event",
         )
     stream = message.pop("stream", True)
     if stream is not True and stream is not None:
         raise invalid_request("Responses over a WebSocket always stream; leave 'stream' out.", param="stream")
     if message.get("background"):
-        raise invalid_request("`background: true` is not supported over a WebSocket; use HTTP.", param="background", code="unsupported_parameter")
+        raise invalid_request(
+            "`background: true` is not supported over a WebSocket; use HTTP.",
+            param="background",
+            code="unsupported_parameter",
+        )
     return message
 
 
@@ -282,7 +303,8 @@ async def responses_without_upgrade(raw: Request) -> Response:
     """``GET /v1/responses`` is the WebSocket endpoint: without the upgrade, 426."""
     response = error_response(
         APIError(
-            "GET /v1/responses is the Responses WebSocket endpoint: connect with a WebSocket upgrade, or POST /v1/responses.",
+            "GET /v1/responses is the Responses WebSocket endpoint: connect with a WebSocket upgrade, or POST "
+            "/v1/responses.",
             status=HTTPStatus.UPGRADE_REQUIRED,
             code="websocket_upgrade_required",
         )

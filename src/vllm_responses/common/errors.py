@@ -120,6 +120,9 @@ def invalid_api_key(provided: bool) -> APIError:
     message = (
         "Incorrect API key provided."
         if provided
-        else "You didn't provide an API key. Send it in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY)."
+        else (
+            "You didn't provide an API key. Send it in an Authorization header using Bearer auth "
+            "(Authorization: Bearer YOUR_KEY)."
+        )
     )
     return APIError(message, status=HTTPStatus.UNAUTHORIZED, code="invalid_api_key")

@@ -29,8 +29,53 @@ TRANSPORTS = ("sse", "json", "websocket", "background")
 STATUSES = ("completed", "incomplete", "failed", "cancelled")
 
 # vLLM's own buckets for time to first token and end-to-end latency (vllm/v1/metrics/loggers.py).
-_FIRST_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-_DURATION_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
+_FIRST_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+_DURATION_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
 
 RESPONSES = Counter(
     "vllm_responses:responses_total",
@@ -72,7 +117,8 @@ STORE_OPERATIONS = Counter(
 )
 STORE_ERRORS = Counter(
     "vllm_responses:store_errors_total",
-    "Store calls that raised (StoreUnavailable: Redis down, disk full; or any other failure), by backend and operation.",
+    "Store calls that raised (StoreUnavailable: Redis down, disk full; or any other failure), by backend and "
+    "operation.",
     ["backend", "operation"],
 )
 STORED_RESPONSES = Gauge(

@@ -41,7 +41,9 @@ class Dropped:
 
     def log(self) -> None:
         if self.counts:
-            logger.warning("dropped %s", "; ".join(f"{n} {what}(s) {why}" for (what, why), n in sorted(self.counts.items())))
+            logger.warning(
+                "dropped %s", "; ".join(f"{n} {what}(s) {why}" for (what, why), n in sorted(self.counts.items()))
+            )
             self.counts.clear()
 
 

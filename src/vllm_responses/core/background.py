@@ -149,7 +149,9 @@ class BackgroundRun:
                 await self.runs.store.append_events(self.id, batch)
             except StoreUnavailable as exc:  # kept for the next flush (appends are idempotent)
                 self._unflushed = batch + self._unflushed
-                logger.error("background response %s: the store is unavailable (%s); its followers elsewhere lag", self.id, exc)
+                logger.error(
+                    "background response %s: the store is unavailable (%s); its followers elsewhere lag", self.id, exc
+                )
 
     async def _flush_all(self) -> None:
         """Every event so far in the store, or :class:`StoreUnavailable`."""
@@ -166,7 +168,11 @@ class BackgroundRun:
         try:
             await call
         except StoreUnavailable as exc:
-            logger.error("background response %s: the store is unavailable (%s); its followers in other processes lag", self.id, exc)
+            logger.error(
+                "background response %s: the store is unavailable (%s); its followers in other processes lag",
+                self.id,
+                exc,
+            )
 
     async def follow(self, after: int = -1) -> AsyncIterator[list[Logged]]:
         """The logged events after sequence number ``after``, then live ones to the end."""
@@ -213,7 +219,8 @@ class BackgroundRuns:
         running = len(self.running_ids()) + self.reserved
         if running >= self.limit:
             raise APIError(
-                f"This server already runs {running} background responses (at most {self.limit}). Retry when one has finished.",
+                f"This server already runs {running} background responses (at most {self.limit}). Retry when one "
+                "has finished.",
                 status=HTTPStatus.TOO_MANY_REQUESTS,
                 code="too_many_background_responses",
             )
@@ -284,7 +291,12 @@ async def follow_stored(
                 return  # ``after`` is at or past its terminal event: nothing more to send
         except StoreUnavailable as exc:
             if not await patience.wait(exc):
-                logger.error("follower of %s: the store did not answer for %.0f s (%s); its stream ends", response_id, STORE_PATIENCE, exc)
+                logger.error(
+                    "follower of %s: the store did not answer for %.0f s (%s); its stream ends",
+                    response_id,
+                    STORE_PATIENCE,
+                    exc,
+                )
                 yield [_store_error(after + 1)]
                 return
             continue
@@ -323,7 +335,11 @@ class _Patience:
 def _store_error(sequence_number: int) -> Logged:
     """The lone ``error`` event of a follower that lost the store: the response itself may
     still be running, so no ``response.failed`` follows it; a client can follow it again."""
-    event = error_event(sequence_number, "store_unavailable", "The response store did not answer; follow this response again to resume its stream.")
+    event = error_event(
+        sequence_number,
+        "store_unavailable",
+        "The response store did not answer; follow this response again to resume its stream.",
+    )
     return (sequence_number, "error", event_json(event))
 
 

@@ -123,8 +123,11 @@ class CaptureWriter:
         if self.full or self._used + size > self.max_bytes:
             if not self.full:
                 self.full = True
-                logger.warning("capture directory %s reached %d bytes: capturing stops (VLLM_RESPONSES_CAPTURE_MAX_MB)",
-                               self.directory, self.max_bytes)
+                logger.warning(
+                    "capture directory %s reached %d bytes: capturing stops (VLLM_RESPONSES_CAPTURE_MAX_MB)",
+                    self.directory,
+                    self.max_bytes,
+                )
             return False
         self._used += size
         return True
@@ -138,7 +141,9 @@ class CaptureWriter:
         if thread is not None:
             thread.join(timeout_s)
         if self.dropped:
-            logger.warning("capture directory %s: %d writes dropped (the writer fell behind)", self.directory, self.dropped)
+            logger.warning(
+                "capture directory %s: %d writes dropped (the writer fell behind)", self.directory, self.dropped
+            )
 
     def _run(self) -> None:
         try:

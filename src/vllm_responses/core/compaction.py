@@ -42,7 +42,9 @@ SUMMARY_PROMPT = (
 SUMMARY_PREFIX = "Summary of the earlier conversation, written by you when it was compacted:\n"
 
 # What stays of the request when the model writes the summary (no tools, no output format).
-_SUMMARY_PARAMS = frozenset({"instructions", "temperature", "top_p", "truncation", "reasoning", "user", "safety_identifier", "service_tier"})
+_SUMMARY_PARAMS = frozenset(
+    {"instructions", "temperature", "top_p", "truncation", "reasoning", "user", "safety_identifier", "service_tier"}
+)
 _KEPT_ROLES = frozenset({"user", "system", "developer"})
 
 
@@ -99,7 +101,12 @@ class Plan:
 
 
 def _added(a: Usage, b: Usage) -> Usage:
-    return Usage(a.input_tokens + b.input_tokens, a.output_tokens + b.output_tokens, a.reasoning_tokens + b.reasoning_tokens, a.cached_tokens + b.cached_tokens)
+    return Usage(
+        a.input_tokens + b.input_tokens,
+        a.output_tokens + b.output_tokens,
+        a.reasoning_tokens + b.reasoning_tokens,
+        a.cached_tokens + b.cached_tokens,
+    )
 
 
 def triggered(request: ResponsesRequest) -> bool:

@@ -25,7 +25,12 @@ class Conversations:
         self.history = history
 
     async def create(self, metadata: Any, items: list[Any], tenant: str | None) -> JSON:
-        conversation = {"id": new_id("conv"), "object": "conversation", "created_at": int(time.time()), "metadata": check_metadata(metadata)}
+        conversation = {
+            "id": new_id("conv"),
+            "object": "conversation",
+            "created_at": int(time.time()),
+            "metadata": check_metadata(metadata),
+        }
         stored = await self._stored(items, tenant)
         await store_call(self.store.create_conversation(conversation, stored, tenant))
         return conversation
@@ -45,9 +50,13 @@ class Conversations:
         if not await store_call(self.store.delete_conversation(conversation_id)):
             raise _missing(conversation_id)
 
-    async def list_items(self, conversation_id: str, tenant: str | None, after: str | None, limit: int, order: Order) -> ItemPage:
+    async def list_items(
+        self, conversation_id: str, tenant: str | None, after: str | None, limit: int, order: Order
+    ) -> ItemPage:
         await self.get(conversation_id, tenant)
-        page = await store_call(self.store.list_conversation_items(conversation_id, after=after, limit=limit, order=order))
+        page = await store_call(
+            self.store.list_conversation_items(conversation_id, after=after, limit=limit, order=order)
+        )
         if page is None:
             raise _missing(conversation_id)
         return page

@@ -25,6 +25,7 @@ from . import compaction
 # A chain longer than this is refused rather than walked (it would not fit a context anyway).
 MAX_CHAIN = 10_000
 
+
 @dataclass
 class Context:
     """``model_items``: typed items for the engine, in order (history first).
@@ -64,7 +65,9 @@ class History:
         if not earlier:  # the request's typed items are already what the engine needs
             return Context(compaction.window(request_items(request, own), self.sealer, dropped), own)
         where = "previous_response_id" if request.previous_response_id else "conversation"
-        model_items = compaction.window(to_model_input(earlier, where) + request_items(request, own), self.sealer, dropped)
+        model_items = compaction.window(
+            to_model_input(earlier, where) + request_items(request, own), self.sealer, dropped
+        )
         return Context(model_items, own, earlier)
 
     async def chain(self, response_id: str, tenant: str | None = None) -> list[JSON]:
@@ -76,8 +79,11 @@ class History:
             record = await self.store.get_response(current, with_input=True)
             if record is None or not visible(record.tenant, tenant):
                 # 400, as OpenAI answers it (clients look for 400 + this code to resend the whole input)
-                raise invalid_request(f"Previous response with id '{current}' not found.", param="previous_response_id",
-                                      code="previous_response_not_found")
+                raise invalid_request(
+                    f"Previous response with id '{current}' not found.",
+                    param="previous_response_id",
+                    code="previous_response_not_found",
+                )
             if record.status in RUNNING_STATUSES:
                 raise invalid_request(
                     f"Previous response with id '{current}' is still {record.status.replace('_', ' ')}; "
@@ -88,18 +94,24 @@ class History:
             loaded += record.size  # what this record brought into memory
             if loaded > self.max_bytes:  # one record at a time: memory stays near the budget
                 raise invalid_request(
-                    f"The chain of previous responses ending with '{response_id}' holds more than {self.max_bytes} bytes "
-                    "(VLLM_RESPONSES_MAX_HISTORY_BYTES); continue from a compacted response, or send the input you need.",
+                    f"The chain of previous responses ending with '{response_id}' holds more than {self.max_bytes} "
+                    "bytes "
+                    "(VLLM_RESPONSES_MAX_HISTORY_BYTES); continue from a compacted response, or send the input you "
+                    "need.",
                     param="previous_response_id",
                     code="history_too_large",
                 )
-            turns.append((record.input_items or []) + [sealed_free(item) for item in record.response.get("output") or []])
+            turns.append(
+                (record.input_items or []) + [sealed_free(item) for item in record.response.get("output") or []]
+            )
             current = record.previous_response_id
             if len(turns) > MAX_CHAIN:
                 raise invalid_request("The chain of previous responses is too long.", param="previous_response_id")
         return [item for turn in reversed(turns) for item in turn]
 
-    async def conversation(self, conversation_id: str, tenant: str | None, param: str = "conversation_id") -> StoredConversation:
+    async def conversation(
+        self, conversation_id: str, tenant: str | None, param: str = "conversation_id"
+    ) -> StoredConversation:
         """A conversation the tenant may see; 404 (as for a missing one) otherwise."""
         found = await self.store.get_conversation(conversation_id)
         if found is None or not visible(found.tenant, tenant):
@@ -110,7 +122,8 @@ class History:
         size = (await self.conversation(conversation_id, tenant, "conversation")).size
         if size > self.max_bytes:  # refused before its items are read
             raise invalid_request(
-                f"Conversation '{conversation_id}' holds more than {self.max_bytes} bytes (VLLM_RESPONSES_MAX_HISTORY_BYTES); "
+                f"Conversation '{conversation_id}' holds more than {self.max_bytes} bytes "
+                "(VLLM_RESPONSES_MAX_HISTORY_BYTES); "
                 "compact it or start a new one.",
                 param="conversation",
                 code="history_too_large",
@@ -120,8 +133,14 @@ class History:
             raise not_found("Conversation", conversation_id, "conversation", "conversation_not_found")
         return page.items
 
-    async def own_items(self, items: list[Any], earlier: list[JSON] | None = None, conversation_id: str | None = None,
-                        dropped: Dropped | None = None, tenant: str | None = None) -> list[JSON]:
+    async def own_items(
+        self,
+        items: list[Any],
+        earlier: list[JSON] | None = None,
+        conversation_id: str | None = None,
+        dropped: Dropped | None = None,
+        tenant: str | None = None,
+    ) -> list[JSON]:
         """Typed input items in stored shape, references resolved and seals opened (a
         request's input, or items added to a conversation). Blobs that are not ours are
         counted in ``dropped``; without one, they are logged here, in one line.
@@ -141,7 +160,10 @@ class History:
                     found[item["id"]] = item
             if conversation_id:
                 for ref in references:
-                    if ref not in found and (item := await self.store.get_conversation_item(conversation_id, ref)) is not None:
+                    if (
+                        ref not in found
+                        and (item := await self.store.get_conversation_item(conversation_id, ref)) is not None
+                    ):
                         found[ref] = item
             rest = [ref for ref in references if ref not in found]
             if rest:
@@ -172,7 +194,9 @@ class History:
                     if self.sealer.open(item.encrypted_content, "compaction item", dropped) is not None:
                         out.append(to_stored(item))
                 except BrokenSeal as exc:
-                    raise invalid_request(str(exc), param=f"input[{i}].encrypted_content", code="invalid_encrypted_content") from None
+                    raise invalid_request(
+                        str(exc), param=f"input[{i}].encrypted_content", code="invalid_encrypted_content"
+                    ) from None
             else:
                 out.append(to_stored(item))
         return out
@@ -182,7 +206,9 @@ class History:
         try:
             text = self.sealer.open(item.encrypted_content, dropped=dropped)
         except BrokenSeal as exc:
-            raise invalid_request(str(exc), param=f"input[{index}].encrypted_content", code="invalid_encrypted_content") from None
+            raise invalid_request(
+                str(exc), param=f"input[{index}].encrypted_content", code="invalid_encrypted_content"
+            ) from None
         stored = to_stored(item)
         stored.pop("encrypted_content", None)
         if text is None:
@@ -209,13 +235,15 @@ def check_tool_calls(items: list[Any], context: list[JSON]) -> None:
         if kind in _CALLS:
             if item.call_id in seen:
                 raise invalid_request(
-                    f"Duplicate 'call_id' in input[{i}]: '{item.call_id}' is already the call_id of input[{seen[item.call_id]}].",
+                    f"Duplicate 'call_id' in input[{i}]: '{item.call_id}' is already the call_id of "
+                    f"input[{seen[item.call_id]}].",
                     param=f"input[{i}].call_id",
                 )
             seen[item.call_id] = i
         elif kind in _OUTPUTS and item.call_id not in known:
             raise invalid_request(
-                f"No tool call found for {kind.removesuffix('_output').replace('_', ' ')} output with call_id '{item.call_id}'.",
+                f"No tool call found for {kind.removesuffix('_output').replace('_', ' ')} output with call_id "
+                f"'{item.call_id}'.",
                 param=f"input[{i}].call_id",
             )
 
@@ -228,6 +256,9 @@ def client_ids(items: list[Any]) -> frozenset[str]:
 
 def request_items(request: ResponsesRequest, own: list[JSON]) -> list[Any]:
     """The request's own items for the engine: its typed items, unless resolving changed them."""
-    if not any(getattr(item, "type", None) == "item_reference" or getattr(item, "encrypted_content", None) for item in request.input):
+    if not any(
+        getattr(item, "type", None) == "item_reference" or getattr(item, "encrypted_content", None)
+        for item in request.input
+    ):
         return request.input
     return to_model_input(own, "input")

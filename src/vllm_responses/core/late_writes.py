@@ -44,7 +44,9 @@ class LateWrites:
                 await write()
             except StoreUnavailable as exc:
                 if loop.time() >= deadline:
-                    logger.error("gave up storing %s: the store has been unavailable for %.0f s (%s)", what, self.give_up_s, exc)
+                    logger.error(
+                        "gave up storing %s: the store has been unavailable for %.0f s (%s)", what, self.give_up_s, exc
+                    )
                     return
                 pause = min(pause * 2, self.longest_pause_s)
                 continue
@@ -62,5 +64,7 @@ class LateWrites:
         for task in pending:
             task.cancel()
         if pending:
-            logger.error("%d store writes were lost: the store did not come back before the server stopped", len(pending))
+            logger.error(
+                "%d store writes were lost: the store did not come back before the server stopped", len(pending)
+            )
             await asyncio.wait(pending)

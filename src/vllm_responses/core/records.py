@@ -26,7 +26,9 @@ class Records:
         self.store = store
         self.late_writes = late_writes
 
-    async def persist(self, response: Response, record: StoredResponse, then: Callable[[], Awaitable[None]] | None = None) -> None:
+    async def persist(
+        self, response: Response, record: StoredResponse, then: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         """Keep a finished response; a conversation gains the turn's input and output; then
         ``then`` (a background response's last events, which must not be seen before the
         response is final)."""
@@ -46,7 +48,9 @@ class Records:
         try:
             await _in_order(steps)
         except StoreUnavailable as exc:
-            logger.error("could not store the end of response %s (%s); retrying until the store answers", response.id, exc)
+            logger.error(
+                "could not store the end of response %s (%s); retrying until the store answers", response.id, exc
+            )
             self.late_writes.add(lambda: _in_order(steps), f"the end of response {response.id}")
 
     async def _finish(self, data: dict) -> bool:

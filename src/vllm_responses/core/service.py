@@ -64,6 +64,7 @@ from .upkeep import Keeper
 
 logger = get_logger(__name__)
 
+
 class ResponsesService:
     """Creates responses on one engine and keeps them in one store.
 
@@ -133,8 +134,14 @@ class ResponsesService:
 
     # -- create ---------------------------------------------------------------------------
     async def create(
-        self, request: ResponsesRequest, patience: float | None = None, *, earlier: list[JSON] | None = None,
-        generate: bool = True, transport: str | None = None, body: bytes | None = None,
+        self,
+        request: ResponsesRequest,
+        patience: float | None = None,
+        *,
+        earlier: list[JSON] | None = None,
+        generate: bool = True,
+        transport: str | None = None,
+        body: bytes | None = None,
     ) -> "Run | BackgroundRun":
         """Check, resolve and start a response.
 
@@ -159,8 +166,15 @@ class ResponsesService:
         return await self._create(request, patience, earlier, generate, transport, started, body)
 
     async def _create(
-        self, request: ResponsesRequest, patience: float | None, earlier: list[JSON] | None, generate: bool,
-        transport: str, started: float, body: bytes | None, context: Context | None = None,
+        self,
+        request: ResponsesRequest,
+        patience: float | None,
+        earlier: list[JSON] | None,
+        generate: bool,
+        transport: str,
+        started: float,
+        body: bytes | None,
+        context: Context | None = None,
     ) -> "Run | BackgroundRun":
         if context is None:
             context = await store_call(self.history.resolve(request, earlier))
@@ -187,8 +201,16 @@ class ResponsesService:
             await asyncio.shield(spawn(deltas.aclose()))
             raise
         on_end = (lambda r: self.records.persist(r, record)) if record is not None else None
-        return Run(stream, deltas, on_end=on_end, accepting=accepting, transport=transport, started=started,
-                   capture=self._captured(response.id, body), context=context)
+        return Run(
+            stream,
+            deltas,
+            on_end=on_end,
+            accepting=accepting,
+            transport=transport,
+            started=started,
+            capture=self._captured(response.id, body),
+            context=context,
+        )
 
     async def _accept(self, deltas: AsyncIterator[Started | Delta | Finish], record: StoredResponse | None) -> None:
         """Wait until the engine accepts the request; then store it as ``in_progress``."""
@@ -242,7 +264,9 @@ class ResponsesService:
         if "reasoning.encrypted_content" not in include:
             return response
         output = [
-            {**item, "encrypted_content": self.sealer.seal(_reasoning_text(item))} if item.get("type") == "reasoning" else item
+            {**item, "encrypted_content": self.sealer.seal(_reasoning_text(item))}
+            if item.get("type") == "reasoning"
+            else item
             for item in response.get("output") or []
         ]
         return {**response, "output": output}
@@ -261,7 +285,9 @@ class ResponsesService:
         record = await self.record(response_id, tenant)
         if not record.background:
             raise invalid_request(
-                "Only responses created with `background: true` can be cancelled.", param="response_id", code="not_cancellable"
+                "Only responses created with `background: true` can be cancelled.",
+                param="response_id",
+                code="not_cancellable",
             )
         if record.status == "cancelled":
             return record.response
@@ -299,10 +325,16 @@ class ResponsesService:
         record = await self.record(response_id, tenant)
         if not record.background:
             raise invalid_request(
-                "Only responses created with `background: true` can be streamed again.", param="stream", code="not_streamable"
+                "Only responses created with `background: true` can be streamed again.",
+                param="stream",
+                code="not_streamable",
             )
         run = self.background.get(response_id)
-        return run.follow(after) if run is not None else follow_stored(self.store, self.owners, self.owner, response_id, after)
+        return (
+            run.follow(after)
+            if run is not None
+            else follow_stored(self.store, self.owners, self.owner, response_id, after)
+        )
 
     async def input_items(self, response_id: str, tenant: str | None) -> list[dict]:
         record = await self.record(response_id, tenant, with_input=True)
@@ -319,7 +351,9 @@ class ResponsesService:
         user messages and the summary, not the history it replaced."""
         for name in ("stream", "background", "conversation"):  # they mean nothing for a compaction
             if request.params.get(name) or (name == "stream" and request.stream):
-                raise invalid_request(f"`{name}` is not supported by /v1/responses/compact.", param=name, code="unsupported_parameter")
+                raise invalid_request(
+                    f"`{name}` is not supported by /v1/responses/compact.", param=name, code="unsupported_parameter"
+                )
         if any(getattr(item, "type", None) == "compaction_trigger" for item in request.input):
             raise invalid_request("/v1/responses/compact compacts without a `compaction_trigger` item.", param="input")
         store = request.store
@@ -343,14 +377,24 @@ class ResponsesService:
             )
         if response.status != "completed" or not response.output:
             raise failure(response)
-        users = [item for item in context.earlier + context.input_items if item.get("type") == "message" and item.get("role") == "user"]
+        users = [
+            item
+            for item in context.earlier + context.input_items
+            if item.get("type") == "message" and item.get("role") == "user"
+        ]
         output = users + [dump_json_dict(response.output[-1])]
         if store:
             data = {**stored_response(response), "output": output}
             record = StoredResponse(response=data, input_items=[], owner=None, tenant=request.tenant)
             await store_call(self.store.create_response(record))
         usage = dump_json_dict(response.usage)
-        return {"id": response.id, "object": "response.compaction", "created_at": int(time.time()), "output": output, "usage": usage}
+        return {
+            "id": response.id,
+            "object": "response.compaction",
+            "created_at": int(time.time()),
+            "output": output,
+            "usage": usage,
+        }
 
     async def count_input_tokens(self, request: ResponsesRequest) -> int:
         """``POST /v1/responses/input_tokens``: the prompt the request would render, its
@@ -368,15 +412,14 @@ def failure(response: Response) -> APIError:
     return APIError(message, status=500, type="server_error", code="server_error")
 
 
-
-
 def warm_up() -> None:
     """Build, once, what the first response would otherwise build while its engine runs
     ahead: the ``openai`` models' validators and each event type's serialization (about
     half a second here, during which a first stream used to arrive in one lump)."""
     request = parse_request(
-        b'{"model": "warm-up", "input": "hi", "reasoning": {"summary": "auto"}, "tools": [{"type": "function", "name": "f", '
-        b'"parameters": {}}, {"type": "custom", "name": "c"}], "include": ["message.output_text.logprobs"]}'
+        b'{"model": "warm-up", "input": "hi", "reasoning": {"summary": "auto"}, '
+        b'"tools": [{"type": "function", "name": "f", "parameters": {}}, {"type": "custom", "name": "c"}], '
+        b'"include": ["message.output_text.logprobs"]}'
     )
     stream = ResponseStream(
         initial_response(request, "resp_warm_up", 0, "warm-up", Sampling()),

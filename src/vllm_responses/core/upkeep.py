@@ -28,7 +28,9 @@ class Keeper:
     taken for dead), and the rest (cancels, sweeping, retention). ``owner``: this process's
     id; ``background``: its background runs."""
 
-    def __init__(self, store: Store, owner: str, owners: OwnerWatch, background: BackgroundRuns, lease_s: float) -> None:
+    def __init__(
+        self, store: Store, owner: str, owners: OwnerWatch, background: BackgroundRuns, lease_s: float
+    ) -> None:
         self.store, self.owner, self.owners, self.background = store, owner, owners, background
         self.lease_s = lease_s
         self._tasks: list[asyncio.Task[None]] = []

@@ -68,6 +68,7 @@ ENDLESS_CHECK_TOKENS = 40  # tokens of an endless script checked for round trip
 GATE_MARGIN = 20.0  # pre-activation of a pair unit: +20 when firing, <= -20 else
 LOGIT = 48.0  # successor logit (at 4 active residual dims)
 
+
 def special_tokens(family: sc.Family | str | None = None) -> tuple[str, ...]:
     """The family's special tokens, then its scenario tokens (ids in this order
     after BPE training's own)."""
@@ -136,9 +137,7 @@ def corpus_files() -> list[Path]:
     }
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(
-            d for d in dirnames if d not in skip and not d.startswith("config-")
-        )
+        dirnames[:] = sorted(d for d in dirnames if d not in skip and not d.startswith("config-"))
         files += [Path(dirpath) / f for f in sorted(filenames) if f.endswith(".py")]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
@@ -234,10 +233,7 @@ def chunk_tokens(tokenizer: Tokenizer, family: sc.Family | str | None = None) ->
     """Script chunks that are added tokens of ``tokenizer`` (the others are
     spelled as byte-level BPE entries)."""
     fixed = set(special_tokens(family)) | set(added_tokens(family))
-    return frozenset(
-        t.content for t in tokenizer.get_added_tokens_decoder().values()
-        if t.content not in fixed
-    )
+    return frozenset(t.content for t in tokenizer.get_added_tokens_decoder().values() if t.content not in fixed)
 
 
 def piece_id(p: sc.Piece, tokenizer: Tokenizer, chunks: frozenset[str]) -> int:
@@ -289,8 +285,7 @@ def build_tokenizer(family: sc.Family | str | None = None) -> Tokenizer:
     trained = _train_bpe(f)
     base = Tokenizer.from_str(json.dumps(trained))
     added = [
-        c for c in script_chunks(f)
-        if base.encode(c, add_special_tokens=False).ids != [base.token_to_id(byte_level(c))]
+        c for c in script_chunks(f) if base.encode(c, add_special_tokens=False).ids != [base.token_to_id(byte_level(c))]
     ]
     while True:
         tok = _assemble(trained, added, f)
@@ -611,8 +606,4 @@ def build(outdir: str | os.PathLike[str], family: sc.Family | str | None = None)
 def checkpoint_digest(outdir: str | os.PathLike[str]) -> dict[str, str]:
     """sha256 of every file in a built checkpoint (for determinism checks)."""
     out = Path(outdir)
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(out.iterdir())
-        if p.is_file()
-    }
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir()) if p.is_file()}

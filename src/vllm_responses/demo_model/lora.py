@@ -73,7 +73,9 @@ def mode_dims(tensors: dict[str, np.ndarray], token_id: int) -> ModeDims:
     return ModeDims(token_id, token_dim, head_dim, mode_dim)
 
 
-def adapter_tensors(model_dir: str | os.PathLike[str], source: str = SOURCE, target: str = TARGET) -> dict[str, np.ndarray]:
+def adapter_tensors(
+    model_dir: str | os.PathLike[str], source: str = SOURCE, target: str = TARGET
+) -> dict[str, np.ndarray]:
     """The adapter's two LoRA matrices for a built checkpoint in ``model_dir``."""
     from safetensors.numpy import load_file
 

@@ -185,9 +185,7 @@ def _tc(name: str, **arguments: Any) -> ToolCall:
     return ToolCall(name=name, arguments=arguments)
 
 
-APPLY_PATCH_INPUT = (
-    "*** Begin Patch\n*** Add File: hello.txt\n+Hello, world!\n*** End Patch\n"
-)
+APPLY_PATCH_INPUT = "*** Begin Patch\n*** Add File: hello.txt\n+Hello, world!\n*** End Patch\n"
 
 #: All scenarios, in precedence order (the first whose trigger matches wins).
 SCENARIO_LIST: tuple[Scenario, ...] = (
@@ -206,8 +204,7 @@ SCENARIO_LIST: tuple[Scenario, ...] = (
     Scenario(
         name="two_calls",
         trigger=Trigger(tool="get_weather", keywords=("weather", "london")),
-        reasoning="The user asked about the weather in two cities. "
-        "I will call get_weather twice.",
+        reasoning="The user asked about the weather in two cities. I will call get_weather twice.",
         tool_calls=(
             _tc("get_weather", city="Paris"),
             _tc("get_weather", city="London"),
@@ -611,7 +608,13 @@ LLAMA3_JSON = Family(
     reasoning_parser=None,
     tool_parser="llama3_json",
     special_tokens=(
-        LLAMA_END_OF_TEXT, LLAMA_BOS, LLAMA_HEADER_START, LLAMA_HEADER_END, LLAMA_EOT, LLAMA_EOM, LLAMA_PYTHON_TAG,
+        LLAMA_END_OF_TEXT,
+        LLAMA_BOS,
+        LLAMA_HEADER_START,
+        LLAMA_HEADER_END,
+        LLAMA_EOT,
+        LLAMA_EOM,
+        LLAMA_PYTHON_TAG,
     ),
     added_tokens=(),
     eos=LLAMA_EOT,
@@ -631,8 +634,17 @@ DEEPSEEK_R1 = Family(
     tool_parser="deepseek_v3",
     special_tokens=(DS_PAD, DS_BOS, DS_EOS, DS_USER, DS_ASSISTANT),
     added_tokens=(
-        THINK_START, THINK_END, DS_CALLS_BEGIN, DS_CALLS_END, DS_CALL_BEGIN, DS_CALL_END, DS_SEP,
-        DS_OUTPUTS_BEGIN, DS_OUTPUTS_END, DS_OUTPUT_BEGIN, DS_OUTPUT_END,
+        THINK_START,
+        THINK_END,
+        DS_CALLS_BEGIN,
+        DS_CALLS_END,
+        DS_CALL_BEGIN,
+        DS_CALL_END,
+        DS_SEP,
+        DS_OUTPUTS_BEGIN,
+        DS_OUTPUTS_END,
+        DS_OUTPUT_BEGIN,
+        DS_OUTPUT_END,
     ),
     eos=DS_EOS,
     pad=DS_PAD,

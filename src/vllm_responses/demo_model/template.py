@@ -141,7 +141,8 @@ _CHATML_TAIL = r"""{%- elif role == 'tool' -%}
 {%- endif -%}
 """
 
-_QWEN3_BODY = r"""{%- if tool_list | length > 0 -%}
+_QWEN3_BODY = (
+    r"""{%- if tool_list | length > 0 -%}
 {{- '<|im_start|>system\n' -}}
 {%- if msgs | length > 0 and msgs[0] is mapping and msgs[0]['role'] is defined and msgs[0]['role'] in ['system', 'developer'] -%}
 {%- set sc = msgs[0]['content'] if msgs[0]['content'] is defined else none -%}
@@ -191,7 +192,9 @@ _QWEN3_BODY = r"""{%- if tool_list | length > 0 -%}
 {{- '}\n</tool_call>' -}}
 {%- endfor -%}
 {{- '<|im_end|>\n' -}}
-""" + _CHATML_TAIL
+"""
+    + _CHATML_TAIL
+)
 
 
 # Shared pieces of the variant bodies: the system/tools block opener, the
@@ -244,7 +247,9 @@ _JSON_ARGS = r"""{%- if fargs is string -%}
 # Past turns render as generated: empty reasoning (the model wrote
 # `<think>\n\n</think>`) and empty content before calls (`</think>\n\n`) come
 # back as "\n\n".
-_QWEN3_CODER_BODY = _FIRST_SYSTEM + r"""{%- if tool_list | length > 0 -%}
+_QWEN3_CODER_BODY = (
+    _FIRST_SYSTEM
+    + r"""{%- if tool_list | length > 0 -%}
 {{- '<|im_start|>system\n' -}}
 {%- if sys.text -%}{{- sys.text ~ '\n\n' -}}{%- endif -%}
 {{- '# Tools\n\nYou have access to the following functions:\n\n<tools>' -}}
@@ -257,14 +262,23 @@ _QWEN3_CODER_BODY = _FIRST_SYSTEM + r"""{%- if tool_list | length > 0 -%}
 {%- endif -%}
 {%- for m in msgs -%}
 {%- if loop.index0 >= ns.start -%}
-""" + _ROLE + r"""{%- if role == 'system' or role == 'developer' -%}
+"""
+    + _ROLE
+    + r"""{%- if role == 'system' or role == 'developer' -%}
 {{- '<|im_start|>system\n' ~ text_of(c) ~ '<|im_end|>\n' -}}
 {%- elif role == 'assistant' -%}
 {{- '<|im_start|>assistant\n' -}}
-""" + _LOOP_TOKEN + _REASONING + r"""{%- set content = text_of(c) -%}
+"""
+    + _LOOP_TOKEN
+    + _REASONING
+    + r"""{%- set content = text_of(c) -%}
 {{- '<think>' ~ (clean(an.reasoning) if an.reasoning else '\n\n') ~ '</think>' ~ (content if content else '\n\n') -}}
-""" + _CALLS + r"""{%- for tc in tcs -%}
-""" + _CALL + r"""{%- if not loop.first -%}{{- @SEP@ -}}{%- endif -%}
+"""
+    + _CALLS
+    + r"""{%- for tc in tcs -%}
+"""
+    + _CALL
+    + r"""{%- if not loop.first -%}{{- @SEP@ -}}{%- endif -%}
 {{- '<tool_call>\n<function=' ~ clean(fname | string) ~ '>\n' -}}
 {%- if fargs is mapping -%}
 {%- for k, v in fargs.items() -%}
@@ -276,13 +290,18 @@ _QWEN3_CODER_BODY = _FIRST_SYSTEM + r"""{%- if tool_list | length > 0 -%}
 {{- '</function>\n</tool_call>' -}}
 {%- endfor -%}
 {{- '<|im_end|>\n' -}}
-""" + _CHATML_TAIL
+"""
+    + _CHATML_TAIL
+)
 
 # Llama 3.1/3.2 with JSON tool calling: header tokens, tools in the system
 # turn, a call is `{"name": ..., "parameters": {...}}` alone, tool results in
 # `ipython` turns.
-_LLAMA3_BODY = r"""{{- '<|begin_of_text|>' -}}
-""" + _FIRST_SYSTEM + r"""{%- if sys.text or tool_list | length > 0 -%}
+_LLAMA3_BODY = (
+    r"""{{- '<|begin_of_text|>' -}}
+"""
+    + _FIRST_SYSTEM
+    + r"""{%- if sys.text or tool_list | length > 0 -%}
 {{- '<|start_header_id|>system<|end_header_id|>\n\n' ~ sys.text -}}
 {%- if tool_list | length > 0 -%}
 {%- if sys.text -%}{{- '\n\n' -}}{%- endif -%}
@@ -295,15 +314,25 @@ _LLAMA3_BODY = r"""{{- '<|begin_of_text|>' -}}
 {%- endif -%}
 {%- for m in msgs -%}
 {%- if loop.index0 >= ns.start -%}
-""" + _ROLE + r"""{%- if role == 'system' or role == 'developer' -%}
+"""
+    + _ROLE
+    + r"""{%- if role == 'system' or role == 'developer' -%}
 {{- '<|start_header_id|>system<|end_header_id|>\n\n' ~ text_of(c) ~ '<|eot_id|>' -}}
 {%- elif role == 'assistant' -%}
 {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
-""" + _LOOP_TOKEN + r"""{{- text_of(c) -}}
-""" + _CALLS + r"""{%- for tc in tcs -%}
-""" + _CALL + r"""{%- if not loop.first -%}{{- '; ' -}}{%- endif -%}
+"""
+    + _LOOP_TOKEN
+    + r"""{{- text_of(c) -}}
+"""
+    + _CALLS
+    + r"""{%- for tc in tcs -%}
+"""
+    + _CALL
+    + r"""{%- if not loop.first -%}{{- '; ' -}}{%- endif -%}
 {{- '{"name": ' ~ clean(fname | string | tojson) ~ ', "parameters": ' -}}
-""" + _JSON_ARGS + r"""{{- '}' -}}
+"""
+    + _JSON_ARGS
+    + r"""{{- '}' -}}
 {%- endfor -%}
 {{- '<|eot_id|>' -}}
 {%- elif role == 'tool' -%}
@@ -317,13 +346,17 @@ _LLAMA3_BODY = r"""{{- '<|begin_of_text|>' -}}
 {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' ~ ns.scenario -}}
 {%- endif -%}
 """
+)
 
 # DeepSeek-R1: `<｜User｜>`/`<｜Assistant｜>` turns, the generation prompt ends
 # with `<think>\n` (then the scenario token), DeepSeek-V3 tool calls and
 # outputs.  Past turns keep their reasoning (interleaved thinking) and render
 # as generated.
-_DEEPSEEK_R1_BODY = r"""{{- '<｜begin▁of▁sentence｜>' -}}
-""" + _FIRST_SYSTEM + r"""{{- sys.text -}}
+_DEEPSEEK_R1_BODY = (
+    r"""{{- '<｜begin▁of▁sentence｜>' -}}
+"""
+    + _FIRST_SYSTEM
+    + r"""{{- sys.text -}}
 {%- if tool_list | length > 0 -%}
 {{- '\n\n## Tools\n\n### Function\n\nYou have the following functions available:\n' -}}
 {%- for t in tool_list -%}
@@ -332,17 +365,28 @@ _DEEPSEEK_R1_BODY = r"""{{- '<｜begin▁of▁sentence｜>' -}}
 {%- endif -%}
 {%- for m in msgs -%}
 {%- if loop.index0 >= ns.start -%}
-""" + _ROLE + r"""{%- if role == 'system' or role == 'developer' -%}
+"""
+    + _ROLE
+    + r"""{%- if role == 'system' or role == 'developer' -%}
 {{- '\n\n' ~ text_of(c) -}}
 {%- elif role == 'assistant' -%}
 {{- '<｜Assistant｜><think>\n' -}}
-""" + _LOOP_TOKEN + _REASONING + r"""{%- set content = text_of(c) -%}
+"""
+    + _LOOP_TOKEN
+    + _REASONING
+    + r"""{%- set content = text_of(c) -%}
 {{- clean(an.reasoning) ~ '</think>' ~ (content if content else '\n\n') -}}
-""" + _CALLS + r"""{%- if tcs | length > 0 -%}{{- '<｜tool▁calls▁begin｜>' -}}{%- endif -%}
+"""
+    + _CALLS
+    + r"""{%- if tcs | length > 0 -%}{{- '<｜tool▁calls▁begin｜>' -}}{%- endif -%}
 {%- for tc in tcs -%}
-""" + _CALL + r"""{%- if not loop.first -%}{{- @SEP@ -}}{%- endif -%}
+"""
+    + _CALL
+    + r"""{%- if not loop.first -%}{{- @SEP@ -}}{%- endif -%}
 {{- '<｜tool▁call▁begin｜>function<｜tool▁sep｜>' ~ clean(fname | string) ~ '\n```json\n' -}}
-""" + _JSON_ARGS + r"""{{- '\n```<｜tool▁call▁end｜>' -}}
+"""
+    + _JSON_ARGS
+    + r"""{{- '\n```<｜tool▁call▁end｜>' -}}
 {%- endfor -%}
 {%- if tcs | length > 0 -%}{{- '<｜tool▁calls▁end｜>' -}}{%- endif -%}
 {{- '<｜end▁of▁sentence｜>' -}}
@@ -361,6 +405,7 @@ _DEEPSEEK_R1_BODY = r"""{{- '<｜begin▁of▁sentence｜>' -}}
 {{- '<｜Assistant｜><think>\n' ~ ns.scenario -}}
 {%- endif -%}
 """
+)
 
 _BODIES = {
     "qwen3": _QWEN3_BODY,

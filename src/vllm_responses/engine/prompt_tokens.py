@@ -101,7 +101,13 @@ class PromptTokenizer:
         raw = [t.content for _, t in tokens if not getattr(t, "normalized", False)]
         suffixes = {o[k:] for o in raw for k in range(1, len(o))}
         for token_id, t in tokens:
-            if t.special and not t.normalized and not t.lstrip and not t.rstrip and not _overlapped(t.content, raw, suffixes):
+            if (
+                t.special
+                and not t.normalized
+                and not t.lstrip
+                and not t.rstrip
+                and not _overlapped(t.content, raw, suffixes)
+            ):
                 self.special[t.content] = token_id
         if not self.special:
             return "no special token to cut at"
@@ -111,7 +117,14 @@ class PromptTokenizer:
         """Compare whole and cut tokenization on probes around up to 8 special tokens."""
         specials = sorted(self.special, key=self.special.__getitem__)[:8]
         texts = [a + s + b for s in specials for a in _PROBES for b in _PROBES]
-        texts += [a + s + b + t + c for s in specials[:3] for t in specials[:3] for a in _PROBES[:5] for b in _PROBES[:5] for c in _PROBES[:5]]
+        texts += [
+            a + s + b + t + c
+            for s in specials[:3]
+            for t in specials[:3]
+            for a in _PROBES[:5]
+            for b in _PROBES[:5]
+            for c in _PROBES[:5]
+        ]
         try:
             whole = self.tokenize(texts)
             cuts = [self.split(text) for text in texts]
@@ -151,7 +164,11 @@ class PromptTokenizer:
 
         ``salt``: the request's ``cache_salt``, part of every piece's key, so that how fast a
         prompt is tokenized tells nothing about what requests of another salt sent."""
-        if not self.enabled or encode_kwargs.get("add_special_tokens", True) or set(encode_kwargs) - {"add_special_tokens", "truncation", "max_length"}:
+        if (
+            not self.enabled
+            or encode_kwargs.get("add_special_tokens", True)
+            or set(encode_kwargs) - {"add_special_tokens", "truncation", "max_length"}
+        ):
             return None
         parts = self.split(text)
         prefix = _salt_key(salt)

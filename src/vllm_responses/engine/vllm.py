@@ -152,7 +152,9 @@ class VllmEngine(Engine):
             self.death_reported = True
             logger.error(
                 "the vLLM engine is dead: Responses requests answer 503 engine_dead%s",
-                " (VLLM_KEEP_ALIVE_ON_ENGINE_DEATH: the server stays up)" if envs.VLLM_KEEP_ALIVE_ON_ENGINE_DEATH else "; the server shuts down",
+                " (VLLM_KEEP_ALIVE_ON_ENGINE_DEATH: the server stays up)"
+                if envs.VLLM_KEEP_ALIVE_ON_ENGINE_DEATH
+                else "; the server shuts down",
             )
         server = getattr(self.state, "server", None)
         if server is not None:
@@ -167,7 +169,9 @@ class VllmEngine(Engine):
         output handler does when it fails itself (vLLM's ``errored`` is its ``/health``'s "dead")."""
         while not self.client.errored:
             await asyncio.sleep(WATCH_INTERVAL_S)
-        processor = getattr(self.client, "output_processor", None)  # AsyncLLM's; other clients end their requests themselves
+        processor = getattr(
+            self.client, "output_processor", None
+        )  # AsyncLLM's; other clients end their requests themselves
         if processor is not None:
             processor.propagate_error(EngineDeadError())
 
@@ -191,7 +195,9 @@ class VllmEngine(Engine):
         except VLLMValidationError as exc:
             raise _client_error(exc) from None
         except RecursionError:  # a schema or content nested deeper than vLLM's code can walk
-            raise invalid_request("The request is nested too deeply to be processed.", code="nested_too_deeply") from None
+            raise invalid_request(
+                "The request is nested too deeply to be processed.", code="nested_too_deeply"
+            ) from None
 
     def input_tokens(self, prepared: Prepared) -> int:
         assert isinstance(prepared, _Prepared)
@@ -232,7 +238,9 @@ class VllmEngine(Engine):
             # Truncated prompts leave the output its room: max_output_tokens, else a quarter of
             # the context (at most 4,096 tokens).
             need = request.get("max_output_tokens") or min(4096, self.model_config.max_model_len // 4)
-            rendered = await self._fitting(fields, instructions, items, need) or await self._truncate(fields, instructions, items, need)
+            rendered = await self._fitting(fields, instructions, items, need) or await self._truncate(
+                fields, instructions, items, need
+            )
         else:
             rendered = await self._render(fields, instructions, items)
         chat_request, engine_input, prompt_token_ids = rendered
@@ -261,8 +269,16 @@ class VllmEngine(Engine):
             if parser.reasoning_parser is not None:
                 reasoning_kwargs["reasoning_parser_kwargs"] = {"chat_template_kwargs": template_kwargs}
         return _Prepared(
-            used, chat_request, engine_input, prompt_token_ids, sampling_params, parser, reasoning_kwargs, top_logprobs,
-            tools, bool(request.get("parallel_tool_calls", True)),
+            used,
+            chat_request,
+            engine_input,
+            prompt_token_ids,
+            sampling_params,
+            parser,
+            reasoning_kwargs,
+            top_logprobs,
+            tools,
+            bool(request.get("parallel_tool_calls", True)),
             include_reasoning=request.extensions.get("include_reasoning", True) is not False,
             engine_request_id=request.extensions.get("request_id"),
             routing=_routing(request),
@@ -288,28 +304,42 @@ class VllmEngine(Engine):
                 raise invalid_request(resolved.error.message, param="model")
         raise model_not_found(model)
 
-    async def _render(self, fields: dict[str, Any], instructions: str | None, items: list[Any]) -> tuple[Any, Any, list[int]]:
+    async def _render(
+        self, fields: dict[str, Any], instructions: str | None, items: list[Any]
+    ) -> tuple[Any, Any, list[int]]:
         """The chat request for ``items`` and the prompt the server's template makes of it."""
-        messages, chat_request = await off_loop_if(len(items) >= OFF_LOOP_ITEMS, self._chat_request, fields, instructions, items)
+        messages, chat_request = await off_loop_if(
+            len(items) >= OFF_LOOP_ITEMS, self._chat_request, fields, instructions, items
+        )
         try:
             rendered = await self._render_chat(chat_request)
         except (APIError, VLLMValidationError):
             raise
-        except (VLLMUnprocessableEntityError, ClientError, TimeoutError) as exc:  # an image URL: 4xx, unreachable, too slow
+        except (
+            VLLMUnprocessableEntityError,
+            ClientError,
+            TimeoutError,
+        ) as exc:  # an image URL: 4xx, unreachable, too slow
             raise _image_error(exc, "invalid_image_url") from None
         except Exception as exc:  # template errors, bad content: the client's input did this
             if _has_images(messages) and not isinstance(exc, TemplateError):  # vLLM's media loading or processing
                 raise _image_error(exc, "invalid_image") from None
-            raise invalid_request(f"The input could not be rendered with the model's chat template: {exc}", param="input") from None
+            raise invalid_request(
+                f"The input could not be rendered with the model's chat template: {exc}", param="input"
+            ) from None
         if not isinstance(rendered, tuple):  # vLLM's ErrorResponse
             raise _from_vllm_error(rendered)
         engine_input = rendered[1][0]
         return chat_request, engine_input, list(engine_input.get("prompt_token_ids") or [])
 
-    def _chat_request(self, fields: dict[str, Any], instructions: str | None, items: list[Any]) -> tuple[list[Any], Any]:
+    def _chat_request(
+        self, fields: dict[str, Any], instructions: str | None, items: list[Any]
+    ) -> tuple[list[Any], Any]:
         messages = chat.chat_messages(instructions, items, accepts_images=self.accepts_images)
         try:
-            chat_request = ChatCompletionRequest.model_validate({k: v for k, v in fields.items() if v is not None} | {"messages": messages})
+            chat_request = ChatCompletionRequest.model_validate(
+                {k: v for k, v in fields.items() if v is not None} | {"messages": messages}
+            )
         except ValidationError as exc:
             err = exc.errors()[0]
             field = str(err["loc"][0]) if err["loc"] else ""
@@ -330,12 +360,17 @@ class VllmEngine(Engine):
         """How many tokens the output may have: the request's limit within what the context leaves."""
         try:
             return get_max_tokens(
-                self.model_config.max_model_len, chat_request.max_completion_tokens, len(prompt_token_ids), self.default_sampling
+                self.model_config.max_model_len,
+                chat_request.max_completion_tokens,
+                len(prompt_token_ids),
+                self.default_sampling,
             )
         except ValueError as exc:
             raise context_length_exceeded(str(exc)) from None
 
-    async def _fitting(self, fields: dict[str, Any], instructions: str | None, items: list[Any], need: int) -> tuple[Any, Any, list[int]] | None:
+    async def _fitting(
+        self, fields: dict[str, Any], instructions: str | None, items: list[Any], need: int
+    ) -> tuple[Any, Any, list[int]] | None:
         """:meth:`_render`, or None when the prompt leaves less than ``need`` tokens for output."""
         try:
             rendered = await self._render(fields, instructions, items)
@@ -345,7 +380,9 @@ class VllmEngine(Engine):
             raise
         return rendered if self.model_config.max_model_len - len(rendered[2]) >= need else None
 
-    async def _truncate(self, fields: dict[str, Any], instructions: str | None, items: list[Any], need: int) -> tuple[Any, Any, list[int]]:
+    async def _truncate(
+        self, fields: dict[str, Any], instructions: str | None, items: list[Any], need: int
+    ) -> tuple[Any, Any, list[int]]:
         """``truncation: "auto"``: drop the fewest oldest items that make the prompt fit.
 
         Instructions, system/developer messages and the last user message with everything
@@ -356,10 +393,19 @@ class VllmEngine(Engine):
 
         async def keep(count: int) -> tuple[Any, Any, list[int]] | None:
             dropped = set(droppable[:count])
-            calls = {getattr(items[i], "call_id", None) for i in dropped if getattr(items[i], "type", None) in ("function_call", "custom_tool_call")}
+            calls = {
+                getattr(items[i], "call_id", None)
+                for i in dropped
+                if getattr(items[i], "type", None) in ("function_call", "custom_tool_call")
+            }
             kept = [
-                item for i, item in enumerate(items)
-                if i not in dropped and not ((getattr(item, "type", None) or "").endswith("_call_output") and getattr(item, "call_id", None) in calls)
+                item
+                for i, item in enumerate(items)
+                if i not in dropped
+                and not (
+                    (getattr(item, "type", None) or "").endswith("_call_output")
+                    and getattr(item, "call_id", None) in calls
+                )
             ]
             return await self._fitting(fields, instructions, kept, need)
 
@@ -390,13 +436,20 @@ class VllmEngine(Engine):
         request_id = p.engine_request_id or request_id
         if self.request_logger is not None:
             self.request_logger.log_inputs(
-                request_id, p.engine_input.get("prompt"), p.prompt_token_ids, None, params=p.sampling_params, lora_request=p.lora_request
+                request_id,
+                p.engine_input.get("prompt"),
+                p.prompt_token_ids,
+                None,
+                params=p.sampling_params,
+                lora_request=p.lora_request,
             )
         generated: list[int] = []
         text: list[str] = []
         cached_tokens = 0
         finish_reason: str | None = None
-        calls = ToolCallMapper(p.tools, parallel=p.parallel_tool_calls, complete=self._whole_arguments(p, text, generated))
+        calls = ToolCallMapper(
+            p.tools, parallel=p.parallel_tool_calls, complete=self._whole_arguments(p, text, generated)
+        )
 
         def usage() -> Usage:
             reasoning_tokens = p.parser.count_reasoning_tokens(generated) if p.parser is not None else 0
@@ -405,7 +458,12 @@ class VllmEngine(Engine):
         if self.watch is None:
             self.watch = asyncio.ensure_future(self._watch())
         results = self.client.generate(
-            p.engine_input, p.sampling_params, request_id, lora_request=p.lora_request, **p.routing, **p.reasoning_kwargs
+            p.engine_input,
+            p.sampling_params,
+            request_id,
+            lora_request=p.lora_request,
+            **p.routing,
+            **p.reasoning_kwargs,
         )
         started = refused = False
         try:
@@ -414,7 +472,10 @@ class VllmEngine(Engine):
             except VLLMValidationError as exc:  # the engine checks some parameters (and 0.33 the grammar) on submission
                 refused = True
                 raise _client_error(exc, p.grammar_param) from None
-            except (GracefulHTTPError, GenerationError) as exc:  # refused on submission: queue full; 0.33: engine paused
+            except (
+                GracefulHTTPError,
+                GenerationError,
+            ) as exc:  # refused on submission: queue full; 0.33: engine paused
                 refused = True
                 raise _refused(exc) from None
             started = True
@@ -445,15 +506,21 @@ class VllmEngine(Engine):
             raise EngineFailure(ENGINE_DEAD, usage=usage()) from None
         except (GracefulHTTPError, GenerationError) as exc:  # 0.33: a request-level failure once running
             logger.warning("generation %s failed: %s: %s", request_id, type(exc).__name__, exc)
-            raise EngineFailure(str(exc), usage=usage()) from None  # server_error: a response's error codes have no "overloaded"
+            raise EngineFailure(
+                str(exc), usage=usage()
+            ) from None  # server_error: a response's error codes have no "overloaded"
         except EngineGenerateError as exc:
             self._generate_failed(request_id, exc)
             if not started:
-                raise APIError("The engine could not start this generation.", status=500, type="server_error", code="server_error") from None
+                raise APIError(
+                    "The engine could not start this generation.", status=500, type="server_error", code="server_error"
+                ) from None
             raise EngineFailure("The engine failed while generating this response.", usage=usage()) from None
         except Exception as exc:
             logger.exception("generation %s failed", request_id)
-            raise EngineFailure(f"The engine failed while generating this response: {type(exc).__name__}.", usage=usage()) from exc
+            raise EngineFailure(
+                f"The engine failed while generating this response: {type(exc).__name__}.", usage=usage()
+            ) from exc
         finally:
             # A dead engine has nothing to abort, and one that refused the request has already dropped it.
             if finish_reason is None and not refused and not self.client.errored:
@@ -467,7 +534,9 @@ class VllmEngine(Engine):
             self.request_logger.log_outputs(request_id, "".join(text), generated, finish_reason, is_streaming=False)
         yield Finish("length" if finish_reason == "length" else "stop", usage())
 
-    def _whole_arguments(self, p: _Prepared, text: list[str], generated: list[int]) -> Callable[[int], str | None] | None:
+    def _whole_arguments(
+        self, p: _Prepared, text: list[str], generated: list[int]
+    ) -> Callable[[int], str | None] | None:
         """For :class:`ToolCallMapper`: the n-th call's arguments as the parser's non-streaming
         pass (Chat Completions' ``stream: false``) reads the output so far."""
         if p.parser is None or p.parser.tool_parser is None or not p.chat_request.tools:
@@ -475,7 +544,9 @@ class VllmEngine(Engine):
 
         def whole(position: int) -> str | None:
             parser = self.parser_cls(
-                self.tokenizer, p.chat_request.tools, chat_template_kwargs=self._template_kwargs(p.chat_request),
+                self.tokenizer,
+                p.chat_request.tools,
+                chat_template_kwargs=self._template_kwargs(p.chat_request),
                 model_config=self.model_config,
             )
             # As vLLM's chat route before ``parse``: 0.33's reasoning parsers read the prompt (thinking
@@ -484,18 +555,26 @@ class VllmEngine(Engine):
             if set_prompt is not None:
                 set_prompt(p.prompt_token_ids)
             try:
-                _, _, found = parser.parse("".join(text), p.chat_request, enable_auto_tools=True, model_output_token_ids=generated)
+                _, _, found = parser.parse(
+                    "".join(text), p.chat_request, enable_auto_tools=True, model_output_token_ids=generated
+                )
             except Exception:  # a parser that cannot read a partial output: keep what streamed
                 return None
             return found[position].arguments if found and position < len(found) else None
 
         return whole
 
-    def _deltas(self, p: _Prepared, calls: ToolCallMapper, output: Any, token_ids: list[int], finished: bool) -> list[Delta]:
+    def _deltas(
+        self, p: _Prepared, calls: ToolCallMapper, output: Any, token_ids: list[int], finished: bool
+    ) -> list[Delta]:
         if p.parser is None:
             return [TextDelta(output.text, self._logprobs(p, output, token_ids))] if output.text else []
         if p.text_only:  # what parse_delta would return, without its per-step join of the whole output
-            return [TextDelta(output.text, _content_logprobs(self._logprobs(p, output, token_ids), output.text))] if output.text else []
+            return (
+                [TextDelta(output.text, _content_logprobs(self._logprobs(p, output, token_ids), output.text))]
+                if output.text
+                else []
+            )
         try:
             message = p.parser.parse_delta(
                 delta_text=output.text,
@@ -505,7 +584,11 @@ class VllmEngine(Engine):
                 finished=finished,
             )
         except Exception as exc:  # a parser bug must not fail the response: the rest is plain text
-            logger.warning("the reasoning/tool parser failed (%s: %s); the rest of this response streams as text", type(exc).__name__, exc)
+            logger.warning(
+                "the reasoning/tool parser failed (%s: %s); the rest of this response streams as text",
+                type(exc).__name__,
+                exc,
+            )
             p.parser = None
             return calls.finish() + self._deltas(p, calls, output, token_ids, finished)
         p.text_only = _text_only(p.parser, p.chat_request)
@@ -519,7 +602,9 @@ class VllmEngine(Engine):
             deltas.append(ReasoningDelta(message.reasoning))
         if message.content:
             deltas += calls.finish()
-            deltas.append(TextDelta(message.content, _content_logprobs(self._logprobs(p, output, token_ids), message.content)))
+            deltas.append(
+                TextDelta(message.content, _content_logprobs(self._logprobs(p, output, token_ids), message.content))
+            )
         for call in message.tool_calls:
             fn = call.function
             deltas += calls.feed(call.index, fn.name if fn else None, call.id, (fn.arguments or "") if fn else "")
@@ -540,7 +625,11 @@ class VllmEngine(Engine):
                     logprob=max(chosen.logprob, -9999.0),
                     bytes=list(_token_text(chosen, token_id, self.tokenizer).encode("utf-8", "replace")),
                     top=[
-                        TokenLogprob(_token_text(lp, tid, self.tokenizer), max(lp.logprob, -9999.0), list(_token_text(lp, tid, self.tokenizer).encode("utf-8", "replace")))
+                        TokenLogprob(
+                            _token_text(lp, tid, self.tokenizer),
+                            max(lp.logprob, -9999.0),
+                            list(_token_text(lp, tid, self.tokenizer).encode("utf-8", "replace")),
+                        )
                         for tid, lp in top
                     ],
                 )
@@ -550,8 +639,12 @@ class VllmEngine(Engine):
 
 # The prompt cache of the request being rendered: set only around our ``render_chat``, so
 # upstream's routes, which share the renderer, tokenize exactly as before.
-_PROMPT_CACHE: contextvars.ContextVar[PromptTokenizer | None] = contextvars.ContextVar("vllm_responses_prompt_cache", default=None)
-_PROMPT_SALT: contextvars.ContextVar[str | None] = contextvars.ContextVar("vllm_responses_prompt_salt", default=None)  # its cache_salt
+_PROMPT_CACHE: contextvars.ContextVar[PromptTokenizer | None] = contextvars.ContextVar(
+    "vllm_responses_prompt_cache", default=None
+)
+_PROMPT_SALT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "vllm_responses_prompt_salt", default=None
+)  # its cache_salt
 
 
 def _prompt_cache(renderer: Any, tokenizer: Any, max_bytes: int) -> PromptTokenizer | None:
@@ -562,7 +655,12 @@ def _prompt_cache(renderer: Any, tokenizer: Any, max_bytes: int) -> PromptTokeni
         return None
     original = getattr(renderer, "_tokenize_prompt_async", None)
     executor = getattr(renderer, "_executor", None)
-    if original is None or executor is None or not hasattr(renderer, "_build_tokens_prompt") or not hasattr(renderer, "_wants_offsets"):
+    if (
+        original is None
+        or executor is None
+        or not hasattr(renderer, "_build_tokens_prompt")
+        or not hasattr(renderer, "_wants_offsets")
+    ):
         logger.warning("prompt token cache off: this vLLM's renderer does not tokenize where this version expects")
         return None
     cache = PromptTokenizer(tokenizer, max_bytes)
@@ -572,7 +670,9 @@ def _prompt_cache(renderer: Any, tokenizer: Any, max_bytes: int) -> PromptTokeni
     async def tokenize(prompt: Any, params: Any) -> Any:
         active = _PROMPT_CACHE.get()
         if active is not None and isinstance(prompt.get("prompt"), str) and not renderer._wants_offsets(prompt, params):
-            ids = await asyncio.get_running_loop().run_in_executor(executor, active.encode, prompt["prompt"], params.get_encode_kwargs(), _PROMPT_SALT.get())
+            ids = await asyncio.get_running_loop().run_in_executor(
+                executor, active.encode, prompt["prompt"], params.get_encode_kwargs(), _PROMPT_SALT.get()
+            )
             if ids is not None:
                 return renderer._build_tokens_prompt(ids, prompt)
         return await original(prompt, params)
@@ -643,14 +743,17 @@ def _int(value: str | None, default: Any) -> Any:
 def _has_images(messages: list[dict[str, Any]]) -> bool:
     return any(
         isinstance(part, dict) and part.get("type") == "image_url"
-        for m in messages if isinstance(m.get("content"), list)
+        for m in messages
+        if isinstance(m.get("content"), list)
         for part in m["content"]
     )
 
 
 def _image_error(exc: Exception, code: str) -> APIError:
     """An image vLLM could not load (fetch or decode), as a 400 the client can act on."""
-    return invalid_request(f"An image in the input could not be loaded: {exc or type(exc).__name__}", param="input", code=code)
+    return invalid_request(
+        f"An image in the input could not be loaded: {exc or type(exc).__name__}", param="input", code=code
+    )
 
 
 def _role(item: Any) -> str | None:
@@ -671,7 +774,9 @@ def _content_logprobs(logprobs: list[TokenLogprob] | None, content: str) -> list
     for i, lp in enumerate(logprobs):
         starts[offset] = i
         offset += len(lp.token)
-    ends = {offset: len(logprobs)} | {start: i for start, i in starts.items()}  # offset where a token run ends -> next index
+    ends = {offset: len(logprobs)} | {
+        start: i for start, i in starts.items()
+    }  # offset where a token run ends -> next index
     joined = "".join(lp.token for lp in logprobs)
     at = joined.rfind(content)
     while at >= 0:
@@ -736,7 +841,11 @@ def _refused(exc: GracefulHTTPError | GenerationError) -> APIError:
         return APIError(message, status=status, type="rate_limit_error", code="rate_limit_exceeded")
     if status >= 500:
         return APIError(message, status=status, type="server_error", code="server_error")
-    return invalid_request(message, code=None) if status == HTTPStatus.BAD_REQUEST else APIError(message, status=status, code=None)
+    return (
+        invalid_request(message, code=None)
+        if status == HTTPStatus.BAD_REQUEST
+        else APIError(message, status=status, code=None)
+    )
 
 
 def _token_text(logprob: Any, token_id: int, tokenizer: Any) -> str:

@@ -81,17 +81,38 @@ SURFACE: tuple[Use, ...] = (
     Use(f"{EXC}:QueueOverflowError", ADAPTER),
     Use("vllm.lora.request:LoRARequest", ADAPTER),
     Use("vllm.parser:DelegatingParser", ADAPTER),
-    Use("vllm.parser:ParserManager.get_parser", ADAPTER, kwargs=(
-        "tool_parser_name", "reasoning_parser_name", "enable_auto_tools", "model_name", "is_harmony", "tool_strict_level", "tokenizer",
-    )),
+    Use(
+        "vllm.parser:ParserManager.get_parser",
+        ADAPTER,
+        kwargs=(
+            "tool_parser_name",
+            "reasoning_parser_name",
+            "enable_auto_tools",
+            "model_name",
+            "is_harmony",
+            "tool_strict_level",
+            "tokenizer",
+        ),
+    ),
     Use("vllm.tracing.utils:contains_trace_headers", ADAPTER, positional=1),
     Use("vllm.tracing.utils:extract_trace_headers", ADAPTER, positional=1),
     Use("vllm.v1.engine.exceptions:EngineDeadError", ADAPTER),
     Use("vllm.v1.engine.exceptions:EngineGenerateError", ADAPTER),
     # -- the engine client (AsyncLLM), its output processor ------------------------------------
-    Use(f"{ASYNC_LLM}.generate", ADAPTER, positional=3, kwargs=(
-        "lora_request", "priority", "session_id", "data_parallel_rank", "trace_headers", "reasoning_ended", "reasoning_parser_kwargs",
-    )),
+    Use(
+        f"{ASYNC_LLM}.generate",
+        ADAPTER,
+        positional=3,
+        kwargs=(
+            "lora_request",
+            "priority",
+            "session_id",
+            "data_parallel_rank",
+            "trace_headers",
+            "reasoning_ended",
+            "reasoning_parser_kwargs",
+        ),
+    ),
     Use(f"{ASYNC_LLM}.abort", ADAPTER, positional=1),
     Use(f"{ASYNC_LLM}.errored", ADAPTER),
     Use(f"{ASYNC_LLM}.model_config", ADAPTER),
@@ -99,7 +120,10 @@ SURFACE: tuple[Use, ...] = (
     Use("vllm.v1.engine.output_processor:OutputProcessor.propagate_error", ADAPTER, positional=1),
     Use("vllm.outputs:RequestOutput.num_cached_tokens", ADAPTER),
     Use("vllm.outputs:RequestOutput.outputs", ADAPTER),
-    *(Use(f"vllm.outputs:CompletionOutput.{name}", ADAPTER) for name in ("token_ids", "text", "finish_reason", "logprobs")),
+    *(
+        Use(f"vllm.outputs:CompletionOutput.{name}", ADAPTER)
+        for name in ("token_ids", "text", "finish_reason", "logprobs")
+    ),
     *(Use(f"vllm.logprobs:Logprob.{name}", ADAPTER) for name in ("logprob", "rank", "decoded_token")),
     # -- the server's state, as vLLM's launcher leaves it ---------------------------------------
     Use("vllm.entrypoints.launchers.api_server.app_state:@state.online_renderer", ADAPTER),
@@ -115,55 +139,125 @@ SURFACE: tuple[Use, ...] = (
     Use(f"{BASE_RENDERER}._build_tokens_prompt", ADAPTER, positional=2),
     Use(f"{BASE_RENDERER}._wants_offsets", ADAPTER, positional=2),
     Use("vllm.renderers.params:TokenizeParams.get_encode_kwargs", ADAPTER),
-    Use("vllm.entrypoints.serve.utils.request_logger:RequestLogger.log_inputs", ADAPTER, positional=4, kwargs=("params", "lora_request")),
-    Use("vllm.entrypoints.serve.utils.request_logger:RequestLogger.log_outputs", ADAPTER, positional=4, kwargs=("is_streaming",)),
+    Use(
+        "vllm.entrypoints.serve.utils.request_logger:RequestLogger.log_inputs",
+        ADAPTER,
+        positional=4,
+        kwargs=("params", "lora_request"),
+    ),
+    Use(
+        "vllm.entrypoints.serve.utils.request_logger:RequestLogger.log_outputs",
+        ADAPTER,
+        positional=4,
+        kwargs=("is_streaming",),
+    ),
     Use(f"{MODELS}.lora_requests", ADAPTER),
     Use(f"{MODELS}.is_base_model", ADAPTER, positional=1),
     Use(f"{MODELS}.resolve_lora", ADAPTER, positional=1),
     Use("vllm.entrypoints.serve.engine.protocol:ErrorResponse.error", ADAPTER),
-    *(Use(f"vllm.entrypoints.serve.engine.protocol:ErrorInfo.{name}", ADAPTER) for name in ("message", "code", "param")),
-    *(Use(f"{MODEL_CONFIG}.{name}", ADAPTER) for name in ("model", "hf_config", "max_model_len", "is_multimodal_model")),
+    *(
+        Use(f"vllm.entrypoints.serve.engine.protocol:ErrorInfo.{name}", ADAPTER)
+        for name in ("message", "code", "param")
+    ),
+    *(
+        Use(f"{MODEL_CONFIG}.{name}", ADAPTER)
+        for name in ("model", "hf_config", "max_model_len", "is_multimodal_model")
+    ),
     Use(f"{MODEL_CONFIG}.get_diff_sampling_param", ADAPTER),
     # -- the chat request the Responses request becomes -----------------------------------------
     Use(f"{CHAT}.to_sampling_params", ADAPTER, positional=2),
     Use(f"{CHAT}.resolve_reasoning_ended", ADAPTER, positional=2),
-    *(Use(f"{CHAT}.{name}", ADAPTER) for name in (
-        "model", "messages", "stream", "parallel_tool_calls", "temperature", "top_p", "max_completion_tokens", "response_format",
-        "tools", "tool_choice", "reasoning_effort", "logprobs", "top_logprobs", "cache_salt",
-    )),
+    *(
+        Use(f"{CHAT}.{name}", ADAPTER)
+        for name in (
+            "model",
+            "messages",
+            "stream",
+            "parallel_tool_calls",
+            "temperature",
+            "top_p",
+            "max_completion_tokens",
+            "response_format",
+            "tools",
+            "tool_choice",
+            "reasoning_effort",
+            "logprobs",
+            "top_logprobs",
+            "cache_salt",
+        )
+    ),
     # vLLM's extensions (parameters.py) are handed to the chat request as sent; request_id is
     # the engine's request id, not a chat-request field.
     *(Use(f"{CHAT}.{name}", "request/parameters.py") for name in sorted(VLLM_EXTENSIONS - {"request_id"})),
-    *(Use(f"vllm.sampling_params:SamplingParams.{name}", ADAPTER) for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty")),
+    *(
+        Use(f"vllm.sampling_params:SamplingParams.{name}", ADAPTER)
+        for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+    ),
     # -- the parsers ------------------------------------------------------------------------------
     Use(f"{PARSER}.__init__", ADAPTER, positional=2, kwargs=("chat_template_kwargs", "model_config")),
     Use(f"{PARSER}.parse", ADAPTER, positional=2, kwargs=("enable_auto_tools", "model_output_token_ids")),
-    Use(f"{PARSER}.parse_delta", ADAPTER, kwargs=("delta_text", "delta_token_ids", "request", "prompt_token_ids", "finished")),
+    Use(
+        f"{PARSER}.parse_delta",
+        ADAPTER,
+        kwargs=("delta_text", "delta_token_ids", "request", "prompt_token_ids", "finished"),
+    ),
     Use(f"{PARSER}.set_prompt_token_ids", ADAPTER, positional=1),
     Use(f"{PARSER}.count_reasoning_tokens", ADAPTER, positional=1),
-    *(Use(f"{PARSER}.{name}", ADAPTER) for name in (
-        "reasoning_parser", "tool_parser", "_tool_parser", "_stream_state",
-        "finalize_generation", "_extract_tool_calls_streaming", "_flush_engine_parsers",
-    )),
+    *(
+        Use(f"{PARSER}.{name}", ADAPTER)
+        for name in (
+            "reasoning_parser",
+            "tool_parser",
+            "_tool_parser",
+            "_stream_state",
+            "finalize_generation",
+            "_extract_tool_calls_streaming",
+            "_flush_engine_parsers",
+        )
+    ),
     Use("vllm.parser.abstract_parser:StreamState.reasoning_ended", ADAPTER),
     Use("vllm.parser.abstract_parser:StreamState.tool_call_text_started", ADAPTER),
     Use("vllm.tool_parsers.abstract_tool_parser:ToolParser.engine_based_streaming", ADAPTER),
     # -- server flags and environment -------------------------------------------------------------
-    *(_frontend(flag) for flag in ("tool_call_parser", "enable_auto_tool_choice", "tool_strict_level", "enable_log_outputs", "log_error_stack")),
+    *(
+        _frontend(flag)
+        for flag in (
+            "tool_call_parser",
+            "enable_auto_tool_choice",
+            "tool_strict_level",
+            "enable_log_outputs",
+            "log_error_stack",
+        )
+    ),
     Use("vllm.engine.arg_utils:EngineArgs.reasoning_parser", ADAPTER),
     Use("vllm.engine.arg_utils:EngineArgs.structured_outputs_config", ADAPTER),
     Use("vllm.config.structured_outputs:StructuredOutputsConfig.reasoning_parser", ADAPTER),
-    *(Use(f"env:{name}", ADAPTER) for name in ("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "VLLM_SKIP_MODEL_NAME_VALIDATION", "VLLM_ALLOW_RUNTIME_LORA_UPDATING")),
+    *(
+        Use(f"env:{name}", ADAPTER)
+        for name in (
+            "VLLM_KEEP_ALIVE_ON_ENGINE_DEATH",
+            "VLLM_SKIP_MODEL_NAME_VALIDATION",
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
+        )
+    ),
     # -- the plugin loader: pyproject's entry points, environment.py ------------------------------
     Use('vllm.plugins:"vllm.endpoint_plugins"', "plugin loader"),
     Use('vllm.plugins:"vllm.general_plugins"', "plugin loader"),
     Use("vllm.plugins.endpoint_plugins.interface:EndpointPlugin.name", "plugin.py"),
     Use("vllm.plugins.endpoint_plugins.interface:EndpointPlugin.required_tasks", "plugin.py"),
     Use("vllm.plugins.endpoint_plugins.interface:EndpointPlugin.attach_router", "plugin.py", params=("app",)),
-    Use("vllm.plugins.endpoint_plugins.interface:EndpointPlugin.init_state", "plugin.py", params=("engine_client", "state", "args")),
+    Use(
+        "vllm.plugins.endpoint_plugins.interface:EndpointPlugin.init_state",
+        "plugin.py",
+        params=("engine_client", "state", "args"),
+    ),
     Use("vllm.envs:environment_variables", "environment.py"),
     # -- the --api-key gate: vLLM's middleware, found by class name and its ``tokens`` ------------
-    Use("vllm.entrypoints.serve.middleware.authenticate:AuthenticationMiddleware.__init__", "api/auth.py", kwargs=("tokens",)),
+    Use(
+        "vllm.entrypoints.serve.middleware.authenticate:AuthenticationMiddleware.__init__",
+        "api/auth.py",
+        kwargs=("tokens",),
+    ),
     # -- the Codex catalog wraps vLLM's /v1/models ------------------------------------------------
     Use('vllm.entrypoints.openai.models.api_router:"/v1/models"', "api/codex_models.py"),
     # -- metrics: vLLM's /metrics serves the default registry, multiprocess with API servers -----
@@ -177,7 +271,11 @@ SURFACE: tuple[Use, ...] = (
     Use("vllm.entrypoints.cli.serve:ServeSubcommand.validate", "tests/vllm_serve.py", positional=1),
     Use("vllm.entrypoints.cli.serve:ServeSubcommand.cmd", "tests/vllm_serve.py", positional=1),
     Use("vllm.utils.argparse_utils:FlexibleArgumentParser", "tests/vllm_serve.py"),
-    Use("vllm.entrypoints.serve.utils.api_utils:cli_env_setup", "tests/vllm_serve.py", moved=("vllm.entrypoints.common.startup:cli_env_setup",)),
+    Use(
+        "vllm.entrypoints.serve.utils.api_utils:cli_env_setup",
+        "tests/vllm_serve.py",
+        moved=("vllm.entrypoints.common.startup:cli_env_setup",),
+    ),
     Use("vllm.engine.arg_utils:EngineArgs", "tests/e2e/test_prompt_cache_render.py"),
     Use("vllm.entrypoints.openai.models.protocol:BaseModelPath", "tests/e2e/test_prompt_cache_render.py"),
     Use("vllm.entrypoints.openai.models.serving:OpenAIModelRegistry", "tests/e2e/test_prompt_cache_render.py"),
@@ -191,8 +289,11 @@ SURFACE: tuple[Use, ...] = (
     Use("vllm.lora.lora_model:LoRAModel", "tests/unit/test_demo_lora.py"),
     Use("vllm.lora.peft_helper:PEFTHelper", "tests/unit/test_demo_lora.py"),
     Use("vllm.platforms.interface:Platform", "tests/unit/test_environment.py"),
-    Use("vllm.entrypoints.launchers.cli_args:make_arg_parser", "tests/unit/test_doc_blocks.py",
-        moved=("vllm.entrypoints.common.cli_args:make_arg_parser",)),
+    Use(
+        "vllm.entrypoints.launchers.cli_args:make_arg_parser",
+        "tests/unit/test_doc_blocks.py",
+        moved=("vllm.entrypoints.common.cli_args:make_arg_parser",),
+    ),
 )
 
 
@@ -238,7 +339,9 @@ class Tree:
         """The version the tree says it is (``vllm/_version.py``), or ``?``."""
         tree = self.module("vllm._version")
         for node in ast.walk(tree) if tree else ():
-            named = isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id in ("__version__", "version") for t in node.targets)
+            named = isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id in ("__version__", "version") for t in node.targets
+            )
             if named and isinstance(node.value, ast.Constant):  # type: ignore[union-attr]
                 return str(node.value.value)  # type: ignore[union-attr]
         return "?"
@@ -315,7 +418,11 @@ def _lazy_target(parsed: ast.Module, name: str) -> str | None:
                 if isinstance(key, ast.Constant) and key.value == name:
                     if isinstance(value, ast.Constant) and isinstance(value.value, str):
                         return value.value
-                    if isinstance(value, ast.Tuple) and all(isinstance(e, ast.Constant) for e in value.elts) and len(value.elts) == 2:
+                    if (
+                        isinstance(value, ast.Tuple)
+                        and all(isinstance(e, ast.Constant) for e in value.elts)
+                        and len(value.elts) == 2
+                    ):
                         return f"{value.elts[0].value}:{value.elts[1].value}"  # type: ignore[attr-defined]
     return None
 
@@ -341,9 +448,20 @@ def member(tree: Tree, owner: Found, attr: str, depth: int = 0) -> Found | None:
             if isinstance(inner, ast.AnnAssign) and isinstance(inner.target, ast.Name) and inner.target.id == attr:
                 return (module, inner)
     for node in ast.walk(cls):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, (ast.AnnAssign, ast.AugAssign))
+            else []
+        )
         for target in targets:
-            if isinstance(target, ast.Attribute) and target.attr == attr and isinstance(target.value, ast.Name) and target.value.id == "self":
+            if (
+                isinstance(target, ast.Attribute)
+                and target.attr == attr
+                and isinstance(target.value, ast.Name)
+                and target.value.id == "self"
+            ):
                 return (module, node)
     for base in cls.bases:
         name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else None
@@ -362,7 +480,10 @@ def _signature_problems(use: Use, node: ast.AST) -> list[str]:
     if use.params is None and not use.kwargs and not use.positional:
         return []
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        return [f"is not a function (a {type(node).__name__}); we call it with {use.positional} positional, {list(use.kwargs)} keyword arguments"]
+        return [
+            f"is not a function (a {type(node).__name__}); we call it with {use.positional} positional, "
+            f"{list(use.kwargs)} keyword arguments"
+        ]
     args = node.args
     positional = [a.arg for a in [*args.posonlyargs, *args.args]]
     if positional[:1] in (["self"], ["cls"]):
@@ -385,7 +506,9 @@ def _signature_problems(use: Use, node: ast.AST) -> list[str]:
 def _assigned(parsed: ast.Module, dotted: str) -> bool:
     """Whether the module assigns ``dotted`` (``state.online_renderer``) anywhere."""
     for node in ast.walk(parsed):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         if any(ast.unparse(t) == dotted for t in targets):
             return True
     return False
@@ -416,7 +539,11 @@ def check_one(tree: Tree, target: str, use: Use) -> str | None:
         owner = found
         found = member(tree, owner, attr)
         if found is None:
-            return f"{module}.{name} has no attribute {attr}" if isinstance(owner[1], ast.ClassDef) else f"{module}.{name} is not a class"
+            return (
+                f"{module}.{name} has no attribute {attr}"
+                if isinstance(owner[1], ast.ClassDef)
+                else f"{module}.{name} is not a class"
+            )
     problems = _signature_problems(use, found[1])
     return "; ".join(problems) or None
 
@@ -442,7 +569,14 @@ UPSTREAM_REQUEST = "vllm.entrypoints.openai.responses.protocol:ResponsesRequest"
 def known_parameters() -> frozenset[str]:
     from openai.types.responses.response_create_params import ResponseCreateParamsBase
 
-    return frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"} | VLLM_EXTENSIONS | set(NO_EFFECT) | set(REFUSED) | set(CHAT_HABITS)
+    return (
+        frozenset(ResponseCreateParamsBase.__annotations__)
+        | {"stream"}
+        | VLLM_EXTENSIONS
+        | set(NO_EFFECT)
+        | set(REFUSED)
+        | set(CHAT_HABITS)
+    )
 
 
 def upstream_parameters(tree: "Tree") -> set[str] | None:
@@ -451,7 +585,11 @@ def upstream_parameters(tree: "Tree") -> set[str] | None:
     found = resolve(tree, module, name)
     if found is None or not isinstance(found[1], ast.ClassDef):
         return None
-    return {n.target.id for n in found[1].body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and not n.target.id.startswith("_")}
+    return {
+        n.target.id
+        for n in found[1].body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name) and not n.target.id.startswith("_")
+    }
 
 
 def check(source: Path | str, surface: Iterable[Use] = SURFACE) -> Report:
@@ -465,7 +603,8 @@ def check(source: Path | str, surface: Iterable[Use] = SURFACE) -> Report:
         report.problems.append(f"{UPSTREAM_REQUEST} (used by request/parameters.py): not found")
     else:
         report.problems += [
-            f"{UPSTREAM_REQUEST}.{name} (used by request/parameters.py): vLLM's /v1/responses accepts it; request/parameters.py does not know it"
+            f"{UPSTREAM_REQUEST}.{name} (used by request/parameters.py): vLLM's /v1/responses accepts it; "
+            "request/parameters.py does not know it"
             for name in sorted(upstream - known_parameters())
         ]
     for use in surface:
@@ -505,7 +644,19 @@ def wheel(version: str, cache: Path | None = None) -> Path:
     if not found:
         folder.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:", f"vllm=={version}", "-d", str(folder)],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                f"vllm=={version}",
+                "-d",
+                str(folder),
+            ],
             check=True,
         )
         found = sorted(folder.glob(f"vllm-{version}-*.whl"))
@@ -516,9 +667,15 @@ def wheel(version: str, cache: Path | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sources", nargs="*", type=Path, help="vLLM wheels or source trees (default: the installed vLLM)")
-    parser.add_argument("--version", action="append", default=[], help="a vLLM release to download from PyPI (cached) and check")
-    parser.add_argument("--cache", type=Path, default=None, help=f"where downloaded wheels are kept (default {cache_dir()})")
+    parser.add_argument(
+        "sources", nargs="*", type=Path, help="vLLM wheels or source trees (default: the installed vLLM)"
+    )
+    parser.add_argument(
+        "--version", action="append", default=[], help="a vLLM release to download from PyPI (cached) and check"
+    )
+    parser.add_argument(
+        "--cache", type=Path, default=None, help=f"where downloaded wheels are kept (default {cache_dir()})"
+    )
     args = parser.parse_args(argv)
     sources = [*args.sources, *(wheel(v, args.cache) for v in args.version)] or [installed()]
     failed = False

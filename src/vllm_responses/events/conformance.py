@@ -95,7 +95,9 @@ class _Checker:
             return ["the stream has no events"]
         for i, event in enumerate(events):
             self.check(i, event)
-            if event.get("type") == "error" and (i + 1 >= len(events) or events[i + 1].get("type") != "response.failed"):
+            if event.get("type") == "error" and (
+                i + 1 >= len(events) or events[i + 1].get("type") != "response.failed"
+            ):
                 self.fail(i, event, "an error event must be followed by response.failed")
         if self.terminal is None:
             self.problems.append("the stream ended without a terminal event (completed, incomplete or failed)")
@@ -142,7 +144,9 @@ class _Checker:
             return
         self.terminal = e
         # A cancelled response (no event type of its own) ends with response.incomplete.
-        expected_status = ("incomplete", "cancelled") if kind == "response.incomplete" else (kind.removeprefix("response."),)
+        expected_status = (
+            ("incomplete", "cancelled") if kind == "response.incomplete" else (kind.removeprefix("response."),)
+        )
         if response.get("status") not in expected_status:
             self.fail(i, e, f"status {response.get('status')!r} is not {' or '.join(map(repr, expected_status))}")
         if self.open is not None:
@@ -151,7 +155,9 @@ class _Checker:
         if response.get("output") != streamed:
             self.fail(i, e, "response.output differs from the items streamed")
         usage = response.get("usage")
-        if usage is not None and usage.get("total_tokens") != usage.get("input_tokens", 0) + usage.get("output_tokens", 0):
+        if usage is not None and usage.get("total_tokens") != usage.get("input_tokens", 0) + usage.get(
+            "output_tokens", 0
+        ):
             self.fail(i, e, "usage.total_tokens != input_tokens + output_tokens")
         if response.get("status") == "incomplete" and not (response.get("incomplete_details") or {}).get("reason"):
             self.fail(i, e, "response.incomplete without incomplete_details.reason")

@@ -177,25 +177,47 @@ class _Reasoning(_Item):
         super().__init__(stream, output_index, new_id("rs"))
         self.chunks: list[str] = []
         where = {"item_id": self.id, "output_index": output_index}
-        self.text_delta = _DeltaTemplate(ResponseReasoningTextDeltaEvent, type="response.reasoning_text.delta", content_index=0, **where)
-        self.summary_delta = _DeltaTemplate(
-            ResponseReasoningSummaryTextDeltaEvent, type="response.reasoning_summary_text.delta", summary_index=0, **where
-        ) if stream.options.reasoning_summary else None
+        self.text_delta = _DeltaTemplate(
+            ResponseReasoningTextDeltaEvent, type="response.reasoning_text.delta", content_index=0, **where
+        )
+        self.summary_delta = (
+            _DeltaTemplate(
+                ResponseReasoningSummaryTextDeltaEvent,
+                type="response.reasoning_summary_text.delta",
+                summary_index=0,
+                **where,
+            )
+            if stream.options.reasoning_summary
+            else None
+        )
 
     def open(self) -> list[Event]:
         s, idx = self.s, self.output_index
         events: list[Event] = [
-            s.item_added(idx, ResponseReasoningItem.model_construct(id=self.id, type="reasoning", summary=[], content=[], status="in_progress")),
+            s.item_added(
+                idx,
+                ResponseReasoningItem.model_construct(
+                    id=self.id, type="reasoning", summary=[], content=[], status="in_progress"
+                ),
+            ),
             ResponseContentPartAddedEvent.model_construct(
-                type="response.content_part.added", sequence_number=s.seq(), item_id=self.id, output_index=idx,
-                content_index=0, part=PartReasoningText.model_construct(type="reasoning_text", text=""),
+                type="response.content_part.added",
+                sequence_number=s.seq(),
+                item_id=self.id,
+                output_index=idx,
+                content_index=0,
+                part=PartReasoningText.model_construct(type="reasoning_text", text=""),
             ),
         ]
         if s.options.reasoning_summary:
             events.append(
                 ResponseReasoningSummaryPartAddedEvent.model_construct(
-                    type="response.reasoning_summary_part.added", sequence_number=s.seq(), item_id=self.id,
-                    output_index=idx, summary_index=0, part=SummaryPart.model_construct(type="summary_text", text=""),
+                    type="response.reasoning_summary_part.added",
+                    sequence_number=s.seq(),
+                    item_id=self.id,
+                    output_index=idx,
+                    summary_index=0,
+                    part=SummaryPart.model_construct(type="summary_text", text=""),
                 )
             )
         return events
@@ -215,12 +237,20 @@ class _Reasoning(_Item):
         part = ReasoningContent.model_construct(type="reasoning_text", text=text)
         events: list[Event] = [
             ResponseReasoningTextDoneEvent.model_construct(
-                type="response.reasoning_text.done", sequence_number=s.seq(), item_id=self.id,
-                output_index=idx, content_index=0, text=text,
+                type="response.reasoning_text.done",
+                sequence_number=s.seq(),
+                item_id=self.id,
+                output_index=idx,
+                content_index=0,
+                text=text,
             ),
             ResponseContentPartDoneEvent.model_construct(
-                type="response.content_part.done", sequence_number=s.seq(), item_id=self.id,
-                output_index=idx, content_index=0, part=PartReasoningText.model_construct(type="reasoning_text", text=text),
+                type="response.content_part.done",
+                sequence_number=s.seq(),
+                item_id=self.id,
+                output_index=idx,
+                content_index=0,
+                part=PartReasoningText.model_construct(type="reasoning_text", text=text),
             ),
         ]
         summary: list[Summary] = []
@@ -228,12 +258,20 @@ class _Reasoning(_Item):
             summary = [Summary.model_construct(type="summary_text", text=text)]
             events += [
                 ResponseReasoningSummaryTextDoneEvent.model_construct(
-                    type="response.reasoning_summary_text.done", sequence_number=s.seq(), item_id=self.id,
-                    output_index=idx, summary_index=0, text=text,
+                    type="response.reasoning_summary_text.done",
+                    sequence_number=s.seq(),
+                    item_id=self.id,
+                    output_index=idx,
+                    summary_index=0,
+                    text=text,
                 ),
                 ResponseReasoningSummaryPartDoneEvent.model_construct(
-                    type="response.reasoning_summary_part.done", sequence_number=s.seq(), item_id=self.id,
-                    output_index=idx, summary_index=0, part=SummaryPart.model_construct(type="summary_text", text=text),
+                    type="response.reasoning_summary_part.done",
+                    sequence_number=s.seq(),
+                    item_id=self.id,
+                    output_index=idx,
+                    summary_index=0,
+                    part=SummaryPart.model_construct(type="summary_text", text=text),
                 ),
             ]
         item = ResponseReasoningItem.model_construct(
@@ -246,9 +284,12 @@ class _Reasoning(_Item):
 
 def _logprob(lp: TokenLogprob) -> Logprob:
     return Logprob.model_construct(
-        token=valid_text(lp.token), logprob=_finite(lp.logprob), bytes=lp.bytes,
+        token=valid_text(lp.token),
+        logprob=_finite(lp.logprob),
+        bytes=lp.bytes,
         top_logprobs=[
-            LogprobTopLogprob.model_construct(token=valid_text(t.token), logprob=_finite(t.logprob), bytes=t.bytes) for t in lp.top
+            LogprobTopLogprob.model_construct(token=valid_text(t.token), logprob=_finite(t.logprob), bytes=t.bytes)
+            for t in lp.top
         ],
     )
 
@@ -264,17 +305,30 @@ class _Message(_Item):
         self.chunks: list[str] = []
         self.logprobs: list[Logprob] = []
         self.delta = _DeltaTemplate(
-            ResponseTextDeltaEvent, type="response.output_text.delta", item_id=self.id,
-            output_index=output_index, content_index=0, logprobs=[],
+            ResponseTextDeltaEvent,
+            type="response.output_text.delta",
+            item_id=self.id,
+            output_index=output_index,
+            content_index=0,
+            logprobs=[],
         )
 
     def open(self) -> list[Event]:
         s, idx = self.s, self.output_index
         return [
-            s.item_added(idx, ResponseOutputMessage.model_construct(id=self.id, type="message", role="assistant", status="in_progress", content=[])),
+            s.item_added(
+                idx,
+                ResponseOutputMessage.model_construct(
+                    id=self.id, type="message", role="assistant", status="in_progress", content=[]
+                ),
+            ),
             ResponseContentPartAddedEvent.model_construct(
-                type="response.content_part.added", sequence_number=s.seq(), item_id=self.id, output_index=idx,
-                content_index=0, part=ResponseOutputText.model_construct(type="output_text", text="", annotations=[], logprobs=[]),
+                type="response.content_part.added",
+                sequence_number=s.seq(),
+                item_id=self.id,
+                output_index=idx,
+                content_index=0,
+                part=ResponseOutputText.model_construct(type="output_text", text="", annotations=[], logprobs=[]),
             ),
         ]
 
@@ -287,8 +341,13 @@ class _Message(_Item):
         self.logprobs += logprobs
         return [
             ResponseTextDeltaEvent.model_construct(
-                type="response.output_text.delta", sequence_number=self.s.seq(), item_id=self.id,
-                output_index=self.output_index, content_index=0, delta=text, logprobs=logprobs,
+                type="response.output_text.delta",
+                sequence_number=self.s.seq(),
+                item_id=self.id,
+                output_index=self.output_index,
+                content_index=0,
+                delta=text,
+                logprobs=logprobs,
             )
         ]
 
@@ -298,15 +357,26 @@ class _Message(_Item):
         part = ResponseOutputText.model_construct(type="output_text", text=text, annotations=[], logprobs=self.logprobs)
         events: list[Event] = [
             ResponseTextDoneEvent.model_construct(
-                type="response.output_text.done", sequence_number=s.seq(), item_id=self.id,
-                output_index=idx, content_index=0, text=text, logprobs=self.logprobs,
+                type="response.output_text.done",
+                sequence_number=s.seq(),
+                item_id=self.id,
+                output_index=idx,
+                content_index=0,
+                text=text,
+                logprobs=self.logprobs,
             ),
             ResponseContentPartDoneEvent.model_construct(
-                type="response.content_part.done", sequence_number=s.seq(), item_id=self.id,
-                output_index=idx, content_index=0, part=part,
+                type="response.content_part.done",
+                sequence_number=s.seq(),
+                item_id=self.id,
+                output_index=idx,
+                content_index=0,
+                part=part,
             ),
         ]
-        item = ResponseOutputMessage.model_construct(id=self.id, type="message", role="assistant", status=status, content=[part])
+        item = ResponseOutputMessage.model_construct(
+            id=self.id, type="message", role="assistant", status=status, content=[part]
+        )
         return events, item
 
 
@@ -360,7 +430,9 @@ class _ToolCall(_Item):
 
 def error_event(sequence_number: int, code: str, message: str) -> ResponseErrorEvent:
     """The stream's ``error`` event (its fields at the top level, as openai's type has them)."""
-    return ResponseErrorEvent.model_construct(type="error", sequence_number=sequence_number, code=code, message=message, param=None)
+    return ResponseErrorEvent.model_construct(
+        type="error", sequence_number=sequence_number, code=code, message=message, param=None
+    )
 
 
 class ResponseStream:
@@ -408,8 +480,12 @@ class ResponseStream:
         """A background response waits for the engine: ``created`` and ``queued`` (status ``queued``)."""
         self.response.status = "queued"
         return [
-            ResponseCreatedEvent.model_construct(type="response.created", sequence_number=self.seq(), response=self._snapshot()),
-            ResponseQueuedEvent.model_construct(type="response.queued", sequence_number=self.seq(), response=self._snapshot()),
+            ResponseCreatedEvent.model_construct(
+                type="response.created", sequence_number=self.seq(), response=self._snapshot()
+            ),
+            ResponseQueuedEvent.model_construct(
+                type="response.queued", sequence_number=self.seq(), response=self._snapshot()
+            ),
         ]
 
     def start(self) -> list[Event]:
@@ -417,9 +493,17 @@ class ResponseStream:
         events: list[Event] = []
         if self._seq < 0:
             self.response.status = "in_progress"
-            events.append(ResponseCreatedEvent.model_construct(type="response.created", sequence_number=self.seq(), response=self._snapshot()))
+            events.append(
+                ResponseCreatedEvent.model_construct(
+                    type="response.created", sequence_number=self.seq(), response=self._snapshot()
+                )
+            )
         self.response.status = "in_progress"
-        events.append(ResponseInProgressEvent.model_construct(type="response.in_progress", sequence_number=self.seq(), response=self._snapshot()))
+        events.append(
+            ResponseInProgressEvent.model_construct(
+                type="response.in_progress", sequence_number=self.seq(), response=self._snapshot()
+            )
+        )
         return events
 
     def feed(self, delta: Delta) -> list[Event]:
@@ -484,11 +568,15 @@ class ResponseStream:
         """A ``compaction`` item arrives whole: ``output_item.added`` and ``done`` carry it alike."""
         events = self._close_open("completed")
         idx = len(self.response.output)
-        item = ResponseCompactionItem.model_construct(id=new_id("cmp"), type="compaction", encrypted_content=delta.encrypted_content)
+        item = ResponseCompactionItem.model_construct(
+            id=new_id("cmp"), type="compaction", encrypted_content=delta.encrypted_content
+        )
         self.response.output.append(item)
         return events + [
             self.item_added(idx, item),
-            ResponseOutputItemDoneEvent.model_construct(type="response.output_item.done", sequence_number=self.seq(), output_index=idx, item=item),
+            ResponseOutputItemDoneEvent.model_construct(
+                type="response.output_item.done", sequence_number=self.seq(), output_index=idx, item=item
+            ),
         ]
 
     def finish(self, finish: Finish) -> list[Event]:
@@ -501,10 +589,16 @@ class ResponseStream:
         if truncated:
             r.status = "incomplete"
             r.incomplete_details = IncompleteDetails.model_construct(reason="max_output_tokens")
-            return events + [ResponseIncompleteEvent.model_construct(type="response.incomplete", sequence_number=self.seq(), response=r)]
+            return events + [
+                ResponseIncompleteEvent.model_construct(
+                    type="response.incomplete", sequence_number=self.seq(), response=r
+                )
+            ]
         r.status = "completed"
         r.completed_at = self._now()  # only a completed response has one (the hosted API's rule)
-        return events + [ResponseCompletedEvent.model_construct(type="response.completed", sequence_number=self.seq(), response=r)]
+        return events + [
+            ResponseCompletedEvent.model_construct(type="response.completed", sequence_number=self.seq(), response=r)
+        ]
 
     def fail(self, message: str, code: str = "server_error", usage: Usage | None = None) -> list[Event]:
         """End a stream that broke mid-way: an ``error`` event, then ``response.failed``."""
@@ -531,7 +625,9 @@ class ResponseStream:
         r = self.response
         r.status = "cancelled"
         self.terminated = True
-        return events + [ResponseIncompleteEvent.model_construct(type="response.incomplete", sequence_number=self.seq(), response=r)]
+        return events + [
+            ResponseIncompleteEvent.model_construct(type="response.incomplete", sequence_number=self.seq(), response=r)
+        ]
 
     def terminal(self) -> list[Event]:
         """The terminal events of a response that has already ended, for a follower whose
@@ -539,14 +635,20 @@ class ResponseStream:
         r = self.response
         self.terminated = True
         if r.status == "completed":
-            return [ResponseCompletedEvent.model_construct(type="response.completed", sequence_number=self.seq(), response=r)]
+            return [
+                ResponseCompletedEvent.model_construct(
+                    type="response.completed", sequence_number=self.seq(), response=r
+                )
+            ]
         if r.status == "failed":
             error = r.error or ResponseError.model_construct(code="server_error", message="The response failed.")
             return [
                 error_event(self.seq(), error.code, error.message),
                 ResponseFailedEvent.model_construct(type="response.failed", sequence_number=self.seq(), response=r),
             ]
-        return [ResponseIncompleteEvent.model_construct(type="response.incomplete", sequence_number=self.seq(), response=r)]
+        return [
+            ResponseIncompleteEvent.model_construct(type="response.incomplete", sequence_number=self.seq(), response=r)
+        ]
 
     @classmethod
     def resumed(cls, response: Response, logged: list[dict[str, Any]]) -> "ResponseStream":
@@ -555,7 +657,11 @@ class ResponseStream:
         again with what streamed into it, so that ending the stream (a response whose owner
         died mid-stream) closes that item as it would have been closed."""
         summary = any(e.get("type") == "response.reasoning_summary_part.added" for e in logged)
-        stream = cls(response, StreamOptions(reasoning_summary=summary), first_sequence_number=logged[-1]["sequence_number"] + 1 if logged else 0)
+        stream = cls(
+            response,
+            StreamOptions(reasoning_summary=summary),
+            first_sequence_number=logged[-1]["sequence_number"] + 1 if logged else 0,
+        )
         response.output = []
         for e in logged:
             kind, item = e.get("type"), stream._open
@@ -598,10 +704,14 @@ class ResponseStream:
 
 
 # The delta events that add to the open item's text (summary deltas mirror the reasoning's).
-_CONTINUING = frozenset({
-    "response.reasoning_text.delta", "response.output_text.delta",
-    "response.function_call_arguments.delta", "response.custom_tool_call_input.delta",
-})
+_CONTINUING = frozenset(
+    {
+        "response.reasoning_text.delta",
+        "response.output_text.delta",
+        "response.function_call_arguments.delta",
+        "response.custom_tool_call_input.delta",
+    }
+)
 
 
 def _reopened(stream: ResponseStream, output_index: int, item: dict[str, Any]) -> _Item:
@@ -613,7 +723,13 @@ def _reopened(stream: ResponseStream, output_index: int, item: dict[str, Any]) -
     elif kind == "message":
         opened = _Message(stream, output_index)
     else:
-        call = ToolCallDelta(0, name=item.get("name", ""), call_id=item.get("call_id"), namespace=item.get("namespace"), custom=kind == "custom_tool_call")
+        call = ToolCallDelta(
+            0,
+            name=item.get("name", ""),
+            call_id=item.get("call_id"),
+            namespace=item.get("namespace"),
+            custom=kind == "custom_tool_call",
+        )
         opened = _ToolCall(stream, output_index, call)
     opened.id = item["id"]  # the logged id (its delta templates are never used again)
     return opened

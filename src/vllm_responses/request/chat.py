@@ -50,7 +50,9 @@ class ChatTools:
         name = chat_name(tool.name, namespace)
         fn: dict[str, Any] = {
             "name": name,
-            "parameters": _CUSTOM_TOOL_PARAMETERS if custom else (tool.parameters or {"type": "object", "properties": {}}),
+            "parameters": _CUSTOM_TOOL_PARAMETERS
+            if custom
+            else (tool.parameters or {"type": "object", "properties": {}}),
         }
         if tool.description:
             fn["description"] = tool.description
@@ -72,7 +74,9 @@ class ChatTools:
             for key in ("name", "namespace"):
                 if not isinstance(entry.get(key, ""), (str, type(None))):
                     raise invalid_request(
-                        f"Invalid type for 'tool_choice.tools[{i}].{key}': expected a string.", param=f"tool_choice.tools[{i}].{key}", code="invalid_type"
+                        f"Invalid type for 'tool_choice.tools[{i}].{key}': expected a string.",
+                        param=f"tool_choice.tools[{i}].{key}",
+                        code="invalid_type",
                     )
             name = chat_name(entry.get("name") or "", entry.get("namespace"))
             if name not in self.targets:
@@ -170,7 +174,9 @@ def _content(content: Any, param: str, accepts_images: bool = True) -> str | lis
         elif kind == _FileText.type:
             parts.append({"type": "text", "text": part.text})
         else:
-            raise invalid_request(f"Input content of type '{kind}' is not supported.", param=where, code="unsupported_value")
+            raise invalid_request(
+                f"Input content of type '{kind}' is not supported.", param=where, code="unsupported_value"
+            )
         blocks.append(kind in ("input_file", _FileText.type))
     if has_image:
         return parts
@@ -234,7 +240,13 @@ def _namespace(part: Any) -> Any:
 
 def _parts(item: Any) -> list[Any]:
     kind = getattr(item, "type", None) or "message"
-    value = getattr(item, "output", None) if kind.endswith("_call_output") else getattr(item, "content", None) if kind == "message" else None
+    value = (
+        getattr(item, "output", None)
+        if kind.endswith("_call_output")
+        else getattr(item, "content", None)
+        if kind == "message"
+        else None
+    )
     return value if isinstance(value, list) else []
 
 
@@ -278,7 +290,11 @@ def chat_messages(instructions: str | None, items: list[Any], accepts_images: bo
         if kind == "reasoning":
             reasoning.extend(part.text for part in item.content or [] if part.type == "reasoning_text")
             continue
-        if kind not in ("function_call", "custom_tool_call") and not (kind == "message" and item.role == "assistant") and reasoning:
+        if (
+            kind not in ("function_call", "custom_tool_call")
+            and not (kind == "message" and item.role == "assistant")
+            and reasoning
+        ):
             assistant("")  # reasoning that ended its turn without an answer
         if kind == "message":
             content = _content(item.content, f"input[{i}].content", accepts_images)
@@ -317,7 +333,9 @@ def chat_tool_choice(tool_choice: Any) -> Any:
     kind = tool_choice.get("type")
     if kind in ("function", "custom"):
         return {"type": "function", "function": {"name": chat_name(tool_choice["name"], tool_choice.get("namespace"))}}
-    raise invalid_request(f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value")
+    raise invalid_request(
+        f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value"
+    )
 
 
 def chat_response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -331,4 +349,6 @@ def chat_response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
         if fmt.get("strict") is not None:
             schema["strict"] = fmt["strict"]
         return {"type": "json_schema", "json_schema": schema}
-    raise invalid_request(f"text.format of type '{fmt['type']}' is not supported.", param="text.format", code="unsupported_value")
+    raise invalid_request(
+        f"text.format of type '{fmt['type']}' is not supported.", param="text.format", code="unsupported_value"
+    )

@@ -123,8 +123,14 @@ async def _parse(data: bytes, left: float, limits: FileLimits) -> tuple[str, str
     if left <= 0:
         return _too_complex(limits, "the request's files used up the time to read them")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "vllm_responses.request.pdf_worker", str(limits.parse_memory_bytes), str(math.ceil(left) + 1),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable,
+        "-m",
+        "vllm_responses.request.pdf_worker",
+        str(limits.parse_memory_bytes),
+        str(math.ceil(left) + 1),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     try:
         out, _ = await asyncio.wait_for(process.communicate(data), left)

@@ -26,7 +26,9 @@ class ValidatedItems:
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.lru: LRU[bytes, Any] = LRU(max_bytes)
 
-    def validate(self, raw: list[Any], validate: Callable[[list[Any]], list[Any]], salt: str | None = None) -> list[Any]:
+    def validate(
+        self, raw: list[Any], validate: Callable[[list[Any]], list[Any]], salt: str | None = None
+    ) -> list[Any]:
         if self.lru.max_bytes <= 0 or not raw:
             return validate(raw)
         keyed = [_json_key(item, salt) for item in raw]

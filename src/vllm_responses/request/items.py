@@ -36,7 +36,10 @@ def _status_required() -> frozenset[str]:
 
 
 # Item types whose listed shape carries a ``status`` (sent as null or left out: ``completed``).
-_WITH_STATUS = frozenset({"message", "function_call", "function_call_output", "custom_tool_call", "reasoning"}) | _status_required()
+_WITH_STATUS = (
+    frozenset({"message", "function_call", "function_call_output", "custom_tool_call", "reasoning"})
+    | _status_required()
+)
 
 
 def to_stored(item: Any) -> JSON:
@@ -57,7 +60,13 @@ def _message(data: JSON) -> JSON:
     if data.get("role") == "assistant":
         if isinstance(content, str):
             content = [{"type": "output_text", "text": content, "annotations": [], "logprobs": []}]
-        return {"id": data.get("id") or new_id("msg"), "type": "message", "role": "assistant", "status": data.get("status") or "completed", "content": content}
+        return {
+            "id": data.get("id") or new_id("msg"),
+            "type": "message",
+            "role": "assistant",
+            "status": data.get("status") or "completed",
+            "content": content,
+        }
     if isinstance(content, str):
         content = [{"type": "input_text", "text": content}]
     out = {"type": "message", "role": data["role"], "content": content}

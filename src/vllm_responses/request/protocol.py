@@ -169,7 +169,9 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None, tenant: str |
     if not isinstance(model, str):
         raise invalid_request("Invalid type for 'model': expected a string.", param="model", code="invalid_type")
     if not model:
-        raise invalid_request("Invalid 'model': empty string. Expected a model name.", param="model", code="empty_string")
+        raise invalid_request(
+            "Invalid 'model': empty string. Expected a model name.", param="model", code="empty_string"
+        )
     stream = data.get("stream", False)
     if stream is None:
         stream = False
@@ -178,7 +180,12 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None, tenant: str |
 
     extensions = split_extensions(data, _KNOWN)
     # A null top-level field means "not given" (clients write out their defaults as null).
-    params = _validate(_PARAMS, {k: v for k, v in data.items() if k in _KNOWN and k not in _SEPARATE and v is not None}, "", strict=True)
+    params = _validate(
+        _PARAMS,
+        {k: v for k, v in data.items() if k in _KNOWN and k not in _SEPARATE and v is not None},
+        "",
+        strict=True,
+    )
     params = cast(dict[str, Any], _materialize(params))
     _check_ranges(params)
     _check_lengths(params)
@@ -192,7 +199,9 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None, tenant: str |
         model=model,
         stream=stream,
         input=_parse_input(
-            data.get("input"), chained=bool(params.get("previous_response_id") or params.get("conversation")), salt=_salt(extensions)
+            data.get("input"),
+            chained=bool(params.get("previous_response_id") or params.get("conversation")),
+            salt=_salt(extensions),
         ),
         **tools,
         extensions=extensions,
@@ -219,9 +228,17 @@ def _check_ranges(params: dict[str, Any]) -> None:
         if value is None:
             continue
         if value < low:
-            raise invalid_request(f"Invalid '{name}': {value} is below the minimum value of {low}.", param=name, code="integer_below_min_value" if isinstance(value, int) else "decimal_below_min_value")
+            raise invalid_request(
+                f"Invalid '{name}': {value} is below the minimum value of {low}.",
+                param=name,
+                code="integer_below_min_value" if isinstance(value, int) else "decimal_below_min_value",
+            )
         if high is not None and value > high:
-            raise invalid_request(f"Invalid '{name}': {value} is above the maximum value of {high}.", param=name, code="integer_above_max_value" if isinstance(value, int) else "decimal_above_max_value")
+            raise invalid_request(
+                f"Invalid '{name}': {value} is above the maximum value of {high}.",
+                param=name,
+                code="integer_above_max_value" if isinstance(value, int) else "decimal_above_max_value",
+            )
 
 
 def _check_lengths(params: dict[str, Any]) -> None:
@@ -229,7 +246,8 @@ def _check_lengths(params: dict[str, Any]) -> None:
         value = params.get(name)
         if isinstance(value, str) and len(value) > limit:
             raise invalid_request(
-                f"Invalid '{name}': string too long. Expected a string with maximum length {limit}, but got a string with length {len(value)} instead.",
+                f"Invalid '{name}': string too long. Expected a string with maximum length {limit}, but got a "
+                f"string with length {len(value)} instead.",
                 param=name,
                 code="string_above_max_length",
             )
@@ -237,7 +255,8 @@ def _check_lengths(params: dict[str, Any]) -> None:
 
 def _too_many(param: str, limit: int, got: int) -> Exception:
     return invalid_request(
-        f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, but got an array with length {got} instead.",
+        f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, but got an array with "
+        f"length {got} instead.",
         param=param,
         code="array_above_max_length",
     )
@@ -254,16 +273,26 @@ def _check_state(params: dict[str, Any]) -> None:
         )
     if params.get("store") is False:
         if params.get("background"):
-            raise invalid_request("Background responses must be stored: `background: true` needs `store: true`.", param="background", code="invalid_parameter_combination")
+            raise invalid_request(
+                "Background responses must be stored: `background: true` needs `store: true`.",
+                param="background",
+                code="invalid_parameter_combination",
+            )
         if params.get("conversation"):
-            raise invalid_request("A response in a conversation is stored with it: `conversation` needs `store: true`.", param="store", code="invalid_parameter_combination")
+            raise invalid_request(
+                "A response in a conversation is stored with it: `conversation` needs `store: true`.",
+                param="store",
+                code="invalid_parameter_combination",
+            )
     for name, value, prefix in (
         ("previous_response_id", params.get("previous_response_id"), "resp"),
         ("conversation", _conversation_id(params.get("conversation")), "conv"),
     ):
         if value and not value.startswith(prefix):
             param = name if name != "conversation" or isinstance(params.get("conversation"), str) else "conversation.id"
-            raise invalid_request(f"Invalid '{param}': '{value}'. Expected an ID that begins with '{prefix}'.", param=param)
+            raise invalid_request(
+                f"Invalid '{param}': '{value}'. Expected an ID that begins with '{prefix}'.", param=param
+            )
 
 
 def _conversation_id(conversation: Any) -> Any:
@@ -281,7 +310,11 @@ def _parse_input(raw: Any, chained: bool, salt: str | None = None) -> list[Any]:
             return []
         raise invalid_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
     if raw == "":
-        raise invalid_request("Invalid 'input': empty string. Expected a string with minimum length 1.", param="input", code="empty_string")
+        raise invalid_request(
+            "Invalid 'input': empty string. Expected a string with minimum length 1.",
+            param="input",
+            code="empty_string",
+        )
     if raw == [] and not chained:
         raise invalid_request(
             "Invalid 'input': empty array. Expected an array with minimum length 1, but got an empty array instead.",
@@ -291,7 +324,9 @@ def _parse_input(raw: Any, chained: bool, salt: str | None = None) -> list[Any]:
     if isinstance(raw, str):
         raw = [{"type": "message", "role": "user", "content": raw}]
     if not isinstance(raw, list):
-        raise invalid_request("Invalid type for 'input': expected a string or an array of items.", param="input", code="invalid_type")
+        raise invalid_request(
+            "Invalid type for 'input': expected a string or an array of items.", param="input", code="invalid_type"
+        )
     if len(raw) > LIMITS.max_input_items:
         raise _too_many("input", LIMITS.max_input_items, len(raw))
     return parse_items(raw, "input", salt)
@@ -301,8 +336,15 @@ def parse_items(raw: list[Any], where: str, salt: str | None = None) -> list[Any
     """Input items (a request's, or stored ones going back to the model) as typed items.
     An item reference may leave out its ``type``; it is given one, so that it reads as one.
     ``salt``: the request's ``cache_salt`` (the validation cache is keyed by it too)."""
-    items = ITEMS.validate(raw, lambda batch: _validate(_INPUT_ITEMS, [_lenient_item(item) for item in batch], where, strict=True), salt)
-    return [item.model_copy(update={"type": "item_reference"}) if isinstance(item, ItemReference) and item.type is None else item for item in items]
+    items = ITEMS.validate(
+        raw, lambda batch: _validate(_INPUT_ITEMS, [_lenient_item(item) for item in batch], where, strict=True), salt
+    )
+    return [
+        item.model_copy(update={"type": "item_reference"})
+        if isinstance(item, ItemReference) and item.type is None
+        else item
+        for item in items
+    ]
 
 
 def _lenient_item(item: Any) -> Any:
@@ -322,7 +364,10 @@ def _lenient_item(item: Any) -> Any:
         return item
     if not any(isinstance(p, dict) and p.get("type") in ("output_text", "refusal") for p in item["content"]):
         return item
-    content = [{"annotations": [], **p} if isinstance(p, dict) and p.get("type") == "output_text" else p for p in item["content"]]
+    content = [
+        {"annotations": [], **p} if isinstance(p, dict) and p.get("type") == "output_text" else p
+        for p in item["content"]
+    ]
     return {"type": "message", "id": "msg_input", "status": "completed", **item, "content": content}
 
 
@@ -342,7 +387,8 @@ def _parse_tools(raw: Any) -> dict[str, list[Any]]:
     size = len(orjson.dumps(raw)) if raw else 0
     if size > LIMITS.max_tools_bytes:
         raise invalid_request(
-            f"Invalid 'tools': the tools take {size} bytes of JSON; this server accepts at most {LIMITS.max_tools_bytes} "
+            f"Invalid 'tools': the tools take {size} bytes of JSON; this server accepts at most "
+            f"{LIMITS.max_tools_bytes} "
             "(each tool is echoed in the response and stored with it).",
             param="tools",
             code="tools_too_large",
@@ -351,11 +397,19 @@ def _parse_tools(raw: Any) -> dict[str, list[Any]]:
     unsupported: list[dict[str, Any]] = []
     for i, tool in enumerate(raw):
         if not isinstance(tool, dict):
-            raise invalid_request(f"Invalid type for 'tools[{i}]': expected an object.", param=f"tools[{i}]", code="invalid_type")
+            raise invalid_request(
+                f"Invalid type for 'tools[{i}]': expected an object.", param=f"tools[{i}]", code="invalid_type"
+            )
         if "type" not in tool:
-            raise invalid_request(f"Missing required parameter: 'tools[{i}].type'.", param=f"tools[{i}].type", code="missing_required_parameter")
+            raise invalid_request(
+                f"Missing required parameter: 'tools[{i}].type'.",
+                param=f"tools[{i}].type",
+                code="missing_required_parameter",
+            )
         if not isinstance(tool["type"], str):
-            raise invalid_request(f"Invalid type for 'tools[{i}].type': expected a string.", param=f"tools[{i}].type", code="invalid_type")
+            raise invalid_request(
+                f"Invalid type for 'tools[{i}].type': expected a string.", param=f"tools[{i}].type", code="invalid_type"
+            )
         try:
             tools.append(_with_strict(_TOOL.validate_python(tool, strict=True)))
         except ValidationError:
@@ -378,13 +432,15 @@ def _check_text_format(text: dict[str, Any] | None) -> None:
     name = fmt.get("name", "")
     if len(name) > _SCHEMA_NAME_LEN:
         raise invalid_request(
-            f"Invalid 'text.format.name': string too long. Expected a string with maximum length {_SCHEMA_NAME_LEN}, but got a string with length {len(name)} instead.",
+            "Invalid 'text.format.name': string too long. Expected a string with maximum length "
+            f"{_SCHEMA_NAME_LEN}, but got a string with length {len(name)} instead.",
             param="text.format.name",
             code="string_above_max_length",
         )
     if not _SCHEMA_NAME.fullmatch(name):
         raise invalid_request(
-            f"Invalid 'text.format.name': '{name}'. Expected a name of letters, digits, underscores and dashes.", param="text.format.name"
+            f"Invalid 'text.format.name': '{name}'. Expected a name of letters, digits, underscores and dashes.",
+            param="text.format.name",
         )
 
 
@@ -397,7 +453,8 @@ def _check_tool_choice(tool_choice: Any, tools: list[Any]) -> None:
     if tool_choice == "required":
         if not offered.tools:
             raise invalid_request(
-                "Invalid 'tool_choice': 'required' needs at least one function or custom tool in 'tools'.", param="tool_choice"
+                "Invalid 'tool_choice': 'required' needs at least one function or custom tool in 'tools'.",
+                param="tool_choice",
             )
         return
     kind = tool_choice.get("type")
@@ -409,7 +466,9 @@ def _check_tool_choice(tool_choice: Any, tools: list[Any]) -> None:
                 f"Invalid 'tool_choice': no {kind} tool named '{tool_choice['name']}' in 'tools'.", param="tool_choice"
             )
     else:
-        raise invalid_request(f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value")
+        raise invalid_request(
+            f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value"
+        )
 
 
 def _text_format(fmt: dict[str, Any] | None) -> dict[str, Any]:
@@ -429,7 +488,9 @@ def _with_strict(tool: Any) -> Any:
     and ``parameters`` as null when not given (the Open Responses schema requires them)."""
     if tool.type == "function":
         strict = strict_compatible(tool.parameters) if tool.strict is None else tool.strict
-        return tool.model_copy(update={"strict": strict, "description": tool.description, "parameters": tool.parameters})
+        return tool.model_copy(
+            update={"strict": strict, "description": tool.description, "parameters": tool.parameters}
+        )
     if tool.type == "namespace":
         return tool.model_copy(update={"tools": [_with_strict(inner) for inner in tool.tools]})
     return tool
@@ -470,7 +531,9 @@ def _materialize(value: Any) -> Any:
     return value
 
 
-def initial_response(request: ResponsesRequest, response_id: str, created_at: int, model: str, sampling: Sampling) -> ResponseObject:
+def initial_response(
+    request: ResponsesRequest, response_id: str, created_at: int, model: str, sampling: Sampling
+) -> ResponseObject:
     """The response as it stands when generation starts: ``in_progress`` (``queued`` in the
     background), no output, and every parameter with the value really used (``sampling``:
     the request's, else the model's generation config, else vLLM's defaults) or, where the
@@ -517,5 +580,3 @@ def initial_response(request: ResponsesRequest, response_id: str, created_at: in
     # Tools of types the ``openai`` package does not know are accepted but not echoed: a
     # strict client could not parse them back.
     return ResponseObject.model_validate(fields)
-
-

@@ -47,26 +47,37 @@ def check_metadata(value: Any, param: str = "metadata") -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise invalid_request(f"Invalid type for '{param}': expected an object, but got {_kind(value)} instead.", param=param, code="invalid_type")
+        raise invalid_request(
+            f"Invalid type for '{param}': expected an object, but got {_kind(value)} instead.",
+            param=param,
+            code="invalid_type",
+        )
     for key, text in value.items():
         if not isinstance(text, str):
-            raise invalid_request(f"Invalid type for '{param}.{key}': expected a string, but got {_kind(text)} instead.", param=f"{param}.{key}", code="invalid_type")
+            raise invalid_request(
+                f"Invalid type for '{param}.{key}': expected a string, but got {_kind(text)} instead.",
+                param=f"{param}.{key}",
+                code="invalid_type",
+            )
     if len(value) > METADATA_KEYS:
         raise invalid_request(
-            f"Invalid '{param}': too many properties. Expected an object with at most {METADATA_KEYS} properties, but got {len(value)} instead.",
+            f"Invalid '{param}': too many properties. Expected an object with at most {METADATA_KEYS} properties, "
+            f"but got {len(value)} instead.",
             param=param,
             code="object_above_max_properties",
         )
     for key, text in value.items():
         if len(key) > METADATA_KEY_LEN:
             raise invalid_request(
-                f"Invalid '{param}': key too long. Expected keys of at most {METADATA_KEY_LEN} characters, but got one of {len(key)}.",
+                f"Invalid '{param}': key too long. Expected keys of at most {METADATA_KEY_LEN} characters, but got "
+                f"one of {len(key)}.",
                 param=param,
                 code="string_above_max_length",
             )
         if len(text) > METADATA_VALUE_LEN:
             raise invalid_request(
-                f"Invalid '{param}.{key}': string too long. Expected a string with maximum length {METADATA_VALUE_LEN}, but got a string with length {len(text)} instead.",
+                f"Invalid '{param}.{key}': string too long. Expected a string with maximum length "
+                f"{METADATA_VALUE_LEN}, but got a string with length {len(text)} instead.",
                 param=f"{param}.{key}",
                 code="string_above_max_length",
             )
@@ -124,14 +135,24 @@ def _no_member(groups: dict[Any, list[tuple[list[Any], dict[str, Any]]]], i: int
     if types:
         value, where = types[0].get("input"), f"{param}.type" if param else "type"
         if not isinstance(value, str):
-            return invalid_request(f"Invalid type for '{where}': expected a string, but got {_kind(value)} instead.", param=where, code="invalid_type")
+            return invalid_request(
+                f"Invalid type for '{where}': expected a string, but got {_kind(value)} instead.",
+                param=where,
+                code="invalid_type",
+            )
         supported = ", ".join(dict.fromkeys(str((e.get("ctx") or {}).get("expected", "")) for e in types))
-        return invalid_request(f"Invalid value for '{where}': '{value}'. Supported values are: {supported}.", param=where)
+        return invalid_request(
+            f"Invalid value for '{where}': '{value}'. Supported values are: {supported}.", param=where
+        )
     value = errors[0][1].get("input")
     literal = next((e for p, e in errors if e["type"] == "literal_error" and len(p) <= i + 1), None)
     if literal is not None and isinstance(value, str):
         return invalid_request(f"Invalid value for '{param}': {literal['msg']}.", param=param)
-    return invalid_request(f"Invalid type for '{param}': expected one of the allowed types, but got {_kind(value)} instead.", param=param, code="invalid_type")
+    return invalid_request(
+        f"Invalid type for '{param}': expected one of the allowed types, but got {_kind(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
 
 
 def _error(error: dict[str, Any], param: str | None) -> APIError:
@@ -142,11 +163,17 @@ def _error(error: dict[str, Any], param: str | None) -> APIError:
     if kind == "literal_error" or kind == "enum":
         if isinstance(value, str):
             return invalid_request(f"Invalid value for {name}: {msg}.", param=param)
-        return invalid_request(f"Invalid type for {name}: {msg}, but got {_kind(value)}.", param=param, code="invalid_type")
+        return invalid_request(
+            f"Invalid type for {name}: {msg}, but got {_kind(value)}.", param=param, code="invalid_type"
+        )
     if kind == "int_parsing_size" or (kind == "int_type" and _huge_integer(value)):
-        return invalid_request(f"Invalid {name}: integer above maximum value.", param=param, code="integer_above_max_value")
+        return invalid_request(
+            f"Invalid {name}: integer above maximum value.", param=param, code="integer_above_max_value"
+        )
     if kind.endswith(("_type", "_parsing")) or kind in ("int_from_float", "is_instance_of"):
-        return invalid_request(f"Invalid type for {name}: {msg}, but got {_kind(value)}.", param=param, code="invalid_type")
+        return invalid_request(
+            f"Invalid type for {name}: {msg}, but got {_kind(value)}.", param=param, code="invalid_type"
+        )
     if kind == "string_too_long":
         return invalid_request(f"Invalid {name}: string too long. {msg}.", param=param, code="string_above_max_length")
     if kind == "too_long":
@@ -156,12 +183,19 @@ def _error(error: dict[str, Any], param: str | None) -> APIError:
 
 def _huge_integer(value: Any) -> bool:
     """An integer too large for 64 bits (JSON parsers read those as floats)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and float(value).is_integer() and abs(value) >= 2**63
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and float(value).is_integer()
+        and abs(value) >= 2**63
+    )
 
 
 def _is_label(segment: Any) -> bool:
     """Whether a location segment names a union member (not a field, key or index)."""
-    return isinstance(segment, str) and (segment[:1].isupper() or "[" in segment or "-" in segment or segment in _BUILTIN_LABELS)
+    return isinstance(segment, str) and (
+        segment[:1].isupper() or "[" in segment or "-" in segment or segment in _BUILTIN_LABELS
+    )
 
 
 def _param(prefix: str, path: list[Any]) -> str | None:
@@ -175,5 +209,13 @@ def _param(prefix: str, path: list[Any]) -> str | None:
 
 
 def _kind(value: Any) -> str:
-    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "an object", type(None): "null"}
+    names = {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)

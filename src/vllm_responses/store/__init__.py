@@ -20,7 +20,15 @@ from .base import (
 from .metered import instrument_store
 
 __all__ = [
-    "ItemPage", "Retention", "Store", "StoredConversation", "StoredResponse", "StoreUnavailable", "default_url", "open_store", "visible",
+    "ItemPage",
+    "Retention",
+    "Store",
+    "StoredConversation",
+    "StoredResponse",
+    "StoreUnavailable",
+    "default_url",
+    "open_store",
+    "visible",
 ]
 
 

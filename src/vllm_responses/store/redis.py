@@ -124,7 +124,9 @@ end
 
 # ARGV: prefix, id, data, running, owner, prev, conv, bg, created, in_ids, tenant, n, n input
 # items, then the n input items' ids ('' for none), in the same order.
-_CREATE_RESPONSE = _LUA_COMMON + """
+_CREATE_RESPONSE = (
+    _LUA_COMMON
+    + """
 local rid = ARGV[2]
 local key = rkey(rid)
 delete_response(rid)
@@ -138,9 +140,12 @@ index(rid, 'i', 13 + n)
 redis.call('HSET', key, 'in_b', span(13, 12 + n))
 resize(rid)
 """
+)
 
 # ARGV: prefix, id, data, running, out_ids, n, n output items, then their ids.
-_FINISH_RESPONSE = _LUA_COMMON + """
+_FINISH_RESPONSE = (
+    _LUA_COMMON
+    + """
 local rid = ARGV[2]
 local key = rkey(rid)
 if redis.call('HGET', key, 'running') ~= '1' then return 0 end
@@ -155,9 +160,12 @@ redis.call('HSET', key, 'out_b', span(7, 6 + n))
 resize(rid)
 return 1
 """
+)
 
 # ARGV: prefix, id, data, running.
-_UPDATE_RUNNING = _LUA_COMMON + """
+_UPDATE_RUNNING = (
+    _LUA_COMMON
+    + """
 local key = rkey(ARGV[2])
 if redis.call('HGET', key, 'running') ~= '1' then return 0 end
 redis.call('HSET', key, 'data', ARGV[3], 'running', ARGV[4])
@@ -165,10 +173,13 @@ if ARGV[4] ~= '1' then redis.call('HDEL', p .. 'running', ARGV[2]) end
 resize(ARGV[2])
 return 1
 """
+)
 
 # ARGV: prefix, ids...; returns the ids deleted. Running responses are skipped, checked here so
 # that a response cannot start running between the check and the deletion.
-_DELETE_RESPONSES = _LUA_COMMON + """
+_DELETE_RESPONSES = (
+    _LUA_COMMON
+    + """
 local only_finished = ARGV[2] == '1'
 local deleted = {}
 for i = 3, #ARGV do
@@ -179,10 +190,13 @@ for i = 3, #ARGV do
 end
 return deleted
 """
+)
 
 # ARGV: prefix, tenant ('' for none), item ids...; returns their JSON (false where unknown or
 # not visible to the tenant: base.visible), in the same order.
-_GET_ITEMS = _LUA_COMMON + """
+_GET_ITEMS = (
+    _LUA_COMMON
+    + """
 local tenant = ARGV[2]
 local out = {}
 for i = 3, #ARGV do
@@ -201,11 +215,14 @@ for i = 3, #ARGV do
 end
 return out
 """
+)
 
 # ARGV: prefix, id, (sequence number, event JSON)...; numbers at or below the last stored one
 # are skipped (a retried append), and so is a response that is gone (deleted or pruned while
 # its owner still runs), whose stream nothing would delete again.
-_APPEND_EVENTS = _LUA_COMMON + """
+_APPEND_EVENTS = (
+    _LUA_COMMON
+    + """
 local key = rkey(ARGV[2])
 if redis.call('EXISTS', key) == 0 then return 0 end
 local stream = key .. ':ev'
@@ -223,11 +240,15 @@ end
 resize(ARGV[2])
 return 1
 """
+)
 
 # ARGV: prefix, id.
-_REQUEST_CANCEL = _LUA_COMMON + """
+_REQUEST_CANCEL = (
+    _LUA_COMMON
+    + """
 if redis.call('EXISTS', rkey(ARGV[2])) == 1 then redis.call('SADD', p .. 'cancel', ARGV[2]) end
 """
+)
 
 # Conversation scripts share the append: an id already in the order keeps its place.
 _LUA_CONVERSATION = """
@@ -248,44 +269,59 @@ end
 """
 
 # ARGV: prefix, id, conversation JSON, now, tenant ('' for none), (item id, item JSON)...
-_CREATE_CONVERSATION = _LUA_CONVERSATION + """
+_CREATE_CONVERSATION = (
+    _LUA_CONVERSATION
+    + """
 redis.call('DEL', key .. ':order', key .. ':items')
 redis.call('SET', key, ARGV[3])
 redis.call('ZADD', p .. 'conversations', ARGV[4], ARGV[2])
 redis.call('HSET', p .. 'bytes', 'c:' .. ARGV[2], string.len(ARGV[3]))
-if ARGV[5] == '' then redis.call('HDEL', p .. 'tenants', 'c:' .. ARGV[2]) else redis.call('HSET', p .. 'tenants', 'c:' .. ARGV[2], ARGV[5]) end
+if ARGV[5] == '' then redis.call('HDEL', p .. 'tenants', 'c:' .. ARGV[2])
+else redis.call('HSET', p .. 'tenants', 'c:' .. ARGV[2], ARGV[5]) end
 add_items(6)
 """
+)
 
 # ARGV: prefix, id, conversation JSON, now; its bytes follow the new object's length.
-_UPDATE_CONVERSATION = _LUA_CONVERSATION + """
+_UPDATE_CONVERSATION = (
+    _LUA_CONVERSATION
+    + """
 if redis.call('EXISTS', key) == 0 then return 0 end
 redis.call('HINCRBY', p .. 'bytes', 'c:' .. ARGV[2], string.len(ARGV[3]) - redis.call('STRLEN', key))
 redis.call('SET', key, ARGV[3])
 redis.call('ZADD', p .. 'conversations', ARGV[4], ARGV[2])
 return 1
 """
+)
 
 # ARGV: prefix, id, now, (item id, item JSON)...
-_ADD_ITEMS = _LUA_CONVERSATION + """
+_ADD_ITEMS = (
+    _LUA_CONVERSATION
+    + """
 if redis.call('EXISTS', key) == 0 then return 0 end
 add_items(4)
 redis.call('ZADD', p .. 'conversations', ARGV[3], ARGV[2])
 return 1
 """
+)
 
 # ARGV: prefix, id, item id, now.
-_DELETE_ITEM = _LUA_CONVERSATION + """
+_DELETE_ITEM = (
+    _LUA_CONVERSATION
+    + """
 if redis.call('ZREM', key .. ':order', ARGV[3]) == 0 then return 0 end
 redis.call('HINCRBY', p .. 'bytes', 'c:' .. ARGV[2], -redis.call('HSTRLEN', key .. ':items', ARGV[3]))
 redis.call('HDEL', key .. ':items', ARGV[3])
 redis.call('ZADD', p .. 'conversations', 'XX', ARGV[4], ARGV[2])
 return 1
 """
+)
 
 # ARGV: prefix, id, after ('' for none), limit (-1 for all; the script reads one more),
 # '1' for descending. Returns false for a missing conversation, else the items' JSON.
-_LIST_ITEMS = _LUA_CONVERSATION + """
+_LIST_ITEMS = (
+    _LUA_CONVERSATION
+    + """
 if redis.call('EXISTS', key) == 0 then return false end
 local order = key .. ':order'
 local desc = ARGV[5] == '1'
@@ -305,6 +341,7 @@ local out = {}
 for i, id in ipairs(ids) do out[i] = redis.call('HGET', key .. ':items', id) end
 return out
 """
+)
 
 # ARGV: prefix, ids...; returns how many existed.
 _DELETE_CONVERSATIONS = """
@@ -376,10 +413,20 @@ class RedisStore(Store):
         inputs = record.input_items or []
         ids = [_item_id(item, record.client_ids) for item in inputs]
         args = [
-            self.prefix, record.id, orjson.dumps(record.response), _running(record.response), record.owner or "",
-            record.previous_response_id or "", record.conversation_id or "", int(record.background),
-            repr(record.created_at), orjson.dumps([i for i in ids if i]), record.tenant or "", len(inputs),
-            *map(orjson.dumps, inputs), *ids,
+            self.prefix,
+            record.id,
+            orjson.dumps(record.response),
+            _running(record.response),
+            record.owner or "",
+            record.previous_response_id or "",
+            record.conversation_id or "",
+            int(record.background),
+            repr(record.created_at),
+            orjson.dumps([i for i in ids if i]),
+            record.tenant or "",
+            len(inputs),
+            *map(orjson.dumps, inputs),
+            *ids,
         ]
         with _unavailable():
             await self._create_response(args=args)
@@ -388,8 +435,14 @@ class RedisStore(Store):
         outputs = response.get("output") or []
         ids = [_item_id(item) for item in outputs]
         args = [
-            self.prefix, response["id"], orjson.dumps(response), _running(response),
-            orjson.dumps([i for i in ids if i]), len(outputs), *map(orjson.dumps, outputs), *ids,
+            self.prefix,
+            response["id"],
+            orjson.dumps(response),
+            _running(response),
+            orjson.dumps([i for i in ids if i]),
+            len(outputs),
+            *map(orjson.dumps, outputs),
+            *ids,
         ]
         with _unavailable():
             return bool(await self._finish_response(args=args))
@@ -413,8 +466,14 @@ class RedisStore(Store):
         inputs = [orjson.loads(item) for item in replies[1]] if with_input else None
         size = len(data.encode()) + (sum(len(item.encode()) for item in replies[1]) if with_input else 0)
         return StoredResponse(
-            orjson.loads(data), inputs, previous or None, conversation or None, background == "1", owner or None,
-            size=size, tenant=tenant or None,
+            orjson.loads(data),
+            inputs,
+            previous or None,
+            conversation or None,
+            background == "1",
+            owner or None,
+            size=size,
+            tenant=tenant or None,
         )
 
     async def delete_response(self, response_id: str) -> bool:
@@ -491,7 +550,14 @@ class RedisStore(Store):
 
     # -- conversations --------------------------------------------------------------------
     async def create_conversation(self, conversation: JSON, items: list[JSON], tenant: str | None = None) -> None:
-        args = [self.prefix, conversation["id"], orjson.dumps(conversation), repr(time.time()), tenant or "", *_pairs(items)]
+        args = [
+            self.prefix,
+            conversation["id"],
+            orjson.dumps(conversation),
+            repr(time.time()),
+            tenant or "",
+            *_pairs(items),
+        ]
         with _unavailable():
             await self._create_conversation(args=args)
 
@@ -557,8 +623,13 @@ class RedisStore(Store):
         sizes = await self._redis.hgetall(f"{self.prefix}bytes")
         if sum(int(n) for n in sizes.values()) <= budget:
             return set(), set()
-        newest = [(t, "r:" + rid) for rid, t in await self._redis.zrange(f"{self.prefix}responses", 0, -1, withscores=True)]
-        newest += [(t, "c:" + cid) for cid, t in await self._redis.zrange(f"{self.prefix}conversations", 0, -1, withscores=True)]
+        newest = [
+            (t, "r:" + rid) for rid, t in await self._redis.zrange(f"{self.prefix}responses", 0, -1, withscores=True)
+        ]
+        newest += [
+            (t, "c:" + cid)
+            for cid, t in await self._redis.zrange(f"{self.prefix}conversations", 0, -1, withscores=True)
+        ]
         newest.sort(reverse=True)
         total, over = 0, (set(), set())
         for _, name in newest:

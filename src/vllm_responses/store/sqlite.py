@@ -111,7 +111,8 @@ _MIGRATIONS: list[list[str]] = [
             + (SELECT COALESCE(SUM(length(data)), 0) FROM response_items WHERE response_id = responses.id)
             + (SELECT COALESCE(SUM(length(CAST(data AS BLOB))), 0) FROM events WHERE response_id = responses.id)""",
         """UPDATE conversations SET bytes = length(data)
-            + (SELECT COALESCE(SUM(length(data)), 0) FROM conversation_items WHERE conversation_id = conversations.id)""",
+            + (SELECT COALESCE(SUM(length(data)), 0) FROM conversation_items
+               WHERE conversation_id = conversations.id)""",
     ],
     # 3: the tenant (API key) that made each record; NULL: shared, as every older record is.
     [
@@ -125,9 +126,17 @@ SCHEMA_VERSION = len(_MIGRATIONS)
 # statement): busy/locked past the timeout, I/O errors, read-only, full, unopenable, corrupt.
 _UNAVAILABLE = frozenset(
     {
-        sqlite3.SQLITE_PERM, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM,
-        sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_FULL,
-        sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL, sqlite3.SQLITE_NOTADB,
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOTADB,
     }
 )
 _CHUNK = 500  # ids per IN (...) list or per prune transaction, well under SQLite's limits
@@ -305,8 +314,15 @@ class SQLiteStore(Store):
             "INSERT INTO responses (id, created_at, running, owner, previous_response_id, conversation_id, background,"
             " data, bytes, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)",
             (
-                record.id, record.created_at, _running(record.response), record.owner,
-                record.previous_response_id, record.conversation_id, record.background, data, record.tenant,
+                record.id,
+                record.created_at,
+                _running(record.response),
+                record.owner,
+                record.previous_response_id,
+                record.conversation_id,
+                record.background,
+                data,
+                record.tenant,
             ),
         )
         size = len(data) + _store_items(conn, record.id, INPUT, record.input_items or [], record.client_ids)
@@ -350,7 +366,8 @@ class SQLiteStore(Store):
     def _get_response(self, conn: sqlite3.Connection, response_id: str, with_input: bool) -> StoredResponse | None:
         with _read(conn):
             row = conn.execute(
-                "SELECT data, previous_response_id, conversation_id, background, owner, tenant FROM responses WHERE id = ?",
+                "SELECT data, previous_response_id, conversation_id, background, owner, tenant FROM responses WHERE "
+                "id = ?",
                 (response_id,),
             ).fetchone()
             if row is None:
@@ -470,7 +487,9 @@ class SQLiteStore(Store):
     async def create_conversation(self, conversation: JSON, items: list[JSON], tenant: str | None = None) -> None:
         await self._run(self._create_conversation, conversation, items, tenant)
 
-    def _create_conversation(self, conn: sqlite3.Connection, conversation: JSON, items: list[JSON], tenant: str | None) -> None:
+    def _create_conversation(
+        self, conn: sqlite3.Connection, conversation: JSON, items: list[JSON], tenant: str | None
+    ) -> None:
         cid = conversation["id"]
         with _write(conn):
             conn.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (cid,))
@@ -532,7 +551,8 @@ class SQLiteStore(Store):
                 return None
             if after is None:
                 rows = conn.execute(
-                    f"SELECT data FROM conversation_items WHERE conversation_id = ? ORDER BY position {direction} LIMIT ?",
+                    f"SELECT data FROM conversation_items WHERE conversation_id = ? ORDER BY position {direction} "
+                    "LIMIT ?",
                     (conversation_id, fetch),
                 ).fetchall()
             else:
@@ -686,7 +706,11 @@ def _store_items(
     conn.executemany("INSERT INTO response_items VALUES (?, ?, ?, ?, ?)", rows)
     conn.executemany(
         "INSERT OR IGNORE INTO item_index VALUES (?, ?, ?, ?)",
-        [(item_id, response_id, kind, i) for _, _, i, item_id, _ in rows if isinstance(item_id, str) and item_id not in private],
+        [
+            (item_id, response_id, kind, i)
+            for _, _, i, item_id, _ in rows
+            if isinstance(item_id, str) and item_id not in private
+        ],
     )
     return sum(len(data) for *_, data in rows)
 
@@ -702,7 +726,9 @@ def _resize_conversation(conn: sqlite3.Connection, conversation_id: str) -> None
 
 def _delete_response_rows(conn: sqlite3.Connection, response_id: str) -> bool:
     for table, column in (
-        ("item_index", "response_id"), ("response_items", "response_id"), ("events", "response_id"),
+        ("item_index", "response_id"),
+        ("response_items", "response_id"),
+        ("events", "response_id"),
         ("cancels", "response_id"),
     ):
         conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (response_id,))
