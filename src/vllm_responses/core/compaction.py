@@ -149,16 +149,32 @@ def _type(item: Any) -> str:
     return getattr(item, "type", None) or "message"
 
 
-async def plan(engine: Engine, sealer: ReasoningSealer, request: ResponsesRequest, items: list[Any]) -> Prepared:
-    """What to run for ``request`` over ``items`` (windowed): a :class:`Plan` when it compacts
-    (a trigger, or a prompt over its threshold), else the engine's own prepared request."""
+class Direct:
+    """A response that does not compact: the engine's prepared request, run as it is."""
+
+    def __init__(self, engine: Engine, prepared: Prepared) -> None:
+        self.engine, self.prepared = engine, prepared
+
+    @property
+    def sampling(self) -> Any:
+        return self.prepared.sampling
+
+    def deltas(self, response_id: str) -> AsyncIterator[Started | Delta | Finish]:
+        return self.engine.generate(self.prepared, response_id)
+
+
+async def plan(engine: Engine, sealer: ReasoningSealer, request: ResponsesRequest, items: list[Any]) -> "Plan | Direct":
+    """What to run for ``request`` over ``items`` (windowed), decided by one render of its
+    prompt: a :class:`Plan` when it compacts (a trigger: only the summary's prompt is rendered;
+    a prompt over its threshold: the summary's prompt next, the answer's once the summary
+    exists), else :class:`Direct`. Either runs with ``deltas(response_id)``."""
     if request.compaction_triggered:
         summary, summary_items = summary_request(request, items)
         return Plan(engine, await engine.prepare(summary, summary_items), sealer)
     limit = request.compact_threshold
     prepared = await engine.prepare(request, items)
     if limit is None or engine.input_tokens(prepared) <= limit:
-        return prepared
+        return Direct(engine, prepared)
     summary, summary_items = summary_request(request, items)
 
     async def then(text: str) -> Prepared:
@@ -166,8 +182,3 @@ async def plan(engine: Engine, sealer: ReasoningSealer, request: ResponsesReques
         return await engine.prepare(request, kept + summary_message(text))
 
     return Plan(engine, await engine.prepare(summary, summary_items), sealer, then)
-
-
-def generate(engine: Engine, prepared: Prepared, response_id: str) -> AsyncIterator[Started | Delta | Finish]:
-    """The deltas of a prepared response, compacting or not."""
-    return prepared.deltas(response_id) if isinstance(prepared, Plan) else engine.generate(prepared, response_id)

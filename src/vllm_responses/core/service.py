@@ -189,7 +189,7 @@ class ResponsesService:
             self._captured(response.id, body)  # its frames are captured by the run itself
             return self.background.start(stream, prepared, record)
 
-        deltas = compaction.generate(self.engine, prepared, response.id) if generate else not_generated()
+        deltas = prepared.deltas(response.id) if generate else not_generated()
         accepting: asyncio.Future[None] | None = asyncio.ensure_future(self._accept(deltas, record))
         try:
             await asyncio.wait((accepting,), timeout=patience)
@@ -221,10 +221,10 @@ class ResponsesService:
         if record is not None:
             await store_call(self.store.create_response(record))
 
-    def _background_run(self, stream: ResponseStream, prepared: object) -> Run:
+    def _background_run(self, stream: ResponseStream, prepared: compaction.Plan | compaction.Direct) -> Run:
         """A :class:`Run` for a background response: the engine's checks on submission
         happen inside it (and end it ``failed``); its owner persists it."""
-        return Run(stream, compaction.generate(self.engine, prepared, stream.response.id), transport="background")
+        return Run(stream, prepared.deltas(stream.response.id), transport="background")
 
     def _options(self, request: ResponsesRequest) -> StreamOptions:
         return StreamOptions(
