@@ -49,7 +49,7 @@ class ResponsesPlugin:
     async def init_state(self, engine_client: Any, state: Any, args: Namespace) -> None:
         if engine_client is None:  # the CPU-only render server has no engine
             return
-        from .engine.vllm import VllmEngine
+        from .engine.vllm_engine import VllmEngine
 
         settings = Settings.from_env()
         sealer = ReasoningSealer(settings.reasoning_keys)

@@ -39,7 +39,7 @@ def _engine(**engine_args: Any) -> Any:
     from vllm.renderers import renderer_from_config
     from vllm.renderers.online_renderer import OnlineRenderer
 
-    from vllm_responses.engine.vllm import VllmEngine
+    from vllm_responses.engine.vllm_engine import VllmEngine
 
     model = str(demo_model_dir())
     config = EngineArgs(model=model, served_model_name=["demo"], dtype="float32", **engine_args).create_engine_config()

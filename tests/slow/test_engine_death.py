@@ -26,7 +26,7 @@ from vllm_responses.events.stream import TERMINAL_EVENTS
 FOREVER = {"model": "demo", "input": "Count forever.", "max_output_tokens": 30000}
 DEAD_BODY = {"error": {"message": ENGINE_DEAD, "type": "server_error", "param": None, "code": "engine_dead"}}
 DEATH_LINE = "the vLLM engine is dead"
-OUR_MODULES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "src" / "vllm_responses").glob("*.py"))
+OUR_MODULES = sorted({p.stem for p in (Path(__file__).resolve().parents[2] / "src" / "vllm_responses").rglob("*.py")})
 
 
 @pytest.fixture(scope="module", autouse=True)

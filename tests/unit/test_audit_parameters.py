@@ -17,7 +17,7 @@ from vllm_responses.request.chat import chat_tools
 from vllm_responses.events.conformance import check_response
 from vllm_responses.common.errors import APIError
 from vllm_responses.request.protocol import parse_request
-from vllm_responses.engine.vllm import VllmEngine
+from vllm_responses.engine.vllm_engine import VllmEngine
 
 CLOSED = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": False}
 OPEN = {"type": "object", "properties": {"a": {"type": "string"}}}

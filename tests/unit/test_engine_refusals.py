@@ -28,7 +28,7 @@ from vllm.exceptions import (
 )
 
 from vllm_responses.core.service import ResponsesService
-from vllm_responses.engine.vllm import VllmEngine, _grammar_param, _Prepared
+from vllm_responses.engine.vllm_engine import VllmEngine, _grammar_param, _Prepared
 from vllm_responses.events.conformance import check_events, parse_sse
 from vllm_responses.events.deltas import Sampling
 from vllm_responses.plugin import ResponsesPlugin

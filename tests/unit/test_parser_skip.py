@@ -11,7 +11,7 @@ from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionReque
 from vllm.parser import ParserManager
 
 from server import demo_model_dir
-from vllm_responses.engine.vllm import _text_only
+from vllm_responses.engine.vllm_engine import _text_only
 
 REASONING = "<think>\nLet me count to forty, one word at a time.\n</think>\n\n"
 ANSWER = " ".join(f"word{i}, é{i} \"q\" \\n" for i in range(40))

@@ -70,9 +70,9 @@ def changed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_a_moved_symbol_fails_the_check_naming_it(changed: Path) -> None:
     problems = "\n".join(check(changed).problems)
-    assert "vllm.exceptions:GracefulHTTPError.http_status (used by engine/vllm.py): vllm.exceptions.GracefulHTTPError not found" in problems
-    assert f"{ASYNC_LLM}.generate (used by engine/vllm.py): takes no keyword argument session_id" in problems
-    assert f"{PARSER}.count_reasoning_tokens (used by engine/vllm.py)" in problems
+    assert "vllm.exceptions:GracefulHTTPError.http_status (used by engine/vllm_engine.py): vllm.exceptions.GracefulHTTPError not found" in problems
+    assert f"{ASYNC_LLM}.generate (used by engine/vllm_engine.py): takes no keyword argument session_id" in problems
+    assert f"{PARSER}.count_reasoning_tokens (used by engine/vllm_engine.py)" in problems
     assert "ResponsesRequest.novelty (used by request/parameters.py): vLLM's /v1/responses accepts it; request/parameters.py does not know it" in problems
     assert len(check(changed).problems) == 5, problems  # GracefulHTTPError's message and http_status, and the three above
 

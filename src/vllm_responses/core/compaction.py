@@ -28,7 +28,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..common.errors import invalid_request
 from ..common.sealing import BrokenSeal, Dropped, ReasoningSealer
 from ..engine.base import Engine, Prepared
 from ..events.deltas import CompactionDelta, Delta, Finish, Started, TextDelta, Usage
@@ -109,40 +108,6 @@ def _added(a: Usage, b: Usage) -> Usage:
     )
 
 
-def triggered(request: ResponsesRequest) -> bool:
-    """Whether the request ends with a ``compaction_trigger`` (anywhere else is a 400)."""
-    found = False
-    for i, item in enumerate(request.input):
-        if getattr(item, "type", None) == "compaction_trigger":
-            if i != len(request.input) - 1:
-                raise invalid_request("A `compaction_trigger` item must be the last input item.", param=f"input[{i}]")
-            found = True
-    return found
-
-
-def threshold(request: ResponsesRequest) -> int | None:
-    """``context_management``'s ``compact_threshold`` (the smallest one given), or ``None``."""
-    found: int | None = None
-    for i, entry in enumerate(request.get("context_management") or []):
-        if entry.get("type") != "compaction":
-            raise invalid_request(
-                f"Invalid value for 'context_management[{i}].type': {entry.get('type')!r}. Supported: 'compaction'.",
-                param=f"context_management[{i}].type",
-                code="unsupported_value",
-            )
-        value = entry.get("compact_threshold")
-        if value is None:
-            continue
-        if value < 1:
-            raise invalid_request(
-                f"Invalid 'context_management[{i}].compact_threshold': {value} is below the minimum value of 1.",
-                param=f"context_management[{i}].compact_threshold",
-                code="integer_below_min_value",
-            )
-        found = value if found is None else min(found, value)
-    return found
-
-
 def opened(item: Any, sealer: ReasoningSealer, dropped: Dropped | None = None) -> str | None:
     """A compaction item's summary; ``None`` when the blob is not ours (counted in ``dropped``).
     Raises :class:`~.sealing.BrokenSeal` when it is ours but altered."""
@@ -184,16 +149,32 @@ def _type(item: Any) -> str:
     return getattr(item, "type", None) or "message"
 
 
-async def plan(engine: Engine, sealer: ReasoningSealer, request: ResponsesRequest, items: list[Any]) -> Prepared:
-    """What to run for ``request`` over ``items`` (windowed): a :class:`Plan` when it compacts
-    (a trigger, or a prompt over its threshold), else the engine's own prepared request."""
-    if triggered(request):
+class Direct:
+    """A response that does not compact: the engine's prepared request, run as it is."""
+
+    def __init__(self, engine: Engine, prepared: Prepared) -> None:
+        self.engine, self.prepared = engine, prepared
+
+    @property
+    def sampling(self) -> Any:
+        return self.prepared.sampling
+
+    def deltas(self, response_id: str) -> AsyncIterator[Started | Delta | Finish]:
+        return self.engine.generate(self.prepared, response_id)
+
+
+async def plan(engine: Engine, sealer: ReasoningSealer, request: ResponsesRequest, items: list[Any]) -> "Plan | Direct":
+    """What to run for ``request`` over ``items`` (windowed), decided by one render of its
+    prompt: a :class:`Plan` when it compacts (a trigger: only the summary's prompt is rendered;
+    a prompt over its threshold: the summary's prompt next, the answer's once the summary
+    exists), else :class:`Direct`. Either runs with ``deltas(response_id)``."""
+    if request.compaction_triggered:
         summary, summary_items = summary_request(request, items)
         return Plan(engine, await engine.prepare(summary, summary_items), sealer)
-    limit = threshold(request)
+    limit = request.compact_threshold
     prepared = await engine.prepare(request, items)
     if limit is None or engine.input_tokens(prepared) <= limit:
-        return prepared
+        return Direct(engine, prepared)
     summary, summary_items = summary_request(request, items)
 
     async def then(text: str) -> Prepared:
@@ -201,8 +182,3 @@ async def plan(engine: Engine, sealer: ReasoningSealer, request: ResponsesReques
         return await engine.prepare(request, kept + summary_message(text))
 
     return Plan(engine, await engine.prepare(summary, summary_items), sealer, then)
-
-
-def generate(engine: Engine, prepared: Prepared, response_id: str) -> AsyncIterator[Started | Delta | Finish]:
-    """The deltas of a prepared response, compacting or not."""
-    return prepared.deltas(response_id) if isinstance(prepared, Plan) else engine.generate(prepared, response_id)

@@ -12,6 +12,7 @@ continues at once always finds what it continues from.
 
 import asyncio
 import time
+from dataclasses import replace
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -188,7 +189,7 @@ class ResponsesService:
             self._captured(response.id, body)  # its frames are captured by the run itself
             return self.background.start(stream, prepared, record)
 
-        deltas = compaction.generate(self.engine, prepared, response.id) if generate else not_generated()
+        deltas = prepared.deltas(response.id) if generate else not_generated()
         accepting: asyncio.Future[None] | None = asyncio.ensure_future(self._accept(deltas, record))
         try:
             await asyncio.wait((accepting,), timeout=patience)
@@ -220,15 +221,15 @@ class ResponsesService:
         if record is not None:
             await store_call(self.store.create_response(record))
 
-    def _background_run(self, stream: ResponseStream, prepared: object) -> Run:
+    def _background_run(self, stream: ResponseStream, prepared: compaction.Plan | compaction.Direct) -> Run:
         """A :class:`Run` for a background response: the engine's checks on submission
         happen inside it (and end it ``failed``); its owner persists it."""
-        return Run(stream, compaction.generate(self.engine, prepared, stream.response.id), transport="background")
+        return Run(stream, prepared.deltas(stream.response.id), transport="background")
 
     def _options(self, request: ResponsesRequest) -> StreamOptions:
         return StreamOptions(
             reasoning_summary=request.reasoning_summary in ("auto", "concise", "detailed"),
-            logprobs="message.output_text.logprobs" in request.include,
+            logprobs=request.logprobs,
             seal=self.sealer.seal if request.sealed_reasoning else None,
         )
 
@@ -349,18 +350,25 @@ class ResponsesService:
         stored (unless ``store: false``) as a completed response with that output and no
         earlier chain, so its id works as ``previous_response_id``: the continuation sees the
         user messages and the summary, not the history it replaced."""
-        for name in ("stream", "background", "conversation"):  # they mean nothing for a compaction
-            if request.params.get(name) or (name == "stream" and request.stream):
+        meaningless = {
+            "stream": request.stream,
+            "background": request.background,
+            "conversation": request.conversation_id,
+        }
+        for name, given in meaningless.items():
+            if given:
                 raise invalid_request(
                     f"`{name}` is not supported by /v1/responses/compact.", param=name, code="unsupported_parameter"
                 )
-        if any(getattr(item, "type", None) == "compaction_trigger" for item in request.input):
+        if request.compaction_triggered:
             raise invalid_request("/v1/responses/compact compacts without a `compaction_trigger` item.", param="input")
-        store = request.store
         context = await store_call(self.history.resolve(request))
-        request.input = [*request.input, CompactionTrigger(type="compaction_trigger")]
-        request.params = {**request.params, "store": False}
-        run = await self._create(request, None, None, True, "json", time.perf_counter(), None, context)
+        summary = replace(
+            request,
+            input=[*request.input, CompactionTrigger(type="compaction_trigger")],
+            params={**request.params, "store": False},
+        )
+        run = await self._create(summary, None, None, True, "json", time.perf_counter(), None, context)
         assert isinstance(run, Run)
         batches = run.batches()
         try:
@@ -383,7 +391,7 @@ class ResponsesService:
             if item.get("type") == "message" and item.get("role") == "user"
         ]
         output = users + [dump_json_dict(response.output[-1])]
-        if store:
+        if request.store:
             data = {**stored_response(response), "output": output}
             record = StoredResponse(response=data, input_items=[], owner=None, tenant=request.tenant)
             await store_call(self.store.create_response(record))

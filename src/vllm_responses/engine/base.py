@@ -1,6 +1,6 @@
 """The contract between the Responses layer and whatever generates tokens.
 
-The real implementation is :class:`vllm_responses.engine.vllm.VllmEngine`; unit tests use a
+The real implementation is :class:`vllm_responses.engine.vllm_engine.VllmEngine`; unit tests use a
 scripted fake. The routes only ever see this interface.
 """
 

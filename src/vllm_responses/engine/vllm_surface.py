@@ -47,7 +47,7 @@ class Use:
     moved: tuple[str, ...] = ()
 
 
-ADAPTER = "engine/vllm.py"
+ADAPTER = "engine/vllm_engine.py"
 EXC = "vllm.exceptions"
 ASYNC_LLM = "vllm.v1.engine.async_llm:AsyncLLM"
 CHAT = "vllm.entrypoints.openai.chat_completion.protocol:ChatCompletionRequest"

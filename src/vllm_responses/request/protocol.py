@@ -22,7 +22,7 @@ from ..common.errors import invalid_request
 from ..events.deltas import Sampling
 from ..events.response import ResponseObject
 from ..settings import RequestLimits
-from .chat import chat_name, chat_tools
+from .chat import ChatTools, chat_name, chat_response_format, chat_tools
 from .item_cache import ITEMS
 from .parameters import split_extensions
 from .validation import (
@@ -115,6 +115,101 @@ class ResponsesRequest:
         """The client keeps reasoning itself, sealed (``reasoning.encrypted_content``)."""
         return "reasoning.encrypted_content" in self.include
 
+    # -- what the generation parameters mean (the engine adapter reads these, not ``params``) --
+    @property
+    def tool_choice(self) -> Any:
+        """The ``tool_choice`` the model is held to: ``allowed_tools``' ``mode`` when it names a
+        subset (see :attr:`offered_tools`), else as sent; ``"auto"`` by default."""
+        choice = self.get("tool_choice", "auto")
+        if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+            return choice.get("mode") or "auto"
+        return choice
+
+    @property
+    def offered_tools(self) -> ChatTools:
+        """The tools the model is shown, as chat tools with their mapping back (function, custom
+        and namespace tools; ``allowed_tools`` narrows them). Empty when ``tool_choice`` is
+        ``"none"``: the model is not shown the tools at all."""
+        choice = self.get("tool_choice", "auto")
+        tools = chat_tools(self.tools)
+        if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+            tools = tools.only(choice.get("tools") or [])
+        return tools
+
+    @property
+    def parallel_tool_calls(self) -> bool:
+        """Defaults to true, as in OpenAI's API."""
+        return bool(self.get("parallel_tool_calls", True))
+
+    @property
+    def temperature(self) -> float | None:
+        return self.get("temperature")
+
+    @property
+    def top_p(self) -> float | None:
+        return self.get("top_p")
+
+    @property
+    def max_output_tokens(self) -> int | None:
+        return self.get("max_output_tokens")
+
+    @property
+    def instructions(self) -> Any:
+        return self.get("instructions")
+
+    @property
+    def text_format(self) -> dict[str, Any]:
+        """``text.format`` (``{}`` when not given: plain text)."""
+        return (self.get("text") or {}).get("format") or {}
+
+    @property
+    def response_format(self) -> dict[str, Any] | None:
+        """``text.format`` as the chat request's ``response_format``."""
+        return chat_response_format(self.get("text"))
+
+    @property
+    def reasoning_effort(self) -> str | None:
+        return (self.get("reasoning") or {}).get("effort") or None
+
+    @property
+    def logprobs(self) -> bool:
+        """Output text logprobs were asked for (``include``)."""
+        return "message.output_text.logprobs" in self.include
+
+    @property
+    def top_logprobs(self) -> int:
+        return self.get("top_logprobs", 0)
+
+    @property
+    def truncate(self) -> bool:
+        """``truncation: "auto"``: the oldest items go until the prompt fits."""
+        return self.get("truncation") == "auto"
+
+    @property
+    def compaction_triggered(self) -> bool:
+        """The input ends with a ``compaction_trigger`` (anywhere else was refused at parsing)."""
+        return bool(self.input) and getattr(self.input[-1], "type", None) == "compaction_trigger"
+
+    @property
+    def compact_threshold(self) -> int | None:
+        """``context_management``'s smallest ``compact_threshold`` (checked at parsing), or ``None``."""
+        found = [
+            entry["compact_threshold"]
+            for entry in self.get("context_management") or []
+            if entry.get("compact_threshold") is not None
+        ]
+        return min(found) if found else None
+
+    @property
+    def include_reasoning(self) -> bool:
+        """vLLM's ``include_reasoning`` extension: false drops the reasoning from the output."""
+        return self.extensions.get("include_reasoning", True) is not False
+
+    @property
+    def engine_request_id(self) -> str | None:
+        """vLLM's ``request_id`` extension: the id the engine request carries."""
+        return self.extensions.get("request_id")
+
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
     """A request body that must be one JSON object (every POST route's)."""
@@ -194,15 +289,18 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None, tenant: str |
     _check_text_format(params.get("text"))
     tools = _parse_tools(data.get("tools"))
     _check_tool_choice(params.get("tool_choice"), tools["tools"])
+    _check_context_management(params.get("context_management"))
+    items = _parse_input(
+        data.get("input"),
+        chained=bool(params.get("previous_response_id") or params.get("conversation")),
+        salt=_salt(extensions),
+    )
+    _check_compaction_trigger(items)
     return ResponsesRequest(
         params=params,
         model=model,
         stream=stream,
-        input=_parse_input(
-            data.get("input"),
-            chained=bool(params.get("previous_response_id") or params.get("conversation")),
-            salt=_salt(extensions),
-        ),
+        input=items,
         **tools,
         extensions=extensions,
         headers={k.lower(): v for k, v in (headers or {}).items()},
@@ -260,6 +358,31 @@ def _too_many(param: str, limit: int, got: int) -> Exception:
         param=param,
         code="array_above_max_length",
     )
+
+
+def _check_context_management(entries: list[dict[str, Any]] | None) -> None:
+    """``context_management``: compaction entries only, thresholds of at least 1."""
+    for i, entry in enumerate(entries or []):
+        if entry.get("type") != "compaction":
+            raise invalid_request(
+                f"Invalid value for 'context_management[{i}].type': {entry.get('type')!r}. Supported: 'compaction'.",
+                param=f"context_management[{i}].type",
+                code="unsupported_value",
+            )
+        value = entry.get("compact_threshold")
+        if value is not None and value < 1:
+            raise invalid_request(
+                f"Invalid 'context_management[{i}].compact_threshold': {value} is below the minimum value of 1.",
+                param=f"context_management[{i}].compact_threshold",
+                code="integer_below_min_value",
+            )
+
+
+def _check_compaction_trigger(items: list[Any]) -> None:
+    """A ``compaction_trigger`` item can only be the last input item."""
+    for i, item in enumerate(items[:-1]):
+        if getattr(item, "type", None) == "compaction_trigger":
+            raise invalid_request("A `compaction_trigger` item must be the last input item.", param=f"input[{i}]")
 
 
 def _check_state(params: dict[str, Any]) -> None:

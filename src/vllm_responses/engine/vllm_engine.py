@@ -207,37 +207,32 @@ class VllmEngine(Engine):
         lora_request = await self._adapter(request.model)
         if chat.has_files(items):  # decoding and PDF text extraction: once, off the event loop, within a budget
             items = await file_parsing.inline_files(items, self.file_limits)
-        tool_choice = request.get("tool_choice", "auto")
-        tools = chat.chat_tools(request.tools)
-        if isinstance(tool_choice, dict) and tool_choice.get("type") == "allowed_tools":
-            tools = tools.only(tool_choice.get("tools") or [])
-            tool_choice = tool_choice.get("mode") or "auto"
+        tool_choice, tools = request.tool_choice, request.offered_tools
         fields: dict[str, Any] = {
             **{k: v for k, v in request.extensions.items() if k != "request_id"},
             "model": request.model,
             "stream": True,
-            "parallel_tool_calls": request.get("parallel_tool_calls", True),
-            "temperature": request.get("temperature"),
-            "top_p": request.get("top_p"),
-            "max_completion_tokens": request.get("max_output_tokens"),
-            "response_format": chat.chat_response_format(request.get("text")),
+            "parallel_tool_calls": request.parallel_tool_calls,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "max_completion_tokens": request.max_output_tokens,
+            "response_format": request.response_format,
         }
         if tools.tools and tool_choice != "none":  # "none": the model is not shown the tools at all
             fields["tools"] = tools.tools
             fields["tool_choice"] = chat.chat_tool_choice(tool_choice)
-        effort = (request.get("reasoning") or {}).get("effort")
-        if effort:
-            fields["reasoning_effort"] = effort
-        top_logprobs = request.get("top_logprobs", 0)
-        if "message.output_text.logprobs" in request.get("include", []):
+        if request.reasoning_effort:
+            fields["reasoning_effort"] = request.reasoning_effort
+        top_logprobs = request.top_logprobs
+        if request.logprobs:
             fields["logprobs"] = True
             fields["top_logprobs"] = top_logprobs
 
-        instructions = request.get("instructions")
-        if request.get("truncation") == "auto":
+        instructions = request.instructions
+        if request.truncate:
             # Truncated prompts leave the output its room: max_output_tokens, else a quarter of
             # the context (at most 4,096 tokens).
-            need = request.get("max_output_tokens") or min(4096, self.model_config.max_model_len // 4)
+            need = request.max_output_tokens or min(4096, self.model_config.max_model_len // 4)
             rendered = await self._fitting(fields, instructions, items, need) or await self._truncate(
                 fields, instructions, items, need
             )
@@ -278,9 +273,9 @@ class VllmEngine(Engine):
             reasoning_kwargs,
             top_logprobs,
             tools,
-            bool(request.get("parallel_tool_calls", True)),
-            include_reasoning=request.extensions.get("include_reasoning", True) is not False,
-            engine_request_id=request.extensions.get("request_id"),
+            request.parallel_tool_calls,
+            include_reasoning=request.include_reasoning,
+            engine_request_id=request.engine_request_id,
             routing=_routing(request),
             lora_request=lora_request,
             grammar_param=_grammar_param(request),
@@ -809,7 +804,7 @@ def _grammar_param(request: ResponsesRequest) -> str | None:
     hosted API names it: ``text.format.schema``, the client's ``structured_outputs``, the forced
     function's ``tools[i].parameters``, else ``tools`` (``required``, strict tools, a namespace's).
     None: the request has no grammar."""
-    fmt = ((request.get("text") or {}).get("format") or {}).get("type")
+    fmt = request.text_format.get("type")
     if fmt == "json_schema":
         return "text.format.schema"
     if fmt == "json_object":
@@ -817,7 +812,7 @@ def _grammar_param(request: ResponsesRequest) -> str | None:
     if request.extensions.get("structured_outputs") is not None:
         return "structured_outputs"
     tools = request.tools or []
-    choice = request.get("tool_choice", "auto")
+    choice = request.tool_choice
     if not tools or choice == "none":
         return None
     if isinstance(choice, dict) and choice.get("type") == "function":
