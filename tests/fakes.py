@@ -7,9 +7,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from vllm_responses.common.errors import model_not_found
 from vllm_responses.engine.base import Engine, Prepared
-from vllm_responses.events.deltas import Delta, Finish, Sampling, Started, Usage
-from vllm_responses.common.errors import EngineFailure, model_not_found
+from vllm_responses.events.deltas import (
+    Delta,
+    EngineFailure,
+    Finish,
+    Sampling,
+    Started,
+    Usage,
+)
 from vllm_responses.request.protocol import ResponsesRequest
 
 

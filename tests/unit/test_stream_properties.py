@@ -31,16 +31,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vllm_responses.request.chat import chat_tools
-from vllm_responses.events.conformance import check_events
-from vllm_responses.events.deltas import Finish, ReasoningDelta, Sampling, Started, TextDelta, TokenLogprob, ToolCallDelta, Usage, valid_text
-from vllm_responses.common.errors import EngineFailure
-from vllm_responses.events.response import dump_json
-from vllm_responses.request.protocol import initial_response, parse_request
 from vllm_responses.core.run import Run
-from vllm_responses.events.wire import event_json, frames
-from vllm_responses.events.stream import TERMINAL_EVENTS, ResponseStream, StreamOptions
 from vllm_responses.engine.tool_calls import CustomInputDecoder, ToolCallMapper
+from vllm_responses.events.conformance import check_events
+from vllm_responses.events.deltas import (
+    EngineFailure,
+    Finish,
+    ReasoningDelta,
+    Sampling,
+    Started,
+    TextDelta,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+    valid_text,
+)
+from vllm_responses.events.response import dump_json
+from vllm_responses.events.stream import TERMINAL_EVENTS, ResponseStream, StreamOptions
+from vllm_responses.events.wire import event_json, frames
+from vllm_responses.request.chat import chat_tools
+from vllm_responses.request.protocol import initial_response, parse_request
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 PROFILE = settings(

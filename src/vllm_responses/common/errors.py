@@ -5,12 +5,9 @@ answers with a traceback or a 500 for something the client did.
 """
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-
-if TYPE_CHECKING:
-    from ..events.deltas import Usage
 
 
 class APIError(Exception):
@@ -61,16 +58,6 @@ def model_not_found(model: str) -> APIError:
 
 def context_length_exceeded(message: str) -> APIError:
     return APIError(message, param="input", code="context_length_exceeded")
-
-
-class EngineFailure(Exception):
-    """Generation failed after the stream started; becomes ``response.failed``."""
-
-    def __init__(self, message: str, code: str = "server_error", usage: "Usage | None" = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.usage = usage  # what was used up to the failure; the failed response reports it
 
 
 def store_unavailable(detail: str) -> APIError:

@@ -12,10 +12,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from openai.types.responses import Response
 
 from ..common import metrics
-from ..common.errors import APIError, EngineFailure
+from ..common.errors import APIError
 from ..common.logs import get_logger
 from ..common.tasks import settle, spawn
-from ..events.deltas import Delta, Finish, Started, Usage
+from ..events.deltas import Delta, EngineFailure, Finish, Started, Usage
 from ..events.stream import Event, ResponseStream
 from ..events.wire import frames
 from .capture import Capture

@@ -12,8 +12,8 @@ continues at once always finds what it continues from.
 
 import asyncio
 import time
-from dataclasses import replace
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 from openai.types.responses import Response
@@ -23,7 +23,6 @@ from ..common import metrics
 from ..common.errors import (
     ENGINE_DEAD,
     APIError,
-    EngineFailure,
     engine_dead,
     invalid_request,
     not_found,
@@ -35,6 +34,7 @@ from ..common.tasks import settle, spawn
 from ..engine.base import Engine
 from ..events.deltas import (
     Delta,
+    EngineFailure,
     Finish,
     ReasoningDelta,
     Sampling,

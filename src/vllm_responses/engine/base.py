@@ -33,7 +33,7 @@ class Engine(ABC):
       :class:`~vllm_responses.common.errors.APIError` (parameters the engine checks on submission),
       and the caller sends no event until then. It then yields deltas in model order and
       ends with exactly one :class:`~vllm_responses.events.deltas.Finish`. A failure after
-      ``Started`` raises :class:`~vllm_responses.common.errors.EngineFailure`, carrying the usage
+      ``Started`` raises :class:`~vllm_responses.events.deltas.EngineFailure`, carrying the usage
       so far.
     - Closing the iterator early (client gone) aborts the generation at once.
     """

@@ -44,7 +44,6 @@ from ..common import metrics
 from ..common.errors import (
     ENGINE_DEAD,
     APIError,
-    EngineFailure,
     context_length_exceeded,
     engine_dead,
     invalid_request,
@@ -54,6 +53,7 @@ from ..common.errors import (
 from ..common.logs import get_logger
 from ..events.deltas import (
     Delta,
+    EngineFailure,
     Finish,
     ReasoningDelta,
     Sampling,

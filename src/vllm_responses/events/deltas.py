@@ -102,3 +102,14 @@ class Started:
 
 
 Delta: TypeAlias = ReasoningDelta | TextDelta | ToolCallDelta | CompactionDelta
+
+
+class EngineFailure(Exception):
+    """Generation failed after the stream started (the engine contract, :mod:`..engine.base`);
+    becomes ``response.failed``."""
+
+    def __init__(self, message: str, code: str = "server_error", usage: Usage | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.usage = usage  # what was used up to the failure; the failed response reports it
