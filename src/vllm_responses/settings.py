@@ -35,6 +35,7 @@ from .environment import (
     STORE,
     STORE_MAX_BYTES,
     TENANCY,
+    UNOFFERED_TOOLS,
     WS_CACHE_MAX_BYTES,
     WS_MAX_CONNECTIONS,
     WS_MAX_IN_FLIGHT,
@@ -69,16 +70,24 @@ class FileLimits:
     parse_memory_bytes: int = 1024 * 1024 * 1024
 
 
+# What a request's tools of types the model is not offered get (docs/events.md#tools):
+# ``accept`` (Codex sends ``web_search`` on every turn) or ``reject`` (400 ``unsupported_value``).
+UnofferedTools = Literal["accept", "reject"]
+UNOFFERED_MODES: tuple[UnofferedTools, ...] = ("accept", "reject")
+
+
 @dataclass(frozen=True)
 class RequestLimits:
     """What one create request may carry (:mod:`.protocol` holds each body to them): input
     items (a long Codex session resends a few thousand), tools, and the tools' JSON size
     (hosted tools are echoed and stored as sent: a 5 MB ``file_search`` tool would be kept
-    in every response of a chain)."""
+    in every response of a chain). ``unoffered_tools``: tools of types the model is not
+    offered are accepted (named in a response header, warned about once per type) or refused."""
 
     max_input_items: int = 20_000
     max_tools: int = 512
     max_tools_bytes: int = 4 * 1024 * 1024
+    unoffered_tools: UnofferedTools = "accept"
 
 
 @dataclass(frozen=True)
@@ -159,6 +168,7 @@ class Settings:
                 max_input_items=int(_number(env, MAX_INPUT_ITEMS, RequestLimits.max_input_items, int, minimum=1)),
                 max_tools=int(_number(env, MAX_TOOLS, RequestLimits.max_tools, int, minimum=1)),
                 max_tools_bytes=int(_number(env, MAX_TOOLS_BYTES, RequestLimits.max_tools_bytes, int, minimum=1024)),
+                unoffered_tools=_unoffered_tools(env),
             ),
             max_background=int(_number(env, MAX_BACKGROUND, 256, int, minimum=1)),
             ws_max_connections=int(_number(env, WS_MAX_CONNECTIONS, 256, int, minimum=1)),
@@ -175,6 +185,14 @@ def tenancy_from_env(env: Mapping[str, str] = os.environ) -> Tenancy:
         if raw == mode:
             return mode
     raise ValueError(f"{TENANCY}={raw!r} must be one of: {', '.join(MODES)}")
+
+
+def _unoffered_tools(env: Mapping[str, str]) -> UnofferedTools:
+    raw = (env.get(UNOFFERED_TOOLS) or "accept").strip().lower()
+    for mode in UNOFFERED_MODES:
+        if raw == mode:
+            return mode
+    raise ValueError(f"{UNOFFERED_TOOLS}={raw!r} must be one of: {', '.join(UNOFFERED_MODES)}")
 
 
 def _file_limits(env: Mapping[str, str]) -> FileLimits:

@@ -164,7 +164,12 @@ def test_codex_shaped_request_is_accepted(base_url: str) -> None:
             {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello again!"}]},
         ],
     }
-    events = stream(base_url, body)
+    r = httpx.post(f"{base_url}/v1/responses", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    # The tools the model was not offered are named, never silently dropped (docs/events.md#tools).
+    assert r.headers["x-vllm-responses-tools-not-offered"] == "image_generation, local_shell, tool_search, web_search"
+    events = parse_sse(r.text)
+    assert_conforms(events)
     check_output(CASES["default"], final(events)["output"])
 
 

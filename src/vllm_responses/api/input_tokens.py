@@ -10,9 +10,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..request.protocol import parse_request_off_loop
-from .routes import answers_errors, json_response, read_body, service_of
-from .tenancy import tenant_of
+from .routes import answers_errors, json_response, parse, read_body, service_of
 
 router = APIRouter()
 
@@ -21,7 +19,7 @@ router = APIRouter()
 @answers_errors
 async def count_input_tokens(raw: Request) -> Response:
     service = service_of(raw)
-    request = await parse_request_off_loop(await read_body(raw), headers=raw.headers, tenant=tenant_of(raw.scope))
+    request = await parse(raw, await read_body(raw))
     # openai.types.responses.InputTokenCountResponse
     return json_response(
         orjson.dumps({"object": "response.input_tokens", "input_tokens": await service.count_input_tokens(request)})

@@ -6,10 +6,12 @@ The Conversations API is in :mod:`.conversations`.
 """
 
 import asyncio
+import re
 import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from functools import wraps
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Request
@@ -40,6 +42,10 @@ T = TypeVar("T")
 
 VERSION_HEADER = "x-vllm-responses"
 PROCESS_HEADER = "x-vllm-responses-process"
+# The tool types a request carried that the model was not offered (docs/events.md#tools).
+TOOLS_NOT_OFFERED_HEADER = "x-vllm-responses-tools-not-offered"
+_HEADER_TYPES = 32  # at most this many types named (then "..."), each at most 64 characters
+_PLAIN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _HEADERS = {VERSION_HEADER: __version__}
 _SSE_HEADERS = {**_HEADERS, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _INCLUDABLE = frozenset(typing.get_args(ResponseIncludable))
@@ -125,12 +131,43 @@ def answers_errors(handler: Callable[..., Awaitable[Response]]) -> Callable[...,
                     "The server could not handle this request.", status=500, type="server_error", code="server_error"
                 )
             )
+        not_offered = getattr(kwargs["raw"].state, "tools_not_offered", None)
+        if not_offered:
+            response.headers[TOOLS_NOT_OFFERED_HEADER] = tools_header(not_offered)
         service = getattr(kwargs["raw"].app.state, "vllm_responses", None)
         if service is not None:  # which API process answered (several with --api-server-count)
             response.headers[PROCESS_HEADER] = service.owner
         return response
 
     return wrapper
+
+
+async def parse(raw: Request, body: bytes) -> ResponsesRequest:
+    """A create body (``/v1/responses``, ``/compact``, ``/input_tokens``), parsed; the tool
+    types it carries that the model is not offered go into the answer's header, success or
+    error (:func:`answers_errors`)."""
+    request = await parse_request_off_loop(body, headers=raw.headers, tenant=tenant_of(raw.scope))
+    raw.state.tools_not_offered = request.unoffered_tool_types
+    return request
+
+
+def tools_header(types: list[str]) -> str:
+    """Sorted tool types, comma-separated; a type the ``openai`` package does not know is the
+    client's string, so anything but a plain name is percent-encoded (whole characters, at
+    most 64 bytes), and the header bounded."""
+    names = [_header_name(t) for t in types[:_HEADER_TYPES]]
+    return ", ".join(names + (["..."] if len(types) > _HEADER_TYPES else []))
+
+
+def _header_name(kind: str) -> str:
+    if _PLAIN.fullmatch(kind):
+        return kind
+    name = ""
+    for char in kind:
+        if len(name) + len(quoted := quote(char, safe="")) > 64:
+            break
+        name += quoted
+    return name or '""'
 
 
 @router.post("/v1/responses")
@@ -141,7 +178,7 @@ async def create_response(raw: Request) -> Response:
     the work), and mid-stream (:class:`~.sse.EventStream`). A background response goes on."""
     service = service_of(raw)
     body = await read_body(raw)
-    request = await parse_request_off_loop(body, headers=raw.headers, tenant=tenant_of(raw.scope))
+    request = await parse(raw, body)
     if request.background:
         run = await service.create(request, body=body)
         assert isinstance(run, BackgroundRun)

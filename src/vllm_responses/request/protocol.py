@@ -8,6 +8,7 @@ A request body is validated against ``openai.types.responses``: top-level fields
 
 import asyncio
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -19,6 +20,8 @@ from openai.types.responses.response_input_item import ItemReference
 from pydantic import TypeAdapter, ValidationError
 
 from ..common.errors import invalid_request
+from ..common.logs import get_logger
+from ..environment import UNOFFERED_TOOLS
 from ..events.deltas import Sampling
 from ..events.response import ResponseObject
 from ..settings import RequestLimits
@@ -34,6 +37,8 @@ from .validation import (
 
 T = TypeVar("T")
 
+logger = get_logger(__name__)
+
 _PARAMS = TypeAdapter(ResponseCreateParamsBase)
 _KNOWN = frozenset(ResponseCreateParamsBase.__annotations__) | {"stream"}
 _INPUT_ITEMS = TypeAdapter(list[ResponseInputItem])
@@ -46,6 +51,11 @@ LIMITS = RequestLimits()
 # package documents 128 for ``safety_identifier``; the hosted API answers 64 for the others).
 ID_LENGTHS = {"user": 64, "prompt_cache_key": 64, "safety_identifier": 128}
 
+# The tool types offered to the model (docs/events.md#tools). A tool of any other type is never
+# offered: accepted (the answer names its type in a header, the log once per type) or refused
+# with a 400, as the operator chooses (``RequestLimits.unoffered_tools``); never silently.
+OFFERED_TOOL_TYPES = frozenset({"function", "custom", "namespace"})
+
 # Fields validated on their own (as ``openai`` BaseModels) rather than through the TypedDict.
 _SEPARATE = frozenset({"input", "tools", "stream"})
 
@@ -55,8 +65,8 @@ class ResponsesRequest:
     """A validated ``POST /v1/responses`` body.
 
     ``params`` holds the validated top-level fields (unknown ones dropped), ``input`` the
-    typed input items, ``tools`` the typed tools (echoed in the response; only function,
-    custom and namespace tools are offered to the model); ``unsupported_tools`` are tools of
+    typed input items, ``tools`` the typed tools (echoed in the response; only those of
+    ``OFFERED_TOOL_TYPES`` are offered to the model); ``unsupported_tools`` are tools of
     types the ``openai`` package does not know: accepted, neither offered nor echoed.
     ``extensions`` holds vLLM's own request extensions (``seed``, ``stop``, ``top_k``, ...,
     see :mod:`.parameters`) as sent; the engine adapter hands them to vLLM. ``headers``:
@@ -78,6 +88,13 @@ class ResponsesRequest:
     def get(self, key: str, default: Any = None) -> Any:
         value = self.params.get(key)
         return default if value is None else value
+
+    @property
+    def unoffered_tool_types(self) -> list[str]:
+        """The types of the request's tools that the model is not offered, sorted, each once
+        (the one place that decides it; the transport names them, :func:`_warn_unoffered` logs them)."""
+        types = {tool.type for tool in self.tools} | {tool["type"] for tool in self.unsupported_tools}
+        return sorted(types - OFFERED_TOOL_TYPES)
 
     # -- what the state parameters mean (read here, nowhere else) -------------------------
     @property
@@ -296,7 +313,7 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None, tenant: str |
         salt=_salt(extensions),
     )
     _check_compaction_trigger(items)
-    return ResponsesRequest(
+    request = ResponsesRequest(
         params=params,
         model=model,
         stream=stream,
@@ -306,6 +323,8 @@ def _parse_request(body: bytes, headers: Mapping[str, str] | None, tenant: str |
         headers={k.lower(): v for k, v in (headers or {}).items()},
         tenant=tenant,
     )
+    _warn_unoffered(request.unoffered_tool_types)
+    return request
 
 
 # The ranges OpenAI documents for numeric parameters: (minimum, maximum), inclusive. Token
@@ -533,6 +552,14 @@ def _parse_tools(raw: Any) -> dict[str, list[Any]]:
             raise invalid_request(
                 f"Invalid type for 'tools[{i}].type': expected a string.", param=f"tools[{i}].type", code="invalid_type"
             )
+        if LIMITS.unoffered_tools == "reject" and tool["type"] not in OFFERED_TOOL_TYPES:
+            raise invalid_request(
+                f"Invalid value for 'tools[{i}].type': this server does not offer '{tool['type']}' tools to the "
+                f"model (it offers {', '.join(sorted(OFFERED_TOOL_TYPES))} tools), and its operator refuses "
+                f"requests that carry them ({UNOFFERED_TOOLS}=reject). Remove the tool from 'tools'.",
+                param=f"tools[{i}].type",
+                code="unsupported_value",
+            )
         try:
             tools.append(_with_strict(_TOOL.validate_python(tool, strict=True)))
         except ValidationError:
@@ -541,6 +568,31 @@ def _parse_tools(raw: Any) -> dict[str, list[Any]]:
                 _validate(_TOOL, tool, f"tools[{i}]", strict=True)
             unsupported.append(tool)
     return {"tools": tools, "unsupported_tools": unsupported}
+
+
+# Tool types already warned about in this process (a type the ``openai`` package does not
+# know is the client's string: past ``_WARNED_MAX`` types, new ones are no longer remembered
+# nor logged, so that a client cannot grow the set or flood the log).
+_WARNED: set[str] = set()
+_WARNED_MAX = 256
+_WARNED_LOCK = threading.Lock()  # requests are parsed on worker threads too
+
+
+def _warn_unoffered(types: list[str]) -> None:
+    """One warning per tool type per API process, the first time a request carries it."""
+    if not types:
+        return
+    with _WARNED_LOCK:
+        new = [t for t in types if t not in _WARNED][: max(0, _WARNED_MAX - len(_WARNED))]
+        _WARNED.update(new)
+    for kind in new:
+        logger.warning(
+            "A request carried a tool of type %r: accepted, not offered to the model (this server does not run "
+            "it). HTTP answers name it in a response header; %s=reject refuses such requests with a 400. "
+            "Logged once per type.",
+            kind[:64],
+            UNOFFERED_TOOLS,
+        )
 
 
 # OpenAI's rule for the names of JSON schema formats (and of functions).
