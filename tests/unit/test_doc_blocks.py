@@ -280,9 +280,6 @@ def test_the_gpu_extra_is_bounded_to_the_inspected_release() -> None:
 
 # -- links -------------------------------------------------------------------------------------
 # Headings another branch adds; a link to one is kept, not checked, until it lands (then drop it here).
-PENDING_ANCHORS = {"docs/operations.md#vllm-versions"}  # issue 21: the compatibility check for vLLM 0.33
-
-
 def _slug(heading: str) -> str:
     """GitHub's anchor for a heading."""
     text = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
@@ -299,7 +296,7 @@ def test_every_readme_link_resolves() -> None:
         path = (ROOT / target).resolve() if target else README
         assert path.exists(), f"{link}: no file {path}"
         headings = {_slug(h) for h in re.findall(r"^#+ (.+)$", path.read_text(), re.MULTILINE)}
-        if anchor and link not in PENDING_ANCHORS:
+        if anchor:
             assert anchor in headings, f"{link}: no heading #{anchor} in {path.name}"
 
 
