@@ -60,9 +60,10 @@ OFFERED_TOOL_TYPES = frozenset({"function", "custom", "namespace"})
 _SEPARATE = frozenset({"input", "tools", "stream"})
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResponsesRequest:
-    """A validated ``POST /v1/responses`` body.
+    """A validated ``POST /v1/responses`` body, read once: frozen, a change is a copy
+    (``dataclasses.replace``).
 
     ``params`` holds the validated top-level fields (unknown ones dropped), ``input`` the
     typed input items, ``tools`` the typed tools (echoed in the response; only those of
