@@ -33,18 +33,29 @@ def wait_until(what: str, check: Callable[[], T], timeout: float = 60, every: fl
 _metrics_clients: dict[str, httpx.Client] = {}
 
 
+# uvicorn closes a connection idle for 5 s (vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE): drop it first.
+_KEEPALIVE = httpx.Limits(keepalive_expiry=4.0)
+
+
 def metrics_text(base_url: str, timeout: float = 60) -> str:
     """``/metrics`` now, over one kept-alive connection per server: while the engine's two
     processes spin on both cores, a new connection to the API server took 30-150 s to be
-    accepted here (the first SYNs go unanswered), where a request on an open one takes ~0.05 s."""
-    client = _metrics_clients.get(base_url)
-    if client is None:
-        client = _metrics_clients[base_url] = httpx.Client(base_url=base_url)
-    try:
-        return client.get("/metrics", timeout=timeout).text
-    except httpx.HTTPError:
-        _metrics_clients.pop(base_url, None).close()  # a restarted server: connect afresh next time
-        raise
+    accepted here (the first SYNs go unanswered), where a request on an open one takes ~0.05 s.
+
+    A kept-alive connection that the server closes just as the request goes out (its idle
+    timeout; the machine stalled past our expiry) answers nothing: that GET is sent once more,
+    on a new connection, and a second failure is raised."""
+    for attempt in (1, 2):
+        client = _metrics_clients.get(base_url)
+        if client is None:
+            client = _metrics_clients[base_url] = httpx.Client(base_url=base_url, limits=_KEEPALIVE)
+        try:
+            return client.get("/metrics", timeout=timeout).text
+        except httpx.HTTPError as exc:
+            _metrics_clients.pop(base_url).close()  # a closed connection or a restarted server: afresh next time
+            if attempt == 2 or not isinstance(exc, httpx.RemoteProtocolError):
+                raise
+    raise AssertionError("unreachable")
 
 
 def metric(base_url: str, name: str, timeout: float = 60) -> float:
