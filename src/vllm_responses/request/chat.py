@@ -94,16 +94,21 @@ class ChatTools:
         return self.targets.get(chat_function_name) or ToolTarget(chat_function_name)
 
 
+# The tool types the model is offered (a namespace's own tools are function and custom tools);
+# every other type is accepted and named as not offered (``ResponsesRequest.unoffered_tool_types``).
+OFFERED_TOOL_TYPES = frozenset({"function", "custom", "namespace"})
+
+
 def chat_tools(tools: list[Any]) -> ChatTools:
     """Function and custom tools, and those inside namespaces; other types are not offered."""
     out = ChatTools()
     for tool in tools:
         kind = getattr(tool, "type", None)
-        if kind in ("function", "custom"):
-            out.add(tool)
-        elif kind == "namespace":
+        if kind == "namespace":
             for inner in tool.tools:
                 out.add(inner, namespace=tool.name)
+        elif kind in OFFERED_TOOL_TYPES:
+            out.add(tool)
     return out
 
 

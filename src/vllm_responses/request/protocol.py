@@ -25,7 +25,7 @@ from ..environment import UNOFFERED_TOOLS
 from ..events.deltas import Sampling
 from ..events.response import ResponseObject
 from ..settings import RequestLimits
-from .chat import ChatTools, chat_name, chat_response_format, chat_tools
+from .chat import OFFERED_TOOL_TYPES, ChatTools, chat_name, chat_response_format, chat_tools
 from .item_cache import ITEMS
 from .parameters import split_extensions
 from .validation import (
@@ -51,10 +51,9 @@ LIMITS = RequestLimits()
 # package documents 128 for ``safety_identifier``; the hosted API answers 64 for the others).
 ID_LENGTHS = {"user": 64, "prompt_cache_key": 64, "safety_identifier": 128}
 
-# The tool types offered to the model (docs/events.md#tools). A tool of any other type is never
-# offered: accepted (the answer names its type in a header, the log once per type) or refused
-# with a 400, as the operator chooses (``RequestLimits.unoffered_tools``); never silently.
-OFFERED_TOOL_TYPES = frozenset({"function", "custom", "namespace"})
+# A tool of a type not in ``chat.OFFERED_TOOL_TYPES`` (docs/events.md#tools) is never offered:
+# accepted (the answer names its type in a header, the log once per type) or refused with a
+# 400, as the operator chooses (``RequestLimits.unoffered_tools``); never silently.
 
 # Fields validated on their own (as ``openai`` BaseModels) rather than through the TypedDict.
 _SEPARATE = frozenset({"input", "tools", "stream"})
