@@ -7,7 +7,7 @@ response (``on_end``) before that event goes out.
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from openai.types.responses import Response
 
@@ -73,22 +73,24 @@ class Run:
     def response(self) -> Response:
         return self.stream.response
 
-    async def batches(self) -> AsyncIterator[list[Event]]:
-        """The events, grouped by engine step, so a transport writes once per step."""
-        capture, complete = self.capture, False
+    def batches(self) -> AsyncGenerator[list[Event], None]:
+        """The events, grouped by engine step, so a transport writes once per step (and, when
+        capturing, to the capture as well: a generator around them only then)."""
+        return self._batches() if self.capture is None else self._captured(self.capture)
+
+    async def _captured(self, capture: Capture) -> AsyncGenerator[list[Event], None]:
+        complete = False
         batches = self._batches()
         try:
             async for batch in batches:
-                if capture is not None:
-                    capture.write(frames(batch))
+                capture.write(frames(batch))
                 yield batch
             complete = True
         finally:
             await batches.aclose()  # a consumer that stops early aborts the engine before this returns
-            if capture is not None:
-                capture.close(complete)
+            capture.close(complete)
 
-    async def _batches(self) -> AsyncIterator[list[Event]]:
+    async def _batches(self) -> AsyncGenerator[list[Event], None]:
         self._read = True
         stream, deltas = self.stream, self._deltas
         terminal: list[Event] | None = None
