@@ -26,7 +26,7 @@ def test_tools_flatten_namespaces_and_customs():
     ])
     tools = chat_tools(r.tools)
     names = [t["function"]["name"] for t in tools.tools]
-    assert names == ["f", "apply_patch", "multi_agent_v1__spawn_agent"]
+    assert names == ["f", "apply_patch", "multi_agent_v1__spawn_agent", "tool_search"]  # web_search: not offered
     assert tools.tools[1]["function"]["parameters"]["required"] == ["input"]
     assert tools.target("multi_agent_v1__spawn_agent").namespace == "multi_agent_v1"
     assert tools.target("apply_patch").custom

@@ -24,7 +24,7 @@ from vllm_responses.store.sqlite import SQLiteStore
 
 SCRIPT = [TextDelta("Hello"), Finish("stop", usage())]
 WEATHER = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
-CODEX_TOOLS = [WEATHER, {"type": "web_search", "external_web_access": False}, {"type": "local_shell"},
+CODEX_TOOLS = [WEATHER, {"type": "web_search", "external_web_access": False}, {"type": "shell", "environment": {"type": "container_auto"}},
                {"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs_1"]}]
 
 
@@ -52,7 +52,7 @@ async def post(body: dict, path: str = "/v1/responses") -> httpx.Response:
 async def test_answer_names_the_tool_types_not_offered(stream: bool) -> None:
     r = await post({"model": "demo", "input": "hi", "stream": stream, "tools": CODEX_TOOLS})
     assert r.status_code == 200, r.text
-    assert r.headers[TOOLS_NOT_OFFERED_HEADER] == "file_search, local_shell, web_search"
+    assert r.headers[TOOLS_NOT_OFFERED_HEADER] == "file_search, shell, web_search"
     body = parse_sse(r.text)[-1]["response"] if stream else r.json()
     if stream:
         assert check_events(parse_sse(r.text)) == []
@@ -64,7 +64,7 @@ async def test_answer_names_the_tool_types_not_offered(stream: bool) -> None:
 async def test_the_other_create_bodies_name_them_too(path: str) -> None:
     r = await post({"model": "demo", "input": "hi", "tools": CODEX_TOOLS}, path)
     assert r.status_code == 200, r.text
-    assert r.headers[TOOLS_NOT_OFFERED_HEADER] == "file_search, local_shell, web_search"
+    assert r.headers[TOOLS_NOT_OFFERED_HEADER] == "file_search, shell, web_search"
 
 
 @pytest.mark.anyio
@@ -99,7 +99,7 @@ async def test_one_warning_per_type_per_process(caplog) -> None:
     await post({"model": "demo", "input": "hi", "tools": [{"type": "image_generation"}, {"type": "web_search"}]})
     lines = [r.getMessage() for r in caplog.records if "not offered to the model" in r.getMessage()]
     warned = sorted(line.split("'")[1] for line in lines)
-    assert warned == ["file_search", "image_generation", "local_shell", "web_search"], lines
+    assert warned == ["file_search", "image_generation", "shell", "web_search"], lines
     assert all("VLLM_RESPONSES_UNOFFERED_TOOLS=reject" in line for line in lines)
 
 

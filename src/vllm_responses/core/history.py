@@ -219,8 +219,12 @@ class History:
         return stored
 
 
-_CALLS = frozenset({"function_call", "custom_tool_call"})
-_OUTPUTS = frozenset({"function_call_output", "custom_tool_call_output"})
+# Calls and outputs paired by ``call_id`` (a tool search's may go without one; a local shell
+# call's output names its call by ``id``).
+_CALLS = frozenset({"function_call", "custom_tool_call", "shell_call", "apply_patch_call", "local_shell_call"})
+_OUTPUTS = frozenset(
+    {"function_call_output", "custom_tool_call_output", "shell_call_output", "apply_patch_call_output"}
+)
 
 
 def check_tool_calls(items: list[Any], context: list[JSON]) -> None:

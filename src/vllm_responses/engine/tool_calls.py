@@ -211,7 +211,10 @@ class ToolCallMapper:
             if call.decoder is not None:
                 arguments = call.decoder.feed(arguments)
             t = call.target
-            return out + [ToolCallDelta(index, arguments, t.name, call.call_id, t.namespace, t.custom)]
+            options = {"execution": t.execution, "environment": t.environment} if t.builtin else None
+            return out + [
+                ToolCallDelta(index, arguments, t.name, call.call_id, t.namespace, t.custom, t.builtin, options)
+            ]
         if call.decoder is not None:
             arguments = call.decoder.feed(arguments)
         return out + ([ToolCallDelta(index, arguments)] if arguments else [])

@@ -207,7 +207,7 @@ class VllmEngine(Engine):
         lora_request = await self._adapter(request.model)
         if chat.has_files(items):  # decoding and PDF text extraction: once, off the event loop, within a budget
             items = await file_parsing.inline_files(items, self.file_limits)
-        tool_choice, tools = request.tool_choice, request.offered_tools
+        tool_choice, tools = request.tool_choice, request.offered_tools_for(items)
         fields: dict[str, Any] = {
             **{k: v for k, v in request.extensions.items() if k != "request_id"},
             "model": request.model,
@@ -391,15 +391,14 @@ class VllmEngine(Engine):
             calls = {
                 getattr(items[i], "call_id", None)
                 for i in dropped
-                if getattr(items[i], "type", None) in ("function_call", "custom_tool_call")
+                if getattr(items[i], "type", None) in chat.CALL_TYPES
             }
             kept = [
                 item
                 for i, item in enumerate(items)
                 if i not in dropped
                 and not (
-                    (getattr(item, "type", None) or "").endswith("_call_output")
-                    and getattr(item, "call_id", None) in calls
+                    getattr(item, "type", None) in chat.OUTPUT_TYPES and chat.answered_call(item) in calls
                 )
             ]
             return await self._fitting(fields, instructions, kept, need)

@@ -5,7 +5,7 @@ Neither side knows the other's internals.
 """
 
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 
 def valid_text(text: str) -> str:
@@ -59,6 +59,8 @@ class ToolCallDelta:
     call_id: str | None = None
     namespace: str | None = None
     custom: bool = False
+    builtin: str | None = None  # a built-in tool's type (``shell``, ...): the call becomes its typed item
+    builtin_options: dict[str, Any] | None = None  # ``execution`` (tool_search), ``environment`` (shell)
 
 
 @dataclass(slots=True)
@@ -66,6 +68,20 @@ class CompactionDelta:
     """A whole ``compaction`` output item: the model's summary, already sealed (:mod:`.compaction`)."""
 
     encrypted_content: str
+
+
+@dataclass(slots=True)
+class ItemDelta:
+    """A whole output item the server made (a server-run tool's output, :mod:`..core.tool_loop`):
+    ``output_item.added`` and ``done`` carry it alike. ``item``: its JSON, an ``openai`` output item."""
+
+    item: dict[str, Any]
+
+
+@dataclass(slots=True)
+class PassEnd:
+    """One model pass of a response ended and another may follow (:mod:`..core.tool_loop`): the
+    open item closes ``completed``, as it would at the end of the response."""
 
 
 @dataclass(slots=True)
@@ -101,7 +117,7 @@ class Started:
     """The engine accepted the request (its checks on submission passed): events may begin."""
 
 
-Delta: TypeAlias = ReasoningDelta | TextDelta | ToolCallDelta | CompactionDelta
+Delta: TypeAlias = ReasoningDelta | TextDelta | ToolCallDelta | CompactionDelta | ItemDelta | PassEnd
 
 
 class EngineFailure(Exception):

@@ -43,6 +43,7 @@ from openai.types.responses import (
     ResponseFunctionToolCall,
     ResponseIncompleteEvent,
     ResponseInProgressEvent,
+    ResponseOutputItem,
     ResponseOutputItemAddedEvent,
     ResponseOutputItemDoneEvent,
     ResponseOutputMessage,
@@ -55,6 +56,9 @@ from openai.types.responses import (
     ResponseReasoningSummaryTextDoneEvent,
     ResponseReasoningTextDeltaEvent,
     ResponseReasoningTextDoneEvent,
+    ResponseShellCallCommandAddedEvent,
+    ResponseShellCallCommandDeltaEvent,
+    ResponseShellCallCommandDoneEvent,
     ResponseStreamEvent,
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
@@ -75,10 +79,13 @@ from openai.types.responses.response_usage import (
 from pydantic import TypeAdapter
 
 from ..common.ids import new_id
+from .builtin_calls import ID_PREFIX, call_item
 from .deltas import (
     CompactionDelta,
     Delta,
     Finish,
+    ItemDelta,
+    PassEnd,
     ReasoningDelta,
     TextDelta,
     TokenLogprob,
@@ -428,6 +435,73 @@ class _ToolCall(_Item):
         return [done], self._item(text, status)
 
 
+class _BuiltinCall(_ToolCall):
+    """A call of a built-in tool (``shell``, ``local_shell``, ``apply_patch``, ``tool_search``).
+
+    Its typed item needs whole arguments (a ``shell_call``'s commands, an ``apply_patch_call``'s
+    operation), so everything goes out when the call closes, as OpenAI sends these items:
+    ``output_item.added`` (``in_progress``; a shell call's commands still empty), for a shell
+    call each command as ``shell_call_command.added``/``delta``/``done``, then
+    ``output_item.done``; never ``function_call_arguments`` events. Arguments that do not fit
+    the tool's schema make the ``function_call`` the model wrote (named after the tool), so
+    nothing is lost and nothing a client would run is guessed.
+    """
+
+    def __init__(self, stream: "ResponseStream", output_index: int, call: ToolCallDelta) -> None:
+        super().__init__(stream, output_index, call)
+        self.builtin = call.builtin or ""
+        self.options = call.builtin_options or {}
+        self.id = new_id(ID_PREFIX.get(self.builtin, "fc"))
+
+    def open(self) -> list[Event]:
+        return []
+
+    def add(self, text: str) -> list[Event]:
+        if text:
+            self.chunks.append(text if text.isascii() else valid_text(text))
+        return []
+
+    def close(self, status: ItemStatus) -> tuple[list[Event], Any]:
+        s, idx, text = self.s, self.output_index, "".join(self.chunks)
+        extra = {k: v for k, v in self.options.items() if v is not None}
+        done = call_item(self.builtin, self.id, self.call_id, text, status, **extra)
+        if done is None:  # not the tool's shape: the function call it was
+            self.id = self.id if self.id.startswith("fc_") else new_id("fc")
+            self.delta = _DeltaTemplate(
+                ResponseFunctionCallArgumentsDeltaEvent,
+                type="response.function_call_arguments.delta",
+                item_id=self.id,
+                output_index=idx,
+            )
+            self.chunks = []
+            events = _ToolCall.open(self) + _ToolCall.add(self, text)
+            closing, item = _ToolCall.close(self, status)
+            return events + closing, item
+        item = _ITEM_ADAPTER.validate_python(done)
+        added = done | {"status": "in_progress"}
+        if self.builtin == "shell":
+            added["action"] = {**done["action"], "commands": []}
+        events: list[Event] = [s.item_added(idx, _ITEM_ADAPTER.validate_python(added))]
+        if self.builtin == "shell":
+            for k, command in enumerate(done["action"]["commands"]):
+                where = {"output_index": idx, "command_index": k}
+                events += [
+                    ResponseShellCallCommandAddedEvent.model_construct(
+                        type="response.shell_call_command.added", sequence_number=s.seq(), command="", **where
+                    ),
+                    ResponseShellCallCommandDeltaEvent.model_construct(
+                        type="response.shell_call_command.delta", sequence_number=s.seq(), delta=command, **where
+                    ),
+                    ResponseShellCallCommandDoneEvent.model_construct(
+                        type="response.shell_call_command.done", sequence_number=s.seq(), command=command, **where
+                    ),
+                ]
+        return events, item
+
+
+_ITEM_ADAPTER: TypeAdapter[Any] = TypeAdapter(ResponseOutputItem)
+
+
 def error_event(sequence_number: int, code: str, message: str) -> ResponseErrorEvent:
     """The stream's ``error`` event (its fields at the top level, as openai's type has them)."""
     return ResponseErrorEvent.model_construct(
@@ -524,7 +598,15 @@ class ResponseStream:
             return self._feed_text(delta, _Reasoning)
         self._held = []
         if isinstance(delta, CompactionDelta):
-            return self._compaction(delta)
+            return self._whole(
+                ResponseCompactionItem.model_construct(
+                    id=new_id("cmp"), type="compaction", encrypted_content=delta.encrypted_content
+                )
+            )
+        if isinstance(delta, ItemDelta):
+            return self._whole(_ITEM_ADAPTER.validate_python(delta.item))
+        if isinstance(delta, PassEnd):
+            return self._close_open("completed")
         return self._feed_call(delta)
 
     def _feed_text(self, delta: TextDelta | ReasoningDelta, kind: type[_Message] | type[_Reasoning]) -> list[Event]:
@@ -560,17 +642,15 @@ class ResponseStream:
         if delta.name is None:
             return []
         events = self._close_open("completed")
-        call = _ToolCall(self, len(self.response.output), delta)
+        call = (_BuiltinCall if delta.builtin else _ToolCall)(self, len(self.response.output), delta)
         self._open = call
         return events + call.open() + call.add(delta.arguments)
 
-    def _compaction(self, delta: CompactionDelta) -> list[Event]:
-        """A ``compaction`` item arrives whole: ``output_item.added`` and ``done`` carry it alike."""
+    def _whole(self, item: Any) -> list[Event]:
+        """An item that arrives whole (a ``compaction``, a server-run tool's output):
+        ``output_item.added`` and ``done`` carry it alike."""
         events = self._close_open("completed")
         idx = len(self.response.output)
-        item = ResponseCompactionItem.model_construct(
-            id=new_id("cmp"), type="compaction", encrypted_content=delta.encrypted_content
-        )
         self.response.output.append(item)
         return events + [
             self.item_added(idx, item),

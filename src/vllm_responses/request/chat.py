@@ -6,12 +6,13 @@ a model's template sees a multi-turn tool conversation in its native form.
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
 from ..common.errors import invalid_request
-from . import files
+from . import builtins, files
 
 # A custom (freeform) tool is shown to the model as a function taking one string.
 CUSTOM_TOOL_INPUT = "input"
@@ -24,11 +25,16 @@ _CUSTOM_TOOL_PARAMETERS = {
 
 @dataclass(frozen=True)
 class ToolTarget:
-    """What a chat function name the model calls stands for in the Responses API."""
+    """What a chat function name the model calls stands for in the Responses API: a function
+    (in a ``namespace``), a ``custom`` tool, or a ``builtin`` tool type (:mod:`.builtins`, with
+    the ``execution`` of a ``tool_search`` and the ``environment`` of a ``shell``)."""
 
     name: str
     namespace: str | None = None
     custom: bool = False
+    builtin: str | None = None
+    execution: str | None = None
+    environment: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 def chat_name(name: str, namespace: str | None) -> str:
@@ -40,14 +46,21 @@ def chat_name(name: str, namespace: str | None) -> str:
 
 @dataclass
 class ChatTools:
-    """Tools as chat-completions function tools, and what each chat name maps back to."""
+    """Tools as chat-completions function tools, and what each chat name maps back to.
+
+    ``deferred``: tools with ``defer_loading`` that no ``tool_search_output`` (nor
+    ``additional_tools`` item) has loaded yet, as (namespace, tool): not shown to the model; a
+    server-run tool search looks among them (:mod:`..core.tool_search`)."""
 
     tools: list[dict[str, Any]] = field(default_factory=list)
     targets: dict[str, ToolTarget] = field(default_factory=dict)
+    deferred: list[tuple[Any, Any]] = field(default_factory=list)
 
     def add(self, tool: Any, namespace: str | None = None) -> None:
         custom = tool.type == "custom"
         name = chat_name(tool.name, namespace)
+        if name in self.targets:  # loaded twice (a search, then the same tool again): one offer
+            return
         fn: dict[str, Any] = {
             "name": name,
             "parameters": _CUSTOM_TOOL_PARAMETERS
@@ -61,15 +74,38 @@ class ChatTools:
         self.tools.append({"type": "function", "function": fn})
         self.targets[name] = ToolTarget(tool.name, namespace, custom)
 
+    def add_builtin(self, tool: Any) -> None:
+        fn = builtins.function(tool)
+        if fn["name"] in self.targets:
+            return
+        self.tools.append({"type": "function", "function": fn})
+        environment = getattr(tool, "environment", None)
+        self.targets[fn["name"]] = ToolTarget(
+            fn["name"],
+            builtin=tool.type,
+            execution=builtins.execution(tool) if tool.type == "tool_search" else None,
+            environment=environment.model_dump(mode="json", exclude_none=True) if environment is not None else None,
+        )
+
     def only(self, allowed: list[dict[str, Any]]) -> "ChatTools":
         """The tools a ``tool_choice: {"type": "allowed_tools", ...}`` leaves the model.
 
-        Entries name function and custom tools (``namespace`` for a namespaced one); hosted
-        tool types are never offered here, so entries for them restrict nothing further.
+        Entries name function and custom tools (``namespace`` for a namespaced one) and built-in
+        tools by type; hosted tool types are never offered here, so entries for them restrict
+        nothing further.
         """
         names: set[str] = set()
         for i, entry in enumerate(allowed):
-            if entry.get("type") not in ("function", "custom"):
+            kind = entry.get("type")
+            if kind in builtins.BUILTINS:
+                if kind not in self.targets:
+                    raise invalid_request(
+                        f"Invalid value for 'tool_choice.tools[{i}]': no '{kind}' tool in 'tools'.",
+                        param=f"tool_choice.tools[{i}]",
+                    )
+                names.add(kind)
+                continue
+            if kind not in ("function", "custom"):
                 continue
             for key in ("name", "namespace"):
                 if not isinstance(entry.get(key, ""), (str, type(None))):
@@ -88,27 +124,72 @@ class ChatTools:
         out = ChatTools()
         out.tools = [tool for tool in self.tools if tool["function"]["name"] in names]
         out.targets = {name: target for name, target in self.targets.items() if name in names}
+        out.deferred = self.deferred
         return out
 
     def target(self, chat_function_name: str) -> ToolTarget:
         return self.targets.get(chat_function_name) or ToolTarget(chat_function_name)
 
 
-# The tool types the model is offered (a namespace's own tools are function and custom tools);
-# every other type is accepted and named as not offered (``ResponsesRequest.unoffered_tool_types``).
-OFFERED_TOOL_TYPES = frozenset({"function", "custom", "namespace"})
+# The tool types the model may be offered (a namespace's own tools are function and custom
+# tools; a ``shell`` only with a local environment, :func:`.builtins.offered`); every other type
+# is accepted and named as not offered (``ResponsesRequest.unoffered_tool_types``).
+OFFERED_TOOL_TYPES = frozenset({"function", "custom", "namespace", *builtins.BUILTINS})
 
 
-def chat_tools(tools: list[Any]) -> ChatTools:
-    """Function and custom tools, and those inside namespaces; other types are not offered."""
+# Item types that are a tool call of the model, and those that answer one (:func:`answered_call`).
+CALL_TYPES = frozenset({"function_call", "custom_tool_call", *builtins.CALL_TYPES})
+OUTPUT_TYPES = frozenset({"function_call_output", "custom_tool_call_output", *builtins.OUTPUT_TYPES})
+
+
+def answered_call(item: Any) -> str | None:
+    """The ``call_id`` an output item answers."""
+    if item.type in builtins.OUTPUT_TYPES:
+        return builtins.output_call_id(item) or None
+    return getattr(item, "call_id", None)
+
+
+def is_offered(tool: Any) -> bool:
+    kind = getattr(tool, "type", None)
+    return kind in OFFERED_TOOL_TYPES and (kind not in builtins.BUILTINS or builtins.offered(tool))
+
+
+def _deferred(tool: Any) -> bool:
+    return bool(getattr(tool, "defer_loading", None))
+
+
+def loaded_tools(items: list[Any]) -> list[Any]:
+    """The tools that ``tool_search_output`` and ``additional_tools`` items among ``items`` load."""
+    return [
+        tool
+        for item in items
+        if getattr(item, "type", None) in ("tool_search_output", "additional_tools")
+        for tool in getattr(item, "tools", None) or []
+    ]
+
+
+def chat_tools(tools: Sequence[Any], items: Sequence[Any] = (), include_deferred: bool = False) -> ChatTools:
+    """The tools the model is offered: function and custom tools (also inside namespaces) and
+    the built-ins, less those deferred (``defer_loading``) unless ``items`` load them or
+    ``include_deferred`` (checking names a request may choose); other types are not offered."""
     out = ChatTools()
-    for tool in tools:
-        kind = getattr(tool, "type", None)
-        if kind == "namespace":
-            for inner in tool.tools:
-                out.add(inner, namespace=tool.name)
-        elif kind in OFFERED_TOOL_TYPES:
-            out.add(tool)
+    hidden: list[tuple[Any, Any]] = []
+    for tools_, loaded in ((loaded_tools(items), True), (tools, False)):  # a loaded definition first
+        for tool in tools_:
+            kind = getattr(tool, "type", None)
+            inner_tools = [(tool, inner) for inner in tool.tools] if kind == "namespace" else [(None, tool)]
+            if kind in builtins.BUILTINS:
+                if builtins.offered(tool):
+                    out.add_builtin(tool)
+                continue
+            for namespace, inner in inner_tools:
+                if getattr(inner, "type", None) not in ("function", "custom"):
+                    continue
+                if _deferred(inner) and not loaded and not include_deferred:
+                    hidden.append((namespace, inner))
+                else:
+                    out.add(inner, namespace=namespace.name if namespace is not None else None)
+    out.deferred = [(ns, t) for ns, t in hidden if chat_name(t.name, ns.name if ns else None) not in out.targets]
     return out
 
 
@@ -270,6 +351,7 @@ def chat_messages(instructions: str | None, items: list[Any], accepts_images: bo
     if instructions:
         messages.append({"role": "system", "content": instructions})
     reasoning: list[str] = []  # thoughts waiting for the assistant turn they belong to
+    last_search = ""  # a tool search's output without a call id answers the search before it
 
     def assistant(content: Any) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": content}
@@ -295,8 +377,10 @@ def chat_messages(instructions: str | None, items: list[Any], accepts_images: bo
         if kind == "reasoning":
             reasoning.extend(part.text for part in item.content or [] if part.type == "reasoning_text")
             continue
+        if kind == "additional_tools":  # tools for the model to be offered (:func:`loaded_tools`), nothing to say
+            continue
         if (
-            kind not in ("function_call", "custom_tool_call")
+            kind not in ("function_call", "custom_tool_call", *builtins.CALL_TYPES)
             and not (kind == "message" and item.role == "assistant")
             and reasoning
         ):
@@ -316,6 +400,15 @@ def chat_messages(instructions: str | None, items: list[Any], accepts_images: bo
             assistant_for_calls()["tool_calls"].append(
                 {"id": item.call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
             )
+        elif kind in builtins.CALL_TYPES:
+            call_id, name, arguments = builtins.replayed_arguments(item)
+            last_search = call_id if kind == "tool_search_call" else last_search
+            assistant_for_calls()["tool_calls"].append(
+                {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+            )
+        elif kind in builtins.OUTPUT_TYPES:
+            call_id = builtins.output_call_id(item) or (last_search if kind == "tool_search_output" else "")
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": builtins.output_text(item)})
         elif kind in ("function_call_output", "custom_tool_call_output"):
             # A list output (text, images, files) keeps its parts, as chat tool messages may.
             content = _content(item.output, f"input[{i}].output", accepts_images)
@@ -338,6 +431,8 @@ def chat_tool_choice(tool_choice: Any) -> Any:
     kind = tool_choice.get("type")
     if kind in ("function", "custom"):
         return {"type": "function", "function": {"name": chat_name(tool_choice["name"], tool_choice.get("namespace"))}}
+    if kind in builtins.BUILTINS:
+        return {"type": "function", "function": {"name": builtins.BUILTINS[kind].name}}
     raise invalid_request(
         f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value"
     )

@@ -25,7 +25,15 @@ from ..environment import UNOFFERED_TOOLS
 from ..events.deltas import Sampling
 from ..events.response import ResponseObject
 from ..settings import RequestLimits
-from .chat import OFFERED_TOOL_TYPES, ChatTools, chat_name, chat_response_format, chat_tools
+from . import builtins
+from .chat import (
+    OFFERED_TOOL_TYPES,
+    ChatTools,
+    chat_name,
+    chat_response_format,
+    chat_tools,
+    is_offered,
+)
 from .item_cache import ITEMS
 from .parameters import split_extensions
 from .validation import (
@@ -93,8 +101,8 @@ class ResponsesRequest:
     def unoffered_tool_types(self) -> list[str]:
         """The types of the request's tools that the model is not offered, sorted, each once
         (the one place that decides it; the transport names them, :func:`_warn_unoffered` logs them)."""
-        types = {tool.type for tool in self.tools} | {tool["type"] for tool in self.unsupported_tools}
-        return sorted(types - OFFERED_TOOL_TYPES)
+        types = {tool.type for tool in self.tools if not is_offered(tool)}
+        return sorted(types | {tool["type"] for tool in self.unsupported_tools})
 
     # -- what the state parameters mean (read here, nowhere else) -------------------------
     @property
@@ -142,13 +150,14 @@ class ResponsesRequest:
             return choice.get("mode") or "auto"
         return choice
 
-    @property
-    def offered_tools(self) -> ChatTools:
-        """The tools the model is shown, as chat tools with their mapping back (function, custom
-        and namespace tools; ``allowed_tools`` narrows them). Empty when ``tool_choice`` is
-        ``"none"``: the model is not shown the tools at all."""
+    def offered_tools_for(self, items: list[Any]) -> ChatTools:
+        """The tools the model is shown over ``items`` (the whole context: history, input, and a
+        response's own output so far), as chat tools with their mapping back: function, custom
+        and namespace tools and the built-ins (:mod:`.builtins`), deferred ones once a
+        ``tool_search_output`` or ``additional_tools`` item among ``items`` loads them;
+        ``allowed_tools`` narrows them. ``tool_choice: "none"``: the caller shows none."""
         choice = self.get("tool_choice", "auto")
-        tools = chat_tools(self.tools)
+        tools = chat_tools(self.tools, items)
         if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
             tools = tools.only(choice.get("tools") or [])
         return tools
@@ -552,22 +561,51 @@ def _parse_tools(raw: Any) -> dict[str, list[Any]]:
             raise invalid_request(
                 f"Invalid type for 'tools[{i}].type': expected a string.", param=f"tools[{i}].type", code="invalid_type"
             )
-        if LIMITS.unoffered_tools == "reject" and tool["type"] not in OFFERED_TOOL_TYPES:
+        try:
+            typed = _with_strict(_TOOL.validate_python(tool, strict=True))
+        except ValidationError:
+            if tool["type"] in OFFERED_TOOL_TYPES:
+                # Tools we offer must be well-formed; report the precise problem.
+                _validate(_TOOL, tool, f"tools[{i}]", strict=True)
+            typed = None
+        if LIMITS.unoffered_tools == "reject" and (typed is None or not is_offered(typed)):
             raise invalid_request(
                 f"Invalid value for 'tools[{i}].type': this server does not offer '{tool['type']}' tools to the "
-                f"model (it offers {', '.join(sorted(OFFERED_TOOL_TYPES))} tools), and its operator refuses "
-                f"requests that carry them ({UNOFFERED_TOOLS}=reject). Remove the tool from 'tools'.",
+                f"model (it offers {', '.join(sorted(OFFERED_TOOL_TYPES))} tools; a shell tool with a local "
+                f"environment), and its operator refuses requests that carry them ({UNOFFERED_TOOLS}=reject). "
+                "Remove the tool from 'tools'.",
                 param=f"tools[{i}].type",
                 code="unsupported_value",
             )
-        try:
-            tools.append(_with_strict(_TOOL.validate_python(tool, strict=True)))
-        except ValidationError:
-            if tool["type"] in ("function", "custom", "namespace"):
-                # Tools we do run must be well-formed; report the precise problem.
-                _validate(_TOOL, tool, f"tools[{i}]", strict=True)
+        if typed is None:
             unsupported.append(tool)
+        else:
+            tools.append(typed)
+    _check_builtin_names(tools)
     return {"tools": tools, "unsupported_tools": unsupported}
+
+
+def _check_builtin_names(tools: list[Any]) -> None:
+    """A built-in tool is shown to the model as a function named after its type
+    (:mod:`.builtins`): a function or custom tool of that name beside it, or the same built-in
+    twice, would be two tools the model cannot tell apart."""
+    seen: dict[str, int] = {}
+    for i, tool in enumerate(tools):
+        if tool.type in builtins.BUILTINS and is_offered(tool):
+            if tool.type in seen:
+                raise invalid_request(
+                    f"Invalid 'tools[{i}]': a '{tool.type}' tool is already in 'tools' (tools[{seen[tool.type]}]).",
+                    param=f"tools[{i}]",
+                )
+            seen[tool.type] = i
+    for i, tool in enumerate(tools):
+        if tool.type in ("function", "custom") and tool.name in seen:
+            raise invalid_request(
+                f"Invalid 'tools[{i}].name': '{tool.name}' is the name this server gives the built-in "
+                f"'{tool.name}' tool (tools[{seen[tool.name]}]) when it offers it to the model. Rename the "
+                f"{tool.type} tool, or leave out one of the two.",
+                param=f"tools[{i}].name",
+            )
 
 
 # Tool types already warned about in this process (a type the ``openai`` package does not
@@ -624,11 +662,12 @@ def _check_tool_choice(tool_choice: Any, tools: list[Any]) -> None:
     also inside namespaces); hosted tools never run here, so choosing one cannot be honoured."""
     if tool_choice is None or tool_choice in ("auto", "none"):
         return
-    offered = chat_tools(tools)
+    offered = chat_tools(tools, include_deferred=True)
     if tool_choice == "required":
         if not offered.tools:
             raise invalid_request(
-                "Invalid 'tool_choice': 'required' needs at least one function or custom tool in 'tools'.",
+                "Invalid 'tool_choice': 'required' needs at least one tool the model is offered in 'tools' "
+                "(a function, custom or built-in tool).",
                 param="tool_choice",
             )
         return
@@ -640,6 +679,9 @@ def _check_tool_choice(tool_choice: Any, tools: list[Any]) -> None:
             raise invalid_request(
                 f"Invalid 'tool_choice': no {kind} tool named '{tool_choice['name']}' in 'tools'.", param="tool_choice"
             )
+    elif kind in ("shell", "apply_patch"):
+        if kind not in offered.targets:
+            raise invalid_request(f"Invalid 'tool_choice': no '{kind}' tool in 'tools'.", param="tool_choice")
     else:
         raise invalid_request(
             f"tool_choice of type '{kind}' is not supported.", param="tool_choice", code="unsupported_value"
