@@ -92,14 +92,15 @@ class Plan:
         try:
             async for delta in answer:
                 if isinstance(delta, Finish):
-                    yield Finish(delta.reason, _added(summary_usage, delta.usage))
+                    yield Finish(delta.reason, added(summary_usage, delta.usage))
                 elif not isinstance(delta, Started):
                     yield delta
         finally:
             await answer.aclose()
 
 
-def _added(a: Usage, b: Usage) -> Usage:
+def added(a: Usage, b: Usage) -> Usage:
+    """The usage of two passes of one response, added up."""
     return Usage(
         a.input_tokens + b.input_tokens,
         a.output_tokens + b.output_tokens,

@@ -61,6 +61,7 @@ from .late_writes import LateWrites
 from .owners import OwnerWatch
 from .records import Records, store_call
 from .run import Run, not_generated
+from .tool_loop import ToolLoop, runs_server_tools
 from .upkeep import Keeper
 
 logger = get_logger(__name__)
@@ -182,6 +183,15 @@ class ResponsesService:
         prepared = await compaction.plan(self.engine, self.sealer, request, context.model_items)
         response = initial_response(request, new_id("resp"), int(time.time()), request.model, prepared.sampling)
         stream = ResponseStream(response, self._options(request), clock=lambda: int(time.time()))
+        if runs_server_tools(request):
+            prepared = ToolLoop(
+                self.engine,
+                request,
+                context.model_items,
+                prepared,
+                lambda: stream.response.output,
+                lambda items: compaction.window(items, self.sealer),
+            )
         record = self._record(request, response, context) if request.store else None
         if request.background:
             assert record is not None  # protocol refuses background without store
@@ -221,7 +231,9 @@ class ResponsesService:
         if record is not None:
             await store_call(self.store.create_response(record))
 
-    def _background_run(self, stream: ResponseStream, prepared: compaction.Plan | compaction.Direct) -> Run:
+    def _background_run(
+        self, stream: ResponseStream, prepared: "compaction.Plan | compaction.Direct | ToolLoop"
+    ) -> Run:
         """A :class:`Run` for a background response: the engine's checks on submission
         happen inside it (and end it ``failed``); its owner persists it."""
         return Run(stream, prepared.deltas(stream.response.id), transport="background")

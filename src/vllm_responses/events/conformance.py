@@ -16,7 +16,13 @@ Use it on parsed events (``check_events(list_of_dicts)``) or on a captured SSE b
 - exactly one terminal event (``completed``, ``incomplete`` or ``failed``), last, whose
   ``response.output`` equals the items streamed; ``error`` only right before ``failed``;
   ``incomplete`` also ends a cancelled response (status ``cancelled``);
-- function calls carry a ``call_id`` and string ``arguments``; reasoning items a ``summary``.
+- function calls carry a ``call_id`` and string ``arguments``; reasoning items a ``summary``;
+- built-in tool calls (``shell_call``, ``local_shell_call``, ``apply_patch_call``,
+  ``tool_search_call``) get no argument or input events; a ``shell_call``'s commands stream as
+  ``shell_call_command.added`` / ``delta`` / ``done`` (by ``output_index`` and
+  ``command_index``, counting up from 0, each command done before the next is added), and the
+  done commands are the item's ``action.commands``; every call but a tool search carries a
+  ``call_id``.
 """
 
 import sys
@@ -180,7 +186,7 @@ class _Checker:
     def item_shape(self, i: int, e: dict[str, Any], item: dict[str, Any]) -> None:
         if not item.get("id"):
             self.fail(i, e, "item without id")
-        if item.get("type") in ("function_call", "custom_tool_call") and not item.get("call_id"):
+        if item.get("type") in _NEEDS_CALL_ID and not item.get("call_id"):
             self.fail(i, e, "tool call item without call_id")
         if item.get("type") == "function_call" and not isinstance(item.get("arguments"), str):
             self.fail(i, e, "function_call arguments must be a string")
@@ -214,6 +220,14 @@ class _Checker:
             self.fail(i, e, "function_call arguments differ from function_call_arguments.done")
         elif kind == "custom_tool_call" and o["input"] is not None and item.get("input") != o["input"]["done"]:
             self.fail(i, e, "custom_tool_call input differs from custom_tool_call_input.done")
+        elif kind == "shell_call":
+            commands = o.get("commands") or []
+            if [c["done"] for c in commands] != (item.get("action") or {}).get("commands"):
+                self.fail(i, e, "shell_call action.commands differ from the shell_call_command.done commands")
+        if o.get("commands") and kind != "shell_call":
+            self.fail(i, e, f"shell_call_command events for a {kind} item")
+        if kind in _BUILTIN_CALLS and (o["args"] is not None or o["input"] is not None):
+            self.fail(i, e, f"argument or input events for a {kind} item")
         for name, acc in (("arguments", o["args"]), ("input", o["input"])):
             if acc is not None and acc["done"] is None:
                 self.fail(i, e, f"{name} streamed without a done event")
@@ -226,6 +240,9 @@ class _Checker:
         o = self.open
         if o is None or e.get("output_index") != o["index"]:
             self.fail(i, e, f"content event for output_index {e.get('output_index')}, which is not the open item")
+            return
+        if kind.startswith("response.shell_call_command."):
+            self.command(i, e, o)
             return
         if e.get("item_id") != o["item"].get("id"):
             self.fail(i, e, f"item_id {e.get('item_id')} != open item's id {o['item'].get('id')}")
@@ -278,6 +295,31 @@ class _Checker:
             acc["done"] = e.get(field)
             if acc["text"] and acc["text"] != acc["done"]:
                 self.fail(i, e, f"{field} deltas do not concatenate to the done {field}")
+
+    def command(self, i: int, e: dict[str, Any], o: dict[str, Any]) -> None:
+        """A ``shell_call_command`` event (no ``item_id``: the open item at ``output_index``)."""
+        kind, ci = e["type"], e.get("command_index")
+        commands = o.setdefault("commands", [])
+        if kind == "response.shell_call_command.added":
+            if ci != len(commands) or (commands and commands[-1]["done"] is None):
+                self.fail(i, e, f"command_index {ci} added out of order")
+                return
+            commands.append({"text": e.get("command") or "", "done": None})
+            return
+        if not commands or ci != len(commands) - 1 or commands[-1]["done"] is not None:
+            self.fail(i, e, f"{kind} for command_index {ci}, which is not the open command")
+            return
+        if kind == "response.shell_call_command.delta":
+            commands[-1]["text"] += e.get("delta", "")
+        else:
+            commands[-1]["done"] = e.get("command")
+            if commands[-1]["text"] != e.get("command"):
+                self.fail(i, e, "shell command deltas do not concatenate to the done command")
+
+
+# Items that answer nothing without their call id (a tool search's is optional), and the built-in calls.
+_NEEDS_CALL_ID = frozenset({"function_call", "custom_tool_call", "shell_call", "local_shell_call", "apply_patch_call"})
+_BUILTIN_CALLS = frozenset({"shell_call", "local_shell_call", "apply_patch_call", "tool_search_call"})
 
 
 def main(argv: Iterable[str] | None = None) -> int:

@@ -9,7 +9,8 @@ disagree, the wire follows OpenAI; :data:`DIVERGENCES` lists each case, and only
 cases are left out of the check:
 
 - types the specification does not define are OpenAI's extensions to it: custom and
-  namespaced tools and their calls, hosted tool types in ``tools``, and the events
+  namespaced tools and their calls, built-in and hosted tool types in ``tools`` and their
+  items, ``response.shell_call_command.*``, and the events
   ``response.reasoning_text.*`` (the specification names them ``response.reasoning.*``)
   and ``response.custom_tool_call_input.*``;
 - ``text.format.schema`` of a ``json_schema`` format: openresponses-types 2.4 types it
