@@ -348,3 +348,53 @@ async def test_a_search_beside_a_client_call_is_answered_then_the_response_ends(
     assert [i["type"] for i in r.json()["output"]] == ["tool_search_call", "shell_call", "tool_search_output"]
     assert len(engine.offered) == 1
 
+
+
+REPLAYED = [
+    {"type": "message", "role": "user", "content": "run the tests"},
+    {"type": "shell_call", "call_id": "s1", "action": {"commands": ["pytest -q"]}, "status": "completed"},
+    {"type": "shell_call_output", "call_id": "s1",
+     "output": [{"stdout": "3 passed\n", "stderr": "", "outcome": {"type": "exit", "exit_code": 0}}]},
+    {"type": "apply_patch_call", "call_id": "p1", "status": "completed",
+     "operation": {"type": "create_file", "path": "a.txt", "diff": "+hi\n"}},
+    {"type": "apply_patch_call_output", "call_id": "p1", "status": "completed"},
+    {"type": "local_shell_call", "id": "lsh_1", "call_id": "l1", "status": "completed",
+     "action": {"type": "exec", "command": ["ls"], "env": {}}},
+    {"type": "local_shell_call_output", "id": "l1", "output": "a.txt\n"},
+    {"type": "tool_search_call", "call_id": "t1", "arguments": {"query": "weather"}, "execution": "client"},
+    {"type": "tool_search_output", "call_id": "t1", "execution": "client", "tools": [WEATHER]},
+]
+TOOLS = [SHELL, {"type": "apply_patch"}, {"type": "local_shell"}, {"type": "tool_search", "execution": "client"}]
+
+
+@pytest.mark.anyio
+async def test_outputs_are_stored_listed_replayed_and_counted():
+    from openai.types.responses import ResponseItem
+
+    engine = PassesEngine([ANSWER_PASS])
+    app = make_app(engine)
+    r = await post(app, {"model": "demo", "input": REPLAYED, "tools": TOOLS})
+    assert r.status_code == 200, r.text
+    first = r.json()["id"]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        listed = (await client.get(f"/v1/responses/{first}/input_items?order=asc")).json()["data"]
+        counted = await client.post("/v1/responses/input_tokens", json={"model": "demo", "input": REPLAYED, "tools": TOOLS})
+    assert [i["type"] for i in listed] == [i["type"] for i in REPLAYED]
+    for item in listed:
+        TypeAdapter(ResponseItem).validate_python(item)
+        assert item["id"]
+    assert counted.status_code == 200 and counted.json()["input_tokens"] == len(REPLAYED)
+    # Replayed through previous_response_id: the model sees every item again, typed, then loaded tools offered.
+    r = await post(app, {"model": "demo", "input": "go on", "previous_response_id": first, "tools": TOOLS})
+    assert r.status_code == 200, r.text
+    seen = [getattr(i, "type", None) or "message" for i in engine.contexts[-1]]
+    assert seen == [i["type"] for i in REPLAYED] + ["message", "message"]
+    assert "get_weather" in engine.offered[-1]  # the client's tool_search_output loaded it
+
+
+@pytest.mark.anyio
+async def test_an_output_without_its_call_is_refused():
+    r = await post(make_app(PassesEngine([ANSWER_PASS])), {"model": "demo", "input": [
+        {"type": "message", "role": "user", "content": "x"},
+        {"type": "shell_call_output", "call_id": "nope", "output": []}], "tools": TOOLS})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input[1].call_id"

@@ -22,6 +22,14 @@ _PREFIX = {
     "custom_tool_call_output": "ctco",
     "reasoning": "rs",
     "compaction": "cmp",
+    "shell_call": "sh",
+    "shell_call_output": "sho",
+    "local_shell_call": "lsh",
+    "apply_patch_call": "apc",
+    "apply_patch_call_output": "apco",
+    "tool_search_call": "ts",
+    "tool_search_output": "tso",
+    "additional_tools": "at",
 }
 
 
