@@ -79,6 +79,22 @@ class ItemDelta:
 
 
 @dataclass(slots=True)
+class HostedStart:
+    """A tool the server runs begins (``mcp_list_tools``, ``mcp_call``, ``web_search_call``,
+    ``code_interpreter_call``): its item opens, ``in_progress``, with the events that announce it
+    (an MCP call's arguments, the code to run). ``item``: its JSON; stays open until :class:`HostedEnd`."""
+
+    item: dict[str, Any]
+
+
+@dataclass(slots=True)
+class HostedEnd:
+    """The open hosted item ends: ``item`` is its final JSON (``status`` ``completed`` or ``failed``)."""
+
+    item: dict[str, Any]
+
+
+@dataclass(slots=True)
 class PassEnd:
     """One model pass of a response ended and another may follow (:mod:`..core.tool_loop`): the
     open item closes ``completed``, as it would at the end of the response."""
@@ -117,7 +133,9 @@ class Started:
     """The engine accepted the request (its checks on submission passed): events may begin."""
 
 
-Delta: TypeAlias = ReasoningDelta | TextDelta | ToolCallDelta | CompactionDelta | ItemDelta | PassEnd
+Delta: TypeAlias = (
+    ReasoningDelta | TextDelta | ToolCallDelta | CompactionDelta | ItemDelta | HostedStart | HostedEnd | PassEnd
+)
 
 
 class EngineFailure(Exception):

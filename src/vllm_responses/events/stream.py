@@ -84,6 +84,8 @@ from .deltas import (
     CompactionDelta,
     Delta,
     Finish,
+    HostedEnd,
+    HostedStart,
     ItemDelta,
     PassEnd,
     ReasoningDelta,
@@ -502,6 +504,75 @@ class _BuiltinCall(_ToolCall):
 _ITEM_ADAPTER: TypeAdapter[Any] = TypeAdapter(ResponseOutputItem)
 
 
+class _Hosted(_Item):
+    """An item of a tool the server runs, open while it runs (:class:`~.deltas.HostedStart` to
+    :class:`~.deltas.HostedEnd`), with the events OpenAI sends for its type (:data:`_HOSTED`)."""
+
+    def __init__(self, stream: "ResponseStream", output_index: int, item: dict[str, Any]) -> None:
+        super().__init__(stream, output_index, item["id"])
+        self.item = item
+
+    def _event(self, kind: str, **fields: Any) -> Event:
+        data = {"type": kind, "sequence_number": self.s.seq(), "item_id": self.id, "output_index": self.output_index}
+        return _EVENT_ADAPTER.validate_python(data | fields)
+
+    def open(self) -> list[Event]:
+        recipe = _HOSTED[self.item["type"]]
+        events: list[Event] = [self.s.item_added(self.output_index, _ITEM_ADAPTER.validate_python(self.item))]
+        events += [self._event(kind) for kind in recipe.started]
+        if recipe.argument is not None:  # the arguments or code, whole: the model wrote them before the call ran
+            field, delta_kind, done_kind = recipe.argument
+            text = self.item.get(field) or ""
+            events += [self._event(delta_kind, delta=text), self._event(done_kind, **{field: text})]
+            events += [self._event(kind) for kind in recipe.running]
+        return events
+
+    def end(self, item: dict[str, Any]) -> list[Event]:
+        recipe = _HOSTED[self.item["type"]]
+        self.item = {**self.item, **item}
+        kind = recipe.failed if self.item.get("status") == "failed" else recipe.completed
+        return [self._event(kind)]
+
+    def close(self, status: ItemStatus) -> tuple[list[Event], Any]:
+        if self.item.get("status") in (None, "in_progress", "calling", "searching", "interpreting"):
+            self.item = {**self.item, "status": status}  # stopped while it ran (a cancel, the client leaving)
+        return [], _ITEM_ADAPTER.validate_python(self.item)
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    started: tuple[str, ...]
+    completed: str
+    failed: str
+    argument: tuple[str, str, str] | None = None  # (item field, its delta event, its done event)
+    running: tuple[str, ...] = ()
+
+
+_HOSTED = {
+    "mcp_list_tools": _Recipe(
+        ("response.mcp_list_tools.in_progress",), "response.mcp_list_tools.completed", "response.mcp_list_tools.failed"
+    ),
+    "mcp_call": _Recipe(
+        ("response.mcp_call.in_progress",),
+        "response.mcp_call.completed",
+        "response.mcp_call.failed",
+        ("arguments", "response.mcp_call_arguments.delta", "response.mcp_call_arguments.done"),
+    ),
+    "web_search_call": _Recipe(
+        ("response.web_search_call.in_progress", "response.web_search_call.searching"),
+        "response.web_search_call.completed",
+        "response.web_search_call.completed",  # no failed event exists: the item's status says it
+    ),
+    "code_interpreter_call": _Recipe(
+        ("response.code_interpreter_call.in_progress",),
+        "response.code_interpreter_call.completed",
+        "response.code_interpreter_call.completed",
+        ("code", "response.code_interpreter_call_code.delta", "response.code_interpreter_call_code.done"),
+        ("response.code_interpreter_call.interpreting",),
+    ),
+}
+
+
 def error_event(sequence_number: int, code: str, message: str) -> ResponseErrorEvent:
     """The stream's ``error`` event (its fields at the top level, as openai's type has them)."""
     return ResponseErrorEvent.model_construct(
@@ -607,6 +678,15 @@ class ResponseStream:
             return self._whole(_ITEM_ADAPTER.validate_python(delta.item))
         if isinstance(delta, PassEnd):
             return self._close_open("completed")
+        if isinstance(delta, HostedStart):
+            events = self._close_open("completed")
+            hosted = _Hosted(self, len(self.response.output), delta.item)
+            self._open = hosted
+            return events + hosted.open()
+        if isinstance(delta, HostedEnd):
+            if not isinstance(self._open, _Hosted):
+                return []
+            return self._open.end(delta.item) + self._close_open("completed")
         return self._feed_call(delta)
 
     def _feed_text(self, delta: TextDelta | ReasoningDelta, kind: type[_Message] | type[_Reasoning]) -> list[Event]:
