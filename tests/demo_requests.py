@@ -4,7 +4,7 @@ Triggers and scripts come from ``vllm_responses.demo_model.scenarios`` (the one 
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from vllm_responses.demo_model.scenarios import expected_content, expected_reasoning, expected_tool_calls, family_of
@@ -33,6 +33,82 @@ HOSTED_TOOLS = [
 ]
 
 
+# The built-in tools a client runs (issue 22), as clients send them, and the plain function
+# each is offered to the model as (the fixed names and argument schemas of the contract).
+SHELL_TOOL = {"type": "shell", "environment": {"type": "local"}}
+BUILTIN_AS_FUNCTIONS = {
+    "shell": {
+        "type": "function",
+        "name": "shell",
+        "description": "Run shell commands.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "commands": {"type": "array", "items": {"type": "string"}},
+                "timeout_ms": {"type": "integer"},
+                "max_output_length": {"type": "integer"},
+            },
+            "required": ["commands"],
+        },
+    },
+    "local_shell": {
+        "type": "function",
+        "name": "local_shell",
+        "description": "Run a command on the local machine.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "command": {"type": "array", "items": {"type": "string"}},
+                "timeout_ms": {"type": "integer"},
+                "working_directory": {"type": "string"},
+                "env": {"type": "object", "additionalProperties": {"type": "string"}},
+                "user": {"type": "string"},
+            },
+            "required": ["command"],
+        },
+    },
+    "apply_patch": {
+        "type": "function",
+        "name": "apply_patch",
+        "description": "Create, update or delete a file with a V4A diff.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "operation": {
+                    "type": "object",
+                    "properties": {
+                        "type": {"type": "string", "enum": ["create_file", "update_file", "delete_file"]},
+                        "path": {"type": "string"},
+                        "diff": {"type": "string"},
+                    },
+                    "required": ["type", "path"],
+                }
+            },
+            "required": ["operation"],
+        },
+    },
+    "tool_search": {
+        "type": "function",
+        "name": "tool_search",
+        "description": "Search the tools that are not loaded yet.",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+    },
+}
+
+#: Scenarios in which the model calls a built-in tool (the Case offers it by its built-in type).
+BUILTIN_SCENARIOS = frozenset({"shell_tests", "create_file", "update_file", "local_shell_call", "tool_search"})
+#: Whether the server offers built-in tools to the model and returns their typed items (issue
+#: 22). Until then tests skip the built-in Cases ("needs issue 22 server support"); the same
+#: scenarios are checked with plain function tools of the same names (``as_plain_functions``).
+BUILTIN_SERVER_SUPPORT = False
+NEEDS_BUILTIN_SUPPORT = "needs issue 22 server support"
+
+
+def needs_builtin_support(scenario: str) -> bool:
+    """Whether a Case cannot pass on this server yet (skip it with NEEDS_BUILTIN_SUPPORT)."""
+    return scenario in BUILTIN_SCENARIOS and not BUILTIN_SERVER_SUPPORT
+
+
 @dataclass(frozen=True)
 class Case:
     scenario: str
@@ -40,6 +116,7 @@ class Case:
     max_output_tokens: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     family: str | None = None  # the demo model's family (default: qwen3 + hermes)
+    call_kind: str = "function_call"  # the output item type of the scenario's calls
 
     def request(self, **overrides: Any) -> dict[str, Any]:
         body = {"model": "demo", **self.body, **overrides}
@@ -67,6 +144,13 @@ class Case:
     @property
     def incomplete(self) -> bool:
         return family_of(self.family).scenario(self.scenario).endless
+
+    def as_plain_functions(self) -> "Case":
+        """The same request with each built-in tool replaced by the plain function of the same
+        name and schema: the model's call comes back as a ``function_call``."""
+        tools = [BUILTIN_AS_FUNCTIONS.get(t["type"], t) for t in self.body.get("tools", [])]
+        tools = [t for t in tools if not t.get("defer_loading")]
+        return replace(self, body={**self.body, "tools": tools}, call_kind="function_call")
 
 
 APPLY_PATCH_TOOL = {
@@ -106,29 +190,37 @@ CASES = {
         Case("two_calls", {"input": "What is the weather in Paris and London?", "tools": [WEATHER_TOOL]}),
         Case("exec_command", {"input": "Please list files in this folder.", "tools": [EXEC_TOOL]}),
         Case("after_tool", {"input": AFTER_TOOL_INPUT, "tools": [WEATHER_TOOL]}),
-        Case("apply_patch", {"input": "Please apply a patch.", "tools": [APPLY_PATCH_TOOL, {"type": "web_search"}]}),
+        Case("apply_patch", {"input": "Please apply a patch.", "tools": [APPLY_PATCH_TOOL, {"type": "web_search"}]}, call_kind="custom_tool_call"),
         Case("namespace_call", {"input": "Who is customer 42?", "tools": [CRM_NAMESPACE, {"type": "tool_search"}]}),
         # Real between-item shapes: `</think>\n\n<tool_call>`, text before a call, a newline after it.
         Case("think_then_call", {"input": "Forecast for Oslo?", "tools": [WEATHER_TOOL]}),
         Case("text_then_call", {"input": "Do I need an umbrella in Bergen?", "tools": [WEATHER_TOOL]}),
         Case("call_then_newline", {"input": "Rain in Stockholm tomorrow?", "tools": [WEATHER_TOOL]}),
+        # Built-in tools the client runs, offered by their built-in types (issue 22).
+        Case("shell_tests", {"input": "Please run the tests.", "tools": [SHELL_TOOL]}, call_kind="shell_call"),
+        Case("create_file", {"input": "Please create a file with my shopping list.", "tools": [{"type": "apply_patch"}]}, call_kind="apply_patch_call"),
+        Case("update_file", {"input": "Now update the file: pears, not apples.", "tools": [{"type": "apply_patch"}]}, call_kind="apply_patch_call"),
+        Case("local_shell_call", {"input": "Please list the directory.", "tools": [{"type": "local_shell"}]}, call_kind="local_shell_call"),
+        Case("tool_search", {"input": "Please find the weather tool.", "tools": [{"type": "tool_search"}, {**WEATHER_TOOL, "defer_loading": True}]}, call_kind="tool_search_call"),
     ]
 }
+
+#: Output item types of a model's tool calls.
+CALL_KINDS = ("function_call", "custom_tool_call", "shell_call", "local_shell_call", "apply_patch_call", "tool_search_call")
 
 
 def check_output(case: Case, output: list[dict[str, Any]]) -> None:
     """The final ``output`` items hold exactly the scenario's script."""
     kinds = [item["type"] for item in output]
-    call_kind = "custom_tool_call" if case.scenario == "apply_patch" else "function_call"
     expected_kinds = (
         (["reasoning"] if case.reasoning else [])
         + (["message"] if case.content is not None else [])
-        + [call_kind] * len(case.tool_calls)
+        + [case.call_kind] * len(case.tool_calls)
     )
     assert kinds == expected_kinds, (kinds, output)
     if case.reasoning:
         assert output[0]["content"] == [{"type": "reasoning_text", "text": case.reasoning}]
-    calls = [item for item in output if item["type"] in ("function_call", "custom_tool_call")]
+    calls = [item for item in output if item["type"] in CALL_KINDS]
     assert [_as_chat_call(c) for c in calls] == case.tool_calls
     assert len({c["call_id"] for c in calls}) == len(calls)
     assert all(c["status"] == "completed" for c in calls)
@@ -139,8 +231,21 @@ def check_output(case: Case, output: list[dict[str, Any]]) -> None:
 
 
 def _as_chat_call(item: dict[str, Any]) -> dict[str, Any]:
-    """A Responses call item as the flat chat call the demo model scripts."""
-    if item["type"] == "custom_tool_call":
+    """A Responses call item as the flat chat call the demo model scripts (a built-in tool's
+    typed item as the function call the model wrote: its fixed name and arguments)."""
+    kind = item["type"]
+    if kind == "custom_tool_call":
         return {"name": item["name"], "arguments": {"input": item["input"]}}
+    if kind == "shell_call":
+        action = item["action"]
+        extra = {k: action[k] for k in ("timeout_ms", "max_output_length") if action.get(k) is not None}
+        return {"name": "shell", "arguments": {"commands": action["commands"], **extra}}
+    if kind == "local_shell_call":
+        action = {k: v for k, v in item["action"].items() if k != "type" and v not in (None, {})}
+        return {"name": "local_shell", "arguments": action}
+    if kind == "apply_patch_call":
+        return {"name": "apply_patch", "arguments": {"operation": item["operation"]}}
+    if kind == "tool_search_call":
+        return {"name": "tool_search", "arguments": item["arguments"]}
     name = f"{item['namespace']}__{item['name']}" if item.get("namespace") else item["name"]
     return {"name": name, "arguments": json.loads(item["arguments"])}

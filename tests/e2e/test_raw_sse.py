@@ -6,7 +6,7 @@ import uuid
 import httpx
 import pytest
 
-from demo_requests import CASES, check_output
+from demo_requests import BUILTIN_SCENARIOS, CASES, NEEDS_BUILTIN_SUPPORT, check_output, needs_builtin_support
 from probes import RawClient, captured_request, wait_engine_idle, wait_until
 from server import Server
 from vllm_responses.events.conformance import assert_conforms, parse_sse
@@ -29,6 +29,8 @@ def stream(base_url: str, body: dict) -> tuple[httpx.Response, list[dict]]:
 
 @pytest.mark.parametrize("scenario", list(CASES))
 def test_scenario_stream(base_url: str, scenario: str) -> None:
+    if needs_builtin_support(scenario):
+        pytest.skip(NEEDS_BUILTIN_SUPPORT)
     case = CASES[scenario]
     response, events = stream(base_url, case.request())
     assert response.headers[VERSION_HEADER]
@@ -40,6 +42,19 @@ def test_scenario_stream(base_url: str, scenario: str) -> None:
     assert usage["input_tokens"] > 0 and usage["output_tokens"] > 0
     if case.reasoning:
         assert usage["output_tokens_details"]["reasoning_tokens"] > 0
+
+
+@pytest.mark.parametrize("scenario", sorted(BUILTIN_SCENARIOS))
+def test_builtin_scenario_as_plain_function(base_url: str, scenario: str) -> None:
+    """The demo model's built-in tool scenarios, offered as plain functions of the same names
+    and schemas, play exactly their scripted call (``function_call``) through the real server."""
+    case = CASES[scenario].as_plain_functions()
+    _, events = stream(base_url, case.request())
+    assert_conforms(events)
+    assert events[-1]["type"] == "response.completed"
+    check_output(case, events[-1]["response"]["output"])
+    done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert [json.loads(e["arguments"]) for e in done] == [c["arguments"] for c in case.tool_calls]
 
 
 @pytest.mark.parametrize("scenario", ["default", "weather_call", "endless"])

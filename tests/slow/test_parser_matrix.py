@@ -7,7 +7,10 @@ one server with the users' command and that family's parser flags (``tests/serve
 through the openai SDK (strict): no tool or reasoning markup in ``output_text`` deltas or
 the final text, reasoning as ``reasoning_text``, tool calls whole with their exact
 arguments (``function_call_arguments.done``, ``custom_tool_call_input.done`` and the output
-item), no whitespace-only items, and every stream the server sent conforms.
+item), no whitespace-only items, and every stream the server sent conforms. The built-in
+tool scenarios (``demo_requests.BUILTIN_SCENARIOS``) run twice: with plain functions of the
+built-ins' names and schemas, and offered by their built-in types (typed call items; skipped
+until the server supports them, ``demo_requests.BUILTIN_SERVER_SUPPORT``).
 
 DeepSeek's server runs with ``--stream-interval 3``: each delta then holds several tokens,
 which vLLM's ``deepseek_v3`` streaming parser mishandles (it drops arguments: the server
@@ -30,7 +33,16 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from demo_requests import CASES, EXEC_TOOL, WEATHER_TOOL, Case, check_output
+from demo_requests import (
+    BUILTIN_SCENARIOS,
+    BUILTIN_SERVER_SUPPORT,
+    CASES,
+    EXEC_TOOL,
+    NEEDS_BUILTIN_SUPPORT,
+    WEATHER_TOOL,
+    Case,
+    check_output,
+)
 from sdk import sdk
 from server import Server, others_paused
 from vllm_responses.events.conformance import assert_conforms, check_events, parse_sse
@@ -158,6 +170,25 @@ def check_stream(c: Case, events: list[dict], output: list[dict] | None = None) 
             assert item["content"][0]["text"].strip(), (what, item)
 
 
+@pytest.mark.skipif(not BUILTIN_SERVER_SUPPORT, reason=NEEDS_BUILTIN_SUPPORT)
+def test_builtin_scenarios_stream_clean(family: tuple[sc.Family, str]) -> None:
+    """Each built-in tool (shell, local_shell, apply_patch, tool_search) offered by its
+    built-in type: the family's call comes back as the typed item."""
+    f, base_url = family
+    for name in builtin_scenarios(f):
+        c = case(f, name)
+        check_stream(c, stream(base_url, c.request()))
+
+
+def test_builtin_scenarios_as_plain_functions(family: tuple[sc.Family, str]) -> None:
+    """The same scenarios with plain functions of the built-ins' names and schemas: the
+    family's parsers return exactly the scripted call (arrays and nested objects included)."""
+    f, base_url = family
+    for name in builtin_scenarios(f):
+        c = case(f, name).as_plain_functions()
+        check_stream(c, stream(base_url, c.request()))
+
+
 @dataclass(frozen=True)
 class LossyCase(Case):
     """A case whose message lost its end to the parser: it holds ``seen``."""
@@ -169,9 +200,18 @@ class LossyCase(Case):
         return self.seen
 
 
+def builtin_scenarios(f: sc.Family) -> list[str]:
+    """The built-in tool scenarios the family plays (every family plays them all)."""
+    names = [s.name for s in f.scenarios if s.name in BUILTIN_SCENARIOS]
+    assert set(names) == BUILTIN_SCENARIOS, f.name
+    return names
+
+
 def test_every_scenario_streams_clean(family: tuple[sc.Family, str]) -> None:
     f, base_url = family
     for s in f.scenarios:
+        if s.name in BUILTIN_SCENARIOS:
+            continue  # test_builtin_scenarios_stream_clean
         c = case(f, s.name)
         events = stream(base_url, c.request())
         if f.name == "deepseek_r1" and s.name == "text_then_call":

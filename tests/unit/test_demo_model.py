@@ -19,6 +19,7 @@ import torch
 import transformers
 
 import vllm_responses.demo_model.build as demo_build
+from demo_requests import BUILTIN_AS_FUNCTIONS, BUILTIN_SCENARIOS
 from vllm_responses.demo_model import scenarios as sc
 from vllm_responses.demo_model.template import chat_template
 
@@ -73,6 +74,8 @@ ALL_TOOLS = [
     _fn("get_weather", {"type": "object", "properties": {"city": {"type": "string"}}}),
     _fn("apply_patch", {"type": "object", "properties": {"input": {"type": "string"}}}),
     _fn("crm__lookup_customer", {"type": "object", "properties": {"customer_id": {"type": "string"}}}),
+    # The built-in tools, as the server offers them to the model (issue 22).
+    *({"type": "function", "function": {k: v for k, v in f.items() if k != "type"}} for f in BUILTIN_AS_FUNCTIONS.values() if f["name"] != "apply_patch"),
 ]
 
 TOOL_TURN = [
@@ -102,6 +105,11 @@ PROMPTS = {
     "think_then_call": [{"role": "user", "content": "Forecast for Oslo?"}],
     "text_then_call": [{"role": "user", "content": "Do I need an umbrella in Bergen?"}],
     "call_then_newline": [{"role": "user", "content": "Rain in Stockholm tomorrow?"}],
+    "shell_tests": [{"role": "user", "content": "Please Run The Tests"}],
+    "create_file": [{"role": "user", "content": "Create a file with a shopping list"}],
+    "update_file": [{"role": "user", "content": "Now update the file"}],
+    "local_shell_call": [{"role": "user", "content": "List the directory please"}],
+    "tool_search": [{"role": "user", "content": "Find the weather tool"}],
     "endless": [{"role": "user", "content": "Talk forever"}],
     "json": [{"role": "user", "content": "Answer in JSON"}],
     "no_reasoning": [{"role": "user", "content": "Answer with no reasoning"}],
@@ -251,6 +259,37 @@ def test_raw_output_format():
         "Paris",
         "London",
     ]
+    # The built-in tools' calls, one each, in the contract's argument shapes.
+    assert sc.expected_tool_calls("shell_tests") == [{"name": "shell", "arguments": {"commands": ["echo tests passed", "pwd"]}}]
+    assert sc.expected_tool_calls("local_shell_call") == [{"name": "local_shell", "arguments": {"command": ["ls", "-a"]}}]
+    assert sc.expected_tool_calls("tool_search") == [{"name": "tool_search", "arguments": {"query": "weather"}}]
+    for name, op in (("create_file", "create_file"), ("update_file", "update_file")):
+        (call,) = sc.expected_tool_calls(name)
+        assert call["name"] == "apply_patch" and list(call["arguments"]) == ["operation"]
+        assert call["arguments"]["operation"]["type"] == op and call["arguments"]["operation"]["path"] == "notes.txt"
+
+
+def test_builtin_patch_scenarios_apply_with_the_agents_sdk():
+    """create_file's diff creates notes.txt and update_file's diff applies to what it created,
+    with the Agents SDK's own V4A implementation (what ApplyPatchTool editors call)."""
+    from agents.apply_diff import apply_diff
+
+    (create,) = sc.expected_tool_calls("create_file")
+    (update,) = sc.expected_tool_calls("update_file")
+    created = apply_diff("", create["arguments"]["operation"]["diff"], mode="create")
+    assert created == sc.NOTES_TEXT == "Shopping list\n- apples"
+    assert apply_diff(created, update["arguments"]["operation"]["diff"]) == sc.NOTES_UPDATED == "Shopping list\n- pears"
+
+
+def test_every_family_plays_the_builtin_scenarios():
+    """Every family's markup can write each built-in call (one call, no text before it), so
+    each plays all of them, ahead of the scenarios whose triggers could also match."""
+    for f in sc.FAMILIES.values():
+        names = [s.name for s in f.scenarios]
+        assert BUILTIN_SCENARIOS <= set(names), f.name
+        assert max(names.index(n) for n in BUILTIN_SCENARIOS) < min(names.index(n) for n in ("exec_command", "weather_call", "apply_patch"))
+        for name in BUILTIN_SCENARIOS:
+            assert len(sc.expected_tool_calls(name, f)) == 1 and sc.num_output_tokens(name, f) > 1
 
 
 def test_vllm_parsers_extract_scripts(tokenizer):
@@ -400,6 +439,16 @@ SELECTION_CASES = [
     ([{"role": "user", "content": "apply a Patch"}], [_fn("apply_patch")], "apply_patch"),
     ([{"role": "user", "content": "apply a patch"}], None, "default"),
     ([{"role": "user", "content": "json forever"}], None, "endless"),
+    # Built-in tools: each scenario needs its tool; none takes another's trigger.
+    ([{"role": "user", "content": "run the tests forever"}], ALL_TOOLS, "shell_tests"),
+    ([{"role": "user", "content": "run the tests"}], [_fn("exec_command"), _fn("local_shell")], "default"),
+    ([{"role": "user", "content": "create a file with a patch"}], [_fn("apply_patch")], "create_file"),
+    ([{"role": "user", "content": "update the file with a patch"}], [_fn("apply_patch")], "update_file"),
+    ([{"role": "user", "content": "create a file"}], [_fn("shell")], "default"),
+    ([{"role": "user", "content": "list the directory, list files"}], ALL_TOOLS, "local_shell_call"),
+    ([{"role": "user", "content": "list the directory"}], [_fn("shell")], "default"),
+    ([{"role": "user", "content": "find the weather tool in london"}], ALL_TOOLS, "tool_search"),
+    ([{"role": "user", "content": "find the weather tool"}], [_fn("get_weather")], "weather_call"),
     ([{"role": "user", "content": "Give me JSON"}], None, "json"),
     ([{"role": "user", "content": "json, no reasoning"}], None, "json"),
     ([{"role": "user", "content": "No Reasoning please"}], None, "no_reasoning"),
@@ -523,7 +572,7 @@ def test_docs_list_current_outputs():
 # --------------------------------------------------------------------------
 
 #: Tool scenarios whose script round-trips through the tokenizer.
-LOOP_SCENARIOS = ["weather_call", "exec_command", "apply_patch", "namespace_call"]
+LOOP_SCENARIOS = ["weather_call", "exec_command", "apply_patch", "namespace_call", *sorted(BUILTIN_SCENARIOS)]
 
 
 def _prompt_ids(tokenizer, messages, tools=ALL_TOOLS):
@@ -831,8 +880,8 @@ def test_variant_tool_loop_prompt_extends_previous_step(variant):
     the generated tokens (what the parsers returned, sent back as a client does). Each
     family plays the tool-loop scenarios it has (Llama 3 has no text before a call)."""
     family, built, tok, model = variant
-    names = [n for n in ("weather_call", "exec_command", "apply_patch", "namespace_call", "text_then_call") if n in family.by_name]
-    assert len(names) >= 4
+    names = [n for n in ("weather_call", "exec_command", "apply_patch", "namespace_call", "text_then_call", *sorted(BUILTIN_SCENARIOS)) if n in family.by_name]
+    assert len(names) >= 9
     for name in names:
         _check_tool_loop_prompt(family, built, tok, model, name)
 
@@ -893,6 +942,8 @@ def _through_layer(outdir, family, s, seed):
 
     tok, cls = _vllm_parser(outdir, family)
     offered = RESPONSES_TOOLS if (s.tool_calls or s.trigger.after_tool) else []
+    if s.name in BUILTIN_SCENARIOS:  # offered as the plain functions of their names and schemas
+        offered = list(BUILTIN_AS_FUNCTIONS.values())
     body = {"model": "demo", "input": "x", "tools": offered}
     tools = chat_tools(parse_request(json.dumps(body).encode()).tools or [])
     fields = {"model": "demo", "messages": [{"role": "user", "content": "x"}], "stream": True}
@@ -975,7 +1026,7 @@ def expected_items(s, family):
     if content and content.strip():
         items.append(("message", content))
     for c in sc.expected_tool_calls(s, family):
-        if c["name"] == "apply_patch":
+        if c["name"] == "apply_patch" and s.name not in BUILTIN_SCENARIOS:
             items.append(("custom_tool_call", "apply_patch", c["arguments"]["input"]))
         else:
             items.append(("function_call", c["name"], c["arguments"]))

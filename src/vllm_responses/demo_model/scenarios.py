@@ -187,6 +187,14 @@ def _tc(name: str, **arguments: Any) -> ToolCall:
 
 APPLY_PATCH_INPUT = "*** Begin Patch\n*** Add File: hello.txt\n+Hello, world!\n*** End Patch\n"
 
+#: V4A diffs of the built-in ``apply_patch`` scenarios: ``create_file`` writes
+#: NOTES_TEXT (``agents.apply_diff.apply_diff(.., mode="create")``), ``update_file``
+#: changes it into NOTES_UPDATED (default mode: a context line, a removal, an addition).
+NOTES_CREATE_DIFF = "+Shopping list\n+- apples\n"
+NOTES_TEXT = "Shopping list\n- apples"
+NOTES_UPDATE_DIFF = " Shopping list\n-- apples\n+- pears\n"
+NOTES_UPDATED = "Shopping list\n- pears"
+
 #: All scenarios, in precedence order (the first whose trigger matches wins).
 SCENARIO_LIST: tuple[Scenario, ...] = (
     Scenario(
@@ -194,6 +202,42 @@ SCENARIO_LIST: tuple[Scenario, ...] = (
         trigger=Trigger(after_tool=True),
         reasoning="",
         answer="The tool finished. Here is the result.",
+    ),
+    # The built-in tools a client runs (shell, local_shell, apply_patch, tool_search),
+    # offered to the model as functions with these names and argument schemas.
+    Scenario(
+        name="shell_tests",
+        trigger=Trigger(tool="shell", keywords=("run the tests",)),
+        reasoning="The user wants the test suite run. I will call shell with two commands.",
+        tool_calls=(_tc("shell", commands=["echo tests passed", "pwd"]),),
+    ),
+    Scenario(
+        name="create_file",
+        trigger=Trigger(tool="apply_patch", keywords=("create a file",)),
+        reasoning="The user wants a new file. I will create notes.txt with apply_patch.",
+        tool_calls=(
+            _tc("apply_patch", operation={"type": "create_file", "path": "notes.txt", "diff": NOTES_CREATE_DIFF}),
+        ),
+    ),
+    Scenario(
+        name="update_file",
+        trigger=Trigger(tool="apply_patch", keywords=("update the file",)),
+        reasoning="The user wants notes.txt changed. I will edit it with apply_patch.",
+        tool_calls=(
+            _tc("apply_patch", operation={"type": "update_file", "path": "notes.txt", "diff": NOTES_UPDATE_DIFF}),
+        ),
+    ),
+    Scenario(
+        name="local_shell_call",
+        trigger=Trigger(tool="local_shell", keywords=("list the directory",)),
+        reasoning="The user wants a directory listing. I will call local_shell.",
+        tool_calls=(_tc("local_shell", command=["ls", "-a"]),),
+    ),
+    Scenario(
+        name="tool_search",
+        trigger=Trigger(tool="tool_search", keywords=("find the weather tool",)),
+        reasoning="The user needs a tool that is not loaded yet. I will search for it.",
+        tool_calls=(_tc("tool_search", query="weather"),),
     ),
     Scenario(
         name="exec_command",
