@@ -100,7 +100,7 @@ BUILTIN_SCENARIOS = frozenset({"shell_tests", "create_file", "update_file", "loc
 #: Whether the server offers built-in tools to the model and returns their typed items (issue
 #: 22). Until then tests skip the built-in Cases ("needs issue 22 server support"); the same
 #: scenarios are checked with plain function tools of the same names (``as_plain_functions``).
-BUILTIN_SERVER_SUPPORT = False
+BUILTIN_SERVER_SUPPORT = True
 NEEDS_BUILTIN_SUPPORT = "needs issue 22 server support"
 
 
@@ -201,7 +201,8 @@ CASES = {
         Case("create_file", {"input": "Please create a file with my shopping list.", "tools": [{"type": "apply_patch"}]}, call_kind="apply_patch_call"),
         Case("update_file", {"input": "Now update the file: pears, not apples.", "tools": [{"type": "apply_patch"}]}, call_kind="apply_patch_call"),
         Case("local_shell_call", {"input": "Please list the directory.", "tools": [{"type": "local_shell"}]}, call_kind="local_shell_call"),
-        Case("tool_search", {"input": "Please find the weather tool.", "tools": [{"type": "tool_search"}, {**WEATHER_TOOL, "defer_loading": True}]}, call_kind="tool_search_call"),
+        # A client-run search ends the response with the call (a server-run one goes on: tests/e2e/test_builtin_tools.py).
+        Case("tool_search", {"input": "Please find the weather tool.", "tools": [{"type": "tool_search", "execution": "client"}, {**WEATHER_TOOL, "defer_loading": True}]}, call_kind="tool_search_call"),
     ]
 }
 

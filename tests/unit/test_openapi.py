@@ -152,8 +152,8 @@ async def test_items_sent_with_null_id_and_status(document: dict[str, Any]) -> N
     listed = (await _call(app, "GET", f"/v1/conversations/{created.json()['id']}/items?order=asc")).json()
     assert [(i["type"], i["id"][:3], i.get("status")) for i in listed["data"]] == [
         ("function_call", "fc_", "completed"),
-        ("shell_call", "ite", "completed"),
-        ("tool_search_call", "ite", "completed"),
+        ("shell_call", "sh_", "completed"),
+        ("tool_search_call", "ts_", "completed"),
         ("compaction_trigger", "ite", None),
     ]
     _validator(document, "ConversationItemList").validate(listed)
