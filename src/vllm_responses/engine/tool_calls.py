@@ -211,7 +211,11 @@ class ToolCallMapper:
             if call.decoder is not None:
                 arguments = call.decoder.feed(arguments)
             t = call.target
-            options = {"execution": t.execution, "environment": t.environment} if t.builtin else None
+            options = (
+                {"execution": t.execution, "environment": t.environment, "server_label": t.server_label}
+                if t.builtin
+                else None
+            )
             return out + [
                 ToolCallDelta(index, arguments, t.name, call.call_id, t.namespace, t.custom, t.builtin, options)
             ]

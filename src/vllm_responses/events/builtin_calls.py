@@ -116,7 +116,9 @@ def replayed_arguments(item: Any) -> tuple[str, str, str]:
                 args[key] = getattr(action, key)
         return call_id, "local_shell", _dumps(args)
     if kind == "apply_patch_call":
-        return call_id, "apply_patch", _dumps({"operation": _plain(item.operation)})
+        op = _plain(item.operation)  # in the order the schema asks for it (the prompt then extends the last one)
+        operation = {"type": op.get("type"), "path": op.get("path"), **({"diff": op["diff"]} if "diff" in op else {})}
+        return call_id, "apply_patch", _dumps({"operation": operation})
     if kind == "tool_search_call":
         return call_id, "tool_search", _dumps(_plain(item.arguments))
     raise ValueError(f"not a built-in call: {kind}")

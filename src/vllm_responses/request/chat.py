@@ -35,6 +35,7 @@ class ToolTarget:
     builtin: str | None = None
     execution: str | None = None
     environment: dict[str, Any] | None = field(default=None, compare=False, hash=False)
+    server_label: str | None = None  # an ``mcp`` tool's server (``builtin`` is then ``mcp``)
 
 
 def chat_name(name: str, namespace: str | None) -> str:
@@ -87,6 +88,17 @@ class ChatTools:
             environment=environment.model_dump(mode="json", exclude_none=True) if environment is not None else None,
         )
 
+    def add_mcp(self, label: str, tool: Any) -> None:
+        """A tool an ``mcp_list_tools`` item lists for the server ``label`` (the server runs its calls)."""
+        name = chat_name(tool.name, label)
+        if name in self.targets:
+            return
+        fn: dict[str, Any] = {"name": name, "parameters": tool.input_schema or {"type": "object", "properties": {}}}
+        if tool.description:
+            fn["description"] = tool.description
+        self.tools.append({"type": "function", "function": fn})
+        self.targets[name] = ToolTarget(tool.name, builtin="mcp", server_label=label)
+
     def only(self, allowed: list[dict[str, Any]]) -> "ChatTools":
         """The tools a ``tool_choice: {"type": "allowed_tools", ...}`` leaves the model.
 
@@ -97,6 +109,10 @@ class ChatTools:
         names: set[str] = set()
         for i, entry in enumerate(allowed):
             kind = entry.get("type")
+            if kind == "mcp":  # every listed tool of that server, or the one it names
+                label, tool_name = entry.get("server_label"), entry.get("name")
+                names |= {n for n, t in self.targets.items() if t.server_label == label and tool_name in (None, t.name)}
+                continue
             if kind in builtins.BUILTINS:
                 if kind not in self.targets:
                     raise invalid_request(
@@ -134,7 +150,7 @@ class ChatTools:
 # The tool types the model may be offered (a namespace's own tools are function and custom
 # tools; a ``shell`` only with a local environment, :func:`.builtins.offered`); every other type
 # is accepted and named as not offered (``ResponsesRequest.unoffered_tool_types``).
-OFFERED_TOOL_TYPES = frozenset({"function", "custom", "namespace", *builtins.BUILTINS})
+OFFERED_TOOL_TYPES = frozenset({"function", "custom", "namespace", "mcp", *builtins.BUILTINS})
 
 
 # Item types that are a tool call of the model, and those that answer one (:func:`answered_call`).
@@ -158,7 +174,37 @@ def _deferred(tool: Any) -> bool:
     return bool(getattr(tool, "defer_loading", None))
 
 
-def loaded_tools(items: list[Any]) -> list[Any]:
+def listed_servers(items: Sequence[Any]) -> dict[str, Any]:
+    """The latest ``mcp_list_tools`` item of each server label among ``items`` (a listing that
+    failed lists nothing: its server is listed again)."""
+    return {
+        item.server_label: item
+        for item in items
+        if getattr(item, "type", None) == "mcp_list_tools" and not getattr(item, "error", None)
+    }
+
+
+def _read_only(tool: Any) -> bool:
+    annotations = tool.annotations if isinstance(tool.annotations, dict) else {}
+    return bool(annotations.get("readOnlyHint"))
+
+
+def _mcp_tools(tool: Any, items: Sequence[Any]) -> list[Any]:
+    """What an ``mcp`` tool offers the model: its server's listed tools, less those its
+    ``allowed_tools`` (names, or a filter by names and ``readOnlyHint``) leaves out."""
+    listing = listed_servers(items).get(tool.server_label)
+    if listing is None:
+        return []
+    allowed = tool.allowed_tools
+    if allowed is None:
+        return list(listing.tools)
+    if isinstance(allowed, list):
+        return [t for t in listing.tools if t.name in allowed]
+    names, read_only = allowed.tool_names, allowed.read_only
+    return [t for t in listing.tools if (names is None or t.name in names) and (not read_only or _read_only(t))]
+
+
+def loaded_tools(items: Sequence[Any]) -> list[Any]:
     """The tools that ``tool_search_output`` and ``additional_tools`` items among ``items`` load."""
     return [
         tool
@@ -177,6 +223,10 @@ def chat_tools(tools: Sequence[Any], items: Sequence[Any] = (), include_deferred
     for tools_, loaded in ((loaded_tools(items), True), (tools, False)):  # a loaded definition first
         for tool in tools_:
             kind = getattr(tool, "type", None)
+            if kind == "mcp" and not loaded:
+                for listed in _mcp_tools(tool, items):
+                    out.add_mcp(tool.server_label, listed)
+                continue
             inner_tools = [(tool, inner) for inner in tool.tools] if kind == "namespace" else [(None, tool)]
             if kind in builtins.BUILTINS:
                 if builtins.offered(tool):
@@ -377,7 +427,10 @@ def chat_messages(instructions: str | None, items: list[Any], accepts_images: bo
         if kind == "reasoning":
             reasoning.extend(part.text for part in item.content or [] if part.type == "reasoning_text")
             continue
-        if kind == "additional_tools":  # tools for the model to be offered (:func:`loaded_tools`), nothing to say
+        if kind in ("additional_tools", "mcp_list_tools", "mcp_approval_response"):
+            continue  # tools to offer (:func:`loaded_tools`, :func:`listed_servers`), an answer the server acted on
+        if kind in ("mcp_call", "mcp_approval_request"):
+            _mcp_turn(item, items, assistant_for_calls, messages)
             continue
         if (
             kind not in ("function_call", "custom_tool_call", *builtins.CALL_TYPES)
@@ -422,6 +475,38 @@ def chat_messages(instructions: str | None, items: list[Any], accepts_images: bo
     if reasoning:
         assistant("")
     return messages
+
+
+def _mcp_turn(item: Any, items: list[Any], assistant_for_calls: Any, messages: list[dict[str, Any]]) -> None:
+    """An MCP call the server ran (its output or error), or an approval request the user
+    declined, as the tool call and result the model sees. A request still waiting for its answer,
+    or one whose approved call follows, renders nothing."""
+    if item.type == "mcp_approval_request":
+        answers = [
+            i for i in items if getattr(i, "type", None) == "mcp_approval_response" and i.approval_request_id == item.id
+        ]
+        ran = any(getattr(i, "type", None) == "mcp_call" and i.approval_request_id == item.id for i in items)
+        if ran or not answers or answers[-1].approve:
+            return
+        result = "The user did not approve this call: it was not run."
+    elif item.error is not None:
+        result = f"The call failed: {_error_text(item.error)}"
+    else:
+        result = item.output or ""
+    name = chat_name(item.name, item.server_label)
+    assistant_for_calls()["tool_calls"].append(
+        {"id": item.id, "type": "function", "function": {"name": name, "arguments": item.arguments}}
+    )
+    messages.append({"role": "tool", "tool_call_id": item.id, "content": result})
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, str):
+        return error
+    data = error.model_dump(mode="json") if hasattr(error, "model_dump") else error
+    if isinstance(data, dict) and data.get("message"):
+        return str(data["message"])
+    return json.dumps(data, ensure_ascii=False)
 
 
 def chat_tool_choice(tool_choice: Any) -> Any:

@@ -582,7 +582,40 @@ def _parse_tools(raw: Any) -> dict[str, list[Any]]:
         else:
             tools.append(typed)
     _check_builtin_names(tools)
+    _check_mcp(tools)
     return {"tools": tools, "unsupported_tools": unsupported}
+
+
+def _without_secrets(tool: Any) -> Any:
+    """A tool as the response echoes and the store keeps it: an ``mcp`` tool without its
+    ``headers`` and ``authorization`` (OpenAI's API leaves them out too)."""
+    if tool.type == "mcp" and (tool.headers is not None or tool.authorization is not None):
+        return tool.model_copy(update={"headers": None, "authorization": None})
+    return tool
+
+
+def _check_mcp(tools: list[Any]) -> None:
+    """What the ``mcp`` tools of a request may not ask for here: OpenAI's own connectors and
+    tunnels, and two tools for one server label."""
+    labels: dict[str, int] = {}
+    for i, tool in enumerate(tools):
+        if tool.type != "mcp":
+            continue
+        for key in ("connector_id", "tunnel_id"):
+            if getattr(tool, key, None) is not None:
+                raise invalid_request(
+                    f"Invalid 'tools[{i}].{key}': this server does not reach OpenAI's connectors or tunnels. "
+                    "Give the MCP server's own 'server_url' instead.",
+                    param=f"tools[{i}].{key}",
+                    code="unsupported_value",
+                )
+        if tool.server_label in labels:
+            raise invalid_request(
+                f"Invalid 'tools[{i}].server_label': '{tool.server_label}' is already the label of "
+                f"tools[{labels[tool.server_label]}].",
+                param=f"tools[{i}].server_label",
+            )
+        labels[tool.server_label] = i
 
 
 def _check_builtin_names(tools: list[Any]) -> None:
@@ -773,7 +806,7 @@ def initial_response(
         metadata=p.get("metadata") or {},
         parallel_tool_calls=request.get("parallel_tool_calls", True),
         tool_choice=request.get("tool_choice", "auto"),
-        tools=request.tools,
+        tools=[_without_secrets(tool) for tool in request.tools],
         text={"format": _text_format(text.get("format")), "verbosity": text.get("verbosity") or "medium"},
         reasoning={"effort": reasoning.get("effort"), "summary": request.reasoning_summary},
         truncation=p.get("truncation") or "disabled",
