@@ -259,13 +259,15 @@ class PassesEngine(ScriptedEngine):
         super().__init__([])
         self.scripts = scripts
         self.offered: list[list[str]] = []
+        self.generated = 0
 
     async def prepare(self, request, items):
         self.offered.append([t["function"]["name"] for t in request.offered_tools_for(items).tools])
         return await super().prepare(request, items)
 
     async def generate(self, prepared, request_id):
-        self.script = self.scripts[min(len(self.offered), len(self.scripts)) - 1]
+        self.generated += 1  # the n-th pass plays the n-th script (the last one again after)
+        self.script = self.scripts[min(self.generated, len(self.scripts)) - 1]
         async for delta in super().generate(prepared, request_id):
             yield delta
 
@@ -312,7 +314,7 @@ async def test_a_server_search_goes_on_in_the_same_response(stream):
     assert [getattr(i, "type", "message") for i in engine.contexts[1]][-3:] == ["reasoning", "tool_search_call", "tool_search_output"]
     Response.model_validate(response)
     # A later turn offers what the search loaded (replayed through previous_response_id).
-    engine.scripts = [ANSWER_PASS]
+    engine.scripts, engine.generated = [ANSWER_PASS], 0
     r = await post(app, {"model": "demo", "input": "and now?", "previous_response_id": response["id"],
                           "tools": [{"type": "tool_search"}, DEFERRED_WEATHER]})
     assert r.status_code == 200, r.text

@@ -57,6 +57,7 @@ from .background import BackgroundRun, BackgroundRuns, Logged, abandon, follow_s
 from .capture import DEFAULT_MAX_BYTES, Capture, CaptureWriter
 from .conversations import Conversations
 from .history import Context, History, client_ids
+from .hosted import HostedTools, NoHostedTools
 from .late_writes import LateWrites
 from .owners import OwnerWatch
 from .records import Records, store_call
@@ -76,6 +77,7 @@ class ResponsesService:
     from ``VLLM_RESPONSES_CAPTURE_DIR``. Off by default. Written off the loop, at most
     ``capture_max_bytes`` in all (:mod:`.capture`).
     ``keepalive_s``: the longest silence on an SSE stream (``None``: no keep-alive comments).
+    ``hosted``: the tools the server runs (MCP servers, :mod:`.hosted`); none by default.
     """
 
     def __init__(
@@ -92,9 +94,11 @@ class ResponsesService:
         keepalive_s: float | None = 10.0,
         max_history_bytes: int = DEFAULT_MAX_HISTORY_BYTES,
         max_background: int = 256,
+        hosted: HostedTools | None = None,
     ) -> None:
         self.engine = engine
         self.store = store
+        self.hosted = hosted or NoHostedTools()
         self.sealer = sealer or ReasoningSealer()
         self.history = History(store, self.sealer, max_history_bytes)
         self.conversations = Conversations(store, self.history)
@@ -178,6 +182,7 @@ class ResponsesService:
         body: bytes | None,
         context: Context | None = None,
     ) -> "Run | BackgroundRun":
+        self.hosted.check(request)
         if context is None:
             context = await store_call(self.history.resolve(request, earlier))
         prepared = await compaction.plan(self.engine, self.sealer, request, context.model_items)
@@ -191,6 +196,7 @@ class ResponsesService:
                 prepared,
                 lambda: stream.response.output,
                 lambda items: compaction.window(items, self.sealer),
+                self.hosted,
             )
         record = self._record(request, response, context) if request.store else None
         if request.background:

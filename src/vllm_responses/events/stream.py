@@ -530,11 +530,14 @@ class _Hosted(_Item):
     def end(self, item: dict[str, Any]) -> list[Event]:
         recipe = _HOSTED[self.item["type"]]
         self.item = {**self.item, **item}
-        kind = recipe.failed if self.item.get("status") == "failed" else recipe.completed
+        failed = self.item.get("status") == "failed" or (
+            self.item["type"] == "mcp_list_tools" and self.item.get("error")
+        )
+        kind = recipe.failed if failed else recipe.completed
         return [self._event(kind)]
 
     def close(self, status: ItemStatus) -> tuple[list[Event], Any]:
-        if self.item.get("status") in (None, "in_progress", "calling", "searching", "interpreting"):
+        if "status" in self.item and self.item["status"] in ("in_progress", "calling", "searching", "interpreting"):
             self.item = {**self.item, "status": status}  # stopped while it ran (a cancel, the client leaving)
         return [], _ITEM_ADAPTER.validate_python(self.item)
 

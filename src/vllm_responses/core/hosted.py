@@ -1,0 +1,108 @@
+"""The tools the server runs for a response: MCP servers, the request's own (``server_url``) or
+the operator's (by ``server_label``).
+
+:class:`HostedTools` is what the response loop (:mod:`.tool_loop`) needs of them; the real one
+speaks MCP (:mod:`.mcp_client`), unit tests give a scripted one. Whether a call waits for the
+user's approval is decided here too (:func:`needs_approval`), as OpenAI decides it.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from ..common.errors import invalid_request
+from ..request.protocol import ResponsesRequest
+
+
+class HostedFailure(Exception):
+    """A server-run tool could not be reached or answered nonsense: the item fails, the response goes on."""
+
+    def __init__(self, message: str, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+
+
+@dataclass(frozen=True)
+class CallResult:
+    """What an MCP call gives back: its ``output`` text, or the ``error`` of the ``mcp_call`` item
+    (openai's ``McpToolCallError`` JSON)."""
+
+    output: str | None = None
+    error: dict[str, Any] | None = None
+
+
+class HostedTools(ABC):
+    """The server-run tools a response may use.
+
+    Contract: :meth:`check` raises an OpenAI-style 400 for a tool the server will not run for this
+    request (before anything is stored or streamed); :meth:`list_tools` and :meth:`call` never
+    hang past their own deadlines and raise only :class:`HostedFailure` (a call's own failure is
+    a :class:`CallResult` with an ``error``); cancelling them (the client left, a cancel) stops
+    the work.
+    """
+
+    @abstractmethod
+    def check(self, request: ResponsesRequest) -> None:
+        """Refuse the request's ``mcp`` tools this server will not reach."""
+
+    @abstractmethod
+    async def list_tools(self, tool: Any) -> list[dict[str, Any]]:
+        """The tools of an ``mcp`` tool's server, as ``mcp_list_tools.tools`` entries
+        (``name``, ``description``, ``input_schema``, ``annotations``)."""
+
+    @abstractmethod
+    async def call(self, tool: Any, name: str, arguments: dict[str, Any]) -> CallResult:
+        """Run ``name`` on an ``mcp`` tool's server."""
+
+
+class NoHostedTools(HostedTools):
+    """No MCP server is reachable (none registered, per-request URLs not allowed)."""
+
+    def __init__(self, setting: str = "VLLM_RESPONSES_MCP_ALLOWED_URLS") -> None:
+        self.setting = setting
+
+    def check(self, request: ResponsesRequest) -> None:
+        for i, tool in enumerate(request.tools):
+            if tool.type == "mcp":
+                raise invalid_request(
+                    f"Invalid 'tools[{i}]': this server reaches no MCP servers: its operator registers none and "
+                    f"allows no 'server_url' ({self.setting}).",
+                    param=f"tools[{i}].server_url",
+                    code="unsupported_value",
+                )
+
+    async def list_tools(self, tool: Any) -> list[dict[str, Any]]:
+        raise HostedFailure("No MCP server is reachable from this server.")
+
+    async def call(self, tool: Any, name: str, arguments: dict[str, Any]) -> CallResult:
+        raise HostedFailure("No MCP server is reachable from this server.")
+
+
+def needs_approval(tool: Any, name: str) -> bool:
+    """``require_approval``: ``never``, ``always`` (OpenAI's default), or filters naming the
+    tools that never / always need it (a tool neither names needs it)."""
+    policy = tool.require_approval
+    if policy is None or policy == "always":
+        return True
+    if policy == "never":
+        return False
+    never = getattr(policy, "never", None)
+    always = getattr(policy, "always", None)
+    if never is not None and name in (never.tool_names or []):
+        return False
+    if always is not None and name in (always.tool_names or []):
+        return True
+    return True
+
+
+def call_error(failure: HostedFailure) -> dict[str, Any]:
+    """The ``mcp_call.error`` of a call that never got an answer."""
+    if failure.http_status is not None:
+        return {"type": "http_error", "code": failure.http_status, "message": failure.message}
+    return {"type": "mcp_protocol_error", "code": -32603, "message": failure.message}
+
+
+def execution_error(text: str) -> dict[str, Any]:
+    """The ``mcp_call.error`` of a call the tool itself failed (an MCP result with ``isError``)."""
+    return {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": text}]}

@@ -1,0 +1,257 @@
+"""MCP tools the server runs inside one response (core/tool_loop.py, core/hosted.py), with a
+scripted engine and scripted MCP servers: listing, calls, approvals, failures, secrets and
+cancellation. The real MCP client and servers: tests/unit/test_mcp_client.py and the e2e tier."""
+
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from fakes import eventually, usage
+from test_builtin_tools import PassesEngine
+from vllm_responses.core.hosted import CallResult, HostedFailure, HostedTools, execution_error
+from vllm_responses.core.service import ResponsesService
+from vllm_responses.events.conformance import check_events, parse_sse
+from vllm_responses.events.deltas import Finish, TextDelta, ToolCallDelta
+from vllm_responses.plugin import ResponsesPlugin
+from vllm_responses.store.sqlite import SQLiteStore
+
+ADD = {"name": "add", "description": "Add two numbers.", "input_schema": {"type": "object", "properties": {"a": {}, "b": {}}}}
+ECHO = {"name": "echo", "input_schema": {"type": "object"}, "annotations": {"readOnlyHint": True}}
+
+
+def mcp_tool(**extra: Any) -> dict[str, Any]:
+    return {"type": "mcp", "server_label": "calc", "server_url": "http://mcp.test/mcp", **extra}
+
+
+def mcp_call(name: str = "add", arguments: str = '{"a": 1, "b": 2}', index: int = 0) -> ToolCallDelta:
+    return ToolCallDelta(index, arguments, name, f"call_{index}", None, False, "mcp", {"server_label": "calc"})
+
+
+CALL_PASS = [mcp_call(), Finish("stop", usage(10, 5))]
+ANSWER_PASS = [TextDelta("It is 3."), Finish("stop", usage(20, 3))]
+
+
+class ScriptedServers(HostedTools):
+    """MCP servers as a test scripts them; records every list and call."""
+
+    def __init__(self, tools: list[dict] | None = None, fail_list: bool = False, block: bool = False) -> None:
+        self.tools = tools if tools is not None else [ADD, ECHO]
+        self.fail_list, self.block = fail_list, block
+        self.listed: list[str] = []
+        self.calls: list[tuple[str, str, dict]] = []
+        self.cancelled = asyncio.Event()
+        self.running = asyncio.Event()
+
+    def check(self, request) -> None:
+        pass
+
+    async def list_tools(self, tool) -> list[dict]:
+        self.listed.append(tool.server_label)
+        if self.fail_list:
+            raise HostedFailure("calc: connection refused")
+        return self.tools
+
+    async def call(self, tool, name, arguments) -> CallResult:
+        self.calls.append((tool.server_label, name, arguments))
+        if self.block:
+            self.running.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
+        if name == "fail":
+            return CallResult(error=execution_error("division by zero"))
+        if name == "unreachable":
+            raise HostedFailure("calc: timed out after 30 s")
+        return CallResult(output=str(arguments.get("a", 0) + arguments.get("b", 0)))
+
+
+def make_app(engine, servers: HostedTools | None) -> tuple[FastAPI, Path]:
+    app = FastAPI()
+    ResponsesPlugin().attach_router(app)
+    path = Path(tempfile.mkdtemp()) / "responses.db"
+    app.state.vllm_responses = ResponsesService(engine, SQLiteStore(path), hosted=servers)
+    return app, path
+
+
+async def call(app, method: str, path: str, body: dict | None = None) -> httpx.Response:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        return await client.request(method, path, json=body)
+
+
+def kinds(response: dict) -> list[str]:
+    return [i["type"] for i in response["output"]]
+
+
+@pytest.mark.anyio
+async def test_list_call_and_answer_in_one_streamed_response():
+    engine, servers = PassesEngine([CALL_PASS, ANSWER_PASS]), ScriptedServers()
+    app, _ = make_app(engine, servers)
+    r = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "add 1 and 2", "stream": True,
+                                                  "tools": [mcp_tool(require_approval="never")]})
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    response = events[-1]["response"]
+    assert kinds(response) == ["mcp_list_tools", "mcp_call", "message"]
+    listing, done = response["output"][0], response["output"][1]
+    assert listing["server_label"] == "calc" and [t["name"] for t in listing["tools"]] == ["add", "echo"]
+    assert (done["name"], done["arguments"], done["output"], done["status"]) == ("add", '{"a": 1, "b": 2}', "3", "completed")
+    assert servers.calls == [("calc", "add", {"a": 1, "b": 2})]
+    assert engine.offered[-2:] == [["calc__add", "calc__echo"], ["calc__add", "calc__echo"]]
+    order = [e["type"] for e in events if e["type"].startswith(("response.mcp", "response.output_item"))]
+    assert order[:10] == [
+        "response.output_item.added", "response.mcp_list_tools.in_progress", "response.mcp_list_tools.completed",
+        "response.output_item.done",
+        "response.output_item.added", "response.mcp_call.in_progress", "response.mcp_call_arguments.delta",
+        "response.mcp_call_arguments.done", "response.mcp_call.completed", "response.output_item.done",
+    ]
+    assert response["usage"]["input_tokens"] == 30
+    # The model's second pass saw the call and its output.
+    assert [getattr(i, "type", "message") for i in engine.contexts[-1]][-2:] == ["mcp_list_tools", "mcp_call"]
+
+
+@pytest.mark.anyio
+async def test_a_later_turn_reuses_the_listing_and_allowed_tools_filter():
+    engine, servers = PassesEngine([ANSWER_PASS]), ScriptedServers()
+    app, _ = make_app(engine, servers)
+    first = (await call(app, "POST", "/v1/responses", {"model": "demo", "input": "hi", "tools": [mcp_tool()]})).json()
+    tool = mcp_tool(allowed_tools={"read_only": True})
+    second = (await call(app, "POST", "/v1/responses", {"model": "demo", "input": "again",
+                                                        "previous_response_id": first["id"], "tools": [tool]})).json()
+    assert kinds(first) == ["mcp_list_tools", "message"] and kinds(second) == ["message"]
+    assert servers.listed == ["calc"]  # listed once, as OpenAI does
+    assert engine.offered[-1] == ["calc__echo"]
+
+
+@pytest.mark.anyio
+async def test_a_call_waits_for_approval_then_runs_on_the_next_request():
+    engine, servers = PassesEngine([CALL_PASS]), ScriptedServers()
+    app, _ = make_app(engine, servers)
+    first = (await call(app, "POST", "/v1/responses", {"model": "demo", "input": "add", "tools": [mcp_tool()]})).json()
+    assert kinds(first) == ["mcp_list_tools", "mcp_approval_request"] and servers.calls == []
+    request_item = first["output"][1]
+    assert (request_item["name"], request_item["arguments"]) == ("add", '{"a": 1, "b": 2}')
+    engine.scripts, engine.generated = [ANSWER_PASS], 0
+    second = (await call(app, "POST", "/v1/responses", {
+        "model": "demo", "previous_response_id": first["id"], "tools": [mcp_tool()],
+        "input": [{"type": "mcp_approval_response", "approval_request_id": request_item["id"], "approve": True}]})).json()
+    assert kinds(second) == ["mcp_call", "message"]
+    assert second["output"][0]["approval_request_id"] == request_item["id"] and second["output"][0]["output"] == "3"
+    assert servers.calls == [("calc", "add", {"a": 1, "b": 2})] and servers.listed == ["calc"]
+
+
+@pytest.mark.anyio
+async def test_a_declined_call_never_runs_and_the_model_is_told():
+    engine, servers = PassesEngine([CALL_PASS]), ScriptedServers()
+    app, _ = make_app(engine, servers)
+    first = (await call(app, "POST", "/v1/responses", {"model": "demo", "input": "add", "tools": [mcp_tool()]})).json()
+    engine.scripts, engine.generated = [ANSWER_PASS], 0
+    approval = {"type": "mcp_approval_response", "approval_request_id": first["output"][1]["id"], "approve": False}
+    second = (await call(app, "POST", "/v1/responses", {"model": "demo", "previous_response_id": first["id"],
+                                                        "tools": [mcp_tool()], "input": [approval]})).json()
+    assert kinds(second) == ["message"] and servers.calls == []
+    from vllm_responses.request.chat import chat_messages
+    told = chat_messages(None, engine.contexts[-1])
+    assert told[-1] == {"role": "tool", "tool_call_id": first["output"][1]["id"],
+                        "content": "The user did not approve this call: it was not run."}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("policy", [{"never": {"tool_names": ["add"]}}, "never"])
+async def test_approval_filters(policy):
+    engine, servers = PassesEngine([CALL_PASS, ANSWER_PASS]), ScriptedServers()
+    app, _ = make_app(engine, servers)
+    r = (await call(app, "POST", "/v1/responses", {"model": "demo", "input": "add",
+                                                   "tools": [mcp_tool(require_approval=policy)]})).json()
+    assert kinds(r) == ["mcp_list_tools", "mcp_call", "message"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("name", "error_type"), [("fail", "mcp_tool_execution_error"), ("unreachable", "mcp_protocol_error")])
+async def test_a_failed_call_is_a_failed_item_and_the_response_goes_on(name, error_type):
+    engine = PassesEngine([[mcp_call(name), Finish("stop", usage())], ANSWER_PASS])
+    app, _ = make_app(engine, ScriptedServers(tools=[{**ADD, "name": name}]))
+    r = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "stream": True,
+                                                  "tools": [mcp_tool(require_approval="never")]})
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    failed = events[-1]["response"]["output"][1]
+    assert failed["status"] == "failed" and failed["error"]["type"] == error_type
+    assert "response.mcp_call.failed" in [e["type"] for e in events]
+    assert kinds(events[-1]["response"]) == ["mcp_list_tools", "mcp_call", "message"]
+
+
+@pytest.mark.anyio
+async def test_a_failed_listing_is_a_failed_item_and_offers_nothing():
+    engine = PassesEngine([ANSWER_PASS])
+    app, _ = make_app(engine, ScriptedServers(fail_list=True))
+    r = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "stream": True, "tools": [mcp_tool()]})
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    listing = events[-1]["response"]["output"][0]
+    assert listing["error"] == "calc: connection refused" and listing["tools"] == []
+    assert "response.mcp_list_tools.failed" in [e["type"] for e in events]
+    assert engine.offered[-1] == []
+
+
+@pytest.mark.anyio
+async def test_headers_and_authorization_are_never_echoed_nor_stored():
+    app, path = make_app(PassesEngine([ANSWER_PASS]), ScriptedServers())
+    tool = mcp_tool(headers={"X-Secret": "hunter2"}, authorization="tok-s3cret")
+    r = (await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "tools": [tool]})).json()
+    assert r["tools"][0].get("headers") is None and r["tools"][0].get("authorization") is None
+    stored = (await call(app, "GET", f"/v1/responses/{r['id']}")).json()
+    assert "hunter2" not in json.dumps(stored) and "tok-s3cret" not in json.dumps(stored)
+    assert b"hunter2" not in path.read_bytes() and b"tok-s3cret" not in path.read_bytes()
+
+
+@pytest.mark.anyio
+async def test_without_hosted_tools_an_mcp_tool_is_refused():
+    app, _ = make_app(PassesEngine([ANSWER_PASS]), None)
+    r = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "tools": [mcp_tool()]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tools[0].server_url"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("key", ["connector_id", "tunnel_id"])
+async def test_connectors_and_tunnels_are_refused(key):
+    value = "connector_gmail" if key == "connector_id" else "tun_1"
+    app, _ = make_app(PassesEngine([ANSWER_PASS]), ScriptedServers())
+    r = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "tools": [mcp_tool(**{key: value})]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == f"tools[0].{key}"
+
+
+@pytest.mark.anyio
+async def test_cancelling_a_background_response_stops_the_running_call():
+    engine, servers = PassesEngine([CALL_PASS, ANSWER_PASS]), ScriptedServers(block=True)
+    app, _ = make_app(engine, servers)
+    r = (await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "background": True,
+                                                   "tools": [mcp_tool(require_approval="never")]})).json()
+    await asyncio.wait_for(servers.running.wait(), 30)
+    cancelled = (await call(app, "POST", f"/v1/responses/{r['id']}/cancel")).json()
+    assert cancelled["status"] == "cancelled"
+    await asyncio.wait_for(servers.cancelled.wait(), 30)
+    stored = await eventually("the cancelled response is stored", lambda: _final(app, r["id"]))
+    assert [(i["type"], i.get("status")) for i in stored["output"]][-1] == ("mcp_call", "incomplete")
+
+
+async def _final(app, response_id: str) -> dict | None:
+    body = (await call(app, "GET", f"/v1/responses/{response_id}")).json()
+    return body if body["status"] == "cancelled" else None
+
+
+@pytest.mark.anyio
+async def test_max_tool_calls_bounds_the_calls():
+    engine, servers = PassesEngine([CALL_PASS]), ScriptedServers()  # a model that calls forever
+    app, _ = make_app(engine, servers)
+    r = (await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "max_tool_calls": 3,
+                                                   "tools": [mcp_tool(require_approval="never")]})).json()
+    assert len(servers.calls) == 3 and kinds(r).count("mcp_call") == 3
+    assert r["status"] == "completed"
