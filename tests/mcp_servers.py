@@ -8,7 +8,8 @@ HTTP servers for the failure paths.
 Kinds: ``tools`` (add, echo, slow, fail, big, whoami, list_count), ``search`` (search,
 open_page, find over :data:`CORPUS`), ``python`` (runs code in a subprocess with a time limit),
 and the misbehaving ``hang`` (accepts, never answers), ``garbage`` (answers HTTP that is not
-MCP), ``close`` (closes the connection mid-answer), ``redirect`` (redirects every request to
+MCP), ``close`` (closes the connection mid-answer), ``endless`` (an answer that never ends:
+JSON whitespace to a POST, SSE comments to a GET), ``redirect`` (redirects every request to
 ``localhost`` on the port in its argument: another host by name, the same server by address).
 
 The child binds port 0 itself and prints the port once it listens: the parent waits for that
@@ -28,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-KINDS = ("tools", "search", "python", "hang", "garbage", "close", "redirect")
+KINDS = ("tools", "search", "python", "hang", "garbage", "close", "endless", "redirect")
 # ``streamable_http_json``: streamable HTTP answering with JSON bodies instead of SSE streams.
 TRANSPORTS = ("streamable_http", "streamable_http_json", "sse")
 PATHS = {"streamable_http": "/mcp", "streamable_http_json": "/mcp", "sse": "/sse"}
@@ -179,22 +180,21 @@ def _search_server() -> Any:
     return server
 
 
-def _python_server() -> Any:
+def _python_server(limit_s: float = PYTHON_TIME_LIMIT_S) -> Any:
     import anyio
     from mcp.server.mcpserver import MCPServer
 
     server = MCPServer("python")
 
-    @server.tool()
+    @server.tool(description=f"Run Python code in a fresh process (time limit {limit_s:g} s); its stdout and stderr.")
     async def python(code: str) -> str:
-        """Run Python code in a fresh process (time limit 10 s); its stdout and stderr."""
         try:
-            with anyio.fail_after(PYTHON_TIME_LIMIT_S):
+            with anyio.fail_after(limit_s):
                 done = await anyio.run_process(
                     [sys.executable, "-I", "-c", code], check=False, stdin=subprocess.DEVNULL
                 )
         except TimeoutError:
-            return f"error: the code ran longer than {PYTHON_TIME_LIMIT_S:g} s and was stopped"
+            return f"error: the code ran longer than {limit_s:g} s and was stopped"
         out = done.stdout.decode(errors="replace")
         err = done.stderr.decode(errors="replace")
         return out + (f"\n[stderr]\n{err}" if err else "") + (f"\n[exit {done.returncode}]" if done.returncode else "")
@@ -202,11 +202,14 @@ def _python_server() -> Any:
     return server
 
 
-def _serve_mcp(kind: str, transport: str, sock: socket.socket) -> None:
+def _serve_mcp(kind: str, transport: str, arg: str, sock: socket.socket) -> None:
     import anyio
     import uvicorn
 
-    server = {"tools": _tools_server, "search": _search_server, "python": _python_server}[kind]()
+    if kind == "python":
+        server = _python_server(float(arg) if arg else PYTHON_TIME_LIMIT_S)
+    else:
+        server = {"tools": _tools_server, "search": _search_server}[kind]()
     if transport == "sse":
         app = server.sse_app()
     else:
@@ -252,6 +255,14 @@ def _misbehave(kind: str, arg: str, conn: socket.socket) -> None:
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
                 b'{"jsonrpc": "2.0", "id": 1, "result": {"too'
             )
+        elif kind == "endless":
+            # An answer that never ends: JSON whitespace, or SSE comment lines (no event, ever).
+            sse = head.startswith(b"GET")
+            kind_of = b"text/event-stream" if sse else b"application/json"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % kind_of)
+            chunk = b": " + b"x" * 65000 + b"\n" if sse else b" " * 65536
+            while True:
+                conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         elif kind == "redirect":
             path = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else "/mcp"
             location = f"http://localhost:{arg}{path}"
@@ -279,14 +290,15 @@ def main(argv: list[str]) -> None:
     sock.listen(128)
     print(sock.getsockname()[1], flush=True)  # the parent's signal: listening on this port
     if kind in ("tools", "search", "python"):
-        _serve_mcp(kind, transport, sock)
+        _serve_mcp(kind, transport, arg, sock)
     else:
         _serve_plain(kind, arg, sock)
 
 
 class McpServerProcess:
     """One server process (:data:`KINDS`, :data:`TRANSPORTS`) on 127.0.0.1; ``url`` is its
-    endpoint (``/mcp`` or ``/sse``). ``arg``: the port a ``redirect`` server points at."""
+    endpoint (``/mcp`` or ``/sse``). ``arg``: the port a ``redirect`` server points at, the
+    ``python`` server's time limit in seconds."""
 
     def __init__(self, kind: str, transport: str = "streamable_http", arg: str = "") -> None:
         if kind not in KINDS or transport not in TRANSPORTS:
@@ -302,13 +314,20 @@ class McpServerProcess:
 
     def start(self, timeout: float = 30) -> None:
         """Start the process and return once it listens (its port printed), or raise with its log."""
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting (start several, then :meth:`wait_ready` each)."""
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, __file__, self.kind, self.transport, self.arg],
                 stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
-        assert self.proc.stdout is not None
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         line = self.proc.stdout.readline() if ready else b""
         if not line.strip().isdigit():

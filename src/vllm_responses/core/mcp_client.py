@@ -220,6 +220,12 @@ async def call_tool(server: McpServer, name: str, arguments: dict[str, Any], lim
     """Runs the tool; never raises for the server's sake: a failure is the outcome's ``error``."""
 
     async def op(client: Any) -> CallOutcome:
+        # The package lists the tools after a call it has not seen listed, to check structured
+        # output against the tool's output schema: we pass on the content, so a call is one
+        # ``tools/call`` (a server counting listings sees only ours).
+        schemas = getattr(client.session, "_tool_output_schemas", None)
+        if isinstance(schemas, dict):
+            schemas.setdefault(name, None)
         result = await client.call_tool(name, arguments)
         content = [block.model_dump(by_alias=True, mode="json", exclude_none=True) for block in result.content]
         if result.is_error:
