@@ -250,11 +250,18 @@ def _misbehave(kind: str, arg: str, conn: socket.socket) -> None:
                 b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
             )
         elif kind == "close":
-            # An answer that promises more than it sends, then the connection goes.
-            conn.sendall(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
-                b'{"jsonrpc": "2.0", "id": 1, "result": {"too'
-            )
+            # An answer that promises more than it sends, then the connection goes: a JSON body
+            # shorter than its length to a POST, an event stream cut inside its chunk to a GET.
+            if head.startswith(b"GET"):
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    b"400\r\nevent: endpoint\ndata: /messa"
+                )
+            else:
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+                    b'{"jsonrpc": "2.0", "id": 1, "result": {"too'
+                )
         elif kind == "endless":
             # An answer that never ends: JSON whitespace, or SSE comment lines (no event, ever).
             sse = head.startswith(b"GET")
