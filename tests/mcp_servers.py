@@ -10,7 +10,8 @@ open_page, find over :data:`CORPUS`), ``python`` (runs code in a subprocess with
 and the misbehaving ``hang`` (accepts, never answers), ``garbage`` (answers HTTP that is not
 MCP), ``close`` (closes the connection mid-answer), ``endless`` (an answer that never ends:
 JSON whitespace to a POST, SSE comments to a GET), ``redirect`` (redirects every request to
-``localhost`` on the port in its argument: another host by name, the same server by address).
+``localhost`` on the port in its argument: another host by name, the same server by address),
+``status`` (answers every request with the HTTP status in its argument, logging the methods).
 
 The child binds port 0 itself and prints the port once it listens: the parent waits for that
 line with a deadline (a real signal, no port race, no fixed sleep).
@@ -29,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-KINDS = ("tools", "search", "python", "hang", "garbage", "close", "endless", "redirect")
+KINDS = ("tools", "search", "python", "hang", "garbage", "close", "endless", "redirect", "status")
 # ``streamable_http_json``: streamable HTTP answering with JSON bodies instead of SSE streams.
 TRANSPORTS = ("streamable_http", "streamable_http_json", "sse")
 PATHS = {"streamable_http": "/mcp", "streamable_http_json": "/mcp", "sse": "/sse"}
@@ -270,6 +271,16 @@ def _misbehave(kind: str, arg: str, conn: socket.socket) -> None:
             chunk = b": " + b"x" * 65000 + b"\n" if sse else b" " * 65536
             while True:
                 conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        elif kind == "status":
+            # Every request answered with the status in ``arg`` (and a short JSON body); the
+            # methods seen, one line each, go to stderr (the process's log).
+            method = head.split(b" ", 1)[0].decode(errors="replace")
+            print(method, file=sys.stderr, flush=True)
+            body = b'{"detail": "no"}'
+            conn.sendall(
+                b"HTTP/1.1 %s Status\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                % (arg.encode(), len(body), body)
+            )
         elif kind == "redirect":
             path = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else "/mcp"
             location = f"http://localhost:{arg}{path}"
@@ -305,7 +316,7 @@ def main(argv: list[str]) -> None:
 class McpServerProcess:
     """One server process (:data:`KINDS`, :data:`TRANSPORTS`) on 127.0.0.1; ``url`` is its
     endpoint (``/mcp`` or ``/sse``). ``arg``: the port a ``redirect`` server points at, the
-    ``python`` server's time limit in seconds."""
+    ``python`` server's time limit in seconds, a ``status`` server's status."""
 
     def __init__(self, kind: str, transport: str = "streamable_http", arg: str = "") -> None:
         if kind not in KINDS or transport not in TRANSPORTS:
@@ -344,6 +355,10 @@ class McpServerProcess:
                 + self.log.read_text(errors="replace")[-2000:]
             )
         self.port = int(line)
+
+    def methods(self) -> list[str]:
+        """The HTTP methods a ``status`` server has been sent, in order."""
+        return self.log.read_text().split()
 
     def stop(self) -> None:
         if self.proc is None:

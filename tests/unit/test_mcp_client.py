@@ -20,6 +20,7 @@ from vllm_responses.core.mcp_client import (
     McpFailure,
     McpServer,
     call_tool,
+    check_headers,
     check_server_url,
     list_tools,
     operator_server,
@@ -46,6 +47,8 @@ def servers() -> Iterator[dict[str, McpServerProcess]]:
     procs["python"] = McpServerProcess("python", "sse", arg="1")
     for kind in ("hang", "garbage", "close", "endless"):
         procs[kind] = McpServerProcess(kind)
+    for status in ("401", "405", "500"):
+        procs[status] = McpServerProcess("status", arg=status)
     try:
         for proc in procs.values():
             proc.launch()
@@ -188,6 +191,44 @@ def test_a_server_that_answers_garbage_closes_or_never_ends_fails_at_once(
 def test_an_endless_answer_is_cut_at_the_byte_bound(servers: dict[str, McpServerProcess]) -> None:
     failed, _ = failure(list_tools(server(servers["endless"].url, "streamable_http"), McpSettings(max_bytes=100_000)))
     assert "larger than 100000 bytes (VLLM_RESPONSES_MCP_MAX_BYTES)" in failed.message
+
+
+def test_http_errors_and_when_auto_tries_sse(servers: dict[str, McpServerProcess]) -> None:
+    """A 405 to the POST (an SSE-only server) sends ``auto`` on to SSE (a GET); a 500 or a 401
+    is the server's answer: no GET."""
+    for status, sse_too in (("500", False), ("401", False), ("405", True)):
+        proc = servers[status]
+        failed, took = failure(list_tools(server(proc.url, "auto", "s"), LIMITS))
+        assert failed.message == f"Error retrieving tool list from MCP server 's': it answered HTTP {status}"
+        assert failed.error == {"type": "http_error", "code": int(status), "message": failed.message}
+        assert ("GET" in proc.methods()) is sse_too, proc.methods()
+        assert took < FAST
+    outcome = run(call_tool(server(servers["500"].url, "streamable_http", "s"), "add", {}, LIMITS))
+    assert outcome.error == {
+        "type": "http_error",
+        "code": 500,
+        "message": "Error calling tool 'add' on MCP server 's': it answered HTTP 500",
+    }
+
+
+def test_a_caller_that_gives_up_cancels_the_operation(servers: dict[str, McpServerProcess]) -> None:
+    """A client that leaves cancels the running call: the cancellation reaches the caller as
+    itself, at once, not as an outcome after the call's own deadline."""
+    call = call_tool(server(servers["tools-streamable_http"].url), "slow", {"seconds": 60}, LIMITS)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        run(asyncio.wait_for(call, timeout=1.0))
+    assert time.monotonic() - start < FAST
+
+
+def test_headers_that_cannot_be_sent_fail_without_their_values() -> None:
+    for headers in ({"X-Bad": f"{TOKEN}\r\nInjected: 1"}, {"Bad Name": TOKEN}, {"X-Nul": f"{TOKEN}\x00"}):
+        failed, took = failure(list_tools(McpServer.build("h", "http://127.0.0.1:9/mcp", headers), LIMITS))
+        assert "is not a valid HTTP header" in failed.message and TOKEN not in failed.message and took < FAST
+        with pytest.raises(APIError) as caught:
+            check_headers(headers, param="tools[0].headers")
+        assert caught.value.param == "tools[0].headers" and TOKEN not in caught.value.message
+    check_headers({"X-Ok": "value with spaces\tand a tab", "Authorization": "Bearer x"})
 
 
 def test_nothing_listening_fails_at_once() -> None:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -188,6 +189,30 @@ def _allows(entry: str, scheme: str, host: str, port: int | None, path: str) -> 
         return False
     prefix = want.path or "/"
     return path == prefix or path.startswith(prefix if prefix.endswith("/") else prefix + "/")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_problem(headers: Mapping[str, Any]) -> str | None:
+    """Why these headers cannot be sent (a name that is not an HTTP token, a value that is not
+    a string or holds a control character), naming the header but never its value; ``None``
+    when they can."""
+    for name, value in headers.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            return f"the header name {str(name)[:64]!r} is not a valid HTTP header name"
+        if not isinstance(value, str) or _BAD_VALUE.search(value):
+            return f"the value of the header {name!r} is not a valid HTTP header value"
+    return None
+
+
+def check_headers(headers: Mapping[str, Any], param: str = "tools") -> None:
+    """A request's MCP ``headers`` (and ``authorization``, as its header) can be sent, or a 400
+    that names the header, never its value."""
+    problem = header_problem(headers)
+    if problem is not None:
+        raise invalid_request(f"The MCP tool's headers cannot be sent: {problem}.", param)
 
 
 def operator_server(label: str, settings: McpSettings) -> McpServer | None:
@@ -365,7 +390,7 @@ def _guarded_transport_class() -> type:
                     await response.aclose()
                     guard.fail("the server redirected to another host, which is not followed")
                     raise _Tripped()
-            elif response.status_code >= 400 and guard.status is None:
+            elif response.status_code >= 400 and essential and guard.status is None:
                 guard.status = response.status_code
             encoding = response.headers.get("content-encoding", "identity").strip().lower()
             if encoding not in ("", "identity"):
@@ -401,6 +426,11 @@ async def _operate(
     :class:`McpFailure` (see the module's docstring)."""
     import anyio
 
+    problem = header_problem(server.headers)
+    if problem is not None:
+        message = f"{what} MCP server '{server.label}': {problem}"
+        error = {"type": "mcp_protocol_error", "code": CONNECTION_CLOSED, "message": message}
+        raise McpFailure(server.label, message, error)
     guard = _Guard(server, limits.max_bytes)
     transports = ["streamable_http", "sse"] if server.transport == "auto" else [server.transport]
     failure: BaseException | None = None
