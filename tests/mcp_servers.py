@@ -7,14 +7,16 @@ HTTP servers for the failure paths.
 
 Kinds: ``tools`` (add, echo, slow, fail, big, whoami, list_count), ``search`` (search,
 open_page, find over :data:`CORPUS`), ``python`` (runs code in a subprocess with a time limit),
-and the misbehaving ``hang`` (accepts, never answers), ``garbage`` (answers HTTP that is not
+and the misbehaving ``hang`` (accepts, never answers), ``trickle`` (starts an answer and
+sends a few bytes every 0.2 s for ever), ``garbage`` (answers HTTP that is not
 MCP), ``close`` (closes the connection mid-answer), ``endless`` (an answer that never ends:
 JSON whitespace to a POST, SSE comments to a GET), ``redirect`` (redirects every request to
 ``localhost`` on the port in its argument: another host by name, the same server by address),
 ``status`` (answers every request with the HTTP status in its argument, logging the methods).
 
 The child binds port 0 itself and prints the port once it listens: the parent waits for that
-line with a deadline (a real signal, no port race, no fixed sleep).
+line with a deadline (a real signal, no port race, no fixed sleep). The child ends when its
+stdin (held by the parent) closes, so a test run that dies leaves no server behind.
 """
 
 import json
@@ -30,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-KINDS = ("tools", "search", "python", "hang", "garbage", "close", "endless", "redirect", "status")
+KINDS = ("tools", "search", "python", "hang", "trickle", "garbage", "close", "endless", "redirect", "status")
 # ``streamable_http_json``: streamable HTTP answering with JSON bodies instead of SSE streams.
 TRANSPORTS = ("streamable_http", "streamable_http_json", "sse")
 PATHS = {"streamable_http": "/mcp", "streamable_http_json": "/mcp", "sse": "/sse"}
@@ -238,6 +240,9 @@ def _read_request(conn: socket.socket) -> bytes:
     return head
 
 
+stop = threading.Event()  # never set: the process ends by a signal
+
+
 def _misbehave(kind: str, arg: str, conn: socket.socket) -> None:
     held: list[socket.socket] = []
     try:
@@ -263,6 +268,14 @@ def _misbehave(kind: str, arg: str, conn: socket.socket) -> None:
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
                     b'{"jsonrpc": "2.0", "id": 1, "result": {"too'
                 )
+        elif kind == "trickle":
+            # An answer that starts and never gets anywhere: a few bytes every 0.2 s (each read
+            # succeeds, so only a deadline over the whole operation ends it).
+            sse = head.startswith(b"GET")
+            kind_of = b"text/event-stream" if sse else b"application/json"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % kind_of)
+            while not stop.wait(0.2):
+                conn.sendall(b"3\r\n: \n\r\n" if sse else b"1\r\n \r\n")
         elif kind == "endless":
             # An answer that never ends: JSON whitespace, or SSE comment lines (no event, ever).
             sse = head.startswith(b"GET")
@@ -300,8 +313,15 @@ def _serve_plain(kind: str, arg: str, sock: socket.socket) -> None:
         threading.Thread(target=_misbehave, args=(kind, arg, conn), daemon=True).start()
 
 
+def _exit_with_parent() -> None:
+    """The parent holds our stdin open: its end (a crash, a killed test run included) is EOF."""
+    sys.stdin.buffer.read()
+    os._exit(0)
+
+
 def main(argv: list[str]) -> None:
     kind, transport, arg = argv[0], argv[1], argv[2] if len(argv) > 2 else ""
+    threading.Thread(target=_exit_with_parent, daemon=True).start()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -340,7 +360,7 @@ class McpServerProcess:
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, __file__, self.kind, self.transport, self.arg],
-                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=log, stdin=subprocess.PIPE,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 
@@ -369,8 +389,9 @@ class McpServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        for pipe in (self.proc.stdout, self.proc.stdin):
+            if pipe is not None:
+                pipe.close()
         self.proc = None
 
     def __enter__(self) -> "McpServerProcess":

@@ -45,7 +45,7 @@ def servers() -> Iterator[dict[str, McpServerProcess]]:
     procs = {f"tools-{t}": McpServerProcess("tools", t) for t in MCP_TRANSPORTS}
     procs["search"] = McpServerProcess("search", "streamable_http")
     procs["python"] = McpServerProcess("python", "sse", arg="1")
-    for kind in ("hang", "garbage", "close", "endless"):
+    for kind in ("hang", "trickle", "garbage", "close", "endless"):
         procs[kind] = McpServerProcess(kind)
     for status in ("401", "405", "500"):
         procs[status] = McpServerProcess("status", arg=status)
@@ -150,11 +150,14 @@ def test_a_slow_call_ends_at_the_call_deadline(servers: dict[str, McpServerProce
 
 
 @pytest.mark.parametrize("transport", ["auto", "streamable_http", "sse"])
+@pytest.mark.parametrize("kind", ["hang", "trickle"])
 def test_a_server_that_never_answers_fails_at_the_list_deadline(
-    servers: dict[str, McpServerProcess], transport: str
+    servers: dict[str, McpServerProcess], kind: str, transport: str
 ) -> None:
+    """Silent, or trickling bytes so that no single read times out: the deadline covers the
+    whole operation, connecting included."""
     limits = McpSettings(list_timeout_s=1.0)
-    failed, took = failure(list_tools(server(servers["hang"].url, transport, "hanging"), limits))
+    failed, took = failure(list_tools(server(servers[kind].url, transport, "hanging"), limits))
     assert failed.message == "Error retrieving tool list from MCP server 'hanging': no answer within 1 s"
     assert failed.server_label == "hanging" and failed.error["code"] == -32001
     assert took < FAST
