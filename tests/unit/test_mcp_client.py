@@ -234,6 +234,12 @@ def test_headers_that_cannot_be_sent_fail_without_their_values() -> None:
     check_headers({"X-Ok": "value with spaces\tand a tab", "Authorization": "Bearer x"})
 
 
+def test_a_url_that_is_not_http_fails_at_once() -> None:
+    for url in ("ftp://127.0.0.1/mcp", "http:///mcp", "http://[::1/mcp"):
+        failed, took = failure(list_tools(McpServer.build("u", url), LIMITS))
+        assert failed.message.endswith("its URL is not an http:// or https:// URL with a host") and took < FAST
+
+
 def test_nothing_listening_fails_at_once() -> None:
     failed, took = failure(list_tools(server(f"http://127.0.0.1:{free_port()}/mcp"), LIMITS))
     assert "could not connect" in failed.message and took < FAST

@@ -34,7 +34,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from ..common.errors import invalid_request
 from ..common.logs import get_logger
@@ -308,7 +308,7 @@ class _Guard:
     statuses it saw; :meth:`fail` ends the operation at once (cancels its scope)."""
 
     def __init__(self, server: McpServer, max_bytes: int) -> None:
-        self.host = (urlsplit(server.url).hostname or "").lower().rstrip(".")
+        self.host = ""  # set by _operate, as httpx2 writes it
         self.max_bytes = max_bytes
         self.read = 0
         self.reason: str | None = None
@@ -385,7 +385,10 @@ def _guarded_transport_class() -> type:
             if 300 <= response.status_code < 400:
                 guard.redirected = True
                 location = response.headers.get("location")
-                target = urlsplit(urljoin(str(request.url), location)).hostname if location else None
+                try:
+                    target = request.url.join(location).host if location else None
+                except httpx2.InvalidURL:
+                    target = ""
                 if target is not None and target.lower().rstrip(".") != guard.host:
                     await response.aclose()
                     guard.fail("the server redirected to another host, which is not followed")
@@ -425,13 +428,21 @@ async def _operate(
     """``op(client)`` on a connected ``mcp`` client within ``timeout`` s in all, else
     :class:`McpFailure` (see the module's docstring)."""
     import anyio
+    import httpx2
 
+    closed = {"type": "mcp_protocol_error", "code": CONNECTION_CLOSED}
     problem = header_problem(server.headers)
     if problem is not None:
-        message = f"{what} MCP server '{server.label}': {problem}"
-        error = {"type": "mcp_protocol_error", "code": CONNECTION_CLOSED, "message": message}
-        raise McpFailure(server.label, message, error)
+        raise _failure(server, what, problem, closed)
     guard = _Guard(server, limits.max_bytes)
+    try:
+        url = httpx2.URL(server.url)
+        guard.host = url.host.lower().rstrip(".")  # as httpx2 writes it (IDNA), to compare with its requests
+        valid = url.scheme in ("http", "https") and bool(guard.host)
+    except (httpx2.InvalidURL, ValueError):
+        valid = False
+    if not valid:
+        raise _failure(server, what, "its URL is not an http:// or https:// URL with a host", closed)
     transports = ["streamable_http", "sse"] if server.transport == "auto" else [server.transport]
     failure: BaseException | None = None
     box: list[T] = []
@@ -451,10 +462,14 @@ async def _operate(
     if box:
         return box[0]
     reason, error = _classify(guard, failure, scope.cancelled_caught, timeout)
-    reason = _scrub(reason, server)
-    message = f"{what} MCP server '{server.label}': {reason}"
+    raise _failure(server, what, reason, error)
+
+
+def _failure(server: McpServer, what: str, reason: str, error: dict[str, Any]) -> McpFailure:
+    """The failure, its message (scrubbed of header values) logged once."""
+    message = f"{what} MCP server '{server.label}': {_scrub(reason, server)}"
     logger.warning("%s", message)
-    raise McpFailure(server.label, message, {**error, "message": message} if "code" in error else error)
+    return McpFailure(server.label, message, {**error, "message": message})
 
 
 async def _attempt(
