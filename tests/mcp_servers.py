@@ -30,7 +30,7 @@ import tempfile
 import threading
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 KINDS = ("tools", "search", "python", "hang", "trickle", "garbage", "close", "endless", "redirect", "status")
 # ``streamable_http_json``: streamable HTTP answering with JSON bodies instead of SSE streams.
@@ -243,6 +243,13 @@ def _read_request(conn: socket.socket) -> bytes:
 stop = threading.Event()  # never set: the process ends by a signal
 
 
+def _head(status: str, **headers: str) -> bytes:
+    """A response head; ``Connection: close``: one connection, one answer (never reused)."""
+    fields = [f"HTTP/1.1 {status}", "Connection: close"]
+    fields += [f"{name.replace('_', '-')}: {value}" for name, value in headers.items()]
+    return ("\r\n".join(fields) + "\r\n\r\n").encode()
+
+
 def _misbehave(kind: str, arg: str, conn: socket.socket) -> None:
     held: list[socket.socket] = []
     try:
@@ -250,56 +257,39 @@ def _misbehave(kind: str, arg: str, conn: socket.socket) -> None:
             held.append(conn)  # never answered, never closed
             threading.Event().wait()
         head = _read_request(conn)
+        get = head.startswith(b"GET")
         if kind == "garbage":
             body = b"<html><body>Hello! This is not an MCP server.</body></html>"
-            conn.sendall(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-            )
+            conn.sendall(_head("200 OK", Content_Type="text/html", Content_Length=str(len(body))) + body)
         elif kind == "close":
             # An answer that promises more than it sends, then the connection goes: a JSON body
             # shorter than its length to a POST, an event stream cut inside its chunk to a GET.
-            if head.startswith(b"GET"):
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-                    b"400\r\nevent: endpoint\ndata: /messa"
-                )
+            if get:
+                conn.sendall(_head("200 OK", Content_Type="text/event-stream", Transfer_Encoding="chunked"))
+                conn.sendall(b"400\r\nevent: endpoint\ndata: /messa")
             else:
-                conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
-                    b'{"jsonrpc": "2.0", "id": 1, "result": {"too'
-                )
-        elif kind == "trickle":
-            # An answer that starts and never gets anywhere: a few bytes every 0.2 s (each read
-            # succeeds, so only a deadline over the whole operation ends it).
-            sse = head.startswith(b"GET")
-            kind_of = b"text/event-stream" if sse else b"application/json"
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % kind_of)
-            while not stop.wait(0.2):
-                conn.sendall(b"3\r\n: \n\r\n" if sse else b"1\r\n \r\n")
-        elif kind == "endless":
-            # An answer that never ends: JSON whitespace, or SSE comment lines (no event, ever).
-            sse = head.startswith(b"GET")
-            kind_of = b"text/event-stream" if sse else b"application/json"
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % kind_of)
-            chunk = b": " + b"x" * 65000 + b"\n" if sse else b" " * 65536
-            while True:
-                conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                conn.sendall(_head("200 OK", Content_Type="application/json", Content_Length="5000"))
+                conn.sendall(b'{"jsonrpc": "2.0", "id": 1, "result": {"too')
+        elif kind in ("trickle", "endless"):
+            # Trickle: an answer that starts and never gets anywhere, a few bytes every 0.2 s
+            # (each read succeeds: only a deadline over the whole operation ends it). Endless:
+            # 64 KiB chunks as fast as they go. JSON whitespace to a POST, SSE comments to a GET.
+            kind_of = "text/event-stream" if get else "application/json"
+            conn.sendall(_head("200 OK", Content_Type=kind_of, Transfer_Encoding="chunked"))
+            size = 2 if kind == "trickle" else 65536
+            data = (b": " + b"x" * (size - 3) + b"\n") if get else b" " * size
+            chunk = b"%x\r\n%s\r\n" % (len(data), data)
+            while not (kind == "trickle" and stop.wait(0.2)):
+                conn.sendall(chunk)
         elif kind == "status":
             # Every request answered with the status in ``arg`` (and a short JSON body); the
             # methods seen, one line each, go to stderr (the process's log).
-            method = head.split(b" ", 1)[0].decode(errors="replace")
-            print(method, file=sys.stderr, flush=True)
+            print(head.split(b" ", 1)[0].decode(errors="replace"), file=sys.stderr, flush=True)
             body = b'{"detail": "no"}'
-            conn.sendall(
-                b"HTTP/1.1 %s Status\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                % (arg.encode(), len(body), body)
-            )
+            conn.sendall(_head(f"{arg} Status", Content_Type="application/json", Content_Length=str(len(body))) + body)
         elif kind == "redirect":
             path = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 2 else "/mcp"
-            location = f"http://localhost:{arg}{path}"
-            conn.sendall(
-                f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n".encode()
-            )
+            conn.sendall(_head("307 Temporary Redirect", Location=f"http://localhost:{arg}{path}", Content_Length="0"))
     except OSError:
         pass
     finally:
@@ -394,7 +384,7 @@ class McpServerProcess:
                 pipe.close()
         self.proc = None
 
-    def __enter__(self) -> "McpServerProcess":
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -17,12 +17,15 @@ from mcp_servers import McpServerProcess, search_corpus
 
 from vllm_responses.common.errors import APIError
 from vllm_responses.core.mcp_client import (
+    ListedTool,
     McpFailure,
     McpServer,
+    allowed,
     call_tool,
     check_headers,
     check_server_url,
     list_tools,
+    needs_approval,
     operator_server,
 )
 from vllm_responses.environment import MCP_ALLOWED_URLS, TOOL_SERVERS
@@ -383,3 +386,41 @@ def test_bad_allow_list_entries_fail_at_start() -> None:
     for bad in ("ftp://h/", "h.example/path", "h.example:99999", "https://u:p@h/"):
         with pytest.raises(ValueError, match=MCP_ALLOWED_URLS):
             Settings.from_env({MCP_ALLOWED_URLS: bad})
+
+
+# --- allowed_tools and require_approval -------------------------------------------------
+
+READ = ListedTool("read", {"type": "object"}, "Reads.", {"readOnlyHint": True})
+WRITE = ListedTool("write", {"type": "object"}, "Writes.", {"readOnlyHint": False, "destructiveHint": True})
+PLAIN = ListedTool("plain", {"type": "object"})
+TOOLS = [READ, WRITE, PLAIN]
+
+
+def names(tools: list[ListedTool]) -> list[str]:
+    return [t.name for t in tools]
+
+
+def test_allowed_tools_by_names_or_filter() -> None:
+    assert names(allowed(TOOLS, None)) == ["read", "write", "plain"]
+    assert names(allowed(TOOLS, ["plain", "read", "absent"])) == ["read", "plain"]
+    assert names(allowed(TOOLS, [])) == []
+    assert names(allowed(TOOLS, {"read_only": True})) == ["read"]
+    assert names(allowed(TOOLS, {"read_only": False})) == ["write", "plain"]  # no hint: not read-only
+    assert names(allowed(TOOLS, {"tool_names": ["read", "write"], "read_only": False})) == ["write"]
+    assert names(allowed(TOOLS, {})) == []
+
+
+def test_require_approval() -> None:
+    for tool in TOOLS:
+        assert needs_approval(tool, None) and needs_approval(tool, "always") and not needs_approval(tool, "never")
+    never_read = {"never": {"tool_names": ["read"]}}
+    assert [needs_approval(t, never_read) for t in TOOLS] == [False, True, True]
+    always_write = {"always": {"tool_names": ["write"]}}
+    assert [needs_approval(t, always_write) for t in TOOLS] == [False, True, False]
+    both = {"always": {"tool_names": ["write"]}, "never": {"read_only": True}}
+    assert [needs_approval(t, both) for t in TOOLS] == [False, True, True]
+
+
+def test_a_listed_tool_round_trips_through_its_item() -> None:
+    for tool in TOOLS:
+        assert ListedTool.from_item(json.loads(json.dumps(tool.item()))) == tool

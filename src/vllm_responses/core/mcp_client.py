@@ -103,6 +103,22 @@ class ListedTool:
             "annotations": self.annotations,
         }
 
+    @classmethod
+    def from_item(cls, item: Mapping[str, Any]) -> ListedTool:
+        """Back from a stored ``mcp_list_tools`` item's entry (a later turn lists no more)."""
+        annotations = item.get("annotations")
+        return cls(
+            name=str(item["name"]),
+            input_schema=dict(item.get("input_schema") or {"type": "object", "properties": {}}),
+            description=item.get("description"),
+            annotations=dict(annotations) if isinstance(annotations, Mapping) else None,
+        )
+
+    @property
+    def read_only(self) -> bool:
+        """The server's ``readOnlyHint`` (absent: not read-only, as MCP defines it)."""
+        return bool((self.annotations or {}).get("readOnlyHint", False))
+
 
 @dataclass(frozen=True)
 class CallOutcome:
@@ -219,6 +235,47 @@ def operator_server(label: str, settings: McpSettings) -> McpServer | None:
     """The operator's tool server of that label (``VLLM_RESPONSES_TOOL_SERVERS``), if any."""
     url = dict(settings.tool_servers).get(label)
     return None if url is None else McpServer.build(label, url)
+
+
+# --- which tools, and which need approval ----------------------------------------------
+
+
+def _matches(tool: ListedTool, rule: Any) -> bool:
+    """A filter object (``{"tool_names": [...], "read_only": bool}``) matches a tool that meets
+    every criterion it gives; one that gives none matches nothing."""
+    if not isinstance(rule, Mapping):
+        return False
+    names, read_only = rule.get("tool_names"), rule.get("read_only")
+    if names is None and read_only is None:
+        return False
+    return (names is None or tool.name in names) and (read_only is None or tool.read_only == bool(read_only))
+
+
+def allowed(tools: list[ListedTool], allowed_tools: Any) -> list[ListedTool]:
+    """The tools an ``mcp`` tool's ``allowed_tools`` lets the model see: all of them when it is
+    absent, those named when it is a list, those its filter object matches otherwise."""
+    if allowed_tools is None:
+        return list(tools)
+    if isinstance(allowed_tools, list):
+        return [t for t in tools if t.name in allowed_tools]
+    return [t for t in tools if _matches(t, allowed_tools)]
+
+
+def needs_approval(tool: ListedTool, require_approval: Any) -> bool:
+    """Whether a call of ``tool`` waits for an ``mcp_approval_response``. ``always`` or absent
+    (OpenAI's default): yes; ``never``: no. A filter object: a tool its ``never`` matches needs
+    none, one its ``always`` matches needs one; any other tool needs one unless the object gives
+    ``always`` alone (then the tools it names are the ones that need it)."""
+    if require_approval == "never":
+        return False
+    if not isinstance(require_approval, Mapping):  # "always", absent
+        return True
+    always, never = require_approval.get("always"), require_approval.get("never")
+    if _matches(tool, never):
+        return False
+    if _matches(tool, always):
+        return True
+    return not (always is not None and never is None)
 
 
 # --- the operations ---------------------------------------------------------------------
