@@ -6,9 +6,10 @@ HTTP servers for the failure paths.
         server.url                                                 # http://127.0.0.1:PORT/mcp
 
 Kinds: ``tools`` (add, echo, slow, fail, big, whoami, list_count), ``search`` (search,
-open_page, find over :data:`CORPUS`), ``python`` (runs code in a subprocess with a time limit),
-and the misbehaving ``hang`` (accepts, never answers), ``trickle`` (starts an answer and
-sends a few bytes every 0.2 s for ever), ``garbage`` (answers HTTP that is not
+open_page, find over :data:`CORPUS`; it calls itself ``browser``, as upstream vLLM's
+``--tool-server`` expects of a search server), ``python`` (runs code in a subprocess with a
+time limit), and the misbehaving ``hang`` (accepts, never answers), ``trickle`` (starts an
+answer and sends a few bytes every 0.2 s for ever), ``garbage`` (answers HTTP that is not
 MCP), ``close`` (closes the connection mid-answer), ``endless`` (an answer that never ends:
 JSON whitespace to a POST, SSE comments to a GET), ``redirect`` (redirects every request to
 ``localhost`` on the port in its argument: another host by name, the same server by address),
@@ -156,7 +157,8 @@ def _tools_server() -> Any:
 def _search_server() -> Any:
     from mcp.server.mcpserver import MCPServer
 
-    server = MCPServer("search")
+    # Named as upstream vLLM's --tool-server expects a web search server to name itself.
+    server = MCPServer("browser", instructions="Search a small local corpus, open its pages, find text in them.")
 
     @server.tool()
     def search(query: str) -> str:
@@ -187,7 +189,7 @@ def _python_server(limit_s: float = PYTHON_TIME_LIMIT_S) -> Any:
     import anyio
     from mcp.server.mcpserver import MCPServer
 
-    server = MCPServer("python")
+    server = MCPServer("python", instructions="Run Python code in a fresh process.")
 
     @server.tool(description=f"Run Python code in a fresh process (time limit {limit_s:g} s); its stdout and stderr.")
     async def python(code: str) -> str:

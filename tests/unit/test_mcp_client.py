@@ -24,9 +24,11 @@ from vllm_responses.core.mcp_client import (
     call_tool,
     check_headers,
     check_server_url,
+    describe,
     list_tools,
     needs_approval,
     operator_server,
+    vllm_tool_server_urls,
 )
 from vllm_responses.environment import MCP_ALLOWED_URLS, TOOL_SERVERS
 from vllm_responses.settings import McpSettings, Settings
@@ -317,6 +319,18 @@ def test_the_python_server_runs_code_with_a_time_limit(servers: dict[str, McpSer
     assert "boom" in failed and "[exit 1]" in failed
     looping, took = timed(call_tool(python, "python", {"code": "while True: pass"}, LIMITS))
     assert looping.output == "error: the code ran longer than 1 s and was stopped" and took < FAST
+
+
+def test_a_listing_names_the_server_as_upstreams_tool_server_does(servers: dict[str, McpServerProcess]) -> None:
+    for name, proc in (("tools", servers["tools-sse"]), ("browser", servers["search"]), ("python", servers["python"])):
+        listing = run(describe(McpServer.build("x", proc.url), LIMITS))
+        assert listing.name == name and listing.tools
+    assert vllm_tool_server_urls("127.0.0.1:8801, localhost:8802") == [
+        "http://127.0.0.1:8801/sse",
+        "http://localhost:8802/sse",
+    ]
+    with pytest.raises(ValueError, match="demo"):
+        vllm_tool_server_urls("demo")
 
 
 def test_operator_servers_are_named_in_the_settings() -> None:

@@ -231,6 +231,20 @@ def check_headers(headers: Mapping[str, Any], param: str = "tools") -> None:
         raise invalid_request(f"The MCP tool's headers cannot be sent: {problem}.", param)
 
 
+def vllm_tool_server_urls(arg: str) -> list[str]:
+    """vLLM's ``--tool-server host:port,host:port`` as the URLs upstream connects to (SSE at
+    ``/sse``). Upstream's ``demo`` (its built-in browser and python tools) is not an MCP server
+    and is refused (ValueError)."""
+    urls = []
+    for address in (a.strip() for a in arg.split(",")):
+        if not address:
+            continue
+        if address == "demo":
+            raise ValueError("--tool-server demo (vLLM's built-in tools) is not served; give MCP servers by host:port")
+        urls.append(f"http://{address}/sse")
+    return urls
+
+
 def operator_server(label: str, settings: McpSettings) -> McpServer | None:
     """The operator's tool server of that label (``VLLM_RESPONSES_TOOL_SERVERS``), if any."""
     url = dict(settings.tool_servers).get(label)
@@ -281,10 +295,21 @@ def needs_approval(tool: ListedTool, require_approval: Any) -> bool:
 # --- the operations ---------------------------------------------------------------------
 
 
-async def list_tools(server: McpServer, limits: McpSettings) -> list[ListedTool]:
-    """Every tool the server lists (all pages), or :class:`McpFailure`."""
+@dataclass(frozen=True)
+class Listing:
+    """A server's tools with what it says of itself: ``name`` (its ``serverInfo`` name, which
+    upstream vLLM's ``--tool-server`` uses as the server's label: ``browser``, ``python``) and
+    ``instructions``; either may be absent."""
 
-    async def op(client: Any) -> list[ListedTool]:
+    tools: list[ListedTool]
+    name: str | None = None
+    instructions: str | None = None
+
+
+async def describe(server: McpServer, limits: McpSettings) -> Listing:
+    """Every tool the server lists (all pages) and its name, or :class:`McpFailure`."""
+
+    async def op(client: Any) -> Listing:
         tools: list[ListedTool] = []
         cursor = None
         for _ in range(_MAX_PAGES):
@@ -293,9 +318,15 @@ async def list_tools(server: McpServer, limits: McpSettings) -> list[ListedTool]
             cursor = page.next_cursor
             if not cursor:
                 break
-        return tools
+        info = client.server_info
+        return Listing(tools, getattr(info, "name", None), client.instructions)
 
     return await _operate(server, limits, limits.list_timeout_s, "Error retrieving tool list from", op)
+
+
+async def list_tools(server: McpServer, limits: McpSettings) -> list[ListedTool]:
+    """Every tool the server lists (all pages), or :class:`McpFailure`."""
+    return (await describe(server, limits)).tools
 
 
 async def call_tool(server: McpServer, name: str, arguments: dict[str, Any], limits: McpSettings) -> CallOutcome:
