@@ -8,9 +8,11 @@ message naming the variable, never later in a request.
 import base64
 import binascii
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlsplit
 
 from .environment import (
     CAPTURE_DIR,
@@ -30,11 +32,16 @@ from .environment import (
     MAX_RESPONSES,
     MAX_TOOLS,
     MAX_TOOLS_BYTES,
+    MCP_ALLOWED_URLS,
+    MCP_CALL_TIMEOUT,
+    MCP_LIST_TIMEOUT,
+    MCP_MAX_BYTES,
     PROMPT_CACHE_MB,
     REASONING_KEYS,
     STORE,
     STORE_MAX_BYTES,
     TENANCY,
+    TOOL_SERVERS,
     UNOFFERED_TOOLS,
     WS_CACHE_MAX_BYTES,
     WS_MAX_CONNECTIONS,
@@ -91,6 +98,23 @@ class RequestLimits:
 
 
 @dataclass(frozen=True)
+class McpSettings:
+    """Remote MCP servers the server calls on a request's behalf (:mod:`.mcp_client`).
+    ``allowed_urls``: where a request's own ``server_url`` may point: URL prefixes
+    (``https://mcp.example.com/v1/``) or hosts (``mcp.example.com``, ``mcp.example.com:8443``);
+    empty: no request may name a ``server_url``. ``list_timeout_s``, ``call_timeout_s``: the
+    deadline of one listing / one tool call, connection included. ``max_bytes``: what one of
+    them may read from the server. ``tool_servers``: the operator's named servers, ``(label,
+    url)``; always allowed, whatever ``allowed_urls`` says."""
+
+    allowed_urls: tuple[str, ...] = ()
+    list_timeout_s: float = 10.0
+    call_timeout_s: float = 60.0
+    max_bytes: int = 4 * 1024 * 1024
+    tool_servers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Settings:
     """``store_url``: ``sqlite://PATH`` or ``redis://HOST:PORT/DB``.
     ``retention``: what the store keeps (age in seconds, counts, bytes; ``0`` = no limit).
@@ -138,6 +162,7 @@ class Settings:
     ws_max_connections: int = 256
     ws_cache_max_bytes: int = 16 * 1024 * 1024
     tenancy: Tenancy = "per-key"
+    mcp: McpSettings = McpSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "Settings":
@@ -174,6 +199,7 @@ class Settings:
             ws_max_connections=int(_number(env, WS_MAX_CONNECTIONS, 256, int, minimum=1)),
             ws_cache_max_bytes=int(_number(env, WS_CACHE_MAX_BYTES, 16 * 1024 * 1024, int)),
             tenancy=tenancy_from_env(env),
+            mcp=_mcp(env),
         )
 
 
@@ -205,6 +231,68 @@ def _file_limits(env: Mapping[str, str]) -> FileLimits:
             _number(env, FILE_PARSE_MB, d.parse_memory_bytes // (1024 * 1024), int, minimum=128) * 1024 * 1024
         ),
     )
+
+
+def _mcp(env: Mapping[str, str]) -> McpSettings:
+    d = McpSettings()
+    return McpSettings(
+        allowed_urls=tuple(_allowed(entry) for entry in _entries(env.get(MCP_ALLOWED_URLS, ""))),
+        list_timeout_s=_number(env, MCP_LIST_TIMEOUT, d.list_timeout_s, float, minimum=0.1),
+        call_timeout_s=_number(env, MCP_CALL_TIMEOUT, d.call_timeout_s, float, minimum=0.1),
+        max_bytes=int(_number(env, MCP_MAX_BYTES, d.max_bytes, int, minimum=1024)),
+        tool_servers=_tool_servers(env.get(TOOL_SERVERS, "")),
+    )
+
+
+def _entries(raw: str) -> list[str]:
+    return [entry.strip() for entry in raw.split(",") if entry.strip()]
+
+
+def _allowed(entry: str) -> str:
+    """An allow-list entry as it is matched: a URL prefix (``http(s)://host[:port][/path]``) or
+    a host (``host`` or ``host:port``), lower-cased where case does not matter."""
+    if "://" in entry:
+        http_url(entry, MCP_ALLOWED_URLS)
+        return entry
+    parts = urlsplit("//" + entry)
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+        bad = not parts.hostname or bool(parts.path or parts.query) or parts.username is not None
+    except ValueError:
+        bad = True
+    if bad:
+        raise ValueError(f"{MCP_ALLOWED_URLS}: {entry!r} is neither a URL prefix (https://host/path) nor a host")
+    return entry.lower()
+
+
+def http_url(url: str, name: str) -> None:
+    """Refuses (ValueError naming ``name``) anything but an ``http``/``https`` URL with a host
+    and no credentials in it."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"{name}: {url!r} is not a URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
+        raise ValueError(f"{name}: {url!r} must be an http:// or https:// URL with a host and no credentials")
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _tool_servers(raw: str) -> tuple[tuple[str, str], ...]:
+    """``label=url,label=url``: the operator's MCP servers, by a label of letters, digits,
+    ``_`` and ``-``."""
+    servers: dict[str, str] = {}
+    for entry in _entries(raw):
+        label, sep, url = (part.strip() for part in entry.partition("="))
+        if not sep or not _LABEL.fullmatch(label):
+            raise ValueError(f"{TOOL_SERVERS}: {entry!r} is not label=url (a label of letters, digits, _ and -)")
+        if label in servers:
+            raise ValueError(f"{TOOL_SERVERS}: the label {label!r} is given twice")
+        http_url(url, TOOL_SERVERS)
+        servers[label] = url
+    return tuple(servers.items())
 
 
 def _number(env: Mapping[str, str], name: str, default: float, kind: type, minimum: float = 0) -> float:
