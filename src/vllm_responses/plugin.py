@@ -9,6 +9,7 @@ Settings come from ``VLLM_RESPONSES_*`` environment variables (:mod:`.settings`)
 from argparse import Namespace
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,9 +22,11 @@ from .api.codex_models import CodexCatalog
 from .api.paths import families
 from .common.logs import get_logger, redact_url
 from .common.sealing import ReasoningSealer
+from .core.hosted import McpHostedTools
+from .core.mcp_client import McpFailure, McpServer, describe, vllm_tool_server_urls
 from .core.service import ResponsesService, warm_up
 from .request import protocol
-from .settings import REASONING_KEYS, Settings
+from .settings import REASONING_KEYS, McpSettings, Settings
 from .store import StoreUnavailable, open_store
 
 logger = get_logger(__name__)
@@ -73,6 +76,7 @@ class ResponsesPlugin:
             keepalive_s=settings.keepalive_s,
             max_history_bytes=settings.max_history_bytes,
             max_background=settings.max_background,
+            hosted=await hosted_tools(settings.mcp, getattr(args, "tool_server", None)),
         )
         protocol.LIMITS = settings.requests
         try:
@@ -88,6 +92,30 @@ class ResponsesPlugin:
         warm_up()
         service.start()
         state.vllm_responses = service
+
+
+async def hosted_tools(settings: McpSettings, tool_server: str | None) -> McpHostedTools:
+    """The MCP servers the server runs tools on: ``VLLM_RESPONSES_TOOL_SERVERS`` and vLLM's own
+    ``--tool-server host:port,...`` (each labelled by the name its MCP server gives itself, as
+    upstream labels them: ``browser``, ``python``; one that cannot be reached now is left out,
+    with an error in the log), and per-request URLs the allow-list lets through."""
+    servers = list(settings.tool_servers)
+    if tool_server:
+        try:
+            urls = vllm_tool_server_urls(tool_server)
+        except ValueError as exc:
+            logger.error("%s: the flag is ignored", exc)
+            urls = []
+        for url in urls:
+            try:
+                listing = await describe(McpServer.build("--tool-server", url, transport="sse"), settings)
+            except McpFailure as exc:
+                logger.error("--tool-server %s: %s; its tools are not served", url, exc.message)
+                continue
+            label = listing.name or url
+            servers.append((label, url))
+            logger.info("--tool-server %s: MCP server %r, %d tools", url, label, len(listing.tools))
+    return McpHostedTools(replace(settings, tool_servers=tuple(servers)))
 
 
 def _on_shutdown(app: FastAPI) -> None:

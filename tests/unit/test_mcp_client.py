@@ -20,17 +20,16 @@ from vllm_responses.core.mcp_client import (
     ListedTool,
     McpFailure,
     McpServer,
-    allowed,
     call_tool,
     check_headers,
     check_server_url,
     describe,
     list_tools,
-    needs_approval,
     operator_server,
     vllm_tool_server_urls,
 )
 from vllm_responses.environment import MCP_ALLOWED_URLS, TOOL_SERVERS
+from vllm_responses.request.mcp_filters import allowed, needs_approval
 from vllm_responses.settings import McpSettings, Settings
 
 LIMITS = McpSettings(list_timeout_s=20, call_timeout_s=20, max_bytes=1024 * 1024)

@@ -11,7 +11,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..common.errors import invalid_request
+from ..environment import TOOL_SERVERS
 from ..request.protocol import ResponsesRequest
+from ..settings import McpSettings
+from . import mcp_client
+from .mcp_client import (
+    McpFailure,
+    McpServer,
+    check_headers,
+    check_server_url,
+    operator_server,
+)
 
 
 class HostedFailure(Exception):
@@ -79,21 +89,54 @@ class NoHostedTools(HostedTools):
         raise HostedFailure("No MCP server is reachable from this server.")
 
 
-def needs_approval(tool: Any, name: str) -> bool:
-    """``require_approval``: ``never``, ``always`` (OpenAI's default), or filters naming the
-    tools that never / always need it (a tool neither names needs it)."""
-    policy = tool.require_approval
-    if policy is None or policy == "always":
-        return True
-    if policy == "never":
-        return False
-    never = getattr(policy, "never", None)
-    always = getattr(policy, "always", None)
-    if never is not None and name in (never.tool_names or []):
-        return False
-    if always is not None and name in (always.tool_names or []):
-        return True
-    return True
+class McpHostedTools(HostedTools):
+    """MCP servers over the network (:mod:`.mcp_client`): a request's own ``server_url`` where
+    ``VLLM_RESPONSES_MCP_ALLOWED_URLS`` allows it, else the operator's server of the tool's label."""
+
+    def __init__(self, settings: McpSettings) -> None:
+        self.settings = settings
+
+    def server(self, tool: Any) -> McpServer | None:
+        if tool.server_url:
+            return McpServer.build(tool.server_label, tool.server_url, tool.headers, tool.authorization)
+        found = operator_server(tool.server_label, self.settings)
+        if found is None:
+            return None
+        return McpServer.build(found.label, found.url, tool.headers, tool.authorization, found.transport)
+
+    def check(self, request: ResponsesRequest) -> None:
+        for i, tool in enumerate(request.tools):
+            if tool.type != "mcp":
+                continue
+            if tool.server_url:
+                check_server_url(tool.server_url, self.settings, param=f"tools[{i}].server_url")
+            elif operator_server(tool.server_label, self.settings) is None:
+                raise invalid_request(
+                    f"Invalid 'tools[{i}]': an mcp tool needs a 'server_url', or the label of an MCP server this "
+                    f"server's operator registered ({TOOL_SERVERS}); '{tool.server_label[:64]}' is neither.",
+                    param=f"tools[{i}].server_url",
+                    code="missing_required_parameter",
+                )
+            check_headers(
+                {**(tool.headers or {}), **({"Authorization": tool.authorization} if tool.authorization else {})},
+                param=f"tools[{i}].headers",
+            )
+
+    async def list_tools(self, tool: Any) -> list[dict[str, Any]]:
+        server = self.server(tool)
+        if server is None:
+            raise HostedFailure(f"No MCP server is labelled '{tool.server_label}'.")
+        try:
+            return [listed.item() for listed in await mcp_client.list_tools(server, self.settings)]
+        except McpFailure as exc:
+            raise HostedFailure(exc.message) from None
+
+    async def call(self, tool: Any, name: str, arguments: dict[str, Any]) -> CallResult:
+        server = self.server(tool)
+        if server is None:
+            raise HostedFailure(f"No MCP server is labelled '{tool.server_label}'.")
+        outcome = await mcp_client.call_tool(server, name, arguments, self.settings)
+        return CallResult(outcome.output, outcome.error)
 
 
 def call_error(failure: HostedFailure) -> dict[str, Any]:

@@ -254,44 +254,6 @@ def operator_server(label: str, settings: McpSettings) -> McpServer | None:
 # --- which tools, and which need approval ----------------------------------------------
 
 
-def _matches(tool: ListedTool, rule: Any) -> bool:
-    """A filter object (``{"tool_names": [...], "read_only": bool}``) matches a tool that meets
-    every criterion it gives; one that gives none matches nothing."""
-    if not isinstance(rule, Mapping):
-        return False
-    names, read_only = rule.get("tool_names"), rule.get("read_only")
-    if names is None and read_only is None:
-        return False
-    return (names is None or tool.name in names) and (read_only is None or tool.read_only == bool(read_only))
-
-
-def allowed(tools: list[ListedTool], allowed_tools: Any) -> list[ListedTool]:
-    """The tools an ``mcp`` tool's ``allowed_tools`` lets the model see: all of them when it is
-    absent, those named when it is a list, those its filter object matches otherwise."""
-    if allowed_tools is None:
-        return list(tools)
-    if isinstance(allowed_tools, list):
-        return [t for t in tools if t.name in allowed_tools]
-    return [t for t in tools if _matches(t, allowed_tools)]
-
-
-def needs_approval(tool: ListedTool, require_approval: Any) -> bool:
-    """Whether a call of ``tool`` waits for an ``mcp_approval_response``. ``always`` or absent
-    (OpenAI's default): yes; ``never``: no. A filter object: a tool its ``never`` matches needs
-    none, one its ``always`` matches needs one; any other tool needs one unless the object gives
-    ``always`` alone (then the tools it names are the ones that need it)."""
-    if require_approval == "never":
-        return False
-    if not isinstance(require_approval, Mapping):  # "always", absent
-        return True
-    always, never = require_approval.get("always"), require_approval.get("never")
-    if _matches(tool, never):
-        return False
-    if _matches(tool, always):
-        return True
-    return not (always is not None and never is None)
-
-
 # --- the operations ---------------------------------------------------------------------
 
 
@@ -575,9 +537,7 @@ async def _attempt(
 
     headers = {**server.headers, "Accept-Encoding": "identity"}
 
-    def http_client(
-        headers: dict[str, str] | None = None, timeout: Any = None, auth: Any = None
-    ) -> httpx2.AsyncClient:
+    def http_client(headers: dict[str, str] | None = None, timeout: Any = None, auth: Any = None) -> httpx2.AsyncClient:
         return httpx2.AsyncClient(
             headers=headers,
             timeout=httpx2.Timeout(deadline_s),
@@ -660,4 +620,3 @@ def _scrub_json(value: Any, server: McpServer) -> Any:
     if isinstance(value, dict):
         return {k: _scrub_json(v, server) for k, v in value.items()}
     return value
-

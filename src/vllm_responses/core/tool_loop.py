@@ -24,6 +24,7 @@ server-run calls (or the request's ``max_tool_calls``, when lower).
 import json
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from ..common.ids import new_id
@@ -43,6 +44,7 @@ from ..events.deltas import (
 from ..events.response import dump_json_dict
 from ..request.chat import CALL_TYPES, listed_servers
 from ..request.items import sealed_free, to_model_input
+from ..request.mcp_filters import needs_approval
 from ..request.protocol import ResponsesRequest
 from . import tool_search
 from .compaction import Direct, Plan, added
@@ -53,7 +55,6 @@ from .hosted import (
     NoHostedTools,
     call_error,
     execution_error,
-    needs_approval,
 )
 
 # The most server-run tool calls one response makes.
@@ -219,7 +220,11 @@ class ToolLoop:
     async def _mcp_call(self, call: _McpCall, approval_request_id: str | None = None) -> AsyncGenerator[Delta, None]:
         tool = self._mcp_tools().get(call.server_label)
         arguments = "".join(call.arguments)
-        if tool is not None and approval_request_id is None and needs_approval(tool, call.name):
+        if (
+            tool is not None
+            and approval_request_id is None
+            and needs_approval(self._listed(call), tool.require_approval)
+        ):
             yield ItemDelta(
                 {
                     "type": "mcp_approval_request",
@@ -249,6 +254,12 @@ class ToolLoop:
             yield HostedEnd({"status": "failed", "error": result.error})
         else:
             yield HostedEnd({"status": "completed", "output": result.output or ""})
+
+    def _listed(self, call: _McpCall) -> Any:
+        """The listed tool a call names (its annotations decide a ``read_only`` filter)."""
+        listing = listed_servers(self._context()).get(call.server_label)
+        found = [t for t in (listing.tools if listing is not None else []) if t.name == call.name]
+        return found[0] if found else SimpleNamespace(name=call.name, annotations=None)
 
     async def _run_mcp(self, tool: Any, name: str, arguments: str) -> CallResult:
         if tool is None:

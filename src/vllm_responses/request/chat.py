@@ -12,7 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..common.errors import invalid_request
-from . import builtins, files
+from . import builtins, files, mcp_filters
 
 # A custom (freeform) tool is shown to the model as a function taking one string.
 CUSTOM_TOOL_INPUT = "input"
@@ -184,24 +184,11 @@ def listed_servers(items: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def _read_only(tool: Any) -> bool:
-    annotations = tool.annotations if isinstance(tool.annotations, dict) else {}
-    return bool(annotations.get("readOnlyHint"))
-
-
 def _mcp_tools(tool: Any, items: Sequence[Any]) -> list[Any]:
     """What an ``mcp`` tool offers the model: its server's listed tools, less those its
     ``allowed_tools`` (names, or a filter by names and ``readOnlyHint``) leaves out."""
     listing = listed_servers(items).get(tool.server_label)
-    if listing is None:
-        return []
-    allowed = tool.allowed_tools
-    if allowed is None:
-        return list(listing.tools)
-    if isinstance(allowed, list):
-        return [t for t in listing.tools if t.name in allowed]
-    names, read_only = allowed.tool_names, allowed.read_only
-    return [t for t in listing.tools if (names is None or t.name in names) and (not read_only or _read_only(t))]
+    return [] if listing is None else mcp_filters.allowed(list(listing.tools), tool.allowed_tools)
 
 
 def loaded_tools(items: Sequence[Any]) -> list[Any]:
