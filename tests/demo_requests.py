@@ -109,6 +109,38 @@ def needs_builtin_support(scenario: str) -> bool:
     return scenario in BUILTIN_SCENARIOS and not BUILTIN_SERVER_SUPPORT
 
 
+# Tools the server runs (issue 23), as the chat functions the server offers the model: the
+# tool `add` of an MCP server labelled `tools` (<label>__<tool>), web search, code interpreter.
+HOSTED_AS_FUNCTIONS = {
+    "tools__add": {
+        "type": "function",
+        "name": "tools__add",
+        "description": "Add two numbers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+    "web_search": {
+        "type": "function",
+        "name": "web_search",
+        "description": "Search the web.",
+        "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+    },
+    "code_interpreter": {
+        "type": "function",
+        "name": "code_interpreter",
+        "description": "Run Python code.",
+        "parameters": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]},
+    },
+}
+
+#: Scenarios in which the model calls a tool the server runs (their Cases offer the plain
+#: functions of HOSTED_AS_FUNCTIONS: ordinary function-call scenarios).
+HOSTED_SCENARIOS = frozenset({"mcp_add", "web_search", "run_python"})
+
+
 @dataclass(frozen=True)
 class Case:
     scenario: str
@@ -203,6 +235,11 @@ CASES = {
         Case("local_shell_call", {"input": "Please list the directory.", "tools": [{"type": "local_shell"}]}, call_kind="local_shell_call"),
         # A client-run search ends the response with the call (a server-run one goes on: tests/e2e/test_builtin_tools.py).
         Case("tool_search", {"input": "Please find the weather tool.", "tools": [{"type": "tool_search", "execution": "client"}, {**WEATHER_TOOL, "defer_loading": True}]}, call_kind="tool_search_call"),
+        # Tools the server runs (issue 23), offered for now as the plain functions the server
+        # offers them as: the call comes back as a function_call.
+        Case("mcp_add", {"input": "Please add 2 and 3.", "tools": [HOSTED_AS_FUNCTIONS["tools__add"]]}),
+        Case("web_search", {"input": "Please search the web for the Responses API.", "tools": [HOSTED_AS_FUNCTIONS["web_search"]]}),
+        Case("run_python", {"input": "Please run python to multiply 6 by 7.", "tools": [HOSTED_AS_FUNCTIONS["code_interpreter"]]}),
     ]
 }
 

@@ -6,7 +6,7 @@ import uuid
 import httpx
 import pytest
 
-from demo_requests import BUILTIN_SCENARIOS, CASES, NEEDS_BUILTIN_SUPPORT, check_output, needs_builtin_support
+from demo_requests import BUILTIN_SCENARIOS, CASES, HOSTED_SCENARIOS, NEEDS_BUILTIN_SUPPORT, check_output, needs_builtin_support
 from probes import RawClient, captured_request, wait_engine_idle, wait_until
 from server import Server
 from vllm_responses.events.conformance import assert_conforms, parse_sse
@@ -55,6 +55,26 @@ def test_builtin_scenario_as_plain_function(base_url: str, scenario: str) -> Non
     check_output(case, events[-1]["response"]["output"])
     done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
     assert [json.loads(e["arguments"]) for e in done] == [c["arguments"] for c in case.tool_calls]
+
+
+@pytest.mark.parametrize("scenario", sorted(HOSTED_SCENARIOS))
+def test_hosted_tool_scenario_as_plain_function(base_url: str, scenario: str) -> None:
+    """The scenarios of the tools the server runs (MCP, web search, code interpreter), offered
+    as the plain functions the server offers them as: exactly the scripted call, arguments
+    typed as the schema says; its result sent back as the server will feed it plays after_tool."""
+    case = CASES[scenario]
+    _, events = stream(base_url, case.request())
+    assert_conforms(events)
+    assert events[-1]["type"] == "response.completed"
+    output = events[-1]["response"]["output"]
+    check_output(case, output)
+    done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert [e["arguments"] for e in done] == [json.dumps(c["arguments"]) for c in case.tool_calls]
+    (call,) = [item for item in output if item["type"] == "function_call"]
+    result = {"type": "function_call_output", "call_id": call["call_id"], "output": "42"}
+    _, events = stream(base_url, case.request(input=[{"role": "user", "content": case.body["input"]}, *output, result]))
+    assert_conforms(events)
+    check_output(CASES["after_tool"], events[-1]["response"]["output"])
 
 
 @pytest.mark.parametrize("scenario", ["default", "weather_call", "endless"])

@@ -10,7 +10,9 @@ arguments (``function_call_arguments.done``, ``custom_tool_call_input.done`` and
 item), no whitespace-only items, and every stream the server sent conforms. The built-in
 tool scenarios (``demo_requests.BUILTIN_SCENARIOS``) run twice: with plain functions of the
 built-ins' names and schemas, and offered by their built-in types (typed call items; skipped
-until the server supports them, ``demo_requests.BUILTIN_SERVER_SUPPORT``).
+until the server supports them, ``demo_requests.BUILTIN_SERVER_SUPPORT``). The scenarios of
+the tools the server runs (``demo_requests.HOSTED_SCENARIOS``: MCP, web search, code
+interpreter) run with the plain functions the server offers them as.
 
 DeepSeek's server runs with ``--stream-interval 3``: each delta then holds several tokens,
 which vLLM's ``deepseek_v3`` streaming parser mishandles (it drops arguments: the server
@@ -38,6 +40,7 @@ from demo_requests import (
     BUILTIN_SERVER_SUPPORT,
     CASES,
     EXEC_TOOL,
+    HOSTED_SCENARIOS,
     NEEDS_BUILTIN_SUPPORT,
     WEATHER_TOOL,
     Case,
@@ -189,6 +192,19 @@ def test_builtin_scenarios_as_plain_functions(family: tuple[sc.Family, str]) -> 
         check_stream(c, stream(base_url, c.request()))
 
 
+def test_hosted_tool_scenarios_as_plain_functions(family: tuple[sc.Family, str]) -> None:
+    """The tools the server runs, offered as the functions the server offers them as
+    (``tools__add`` with integers, ``web_search``, ``code_interpreter``): every family plays
+    them, and its parsers return exactly the scripted call (Qwen3-Coder's XML values typed by
+    the schema: ``{"a": 2, "b": 3}``, not strings)."""
+    f, base_url = family
+    names = [s.name for s in f.scenarios if s.name in HOSTED_SCENARIOS]
+    assert set(names) == HOSTED_SCENARIOS, f.name
+    for name in names:
+        c = case(f, name).as_plain_functions()
+        check_stream(c, stream(base_url, c.request()))
+
+
 @dataclass(frozen=True)
 class LossyCase(Case):
     """A case whose message lost its end to the parser: it holds ``seen``."""
@@ -210,8 +226,8 @@ def builtin_scenarios(f: sc.Family) -> list[str]:
 def test_every_scenario_streams_clean(family: tuple[sc.Family, str]) -> None:
     f, base_url = family
     for s in f.scenarios:
-        if s.name in BUILTIN_SCENARIOS:
-            continue  # test_builtin_scenarios_stream_clean
+        if s.name in BUILTIN_SCENARIOS | HOSTED_SCENARIOS:
+            continue  # test_builtin_scenarios_stream_clean, test_hosted_tool_scenarios_as_plain_functions
         c = case(f, s.name)
         events = stream(base_url, c.request())
         if f.name == "deepseek_r1" and s.name == "text_then_call":

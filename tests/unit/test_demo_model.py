@@ -19,7 +19,7 @@ import torch
 import transformers
 
 import vllm_responses.demo_model.build as demo_build
-from demo_requests import BUILTIN_AS_FUNCTIONS, BUILTIN_SCENARIOS
+from demo_requests import BUILTIN_AS_FUNCTIONS, BUILTIN_SCENARIOS, HOSTED_AS_FUNCTIONS, HOSTED_SCENARIOS
 from vllm_responses.demo_model import scenarios as sc
 from vllm_responses.demo_model.template import chat_template
 
@@ -76,6 +76,8 @@ ALL_TOOLS = [
     _fn("crm__lookup_customer", {"type": "object", "properties": {"customer_id": {"type": "string"}}}),
     # The built-in tools, as the server offers them to the model (issue 22).
     *({"type": "function", "function": {k: v for k, v in f.items() if k != "type"}} for f in BUILTIN_AS_FUNCTIONS.values() if f["name"] != "apply_patch"),
+    # The tools the server runs, as it offers them to the model (issue 23).
+    *({"type": "function", "function": {k: v for k, v in f.items() if k != "type"}} for f in HOSTED_AS_FUNCTIONS.values()),
 ]
 
 TOOL_TURN = [
@@ -105,6 +107,9 @@ PROMPTS = {
     "think_then_call": [{"role": "user", "content": "Forecast for Oslo?"}],
     "text_then_call": [{"role": "user", "content": "Do I need an umbrella in Bergen?"}],
     "call_then_newline": [{"role": "user", "content": "Rain in Stockholm tomorrow?"}],
+    "mcp_add": [{"role": "user", "content": "Please ADD 2 AND 3"}],
+    "web_search": [{"role": "user", "content": "Search the web for vLLM"}],
+    "run_python": [{"role": "user", "content": "Run Python: 6 * 7"}],
     "shell_tests": [{"role": "user", "content": "Please Run The Tests"}],
     "create_file": [{"role": "user", "content": "Create a file with a shopping list"}],
     "update_file": [{"role": "user", "content": "Now update the file"}],
@@ -267,6 +272,10 @@ def test_raw_output_format():
         (call,) = sc.expected_tool_calls(name)
         assert call["name"] == "apply_patch" and list(call["arguments"]) == ["operation"]
         assert call["arguments"]["operation"]["type"] == op and call["arguments"]["operation"]["path"] == "notes.txt"
+    # The tools the server runs: one call each, with the functions' argument schemas.
+    assert sc.expected_tool_calls("mcp_add") == [{"name": "tools__add", "arguments": {"a": 2, "b": 3}}]
+    assert sc.expected_tool_calls("web_search") == [{"name": "web_search", "arguments": {"query": "vllm responses api"}}]
+    assert sc.expected_tool_calls("run_python") == [{"name": "code_interpreter", "arguments": {"code": "print(6 * 7)"}}]
 
 
 def test_builtin_patch_scenarios_apply_with_the_agents_sdk():
@@ -290,6 +299,19 @@ def test_every_family_plays_the_builtin_scenarios():
         assert max(names.index(n) for n in BUILTIN_SCENARIOS) < min(names.index(n) for n in ("exec_command", "weather_call", "apply_patch"))
         for name in BUILTIN_SCENARIOS:
             assert len(sc.expected_tool_calls(name, f)) == 1 and sc.num_output_tokens(name, f) > 1
+
+
+def test_every_family_plays_the_hosted_tool_scenarios():
+    """Every family plays the scenarios of the tools the server runs, right after after_tool
+    (ahead of every other trigger), one call each; Qwen3-Coder's XML writes both of
+    mcp_add's parameters, each `</parameter>` with one successor."""
+    for f in sc.FAMILIES.values():
+        names = [s.name for s in f.scenarios]
+        assert names[: len(HOSTED_SCENARIOS) + 1] == ["after_tool", "mcp_add", "web_search", "run_python"], f.name
+        for name in HOSTED_SCENARIOS:
+            assert len(sc.expected_tool_calls(name, f)) == 1 and sc.num_output_tokens(name, f) > 1
+            assert sc.expected_tool_calls(name, f)[0]["name"] in HOSTED_AS_FUNCTIONS
+    assert "<parameter=a>\n2\n</parameter>\n<parameter=b>\n3\n</parameter>" in sc.raw_output("mcp_add", family="qwen3_coder")
 
 
 def test_vllm_parsers_extract_scripts(tokenizer):
@@ -449,6 +471,15 @@ SELECTION_CASES = [
     ([{"role": "user", "content": "list the directory"}], [_fn("shell")], "default"),
     ([{"role": "user", "content": "find the weather tool in london"}], ALL_TOOLS, "tool_search"),
     ([{"role": "user", "content": "find the weather tool"}], [_fn("get_weather")], "weather_call"),
+    # Tools the server runs: each needs its function; their keywords win over every other.
+    ([{"role": "user", "content": "add 2 and 3, run the tests, search the web, run python, weather in london, json forever"}], ALL_TOOLS, "mcp_add"),
+    ([{"role": "user", "content": "add 2 and 3"}], [_fn("add"), _fn("tools_add"), _fn("code_interpreter")], "default"),
+    ([{"role": "user", "content": "add 2 and 4"}], [_fn("tools__add")], "default"),
+    ([{"role": "user", "content": "Search The Web: find the weather tool, list the directory"}], ALL_TOOLS, "web_search"),
+    ([{"role": "user", "content": "search the web"}], [_fn("tool_search"), _fn("code_interpreter")], "default"),
+    ([{"role": "user", "content": "run python to run the tests and create a file with a patch"}], ALL_TOOLS, "run_python"),
+    ([{"role": "user", "content": "run python"}], [_fn("exec_command"), _fn("shell"), _fn("web_search")], "default"),
+    ([{"role": "user", "content": "run the tests"}], [_fn("code_interpreter"), _fn("shell")], "shell_tests"),
     ([{"role": "user", "content": "Give me JSON"}], None, "json"),
     ([{"role": "user", "content": "json, no reasoning"}], None, "json"),
     ([{"role": "user", "content": "No Reasoning please"}], None, "no_reasoning"),
@@ -572,7 +603,7 @@ def test_docs_list_current_outputs():
 # --------------------------------------------------------------------------
 
 #: Tool scenarios whose script round-trips through the tokenizer.
-LOOP_SCENARIOS = ["weather_call", "exec_command", "apply_patch", "namespace_call", *sorted(BUILTIN_SCENARIOS)]
+LOOP_SCENARIOS = ["weather_call", "exec_command", "apply_patch", "namespace_call", *sorted(BUILTIN_SCENARIOS), *sorted(HOSTED_SCENARIOS)]
 
 
 def _prompt_ids(tokenizer, messages, tools=ALL_TOOLS):
@@ -880,8 +911,8 @@ def test_variant_tool_loop_prompt_extends_previous_step(variant):
     the generated tokens (what the parsers returned, sent back as a client does). Each
     family plays the tool-loop scenarios it has (Llama 3 has no text before a call)."""
     family, built, tok, model = variant
-    names = [n for n in ("weather_call", "exec_command", "apply_patch", "namespace_call", "text_then_call", *sorted(BUILTIN_SCENARIOS)) if n in family.by_name]
-    assert len(names) >= 9
+    names = [n for n in ("weather_call", "exec_command", "apply_patch", "namespace_call", "text_then_call", *sorted(BUILTIN_SCENARIOS), *sorted(HOSTED_SCENARIOS)) if n in family.by_name]
+    assert len(names) >= 12
     for name in names:
         _check_tool_loop_prompt(family, built, tok, model, name)
 
@@ -944,6 +975,8 @@ def _through_layer(outdir, family, s, seed):
     offered = RESPONSES_TOOLS if (s.tool_calls or s.trigger.after_tool) else []
     if s.name in BUILTIN_SCENARIOS:  # offered as the plain functions of their names and schemas
         offered = list(BUILTIN_AS_FUNCTIONS.values())
+    if s.name in HOSTED_SCENARIOS:  # as the server offers them (integer a and b for Qwen3-Coder's XML)
+        offered = list(HOSTED_AS_FUNCTIONS.values())
     body = {"model": "demo", "input": "x", "tools": offered}
     tools = chat_tools(parse_request(json.dumps(body).encode()).tools or [])
     fields = {"model": "demo", "messages": [{"role": "user", "content": "x"}], "stream": True}

@@ -203,6 +203,27 @@ SCENARIO_LIST: tuple[Scenario, ...] = (
         reasoning="",
         answer="The tool finished. Here is the result.",
     ),
+    # Tools the server runs (an MCP server labelled `tools`, web search, code interpreter),
+    # offered to the model as functions with these names and argument schemas; the server
+    # feeds the result back as a tool message and after_tool answers.
+    Scenario(
+        name="mcp_add",
+        trigger=Trigger(tool="tools__add", keywords=("add 2 and 3",)),
+        reasoning="The user wants 2 and 3 added. I will call the MCP tool tools__add.",
+        tool_calls=(_tc("tools__add", a=2, b=3),),
+    ),
+    Scenario(
+        name="web_search",
+        trigger=Trigger(tool="web_search", keywords=("search the web",)),
+        reasoning="The user wants a web search. I will call web_search.",
+        tool_calls=(_tc("web_search", query="vllm responses api"),),
+    ),
+    Scenario(
+        name="run_python",
+        trigger=Trigger(tool="code_interpreter", keywords=("run python",)),
+        reasoning="The user wants Python code run. I will call code_interpreter.",
+        tool_calls=(_tc("code_interpreter", code="print(6 * 7)"),),
+    ),
     # The built-in tools a client runs (shell, local_shell, apply_patch, tool_search),
     # offered to the model as functions with these names and argument schemas.
     Scenario(
@@ -484,6 +505,19 @@ def xml_call(call: ToolCall) -> str:
     return f"\n<function={call.name}>\n{params}</function>\n"
 
 
+def xml_chunks(call: ToolCall) -> list[str]:
+    """:func:`chunk_lines` of :func:`xml_call`, a parameter's ``\\n</parameter>`` joined with
+    the next ``\\n<parameter=K>``: with several parameters, ``\\n</parameter>`` alone would be
+    followed by two different tokens within one mode (the next parameter, ``</function>``)."""
+    chunks: list[str] = []
+    for line in chunk_lines(xml_call(call)):
+        if chunks and chunks[-1].endswith("\n</parameter>") and line.startswith("\n<parameter="):
+            chunks[-1] += line
+        else:
+            chunks.append(line)
+    return chunks
+
+
 def _qwen3_coder_script(s: Scenario, phase0: int) -> Script:
     """Qwen3.5 / Qwen3-Coder: ``<think>\\nR\\n</think>\\n\\n{answer}`` then XML calls
     ``<tool_call>\\n<function=NAME>\\n<parameter=K>\\nV\\n</parameter>\\n</function>\\n</tool_call>``.
@@ -497,7 +531,7 @@ def _qwen3_coder_script(s: Scenario, phase0: int) -> Script:
     def block(call: ToolCall) -> list[Piece]:
         return [
             Piece(TOOL_CALL_START, "added", "call"),
-            *(Piece(c, "text", "call") for c in chunk_lines(xml_call(call))),
+            *(Piece(c, "text", "call") for c in xml_chunks(call)),
             Piece(TOOL_CALL_END, "added", "call"),
         ]
 
