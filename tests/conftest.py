@@ -45,7 +45,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         return
     base = tmp_path_factory.mktemp("vllm")
     captured = base / "streams"
-    with running(plugin=True, log_path=base / "server.log", capture_dir=captured, shared=True) as srv:
+    # MCP servers the tests start on loopback may be named by a request's server_url (tests/e2e/test_mcp_tools.py).
+    mcp = {"VLLM_RESPONSES_MCP_ALLOWED_URLS": "127.0.0.1"}
+    with running(plugin=True, log_path=base / "server.log", capture_dir=captured, shared=True, env=mcp) as srv:
         yield srv
     # Every stream the server sent in this session — the SDKs', the Agents SDK's, Codex's,
     # the non-streaming ones — goes through the conformance checker.

@@ -26,7 +26,6 @@ EXEC_TOOL = {
 HOSTED_TOOLS = [
     {"type": "web_search"},
     {"type": "file_search", "vector_store_ids": ["vs_1"]},
-    {"type": "mcp", "server_label": "deepwiki", "server_url": "https://mcp.deepwiki.com/mcp"},
     {"type": "code_interpreter", "container": {"type": "auto"}},
     {"type": "image_generation"},
     {"type": "computer_use_preview", "display_width": 1024, "display_height": 768, "environment": "browser"},
