@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
 
+from .common.logs import redact_url
 from .environment import (
     CAPTURE_DIR,
     CAPTURE_MAX_MB,
@@ -261,20 +262,22 @@ def _allowed(entry: str) -> str:
     except ValueError:
         bad = True
     if bad:
-        raise ValueError(f"{MCP_ALLOWED_URLS}: {entry!r} is neither a URL prefix (https://host/path) nor a host")
+        shown = "an entry with credentials" if "@" in entry else repr(entry)
+        raise ValueError(f"{MCP_ALLOWED_URLS}: {shown} is neither a URL prefix (https://host/path) nor a host")
     return entry.lower()
 
 
 def http_url(url: str, name: str) -> None:
     """Refuses (ValueError naming ``name``) anything but an ``http``/``https`` URL with a host
     and no credentials in it."""
+    shown = redact_url(url)  # a password in it stays out of the message
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError:
-        raise ValueError(f"{name}: {url!r} is not a URL") from None
+        raise ValueError(f"{name}: {shown!r} is not a URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
-        raise ValueError(f"{name}: {url!r} must be an http:// or https:// URL with a host and no credentials")
+        raise ValueError(f"{name}: {shown!r} must be an http:// or https:// URL with a host and no credentials")
 
 
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -294,6 +294,12 @@ def test_no_secret_in_a_message_or_the_log(
     assert len(caplog.records) > 10  # the log was captured (DEBUG, every logger)
     for text in [*texts, caplog.text]:
         assert TOKEN not in text and TENANT not in text
+    # The packages' own records (tracebacks at ERROR) went down to DEBUG; ours: one warning each.
+    package = [r for r in caplog.records if r.name.split(".")[0] in ("mcp", "httpx2")]
+    assert package and {r.levelname for r in package} == {"DEBUG"}
+    ours = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # (the fail tool's error is its answer, not a failure: not logged)
+    assert len(ours) == len(texts) - 1 and all(m.startswith("Error ") for m in ours)
 
 
 # --- the operator's servers and the allow-list ------------------------------------------

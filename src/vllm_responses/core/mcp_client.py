@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -472,6 +474,29 @@ def _connect_reason(exc: BaseException) -> str:
     return "the connection failed or closed before the answer was complete"
 
 
+# Set while an operation runs (tasks it starts inherit it): see :func:`_demote_package_logs`.
+_IN_OPERATION: ContextVar[bool] = ContextVar("mcp_operation", default=False)
+
+
+class _Demote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _IN_OPERATION.get() and record.levelno > logging.DEBUG:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+@functools.cache
+def _demote_package_logs() -> None:
+    """The ``mcp`` and ``httpx2`` packages log what fails inside them (tracebacks at ERROR,
+    several per failure, through Python's last-resort handler to stderr: their loggers are not
+    vLLM's): during our operations their records go down to DEBUG, and our one warning per
+    failure says what happened. Called once the packages are imported (their loggers exist)."""
+    demote = _Demote()
+    for name in list(logging.root.manager.loggerDict):
+        if name.split(".")[0] in ("mcp", "httpx2", "httpcore2"):
+            logging.getLogger(name).addFilter(demote)
+
+
 async def _operate(
     server: McpServer, limits: McpSettings, timeout: float, what: str, op: Callable[[Any], Awaitable[T]]
 ) -> T:
@@ -496,19 +521,25 @@ async def _operate(
     transports = ["streamable_http", "sse"] if server.transport == "auto" else [server.transport]
     failure: BaseException | None = None
     box: list[T] = []
-    with anyio.move_on_after(timeout) as scope:
-        guard.scope = scope
-        for transport in transports:
-            guard.transport, guard.status, guard.redirected = transport, None, False
-            try:
-                await _attempt(server, transport, guard, timeout, op, box)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes McpFailure below
-                failure = exc
-            if box or guard.reason is not None:
-                break
-            status = guard.status
-            if transport != "streamable_http" or status is None or status >= 500 or status in _NOT_A_TRANSPORT_ANSWER:
-                break
+    token = _IN_OPERATION.set(True)
+    try:
+        with anyio.move_on_after(timeout) as scope:
+            guard.scope = scope
+            for transport in transports:
+                guard.transport, guard.status, guard.redirected = transport, None, False
+                try:
+                    await _attempt(server, transport, guard, timeout, op, box)
+                except Exception as exc:  # noqa: BLE001 - every failure becomes McpFailure below
+                    failure = exc
+                if box or guard.reason is not None:
+                    break
+                status = guard.status
+                if transport != "streamable_http" or status is None or status >= 500:
+                    break
+                if status in _NOT_A_TRANSPORT_ANSWER:
+                    break
+    finally:
+        _IN_OPERATION.reset(token)
     if box:
         return box[0]
     reason, error = _classify(guard, failure, scope.cancelled_caught, timeout)
@@ -534,6 +565,8 @@ async def _attempt(
     from mcp_types import Implementation
 
     from .. import __version__
+
+    _demote_package_logs()
 
     headers = {**server.headers, "Accept-Encoding": "identity"}
 
