@@ -25,7 +25,7 @@ from .common.sealing import ReasoningSealer
 from .core.hosted import McpHostedTools
 from .core.mcp_client import McpFailure, McpServer, describe, vllm_tool_server_urls
 from .core.service import ResponsesService, warm_up
-from .request import protocol
+from .request import builtins, protocol
 from .settings import REASONING_KEYS, McpSettings, Settings
 from .store import StoreUnavailable, open_store
 
@@ -115,7 +115,10 @@ async def hosted_tools(settings: McpSettings, tool_server: str | None) -> McpHos
             label = listing.name or url
             servers.append((label, url))
             logger.info("--tool-server %s: MCP server %r, %d tools", url, label, len(listing.tools))
-    return McpHostedTools(replace(settings, tool_servers=tuple(servers)))
+    hosted = McpHostedTools(replace(settings, tool_servers=tuple(servers)))
+    builtins.SERVED.clear()
+    builtins.SERVED.update(hosted.served())  # web_search / code_interpreter offered to the model from now on
+    return hosted
 
 
 def _on_shutdown(app: FastAPI) -> None:

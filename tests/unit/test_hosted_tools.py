@@ -255,3 +255,79 @@ async def test_max_tool_calls_bounds_the_calls():
                                                    "tools": [mcp_tool(require_approval="never")]})).json()
     assert len(servers.calls) == 3 and kinds(r).count("mcp_call") == 3
     assert r["status"] == "completed"
+
+
+HITS = [{"title": "The Responses API", "url": "https://docs.example.org/responses/api", "snippet": "Create responses."}]
+
+
+class ServedTools(ScriptedServers):
+    async def run_served(self, kind, arguments) -> CallResult:
+        self.calls.append(("served", kind, arguments))
+        if kind == "web_search":
+            return CallResult(output=json.dumps(HITS))
+        return CallResult(output="42\n")
+
+
+@pytest.fixture
+def served(monkeypatch):
+    from vllm_responses.request import builtins
+
+    monkeypatch.setattr(builtins, "SERVED", {"web_search", "code_interpreter"})
+
+
+def served_call(name: str, arguments: dict) -> ToolCallDelta:
+    return ToolCallDelta(0, json.dumps(arguments), name, "call_0", None, False, name, {"server_label": None})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tool_type", ["web_search", "web_search_preview"])
+async def test_web_search_runs_on_the_operator_server_and_the_model_reads_the_hits(served, tool_type):
+    engine, servers = PassesEngine([[served_call("web_search", {"query": "responses api"}), Finish("stop", usage())],
+                                    ANSWER_PASS]), ServedTools()
+    app, _ = make_app(engine, servers)
+    r = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "search the web", "stream": True,
+                                                  "tools": [{"type": tool_type}],
+                                                  "include": ["web_search_call.action.sources"]})
+    assert "x-vllm-responses-tools-not-offered" not in r.headers
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    response = events[-1]["response"]
+    assert kinds(response) == ["web_search_call", "message"]
+    search = response["output"][0]
+    assert search["action"] == {"type": "search", "query": "responses api", "sources": [{"type": "url", "url": HITS[0]["url"]}]}
+    assert [e["type"] for e in events if e["type"].startswith("response.web_search")] == [
+        "response.web_search_call.in_progress", "response.web_search_call.searching", "response.web_search_call.completed"]
+    assert servers.calls == [("served", "web_search", {"query": "responses api"})]
+    assert engine.offered[-1] == ["web_search"]
+    # The second pass read the hits as the search's result.
+    from vllm_responses.request.chat import chat_messages
+    assert chat_messages(None, engine.contexts[-1])[-1] == {"role": "tool", "tool_call_id": search["id"], "content": json.dumps(HITS)}
+
+
+@pytest.mark.anyio
+async def test_code_interpreter_runs_and_its_logs_come_back_when_included(served):
+    engine, servers = PassesEngine([[served_call("code_interpreter", {"code": "print(6 * 7)"}), Finish("stop", usage())],
+                                    ANSWER_PASS]), ServedTools()
+    app, _ = make_app(engine, servers)
+    r = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "run python", "stream": True,
+                                                  "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}],
+                                                  "include": ["code_interpreter_call.outputs"]})
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    ran = events[-1]["response"]["output"][0]
+    assert (ran["type"], ran["code"], ran["outputs"], ran["status"]) == (
+        "code_interpreter_call", "print(6 * 7)", [{"type": "logs", "logs": "42\n"}], "completed")
+    assert "response.code_interpreter_call_code.done" in [e["type"] for e in events]
+    # Replayed later, the logs it kept go back to the model.
+    from vllm_responses.request.chat import chat_messages
+    from vllm_responses.request.protocol import parse_items
+    replay = chat_messages(None, parse_items([ran], "input"))
+    assert replay[-1] == {"role": "tool", "tool_call_id": ran["id"], "content": "42\n"}
+
+
+@pytest.mark.anyio
+async def test_without_a_tool_server_web_search_stays_unoffered():
+    engine = PassesEngine([ANSWER_PASS])
+    app, _ = make_app(engine, ServedTools())
+    r = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "tools": [{"type": "web_search"}]})
+    assert r.headers["x-vllm-responses-tools-not-offered"] == "web_search" and engine.offered[-1] == []

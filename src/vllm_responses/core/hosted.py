@@ -65,6 +65,11 @@ class HostedTools(ABC):
     async def call(self, tool: Any, name: str, arguments: dict[str, Any]) -> CallResult:
         """Run ``name`` on an ``mcp`` tool's server."""
 
+    async def run_served(self, kind: str, arguments: dict[str, Any]) -> CallResult:
+        """Run a hosted tool through the operator's tool server for it (``web_search``: the
+        ``browser`` server's ``search``; ``code_interpreter``: the ``python`` server's ``python``)."""
+        raise HostedFailure(f"No tool server runs {kind} here.")
+
 
 class NoHostedTools(HostedTools):
     """No MCP server is reachable (none registered, per-request URLs not allowed)."""
@@ -137,6 +142,24 @@ class McpHostedTools(HostedTools):
             raise HostedFailure(f"No MCP server is labelled '{tool.server_label}'.")
         outcome = await mcp_client.call_tool(server, name, arguments, self.settings)
         return CallResult(outcome.output, outcome.error)
+
+    def served(self) -> set[str]:
+        """The hosted tools the operator's servers run: a server labelled ``browser`` (upstream
+        vLLM's name for its search server) searches the web, one labelled ``python`` runs code."""
+        labels = dict(self.settings.tool_servers)
+        return {kind for kind, (label, _) in SERVED_BY.items() if label in labels}
+
+    async def run_served(self, kind: str, arguments: dict[str, Any]) -> CallResult:
+        label, tool_name = SERVED_BY[kind]
+        server = operator_server(label, self.settings)
+        if server is None:
+            raise HostedFailure(f"No tool server runs {kind} here.")
+        outcome = await mcp_client.call_tool(server, tool_name, arguments, self.settings)
+        return CallResult(outcome.output, outcome.error)
+
+
+# The operator's tool server (its label) and tool that run each hosted tool type.
+SERVED_BY = {"web_search": ("browser", "search"), "code_interpreter": ("python", "python")}
 
 
 def call_error(failure: HostedFailure) -> dict[str, Any]:

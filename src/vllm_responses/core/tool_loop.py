@@ -42,6 +42,7 @@ from ..events.deltas import (
     Usage,
 )
 from ..events.response import dump_json_dict
+from ..request.builtins import served_kind
 from ..request.chat import CALL_TYPES, listed_servers
 from ..request.items import sealed_free, to_model_input
 from ..request.mcp_filters import needs_approval
@@ -64,7 +65,9 @@ MAX_SERVER_CALLS = 16
 def runs_server_tools(request: ResponsesRequest) -> bool:
     """Whether the request offers a tool the server runs (else no loop is needed)."""
     return any(
-        tool.type == "mcp" or (tool.type == "tool_search" and getattr(tool, "execution", None) != "client")
+        tool.type == "mcp"
+        or served_kind(tool.type) is not None
+        or (tool.type == "tool_search" and getattr(tool, "execution", None) != "client")
         for tool in request.tools
     ) or any(getattr(item, "type", None) == "mcp_approval_response" for item in request.input)
 
@@ -75,9 +78,16 @@ def _server_search(delta: ToolCallDelta) -> bool:
 
 @dataclass
 class _McpCall:
+    """A call of a tool the server runs, as the model wrote it: an MCP server's tool, or a
+    hosted tool (``kind`` ``web_search`` / ``code_interpreter``) run on the operator's server."""
+
     server_label: str
     name: str
     arguments: list[str] = field(default_factory=list)
+    kind: str = "mcp"
+
+
+_SERVED = frozenset({"mcp", "web_search", "code_interpreter"})
 
 
 @dataclass
@@ -95,6 +105,9 @@ class ToolLoop:
     output: Callable[[], list[Any]]
     window: Callable[[list[Any]], list[Any]]
     hosted: HostedTools = field(default_factory=NoHostedTools)
+
+    def __post_init__(self) -> None:
+        self._results: dict[str, tuple[str, str, str]] = {}  # a served call's item id: (function, arguments, result)
 
     @property
     def sampling(self) -> Any:
@@ -122,9 +135,9 @@ class ToolLoop:
                     if isinstance(delta, Started) and (passes or first_item):
                         continue
                     if isinstance(delta, ToolCallDelta):
-                        if delta.name is not None and delta.builtin == "mcp":
+                        if delta.name is not None and delta.builtin in _SERVED:
                             label = (delta.builtin_options or {}).get("server_label") or ""
-                            mcp[delta.index] = _McpCall(label, delta.name, [delta.arguments])
+                            mcp[delta.index] = _McpCall(label, delta.name, [delta.arguments], delta.builtin or "mcp")
                             continue
                         if delta.name is None and delta.index in mcp:
                             mcp[delta.index].arguments.append(delta.arguments)
@@ -146,7 +159,8 @@ class ToolLoop:
                 ran += 1
                 yield delta
             for call in mcp.values():
-                async for delta in self._mcp_call(call):
+                calls = self._mcp_call(call) if call.kind == "mcp" else self._served_call(call)
+                async for delta in calls:
                     waiting = waiting or isinstance(delta, ItemDelta)
                     ran += isinstance(delta, HostedEnd)
                     yield delta
@@ -167,10 +181,21 @@ class ToolLoop:
     def _context(self) -> list[Any]:
         return self.items + self._as_input(self.output())
 
-    @staticmethod
-    def _as_input(output: list[Any]) -> list[Any]:
-        """The response's output items as the input items the next pass renders."""
-        return to_model_input([sealed_free(dump_json_dict(item)) for item in output], "output")
+    def _as_input(self, output: list[Any]) -> list[Any]:
+        """The response's output items as the input items the next pass renders. A web search
+        or code run this response made goes back as the call and its result (which its item
+        does not hold), exactly as the model wrote and saw them."""
+        items: list[dict[str, Any]] = []
+        for item in output:
+            data = sealed_free(dump_json_dict(item))
+            result = self._results.get(data.get("id") or "")
+            if result is None:
+                items.append(data)
+                continue
+            name, arguments, text = result
+            items.append({"type": "function_call", "call_id": data["id"], "name": name, "arguments": arguments})
+            items.append({"type": "function_call_output", "call_id": data["id"], "output": text})
+        return to_model_input(items, "output")
 
     # -- before the first pass: listings and approved calls ----------------------------------------
     def _mcp_tools(self) -> dict[str, Any]:
@@ -261,6 +286,54 @@ class ToolLoop:
         found = [t for t in (listing.tools if listing is not None else []) if t.name == call.name]
         return found[0] if found else SimpleNamespace(name=call.name, annotations=None)
 
+    async def _served_call(self, call: _McpCall) -> AsyncGenerator[Delta, None]:
+        """A web search or code run on the operator's tool server: its item open while it runs;
+        its result goes to the model (the item keeps sources / logs only when ``include`` asks)."""
+        if self._calls_left <= 0:
+            return
+        self._calls_left -= 1
+        arguments = "".join(call.arguments)
+        try:
+            parsed = json.loads(arguments or "{}")
+        except ValueError:
+            parsed = None
+        parsed = parsed if isinstance(parsed, dict) else {}
+        include = self.request.include
+        item_id = new_id("ws" if call.kind == "web_search" else "ci")
+        if call.kind == "web_search":
+            query = str(parsed.get("query") or "")
+            action: dict[str, Any] = {"type": "search", "query": query}
+            yield HostedStart({"type": "web_search_call", "id": item_id, "action": action, "status": "in_progress"})
+            result = await self._run_served("web_search", {"query": query})
+            if "web_search_call.action.sources" in include and result.output is not None:
+                action = {**action, "sources": _sources(result.output)}
+            end: dict[str, Any] = {"action": action, "status": "failed" if result.error else "completed"}
+        else:
+            code = str(parsed.get("code") or "")
+            yield HostedStart(
+                {
+                    "type": "code_interpreter_call",
+                    "id": item_id,
+                    "code": code,
+                    "container_id": "python",
+                    "outputs": None,
+                    "status": "in_progress",
+                }
+            )
+            result = await self._run_served("code_interpreter", {"code": code})
+            end = {"status": "failed" if result.error else "completed"}
+            if "code_interpreter_call.outputs" in include:
+                end["outputs"] = [{"type": "logs", "logs": result.output or _error_text(result)}]
+        text = result.output if result.error is None else f"The call failed: {_error_text(result)}"
+        self._results[item_id] = (call.name, arguments, text or "")
+        yield HostedEnd(end)
+
+    async def _run_served(self, kind: str, arguments: dict[str, Any]) -> CallResult:
+        try:
+            return await self.hosted.run_served(kind, arguments)
+        except HostedFailure as exc:
+            return CallResult(error=call_error(exc))
+
     async def _run_mcp(self, tool: Any, name: str, arguments: str) -> CallResult:
         if tool is None:
             return CallResult(error=execution_error("No mcp tool with this server label is in the request's tools."))
@@ -274,3 +347,23 @@ class ToolLoop:
             return await self.hosted.call(tool, name, parsed)
         except HostedFailure as exc:
             return CallResult(error=call_error(exc))
+
+
+def _error_text(result: CallResult) -> str:
+    error = result.error or {}
+    if error.get("type") == "mcp_tool_execution_error":
+        return " ".join(str(c.get("text", "")) for c in error.get("content") or [] if isinstance(c, dict))
+    return str(error.get("message") or "")
+
+
+def _sources(output: str) -> list[dict[str, str]]:
+    """The URLs a search server's answer names (a JSON list of hits with ``url``), as ``sources``."""
+    try:
+        hits = json.loads(output)
+    except ValueError:
+        return []
+    if not isinstance(hits, list):
+        return []
+    return [
+        {"type": "url", "url": hit["url"]} for hit in hits if isinstance(hit, dict) and isinstance(hit.get("url"), str)
+    ]

@@ -107,6 +107,42 @@ _TOOL_SEARCH = Builtin(
 
 BUILTINS: dict[str, Builtin] = {b.type: b for b in (_SHELL, _LOCAL_SHELL, _APPLY_PATCH, _TOOL_SEARCH)}
 
+# The hosted tools the server runs through its operator's tool servers (``core/hosted.py``),
+# each shown to the model as a function; the type's aliases map to the one function.
+WEB_SEARCH_TYPES = frozenset(
+    {"web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11"}
+)
+SERVER_FUNCTIONS: dict[str, dict[str, Any]] = {
+    "web_search": {
+        "name": "web_search",
+        "description": "Search the web. The results (title, url, snippet) come back to you.",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "What to search for."}},
+            "required": ["query"],
+        },
+    },
+    "code_interpreter": {
+        "name": "code_interpreter",
+        "description": "Run Python code. What it prints (stdout and stderr) comes back to you.",
+        "parameters": {
+            "type": "object",
+            "properties": {"code": {"type": "string", "description": "The Python code to run."}},
+            "required": ["code"],
+        },
+    },
+}
+
+# Which of them this server runs (its operator registered a search / python tool server): set at start-up.
+SERVED: set[str] = set()
+
+
+def served_kind(tool_type: str) -> str | None:
+    """The function (``web_search``, ``code_interpreter``) a hosted tool type is served as, if it is."""
+    kind = "web_search" if tool_type in WEB_SEARCH_TYPES else tool_type
+    return kind if kind in SERVER_FUNCTIONS and kind in SERVED else None
+
+
 # Item types a built-in's call or output is (what ``chat_messages`` renders through this module).
 CALL_TYPES = frozenset(b.call_type for b in BUILTINS.values())
 OUTPUT_TYPES = frozenset(b.output_type for b in BUILTINS.values())

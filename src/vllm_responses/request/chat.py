@@ -88,6 +88,14 @@ class ChatTools:
             environment=environment.model_dump(mode="json", exclude_none=True) if environment is not None else None,
         )
 
+    def add_served(self, kind: str) -> None:
+        """A hosted tool the server runs through its operator's tool server (``web_search``, ``code_interpreter``)."""
+        fn = builtins.SERVER_FUNCTIONS[kind]
+        if fn["name"] in self.targets:
+            return
+        self.tools.append({"type": "function", "function": fn})
+        self.targets[fn["name"]] = ToolTarget(fn["name"], builtin=kind)
+
     def add_mcp(self, label: str, tool: Any) -> None:
         """A tool an ``mcp_list_tools`` item lists for the server ``label`` (the server runs its calls)."""
         name = chat_name(tool.name, label)
@@ -167,6 +175,8 @@ def answered_call(item: Any) -> str | None:
 
 def is_offered(tool: Any) -> bool:
     kind = getattr(tool, "type", None)
+    if builtins.served_kind(kind or "") is not None:
+        return True
     return kind in OFFERED_TOOL_TYPES and (kind not in builtins.BUILTINS or builtins.offered(tool))
 
 
@@ -210,6 +220,10 @@ def chat_tools(tools: Sequence[Any], items: Sequence[Any] = (), include_deferred
     for tools_, loaded in ((loaded_tools(items), True), (tools, False)):  # a loaded definition first
         for tool in tools_:
             kind = getattr(tool, "type", None)
+            served = builtins.served_kind(kind or "")
+            if served is not None and not loaded:
+                out.add_served(served)
+                continue
             if kind == "mcp" and not loaded:
                 for listed in _mcp_tools(tool, items):
                     out.add_mcp(tool.server_label, listed)
@@ -419,6 +433,9 @@ def chat_messages(instructions: str | None, items: list[Any], accepts_images: bo
         if kind in ("mcp_call", "mcp_approval_request"):
             _mcp_turn(item, items, assistant_for_calls, messages)
             continue
+        if kind in ("web_search_call", "code_interpreter_call"):
+            _served_turn(item, assistant_for_calls, messages)
+            continue
         if (
             kind not in ("function_call", "custom_tool_call", *builtins.CALL_TYPES)
             and not (kind == "message" and item.role == "assistant")
@@ -483,6 +500,28 @@ def _mcp_turn(item: Any, items: list[Any], assistant_for_calls: Any, messages: l
     name = chat_name(item.name, item.server_label)
     assistant_for_calls()["tool_calls"].append(
         {"id": item.id, "type": "function", "function": {"name": name, "arguments": item.arguments}}
+    )
+    messages.append({"role": "tool", "tool_call_id": item.id, "content": result})
+
+
+def _served_turn(item: Any, assistant_for_calls: Any, messages: list[dict[str, Any]]) -> None:
+    """A web search or code run of an earlier response, as the call and result the model saw.
+    Search results are not kept in the item (as OpenAI keeps them); a code run's logs are when
+    its response was asked for them (``include``)."""
+    if item.type == "web_search_call":
+        action = item.action.model_dump(mode="json", exclude_none=True) if item.action is not None else {}
+        name, arguments = "web_search", {"query": action.get("query") or " ".join(action.get("queries") or [])}
+        result = "The results of this search are not kept."
+    else:
+        name, arguments = "code_interpreter", {"code": item.code or ""}
+        logs = [o.logs for o in item.outputs or [] if getattr(o, "type", None) == "logs"]
+        result = "\n".join(logs) if logs else "The output of this run is not kept."
+    assistant_for_calls()["tool_calls"].append(
+        {
+            "id": item.id,
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
+        }
     )
     messages.append({"role": "tool", "tool_call_id": item.id, "content": result})
 
