@@ -1,7 +1,9 @@
 """Nothing lost by switching the plugin on, for upstream's server flags: a server of its own with
 ``--max-model-len``, ``--max-logprobs``, ``--enable-request-id-headers``, request and output
 logging, its own ``--chat-template``, generation-config defaults and overrides, priority
-scheduling with one sequence at a time, and admission control (``--max-num-queued-reqs``).
+scheduling with one sequence at a time, admission control (``--max-num-queued-reqs``), and
+``--tool-server`` (MCP search and python servers that run ``web_search_preview`` and
+``code_interpreter``, as upstream runs them for gpt-oss, here on any model).
 The extensions on the users' flags:
 tests/e2e/test_parity.py.
 """
@@ -14,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from mcp_servers import McpServerProcess, search_corpus
 from probes import RawClient, engine_core, wait_engine_idle, wait_until
 from server import Server, demo_model_dir, running
 
@@ -62,8 +65,12 @@ def flagged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "--generation-config", "auto", "--override-generation-config", json.dumps({"temperature": 0.6, "top_p": 0.9}),
         "--scheduling-policy", "priority", "--max-num-seqs", "1", "--max-num-queued-reqs", str(QUEUE),
     ]
-    with running(plugin=True, log_path=base / "server.log", args=args) as srv:
-        yield srv
+    # vLLM's --tool-server, as upstream reads it (SSE at host:port/sse, each server labelled by the
+    # name it gives itself): our search server calls itself browser, the python one python.
+    with McpServerProcess("search", "sse") as search, McpServerProcess("python", "sse") as python:
+        args += ["--tool-server", f"127.0.0.1:{search.port},127.0.0.1:{python.port}"]
+        with running(plugin=True, log_path=base / "server.log", args=args) as srv:
+            yield srv
 
 
 def test_generation_config_defaults_are_used_and_reported(flagged: Server) -> None:
@@ -205,3 +212,32 @@ def test_a_full_queue_answers_503_as_upstream_does(flagged: Server) -> None:
         for client in held:
             client.leave()
     wait_engine_idle(base)
+
+
+def test_tool_server_runs_web_search_inside_the_response(flagged: Server) -> None:
+    body = {"model": "demo", "input": "Please search the web.", "tools": [{"type": "web_search_preview"}],
+            "include": ["web_search_call.action.sources"], "max_output_tokens": 200}
+    r = create(flagged.base_url, body)
+    assert r.status_code == 200, r.text
+    assert "x-vllm-responses-tools-not-offered" not in r.headers
+    response = r.json()
+    assert check_response(response) == []
+    kinds = [i["type"] for i in response["output"] if i["type"] != "reasoning"]
+    assert kinds == ["web_search_call", "message"], response["output"]
+    search = next(i for i in response["output"] if i["type"] == "web_search_call")
+    query = search["action"]["query"]
+    assert search["status"] == "completed" and query
+    assert search["action"]["sources"] == [{"type": "url", "url": hit["url"]} for hit in search_corpus(query)]
+    assert text(response) == "The tool finished. Here is the result."
+
+
+def test_tool_server_runs_code_inside_the_response(flagged: Server) -> None:
+    body = {"model": "demo", "input": "Please run python.", "tools": [{"type": "code_interpreter", "container": {"type": "auto"}}],
+            "include": ["code_interpreter_call.outputs"], "max_output_tokens": 200}
+    r = create(flagged.base_url, body)
+    assert r.status_code == 200, r.text
+    response = r.json()
+    assert check_response(response) == []
+    ran = next(i for i in response["output"] if i["type"] == "code_interpreter_call")
+    assert (ran["code"], ran["outputs"], ran["status"]) == ("print(6 * 7)", [{"type": "logs", "logs": "42\n"}], "completed")
+    assert text(response) == "The tool finished. Here is the result."
