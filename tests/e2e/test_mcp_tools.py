@@ -15,6 +15,7 @@ from openai import AsyncOpenAI
 
 from demo_requests import CASES
 from mcp_servers import McpServerProcess
+from probes import wait_until
 from sdk import sdk, wire
 from vllm_responses.events.conformance import assert_conforms, check_response, parse_sse
 
@@ -154,3 +155,6 @@ def test_headers_reach_no_store_and_no_answer(server, base_url: str, tools_serve
     db = Path(str(server.log_path)).with_suffix(".db")
     assert db.exists() and secret.encode() not in db.read_bytes()
     assert secret not in Path(str(server.log_path)).read_text(errors="replace")
+    captured = server.capture_dir / f"{response.id}.request.json"  # the capture writes the request down too
+    assert wait_until("the request is captured", captured.exists) and secret.encode() not in captured.read_bytes()
+    assert json.loads(captured.read_bytes())["tools"][0]["server_label"] == "tools"

@@ -213,6 +213,23 @@ async def test_headers_and_authorization_are_never_echoed_nor_stored():
 
 
 @pytest.mark.anyio
+async def test_the_capture_writes_the_request_without_mcp_secrets(tmp_path):
+    app = FastAPI()
+    ResponsesPlugin().attach_router(app)
+    service = ResponsesService(PassesEngine([ANSWER_PASS]), SQLiteStore(tmp_path / "r.db"), hosted=ScriptedServers(),
+                               capture_dir=tmp_path / "captured")
+    app.state.vllm_responses = service
+    tool = mcp_tool(headers={"X-Secret": "hunter2"}, authorization="tok-s3cret")
+    r = (await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "tools": [tool]})).json()
+    path = tmp_path / "captured" / f"{r['id']}.request.json"
+    await eventually("the request is captured", path.exists)
+    written = path.read_bytes()
+    assert b"hunter2" not in written and b"tok-s3cret" not in written
+    assert json.loads(written)["tools"][0]["server_url"] == tool["server_url"]
+    await service.stop()
+
+
+@pytest.mark.anyio
 async def test_without_hosted_tools_an_mcp_tool_is_refused():
     app, _ = make_app(PassesEngine([ANSWER_PASS]), None)
     r = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "tools": [mcp_tool()]})

@@ -48,7 +48,12 @@ from ..events.response import dump_json_dict
 from ..events.stream import ResponseStream, StreamOptions
 from ..events.wire import event_json
 from ..request.items import stored_response
-from ..request.protocol import ResponsesRequest, initial_response, parse_request
+from ..request.protocol import (
+    ResponsesRequest,
+    body_without_secrets,
+    initial_response,
+    parse_request,
+)
 from ..settings import DEFAULT_MAX_HISTORY_BYTES
 from ..store import Store, StoredResponse, visible
 from ..store.base import JSON, RUNNING_STATUSES
@@ -130,11 +135,14 @@ class ResponsesService:
         """Where a response's frames go, when capturing (:mod:`.capture`)."""
         return self.captures.capture(response_id) if self.captures is not None else None
 
-    def _captured(self, response_id: str, body: bytes | None) -> Capture | None:
+    def _captured(self, request: ResponsesRequest, response_id: str, body: bytes | None) -> Capture | None:
         """The capture of a response, its request written first (when capturing, and for a
-        request a client sent: not for a compaction's inner run)."""
+        request a client sent: not for a compaction's inner run), without an MCP tool's
+        ``headers`` and ``authorization`` (kept nowhere, docs/tools.md)."""
         if self.captures is None or body is None:
             return None
+        if any(tool.type == "mcp" and (tool.headers or tool.authorization) for tool in request.tools):
+            body = body_without_secrets(body)
         self.captures.request(response_id, body)
         return self.captures.capture(response_id)
 
@@ -202,7 +210,7 @@ class ResponsesService:
         if request.background:
             assert record is not None  # protocol refuses background without store
             await store_call(self.store.create_response(record))
-            self._captured(response.id, body)  # its frames are captured by the run itself
+            self._captured(request, response.id, body)  # its frames are captured by the run itself
             return self.background.start(stream, prepared, record)
 
         deltas = prepared.deltas(response.id) if generate else not_generated()
@@ -225,7 +233,7 @@ class ResponsesService:
             accepting=accepting,
             transport=transport,
             started=started,
-            capture=self._captured(response.id, body),
+            capture=self._captured(request, response.id, body),
             context=context,
         )
 

@@ -594,6 +594,17 @@ def _without_secrets(tool: Any) -> Any:
     return tool
 
 
+def body_without_secrets(body: bytes) -> bytes:
+    """A create body as it may be written down (the capture): its ``mcp`` tools without
+    ``headers`` and ``authorization``."""
+    data = orjson.loads(body)
+    for tool in data.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "mcp":
+            tool.pop("headers", None)
+            tool.pop("authorization", None)
+    return orjson.dumps(data)
+
+
 def _check_mcp(tools: list[Any]) -> None:
     """What the ``mcp`` tools of a request may not ask for here: OpenAI's own connectors and
     tunnels, and two tools for one server label."""
