@@ -232,7 +232,7 @@ CASES = {
         Case("create_file", {"input": "Please create a file with my shopping list.", "tools": [{"type": "apply_patch"}]}, call_kind="apply_patch_call"),
         Case("update_file", {"input": "Now update the file: pears, not apples.", "tools": [{"type": "apply_patch"}]}, call_kind="apply_patch_call"),
         Case("local_shell_call", {"input": "Please list the directory.", "tools": [{"type": "local_shell"}]}, call_kind="local_shell_call"),
-        # A client-run search ends the response with the call (a server-run one goes on: tests/e2e/test_builtin_tools.py).
+        # A client-run search ends the response with the call (a server-run one goes on: tests/e2e/test_client_run_tools.py).
         Case("tool_search", {"input": "Please find the weather tool.", "tools": [{"type": "tool_search", "execution": "client"}, {**WEATHER_TOOL, "defer_loading": True}]}, call_kind="tool_search_call"),
         # Tools the server runs (issue 23), offered for now as the plain functions the server
         # offers them as: the call comes back as a function_call.
