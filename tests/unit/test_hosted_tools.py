@@ -280,8 +280,10 @@ HITS = [{"title": "The Responses API", "url": "https://docs.example.org/response
 class ServedTools(ScriptedServers):
     async def run_served(self, kind, arguments) -> CallResult:
         self.calls.append(("served", kind, arguments))
-        if kind == "web_search":
+        if kind == "search":
             return CallResult(output=json.dumps(HITS))
+        if kind in ("open_page", "find_in_page"):
+            return CallResult(output="The Responses API creates model responses.")
         return CallResult(output="42\n")
 
 
@@ -314,8 +316,8 @@ async def test_web_search_runs_on_the_operator_server_and_the_model_reads_the_hi
     assert search["action"] == {"type": "search", "query": "responses api", "sources": [{"type": "url", "url": HITS[0]["url"]}]}
     assert [e["type"] for e in events if e["type"].startswith("response.web_search")] == [
         "response.web_search_call.in_progress", "response.web_search_call.searching", "response.web_search_call.completed"]
-    assert servers.calls == [("served", "web_search", {"query": "responses api"})]
-    assert engine.offered[-1] == ["web_search"]
+    assert servers.calls == [("served", "search", {"query": "responses api"})]
+    assert engine.offered[-1] == ["web_search", "open_page", "find_in_page"]
     # The second pass read the hits as the search's result.
     from vllm_responses.request.chat import chat_messages
     assert chat_messages(None, engine.contexts[-1])[-1] == {"role": "tool", "tool_call_id": search["id"], "content": json.dumps(HITS)}
@@ -348,3 +350,27 @@ async def test_without_a_tool_server_web_search_stays_unoffered():
     app, _ = make_app(engine, ServedTools())
     r = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "tools": [{"type": "web_search"}]})
     assert r.headers["x-vllm-responses-tools-not-offered"] == "web_search" and engine.offered[-1] == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("function", "arguments", "action"), [
+    ("open_page", {"url": HITS[0]["url"]}, {"type": "open_page", "url": HITS[0]["url"]}),
+    ("find_in_page", {"url": HITS[0]["url"], "pattern": "responses"},
+     {"type": "find_in_page", "url": HITS[0]["url"], "pattern": "responses"}),
+])
+async def test_web_search_opens_and_finds_in_pages(served, function, arguments, action):
+    engine = PassesEngine([[ToolCallDelta(0, json.dumps(arguments), function, "call_0", None, False, "web_search", {}),
+                            Finish("stop", usage())], ANSWER_PASS])
+    servers = ServedTools()
+    app, _ = make_app(engine, servers)
+    r = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "stream": True,
+                                                  "tools": [{"type": "web_search"}]})
+    events = parse_sse(r.text)
+    assert check_events(events) == []
+    item = events[-1]["response"]["output"][0]
+    assert (item["type"], item["action"], item["status"]) == ("web_search_call", action, "completed")
+    assert servers.calls == [("served", action["type"], arguments)]
+    from vllm_responses.request.chat import chat_messages
+    from vllm_responses.request.protocol import parse_items
+    replayed = [m for m in chat_messages(None, parse_items([item], "input")) if m.get("tool_calls")]
+    assert replayed[0]["tool_calls"][0]["function"] == {"name": function, "arguments": json.dumps(arguments)}

@@ -66,8 +66,9 @@ class HostedTools(ABC):
         """Run ``name`` on an ``mcp`` tool's server."""
 
     async def run_served(self, kind: str, arguments: dict[str, Any]) -> CallResult:
-        """Run a hosted tool through the operator's tool server for it (``web_search``: the
-        ``browser`` server's ``search``; ``code_interpreter``: the ``python`` server's ``python``)."""
+        """Run a hosted tool's action through the operator's tool server for it (:data:`SERVED_BY`:
+        ``search``, ``open_page``, ``find_in_page`` on the ``browser`` server; ``code_interpreter``
+        on the ``python`` server's ``python``)."""
         raise HostedFailure(f"No tool server runs {kind} here.")
 
 
@@ -147,7 +148,7 @@ class McpHostedTools(HostedTools):
         """The hosted tools the operator's servers run: a server labelled ``browser`` (upstream
         vLLM's name for its search server) searches the web, one labelled ``python`` runs code."""
         labels = dict(self.settings.tool_servers)
-        return {kind for kind, (label, _) in SERVED_BY.items() if label in labels}
+        return {kind for kind, label in (("web_search", "browser"), ("code_interpreter", "python")) if label in labels}
 
     async def run_served(self, kind: str, arguments: dict[str, Any]) -> CallResult:
         label, tool_name = SERVED_BY[kind]
@@ -158,8 +159,14 @@ class McpHostedTools(HostedTools):
         return CallResult(outcome.output, outcome.error)
 
 
-# The operator's tool server (its label) and tool that run each hosted tool type.
-SERVED_BY = {"web_search": ("browser", "search"), "code_interpreter": ("python", "python")}
+# The operator's tool server (its label) and tool that run each served action: web search's
+# ``search``, ``open_page`` and ``find_in_page``, and ``code_interpreter``.
+SERVED_BY = {
+    "search": ("browser", "search"),
+    "open_page": ("browser", "open_page"),
+    "find_in_page": ("browser", "find"),
+    "code_interpreter": ("python", "python"),
+}
 
 
 def call_error(failure: HostedFailure) -> dict[str, Any]:

@@ -301,11 +301,10 @@ class ToolLoop:
         include = self.request.include
         item_id = new_id("ws" if call.kind == "web_search" else "ci")
         if call.kind == "web_search":
-            query = str(parsed.get("query") or "")
-            action: dict[str, Any] = {"type": "search", "query": query}
+            action, server_arguments = _web_action(call.name, parsed)
             yield HostedStart({"type": "web_search_call", "id": item_id, "action": action, "status": "in_progress"})
-            result = await self._run_served("web_search", {"query": query})
-            if "web_search_call.action.sources" in include and result.output is not None:
+            result = await self._run_served(action["type"], server_arguments)
+            if action["type"] == "search" and "web_search_call.action.sources" in include and result.output is not None:
                 action = {**action, "sources": _sources(result.output)}
             end: dict[str, Any] = {"action": action, "status": "failed" if result.error else "completed"}
         else:
@@ -347,6 +346,18 @@ class ToolLoop:
             return await self.hosted.call(tool, name, parsed)
         except HostedFailure as exc:
             return CallResult(error=call_error(exc))
+
+
+def _web_action(function: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A web search function's call as the ``web_search_call.action`` it is, and what the
+    search server's tool is sent."""
+    url, pattern = str(arguments.get("url") or ""), str(arguments.get("pattern") or "")
+    if function == "open_page":
+        return {"type": "open_page", "url": url}, {"url": url}
+    if function == "find_in_page":
+        return {"type": "find_in_page", "url": url, "pattern": pattern}, {"url": url, "pattern": pattern}
+    query = str(arguments.get("query") or "")
+    return {"type": "search", "query": query}, {"query": query}
 
 
 def _error_text(result: CallResult) -> str:

@@ -112,25 +112,44 @@ BUILTINS: dict[str, Builtin] = {b.type: b for b in (_SHELL, _LOCAL_SHELL, _APPLY
 WEB_SEARCH_TYPES = frozenset(
     {"web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11"}
 )
-SERVER_FUNCTIONS: dict[str, dict[str, Any]] = {
-    "web_search": {
-        "name": "web_search",
-        "description": "Search the web. The results (title, url, snippet) come back to you.",
+
+
+def _function(name: str, description: str, **properties: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "description": description,
         "parameters": {
             "type": "object",
-            "properties": {"query": {"type": "string", "description": "What to search for."}},
-            "required": ["query"],
+            "properties": {key: {"type": "string", "description": text} for key, text in properties.items()},
+            "required": list(properties),
         },
-    },
-    "code_interpreter": {
-        "name": "code_interpreter",
-        "description": "Run Python code. What it prints (stdout and stderr) comes back to you.",
-        "parameters": {
-            "type": "object",
-            "properties": {"code": {"type": "string", "description": "The Python code to run."}},
-            "required": ["code"],
-        },
-    },
+    }
+
+
+# The functions each served kind is offered as: web search's three actions (``search``,
+# ``open_page``, ``find_in_page``, as ``web_search_call.action`` names them), and running code.
+SERVER_FUNCTIONS: dict[str, list[dict[str, Any]]] = {
+    "web_search": [
+        _function(
+            "web_search",
+            "Search the web. The results (title, url, snippet) come back to you.",
+            query="What to search for.",
+        ),
+        _function("open_page", "Open a web page. Its text comes back to you.", url="The page's URL."),
+        _function(
+            "find_in_page",
+            "Find text in a web page. The lines that hold it come back to you.",
+            url="The page's URL.",
+            pattern="The text to find.",
+        ),
+    ],
+    "code_interpreter": [
+        _function(
+            "code_interpreter",
+            "Run Python code. What it prints (stdout and stderr) comes back to you.",
+            code="The Python code to run.",
+        )
+    ],
 }
 
 # Which of them this server runs (its operator registered a search / python tool server): set at start-up.

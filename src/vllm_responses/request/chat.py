@@ -90,11 +90,10 @@ class ChatTools:
 
     def add_served(self, kind: str) -> None:
         """A hosted tool the server runs through its operator's tool server (``web_search``, ``code_interpreter``)."""
-        fn = builtins.SERVER_FUNCTIONS[kind]
-        if fn["name"] in self.targets:
-            return
-        self.tools.append({"type": "function", "function": fn})
-        self.targets[fn["name"]] = ToolTarget(fn["name"], builtin=kind)
+        for fn in builtins.SERVER_FUNCTIONS[kind]:
+            if fn["name"] not in self.targets:
+                self.tools.append({"type": "function", "function": fn})
+                self.targets[fn["name"]] = ToolTarget(fn["name"], builtin=kind)
 
     def add_mcp(self, label: str, tool: Any) -> None:
         """A tool an ``mcp_list_tools`` item lists for the server ``label`` (the server runs its calls)."""
@@ -510,7 +509,12 @@ def _served_turn(item: Any, assistant_for_calls: Any, messages: list[dict[str, A
     its response was asked for them (``include``)."""
     if item.type == "web_search_call":
         action = item.action.model_dump(mode="json", exclude_none=True) if item.action is not None else {}
-        name, arguments = "web_search", {"query": action.get("query") or " ".join(action.get("queries") or [])}
+        if action.get("type") == "open_page":
+            name, arguments = "open_page", {"url": action.get("url") or ""}
+        elif action.get("type") == "find_in_page":
+            name, arguments = "find_in_page", {"url": action.get("url") or "", "pattern": action.get("pattern") or ""}
+        else:
+            name, arguments = "web_search", {"query": action.get("query") or " ".join(action.get("queries") or [])}
         result = "The results of this search are not kept."
     else:
         name, arguments = "code_interpreter", {"code": item.code or ""}
