@@ -374,3 +374,74 @@ async def test_web_search_opens_and_finds_in_pages(served, function, arguments, 
     from vllm_responses.request.protocol import parse_items
     replayed = [m for m in chat_messages(None, parse_items([item], "input")) if m.get("tool_calls")]
     assert replayed[0]["tool_calls"][0]["function"] == {"name": function, "arguments": json.dumps(arguments)}
+
+
+def test_a_websocket_turn_runs_mcp_calls_and_the_next_turn_continues_from_the_connection():
+    from starlette.testclient import TestClient
+
+    from test_websocket_transport import turn
+
+    engine, servers = PassesEngine([CALL_PASS, ANSWER_PASS]), ScriptedServers()
+    app, _ = make_app(engine, servers)
+    with TestClient(app).websocket_connect("/v1/responses") as ws:
+        first = turn(ws, {"model": "demo", "input": "add", "store": False, "tools": [mcp_tool(require_approval="never")]})
+        assert check_events(first) == [] and kinds(first[-1]["response"]) == ["mcp_list_tools", "mcp_call", "message"]
+        engine.scripts, engine.generated = [ANSWER_PASS], 0
+        second = turn(ws, {"model": "demo", "input": "again", "store": False, "tools": [mcp_tool(require_approval="never")],
+                           "previous_response_id": first[-1]["response"]["id"]})
+        assert kinds(second[-1]["response"]) == ["message"]
+    assert servers.listed == ["calc"] and servers.calls == [("calc", "add", {"a": 1, "b": 2})]
+
+
+@pytest.mark.anyio
+async def test_a_client_that_leaves_stops_the_running_call():
+    from vllm_responses.request.protocol import parse_request
+
+    engine, servers = PassesEngine([CALL_PASS, ANSWER_PASS]), ScriptedServers(block=True)
+    service = ResponsesService(engine, SQLiteStore(Path(tempfile.mkdtemp()) / "r.db"), hosted=servers)
+    body = {"model": "demo", "input": "x", "stream": True, "tools": [mcp_tool(require_approval="never")]}
+    run = await service.create(parse_request(json.dumps(body).encode()))
+    batches = run.batches()
+    async for batch in batches:
+        if any(getattr(e, "type", None) == "response.mcp_call.in_progress" for e in batch):
+            break
+    reading = asyncio.ensure_future(anext(batches))  # the transport waits for the next events: the call runs
+    await asyncio.wait_for(servers.running.wait(), 30)
+    reading.cancel()  # the client went: the SSE answer cancels its body, then closes it (api/sse.py)
+    await asyncio.gather(reading, return_exceptions=True)
+    await batches.aclose()
+    await asyncio.wait_for(servers.cancelled.wait(), 30)
+    assert run.response.status == "cancelled"
+    last = run.response.output[-1]
+    assert (last.type, last.status) == ("mcp_call", "incomplete")
+    await service.stop()
+
+
+@pytest.fixture(scope="module")
+def tools_process():
+    from mcp_servers import McpServerProcess
+
+    with McpServerProcess("tools", "streamable_http") as proc:
+        yield proc
+
+
+@pytest.mark.anyio
+async def test_an_operator_server_serves_an_mcp_tool_by_its_label(tools_process):
+    from vllm_responses.core.hosted import McpHostedTools
+    from vllm_responses.settings import McpSettings
+
+    hosted = McpHostedTools(McpSettings(tool_servers=(("tools", tools_process.url),)))
+    engine = PassesEngine([[ToolCallDelta(0, '{"a": 2, "b": 3}', "add", "c0", None, False, "mcp", {"server_label": "tools"}),
+                            Finish("stop", usage())], ANSWER_PASS])
+    app, _ = make_app(engine, hosted)
+    tool = {"type": "mcp", "server_label": "tools", "require_approval": "never"}  # no server_url: the operator's
+    r = (await call(app, "POST", "/v1/responses", {"model": "demo", "input": "add", "tools": [tool]})).json()
+    assert kinds(r) == ["mcp_list_tools", "mcp_call", "message"], r
+    assert "add" in [t["name"] for t in r["output"][0]["tools"]] and r["output"][1]["output"] == "5"
+    # A label the operator did not register, and a server_url the allow-list (empty) does not hold: 400s.
+    for bad, code in (({"type": "mcp", "server_label": "nope"}, "missing_required_parameter"),
+                      ({"type": "mcp", "server_label": "x", "server_url": "http://127.0.0.1:9/mcp"}, None)):
+        refused = await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "tools": [bad]})
+        error = refused.json()["error"]
+        assert refused.status_code == 400 and error["param"] == "tools[0].server_url", error
+        assert code is None or error["code"] == code
