@@ -100,6 +100,7 @@ async def hosted_tools(settings: McpSettings, tool_server: str | None) -> McpHos
     upstream labels them: ``browser``, ``python``; one that cannot be reached now is left out,
     with an error in the log), and per-request URLs the allow-list lets through."""
     servers = list(settings.tool_servers)
+    known: dict[str, set[str]] = {}
     if tool_server:
         try:
             urls = vllm_tool_server_urls(tool_server)
@@ -114,8 +115,9 @@ async def hosted_tools(settings: McpSettings, tool_server: str | None) -> McpHos
                 continue
             label = listing.name or url
             servers.append((label, url))
+            known[label] = {tool.name for tool in listing.tools}
             logger.info("--tool-server %s: MCP server %r, %d tools", url, label, len(listing.tools))
-    hosted = McpHostedTools(replace(settings, tool_servers=tuple(servers)))
+    hosted = McpHostedTools(replace(settings, tool_servers=tuple(servers)), known)
     builtins.SERVED.clear()
     builtins.SERVED.update(hosted.served())  # web_search / code_interpreter offered to the model from now on
     return hosted

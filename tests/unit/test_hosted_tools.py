@@ -471,3 +471,22 @@ async def test_cancelling_a_background_response_stops_a_real_slow_call(tools_pro
     cancelled = (await call(app, "POST", f"/v1/responses/{r['id']}/cancel")).json()
     assert cancelled["status"] == "cancelled" and time.monotonic() - started < 20
     assert cancelled["output"][-1]["type"] == "mcp_call" and cancelled["output"][-1]["status"] == "incomplete"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("known", "expected"), [({"search", "open", "find"}, "open"), (set(), "open_page")])
+async def test_open_page_runs_the_tool_the_browser_server_listed(monkeypatch, known, expected):
+    """Upstream's gpt-oss browser server calls it ``open``; ours ``open_page`` (tests/mcp_servers.py)."""
+    from vllm_responses.core import hosted as hosted_module
+    from vllm_responses.core.mcp_client import CallOutcome
+    from vllm_responses.settings import McpSettings
+
+    called: list[str] = []
+
+    async def call_tool(server, name, arguments, limits):
+        called.append(name)
+        return CallOutcome(output="page")
+
+    monkeypatch.setattr(hosted_module.mcp_client, "call_tool", call_tool)
+    tools = hosted_module.McpHostedTools(McpSettings(tool_servers=(("browser", "http://127.0.0.1:9/sse"),)), {"browser": known})
+    assert (await tools.run_served("open_page", {"url": "u"})).output == "page" and called == [expected]

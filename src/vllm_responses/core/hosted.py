@@ -99,8 +99,9 @@ class McpHostedTools(HostedTools):
     """MCP servers over the network (:mod:`.mcp_client`): a request's own ``server_url`` where
     ``VLLM_RESPONSES_MCP_ALLOWED_URLS`` allows it, else the operator's server of the tool's label."""
 
-    def __init__(self, settings: McpSettings) -> None:
+    def __init__(self, settings: McpSettings, known_tools: dict[str, set[str]] | None = None) -> None:
         self.settings = settings
+        self.known_tools = known_tools or {}  # the tool names of servers listed at start-up, by label
 
     def server(self, tool: Any) -> McpServer | None:
         if tool.server_url:
@@ -151,7 +152,9 @@ class McpHostedTools(HostedTools):
         return {kind for kind, label in (("web_search", "browser"), ("code_interpreter", "python")) if label in labels}
 
     async def run_served(self, kind: str, arguments: dict[str, Any]) -> CallResult:
-        label, tool_name = SERVED_BY[kind]
+        label, names = SERVED_BY[kind]
+        known = self.known_tools.get(label, set())
+        tool_name = next((name for name in names if name in known), names[0])
         server = operator_server(label, self.settings)
         if server is None:
             raise HostedFailure(f"No tool server runs {kind} here.")
@@ -159,13 +162,14 @@ class McpHostedTools(HostedTools):
         return CallResult(outcome.output, outcome.error)
 
 
-# The operator's tool server (its label) and tool that run each served action: web search's
-# ``search``, ``open_page`` and ``find_in_page``, and ``code_interpreter``.
-SERVED_BY = {
-    "search": ("browser", "search"),
-    "open_page": ("browser", "open_page"),
-    "find_in_page": ("browser", "find"),
-    "code_interpreter": ("python", "python"),
+# The operator's tool server (its label) and the tool that runs each served action (the first of
+# the names its listing at start-up holds, else the first): web search's ``search``,
+# ``open_page`` and ``find_in_page``, and ``code_interpreter``.
+SERVED_BY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "search": ("browser", ("search",)),
+    "open_page": ("browser", ("open_page", "open")),  # upstream's gpt-oss browser server names it open
+    "find_in_page": ("browser", ("find", "find_in_page")),
+    "code_interpreter": ("python", ("python",)),
 }
 
 
