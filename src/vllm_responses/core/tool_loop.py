@@ -164,7 +164,11 @@ class ToolLoop:
                     waiting = waiting or isinstance(delta, ItemDelta)
                     ran += isinstance(delta, HostedEnd)
                     yield delta
-            client_calls = any(item.type in CALL_TYPES and item.type != "tool_search_call" for item in made)
+            client_calls = any(
+                item.type in CALL_TYPES
+                and not (item.type == "tool_search_call" and getattr(item, "execution", None) == "server")
+                for item in made
+            )
             if client_calls or waiting or not ran:
                 yield Finish("stop", usage)
                 return
