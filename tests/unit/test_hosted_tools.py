@@ -10,11 +10,16 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
-
 from fakes import eventually, usage
+from fastapi import FastAPI
 from test_builtin_tools import PassesEngine
-from vllm_responses.core.hosted import CallResult, HostedFailure, HostedTools, execution_error
+
+from vllm_responses.core.hosted import (
+    CallResult,
+    HostedFailure,
+    HostedTools,
+    execution_error,
+)
 from vllm_responses.core.service import ResponsesService
 from vllm_responses.events.conformance import check_events, parse_sse
 from vllm_responses.events.deltas import Finish, TextDelta, ToolCallDelta
@@ -378,7 +383,6 @@ async def test_web_search_opens_and_finds_in_pages(served, function, arguments, 
 
 def test_a_websocket_turn_runs_mcp_calls_and_the_next_turn_continues_from_the_connection():
     from starlette.testclient import TestClient
-
     from test_websocket_transport import turn
 
     engine, servers = PassesEngine([CALL_PASS, ANSWER_PASS]), ScriptedServers()
@@ -490,3 +494,20 @@ async def test_open_page_runs_the_tool_the_browser_server_listed(monkeypatch, kn
     monkeypatch.setattr(hosted_module.mcp_client, "call_tool", call_tool)
     tools = hosted_module.McpHostedTools(McpSettings(tool_servers=(("browser", "http://127.0.0.1:9/sse"),)), {"browser": known})
     assert (await tools.run_served("open_page", {"url": "u"})).output == "page" and called == [expected]
+
+
+def test_a_response_whose_owner_died_mid_call_ends_with_the_call_incomplete():
+    """A follower ends a response whose owner died while its MCP call ran (ResponseStream.resumed)."""
+    from vllm_responses.events.deltas import HostedStart, Sampling
+    from vllm_responses.events.stream import ResponseStream, StreamOptions
+    from vllm_responses.events.wire import event_json
+    from vllm_responses.request.protocol import initial_response, parse_request
+
+    request = parse_request(json.dumps({"model": "demo", "input": "x"}).encode())
+    live = ResponseStream(initial_response(request, "resp_1", 1, "demo", Sampling()), StreamOptions())
+    item = {"type": "mcp_call", "id": "mcp_1", "server_label": "calc", "name": "add", "arguments": "{}", "status": "in_progress"}
+    logged = [json.loads(event_json(e)) for e in live.start() + live.feed(HostedStart(item))]
+    resumed = ResponseStream.resumed(initial_response(request, "resp_1", 1, "demo", Sampling()), logged)
+    events = logged + [json.loads(event_json(e)) for e in resumed.fail("The server handling this response stopped.")]
+    assert check_events(events) == []
+    assert events[-1]["response"]["output"] == [{**item, "status": "incomplete"}]

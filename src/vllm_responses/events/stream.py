@@ -537,7 +537,8 @@ class _Hosted(_Item):
         return [self._event(kind)]
 
     def close(self, status: ItemStatus) -> tuple[list[Event], Any]:
-        if "status" in self.item and self.item["status"] in ("in_progress", "calling", "searching", "interpreting"):
+        running = self.item.get("status") in ("in_progress", "calling", "searching", "interpreting")
+        if running and self.item["type"] != "apply_patch_call":  # which has no incomplete status
             self.item = {**self.item, "status": status}  # stopped while it ran (a cancel, the client leaving)
         return [], _ITEM_ADAPTER.validate_python(self.item)
 
@@ -885,6 +886,8 @@ def _reopened(stream: ResponseStream, output_index: int, item: dict[str, Any]) -
         opened = _Reasoning(stream, output_index)
     elif kind == "message":
         opened = _Message(stream, output_index)
+    elif kind not in ("function_call", "custom_tool_call"):  # an item that opens whole (a hosted call running)
+        opened = _Hosted(stream, output_index, item)
     else:
         call = ToolCallDelta(
             0,
