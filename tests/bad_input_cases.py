@@ -202,7 +202,7 @@ CASES: list[Case] = [
     _c("function_call_arguments_object", **create({"input": [{**CALL, "arguments": {"city": "x"}}]}, 400, "input[0].arguments", "invalid_type")),
     _c("function_call_output_missing_output", **create({"input": [CALL, {k: v for k, v in OUTPUT.items() if k != "output"}]}, 400, "input[1].output", "missing_required_parameter")),
     _c("function_call_output_output_int", **create({"input": [CALL, {**OUTPUT, "output": 5}]}, 400, "input[1].output", "invalid_type")),
-    _c("item_type_not_run_here", **create({"input": [{"type": "local_shell_call_output", "id": "lsh_1", "output": "x"}]}, 400, "input[0]", "unsupported_value", e2e=True, engine=True)),
+    _c("item_type_not_run_here", **create({"input": [{"type": "computer_call_output", "call_id": "c1", "output": {"type": "computer_screenshot", "image_url": "https://example.com/s.png"}}]}, 400, "input[0]", "unsupported_value", e2e=True, engine=True)),
     _c("image_for_text_only_model", **create({"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]}]}, 400, "input[0].content[0]", "unsupported_value", e2e=True, engine=True)),
     _c("item_reference_missing_id", **create({"input": [{"type": "item_reference"}]}, 400, "input[0].id", "missing_required_parameter")),
     _c("item_reference_unknown", **create({"input": [{"type": "item_reference", "id": "msg_missing"}]}, 404, "input[0]", "item_not_found")),
