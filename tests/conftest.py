@@ -46,7 +46,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     base = tmp_path_factory.mktemp("vllm")
     captured = base / "streams"
     # MCP servers the tests start on loopback may be named by a request's server_url (tests/e2e/test_mcp_tools.py).
-    mcp = {"VLLM_RESPONSES_MCP_ALLOWED_URLS": "127.0.0.1"}
+    # A listing gets 20 s, not 10: this VM can freeze every process for 10-40 s while servers run.
+    mcp = {"VLLM_RESPONSES_MCP_ALLOWED_URLS": "127.0.0.1", "VLLM_RESPONSES_MCP_LIST_TIMEOUT_SECONDS": "20"}
     with running(plugin=True, log_path=base / "server.log", capture_dir=captured, shared=True, env=mcp) as srv:
         yield srv
     # Every stream the server sent in this session — the SDKs', the Agents SDK's, Codex's,

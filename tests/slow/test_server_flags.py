@@ -69,7 +69,9 @@ def flagged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # name it gives itself): our search server calls itself browser, the python one python.
     with McpServerProcess("search", "sse") as search, McpServerProcess("python", "sse") as python:
         args += ["--tool-server", f"127.0.0.1:{search.port},127.0.0.1:{python.port}"]
-        with running(plugin=True, log_path=base / "server.log", args=args) as srv:
+        # The listing at start-up gets 30 s (this VM can freeze every process for 10-40 s).
+        env = {"VLLM_RESPONSES_MCP_LIST_TIMEOUT_SECONDS": "30"}
+        with running(plugin=True, log_path=base / "server.log", args=args, env=env) as srv:
             yield srv
 
 
