@@ -400,3 +400,16 @@ async def test_an_output_without_its_call_is_refused():
         {"type": "message", "role": "user", "content": "x"},
         {"type": "shell_call_output", "call_id": "nope", "output": []}], "tools": TOOLS})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input[1].call_id"
+
+
+def test_the_tools_table_names_every_tool_type_of_the_openai_package():
+    """docs/events.md's Tools table stays complete: a new type in openai's ``Tool`` fails here."""
+    import typing
+    from pathlib import Path
+
+    from openai.types.responses import Tool
+
+    types = {t for m in typing.get_args(typing.get_args(Tool)[0]) for t in typing.get_args(m.model_fields["type"].annotation)}
+    doc = (Path(__file__).parents[2] / "docs" / "events.md").read_text()
+    table = doc[doc.index("## Tools"):doc.index("**Never silent.**")]
+    assert sorted(t for t in types if f"`{t}`" not in table) == []
