@@ -452,32 +452,6 @@ async def test_an_operator_server_serves_an_mcp_tool_by_its_label(tools_process)
 
 
 @pytest.mark.anyio
-async def test_cancelling_a_background_response_stops_a_real_slow_call(tools_process):
-    """The tools server's ``slow`` tool, really called: the cancel comes back at once, not when it would end."""
-    import time
-
-    from vllm_responses.core.hosted import McpHostedTools
-    from vllm_responses.settings import McpSettings
-
-    hosted = McpHostedTools(McpSettings(tool_servers=(("tools", tools_process.url),), call_timeout_s=120))
-    slow = ToolCallDelta(0, '{"seconds": 60}', "slow", "c0", None, False, "mcp", {"server_label": "tools"})
-    app, _ = make_app(PassesEngine([[slow, Finish("stop", usage())], ANSWER_PASS]), hosted)
-    tool = {"type": "mcp", "server_label": "tools", "require_approval": "never"}
-    r = (await call(app, "POST", "/v1/responses", {"model": "demo", "input": "x", "background": True, "tools": [tool]})).json()
-
-    async def calling() -> None:  # the response's own events, as a follower reads them: (sequence, type, JSON)
-        async for batch in await app.state.vllm_responses.follow(r["id"], None):
-            if any(kind == "response.mcp_call.in_progress" for _, kind, _ in batch):
-                return
-
-    await asyncio.wait_for(calling(), 60)
-    started = time.monotonic()
-    cancelled = (await call(app, "POST", f"/v1/responses/{r['id']}/cancel")).json()
-    assert cancelled["status"] == "cancelled" and time.monotonic() - started < 20
-    assert cancelled["output"][-1]["type"] == "mcp_call" and cancelled["output"][-1]["status"] == "incomplete"
-
-
-@pytest.mark.anyio
 @pytest.mark.parametrize(("known", "expected"), [({"search", "open", "find"}, "open"), (set(), "open_page")])
 async def test_open_page_runs_the_tool_the_browser_server_listed(monkeypatch, known, expected):
     """Upstream's gpt-oss browser server calls it ``open``; ours ``open_page`` (tests/mcp_servers.py)."""
