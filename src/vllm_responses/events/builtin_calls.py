@@ -107,20 +107,20 @@ def replayed_arguments(item: Any) -> tuple[str, str, str]:
         for key in ("timeout_ms", "max_output_length"):
             if getattr(action, key, None) is not None:
                 args[key] = getattr(action, key)
-        return call_id, "shell", _dumps(args)
+        return call_id, "shell", dumps(args)
     if kind == "local_shell_call":
         action = item.action
         args = {"command": list(action.command)}
         for key in ("timeout_ms", "working_directory", "env", "user"):
             if getattr(action, key, None):
                 args[key] = getattr(action, key)
-        return call_id, "local_shell", _dumps(args)
+        return call_id, "local_shell", dumps(args)
     if kind == "apply_patch_call":
-        op = _plain(item.operation)  # in the order the schema asks for it (the prompt then extends the last one)
+        op = plain(item.operation)  # in the order the schema asks for it (the prompt then extends the last one)
         operation = {"type": op.get("type"), "path": op.get("path"), **({"diff": op["diff"]} if "diff" in op else {})}
-        return call_id, "apply_patch", _dumps({"operation": operation})
+        return call_id, "apply_patch", dumps({"operation": operation})
     if kind == "tool_search_call":
-        return call_id, "tool_search", _dumps(_plain(item.arguments))
+        return call_id, "tool_search", dumps(plain(item.arguments))
     raise ValueError(f"not a built-in call: {kind}")
 
 
@@ -136,11 +136,13 @@ def search_output(call_id: str | None, tools: list[dict[str, Any]]) -> dict[str,
     }
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A typed value (an ``openai`` model) as its JSON, null fields left out; anything else as it is."""
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json", exclude_none=True)
     return value
 
 
-def _dumps(value: Any) -> str:
+def dumps(value: Any) -> str:
+    """JSON text as a model writes it (non-ASCII kept)."""
     return json.dumps(value, ensure_ascii=False)

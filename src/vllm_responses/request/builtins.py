@@ -11,11 +11,10 @@ model (:func:`output_text`). The item a call becomes, and the arguments a replay
 stands for, are one translation both ways: :mod:`..events.builtin_calls`.
 """
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..events.builtin_calls import replayed_arguments
+from ..events.builtin_calls import dumps, plain, replayed_arguments
 
 __all__ = ["BUILTINS", "CALL_TYPES", "OUTPUT_TYPES", "replayed_arguments"]
 
@@ -207,7 +206,7 @@ def output_text(item: Any) -> str:
     if kind == "shell_call_output":
         blocks = []
         for out in item.output:
-            outcome = _plain(out.outcome)
+            outcome = plain(out.outcome)
             if outcome.get("type") == "timeout":
                 end = "timed out"
             else:
@@ -220,23 +219,13 @@ def output_text(item: Any) -> str:
         text = f"status: {item.status}"
         return f"{text}\n{item.output}" if item.output else text
     if kind == "tool_search_output":
-        return "Loaded tools: " + _dumps([_tool_summary(tool) for tool in item.tools])
+        return "Loaded tools: " + dumps([_tool_summary(tool) for tool in item.tools])
     raise ValueError(f"not a built-in output: {kind}")
 
 
 def _tool_summary(tool: Any) -> dict[str, Any]:
-    data = _plain(tool)
+    data = plain(tool)
     summary = {k: data[k] for k in ("type", "name", "description") if data.get(k)}
     if data.get("type") == "namespace":
         summary["tools"] = [t.get("name") for t in data.get("tools") or []]
     return summary
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json", exclude_none=True)
-    return value
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)

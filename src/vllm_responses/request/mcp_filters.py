@@ -10,12 +10,9 @@ item's entries, the MCP client's listing).
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from ..events.builtin_calls import plain
+
 T = TypeVar("T")
-
-
-def _plain(rule: Any) -> Any:
-    """A typed filter (the ``openai`` models a request is validated into) as its JSON."""
-    return rule.model_dump(mode="json", exclude_none=True) if hasattr(rule, "model_dump") else rule
 
 
 def read_only(tool: Any) -> bool:
@@ -24,7 +21,7 @@ def read_only(tool: Any) -> bool:
 
 
 def matches(tool: Any, rule: Any) -> bool:
-    rule = _plain(rule)
+    rule = plain(rule)
     if not isinstance(rule, Mapping):
         return False
     names, only = rule.get("tool_names"), rule.get("read_only")
@@ -36,7 +33,7 @@ def matches(tool: Any, rule: Any) -> bool:
 def allowed(tools: list[T], allowed_tools: Any) -> list[T]:
     """The tools ``allowed_tools`` lets the model see: all when it is absent, those named when it
     is a list, those its filter object matches otherwise."""
-    allowed_tools = _plain(allowed_tools)
+    allowed_tools = plain(allowed_tools)
     if allowed_tools is None:
         return list(tools)
     if isinstance(allowed_tools, list):
@@ -49,7 +46,7 @@ def needs_approval(tool: Any, require_approval: Any) -> bool:
     (OpenAI's default): yes; ``never``: no. A filter object: a tool its ``never`` matches needs
     none, one its ``always`` matches needs one; any other tool needs one unless the object gives
     ``always`` alone (then the tools it names are the ones that need it)."""
-    require_approval = _plain(require_approval)
+    require_approval = plain(require_approval)
     if require_approval == "never":
         return False
     if not isinstance(require_approval, Mapping):  # "always", absent
