@@ -27,10 +27,9 @@ from .mcp_client import (
 class HostedFailure(Exception):
     """A server-run tool could not be reached or answered nonsense: the item fails, the response goes on."""
 
-    def __init__(self, message: str, http_status: int | None = None) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        self.http_status = http_status
 
 
 @dataclass(frozen=True)
@@ -175,8 +174,6 @@ SERVED_BY: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def call_error(failure: HostedFailure) -> dict[str, Any]:
     """The ``mcp_call.error`` of a call that never got an answer."""
-    if failure.http_status is not None:
-        return {"type": "http_error", "code": failure.http_status, "message": failure.message}
     return {"type": "mcp_protocol_error", "code": -32603, "message": failure.message}
 
 

@@ -178,8 +178,7 @@ class ToolLoop:
 
     # -- one pass and the next ------------------------------------------------------------------
     async def _next_pass(self, response_id: str, passes: int) -> Any:
-        context = self.window(self.items + self._as_input(self.output()))
-        prepared = await self.engine.prepare(self.request, context)
+        prepared = await self.engine.prepare(self.request, self.window(self._context()))
         return self.engine.generate(prepared, f"{response_id}-{passes}" if passes else response_id)
 
     def _context(self) -> list[Any]:
