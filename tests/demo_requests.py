@@ -96,17 +96,6 @@ BUILTIN_AS_FUNCTIONS = {
 
 #: Scenarios in which the model calls a built-in tool (the Case offers it by its built-in type).
 BUILTIN_SCENARIOS = frozenset({"shell_tests", "create_file", "update_file", "local_shell_call", "tool_search"})
-#: Whether the server offers built-in tools to the model and returns their typed items (issue
-#: 22). Until then tests skip the built-in Cases ("needs issue 22 server support"); the same
-#: scenarios are checked with plain function tools of the same names (``as_plain_functions``).
-BUILTIN_SERVER_SUPPORT = True
-NEEDS_BUILTIN_SUPPORT = "needs issue 22 server support"
-
-
-def needs_builtin_support(scenario: str) -> bool:
-    """Whether a Case cannot pass on this server yet (skip it with NEEDS_BUILTIN_SUPPORT)."""
-    return scenario in BUILTIN_SCENARIOS and not BUILTIN_SERVER_SUPPORT
-
 
 # Tools the server runs (issue 23), as the chat functions the server offers the model: the
 # tool `add` of an MCP server labelled `tools` (<label>__<tool>), web search, code interpreter.

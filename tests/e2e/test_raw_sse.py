@@ -6,7 +6,7 @@ import uuid
 import httpx
 import pytest
 
-from demo_requests import BUILTIN_SCENARIOS, CASES, HOSTED_SCENARIOS, NEEDS_BUILTIN_SUPPORT, check_output, needs_builtin_support
+from demo_requests import BUILTIN_SCENARIOS, CASES, HOSTED_SCENARIOS, check_output
 from probes import RawClient, captured_request, wait_engine_idle, wait_until
 from server import Server
 from vllm_responses.events.conformance import assert_conforms, parse_sse
@@ -29,8 +29,6 @@ def stream(base_url: str, body: dict) -> tuple[httpx.Response, list[dict]]:
 
 @pytest.mark.parametrize("scenario", list(CASES))
 def test_scenario_stream(base_url: str, scenario: str) -> None:
-    if needs_builtin_support(scenario):
-        pytest.skip(NEEDS_BUILTIN_SUPPORT)
     case = CASES[scenario]
     response, events = stream(base_url, case.request())
     assert response.headers[VERSION_HEADER]

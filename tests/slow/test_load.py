@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from demo_requests import CASES, Case, check_output, needs_builtin_support
+from demo_requests import CASES, Case, check_output
 from probes import RawClient, captured_request, metric, wait_engine_idle, wait_until
 from server import Server, running
 
@@ -50,7 +50,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 def case_for(n: int) -> Case:
     """The n-th request's case: every scenario in turn, endless ones at several lengths."""
-    cases = [c for c in CASES.values() if not needs_builtin_support(c.scenario)]
+    cases = list(CASES.values())
     case = cases[n % len(cases)]
     if case.scenario == "endless":
         case = replace(case, max_output_tokens=ENDLESS_LENGTHS[(n // len(cases)) % len(ENDLESS_LENGTHS)])

@@ -9,8 +9,7 @@ the final text, reasoning as ``reasoning_text``, tool calls whole with their exa
 arguments (``function_call_arguments.done``, ``custom_tool_call_input.done`` and the output
 item), no whitespace-only items, and every stream the server sent conforms. The built-in
 tool scenarios (``demo_requests.BUILTIN_SCENARIOS``) run twice: with plain functions of the
-built-ins' names and schemas, and offered by their built-in types (typed call items; skipped
-until the server supports them, ``demo_requests.BUILTIN_SERVER_SUPPORT``). The scenarios of
+built-ins' names and schemas, and offered by their built-in types (typed call items). The scenarios of
 the tools the server runs (``demo_requests.HOSTED_SCENARIOS``: MCP, web search, code
 interpreter) run with the plain functions the server offers them as.
 
@@ -37,11 +36,9 @@ from openai import OpenAI
 
 from demo_requests import (
     BUILTIN_SCENARIOS,
-    BUILTIN_SERVER_SUPPORT,
     CASES,
     EXEC_TOOL,
     HOSTED_SCENARIOS,
-    NEEDS_BUILTIN_SUPPORT,
     WEATHER_TOOL,
     Case,
     check_output,
@@ -173,7 +170,6 @@ def check_stream(c: Case, events: list[dict], output: list[dict] | None = None) 
             assert item["content"][0]["text"].strip(), (what, item)
 
 
-@pytest.mark.skipif(not BUILTIN_SERVER_SUPPORT, reason=NEEDS_BUILTIN_SUPPORT)
 def test_builtin_scenarios_stream_clean(family: tuple[sc.Family, str]) -> None:
     """Each built-in tool (shell, local_shell, apply_patch, tool_search) offered by its
     built-in type: the family's call comes back as the typed item."""
